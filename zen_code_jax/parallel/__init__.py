@@ -1,0 +1,1 @@
+"""zen_code_jax.parallel."""
