@@ -63,16 +63,20 @@ class ModelConfig:
         valid = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - valid)
         if unknown:
-            raise ValueError(
-                f"Unknown ModelConfig key(s) {unknown}. Valid keys: {sorted(valid)}."
-            )
+            raise ValueError(f"Unknown ModelConfig key(s) {unknown}. Valid keys: {sorted(valid)}.")
         return cls(**d)
 
 
 def validate(cfg: ModelConfig) -> None:
     """Raise a ValueError naming the fix for inconsistent shapes."""
-    for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
-                 "intermediate_size"):
+    for name in (
+        "vocab_size",
+        "hidden_size",
+        "num_layers",
+        "num_heads",
+        "num_kv_heads",
+        "intermediate_size",
+    ):
         if getattr(cfg, name) <= 0:
             raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(cfg, name)}.")
     if cfg.num_heads % cfg.num_kv_heads != 0:
@@ -121,20 +125,42 @@ def non_embedding_param_count(cfg: ModelConfig) -> int:
 PRESETS: dict[str, ModelConfig] = {
     # Tests: well under a second per step on CPU.
     "tiny": ModelConfig(
-        vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
-        intermediate_size=128, rope_theta=10_000.0, max_position_embeddings=2048,
-        dtype="float32", remat_policy="none", attention_block_size=64,
+        vocab_size=512,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=128,
+        rope_theta=10_000.0,
+        max_position_embeddings=2048,
+        dtype="float32",
+        remat_policy="none",
+        attention_block_size=64,
     ),
     # CPU ablations: ~7M parameters (as measured in shared/NOTES.md).
     "cpu_small": ModelConfig(
-        vocab_size=8192, hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=2,
-        intermediate_size=768, rope_theta=1_000_000.0, max_position_embeddings=8192,
-        dtype="bfloat16", remat_policy="none", attention_block_size=256,
+        vocab_size=8192,
+        hidden_size=256,
+        num_layers=4,
+        num_heads=8,
+        num_kv_heads=2,
+        intermediate_size=768,
+        rope_theta=1_000_000.0,
+        max_position_embeddings=8192,
+        dtype="bfloat16",
+        remat_policy="none",
+        attention_block_size=256,
     ),
     # One-accelerator research preset (~1.1B with the paper vocabulary).
     "zen_code_1b": ModelConfig(
-        vocab_size=151_936, hidden_size=2048, num_layers=16, num_heads=16, num_kv_heads=4,
-        intermediate_size=5632, rope_theta=2_000_000.0, max_position_embeddings=65_536,
+        vocab_size=151_936,
+        hidden_size=2048,
+        num_layers=16,
+        num_heads=16,
+        num_kv_heads=4,
+        intermediate_size=5632,
+        rope_theta=2_000_000.0,
+        max_position_embeddings=65_536,
     ),
     # Table 1 exactly: 40 layers, hidden 5120, 40/8 heads, FFN 13,696, vocab 151,936.
     "zen_code_14b": ModelConfig(),
