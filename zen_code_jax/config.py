@@ -45,6 +45,8 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "experiment"
     c.seed = 0
+    c.scale = "cpu"  # smoke | cpu | gpu | paper (set by the experiment file's ARG)
+    c.arm = ""  # the arm this config was resolved for ("" = the base, before arms)
 
     c.model = model_group("cpu_small")
 
@@ -98,6 +100,10 @@ def base_config() -> ml_collections.ConfigDict:
             peak_flops_per_device=0.0,  # 0 = guess from the backend (for MFU)
             loss_chunk_size=0,  # tokens per logits chunk in the loss; 0 = unchunked
             init_checkpoint="",  # start from these params (e.g. a base model for repo FT)
+            # A run dir, a checkpoints/ dir, or "arm:NAME" for a sibling arm of the experiment.
+            objective="lm",  # lm (every token) | sft (loss on the response only)
+            epochs=0,  # > 0: steps = epochs * batches per epoch (sft); 0: use `steps`
+            sft_data="",  # JSONL of {"instruction","response"}; "" = built-in from corpus
         )
     )
 
@@ -117,6 +123,10 @@ def base_config() -> ml_collections.ConfigDict:
             sandbox_timeout_s=10.0,
             sandbox_memory_mb=1024,
             sandbox_workers=2,
+            fim_mode="psm",  # eval: FIM prompt layout for infilling tasks (psm | spm)
+            context_tokens=0,  # eval: prompt+generation token budget; 0 = train.seq_len
+            mbpp_path="",  # eval: user-supplied MBPP JSONL (published format)
+            multipl_e_path="",  # eval: user-supplied MultiPL-E JSONL (published format)
         )
     )
 
@@ -124,3 +134,238 @@ def base_config() -> ml_collections.ConfigDict:
     c.arms = ml_collections.ConfigDict()
     c.lock()
     return c
+
+
+# ---------------------------------------------------------------------------------------
+# Scales, overrides and arms: shared by every experiment file and experiments/run.py.
+
+SCALES = ("smoke", "cpu", "gpu", "paper")
+
+
+def parse_config_arg(arg: str | None, default_scale: str = "cpu") -> tuple[str, dict[str, str]]:
+    """Parse an experiment file's ARG, big_vision style: `SCALE[,key=value,...]`.
+
+    `"gpu,train.steps=100"` -> `("gpu", {"train.steps": "100"})`; `scale=gpu` also works and
+    an empty ARG means the default scale. Values stay strings here; `apply_overrides`
+    parses them against the type of the field they replace.
+    """
+    scale, overrides = default_scale, {}
+    for part in [p.strip() for p in (arg or "").split(",") if p.strip()]:
+        if "=" in part:
+            key, value = part.split("=", 1)
+            if key.strip() == "scale":
+                scale = value.strip()
+            else:
+                overrides[key.strip()] = value.strip()
+        else:
+            scale = part
+    if scale not in SCALES:
+        raise ValueError(
+            f"Unknown scale {scale!r} in the config ARG {arg!r}. Use one of {list(SCALES)}, "
+            "e.g. --config=experiments/fim_ablation.py:smoke or ...:cpu,train.steps=100."
+        )
+    return scale, overrides
+
+
+def _parse_value(text: str, current: Any, key: str) -> Any:
+    """Parse a command-line string against the type of the value it replaces."""
+    import ast
+
+    if isinstance(current, bool):
+        low = text.lower()
+        if low in ("true", "1", "yes"):
+            return True
+        if low in ("false", "0", "no"):
+            return False
+        raise ValueError(f"{key} is a bool; got {text!r}. Use true or false.")
+    if isinstance(current, str):
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise ValueError(
+            f"Cannot parse {text!r} for {key} (currently {current!r}, a "
+            f"{type(current).__name__}). Give a Python literal, e.g. {key}={current!r}."
+        ) from None
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(current, int) and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return value
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Any) -> None:
+    """Set dotted keys (`{"fim.rate": 0.25}`) in place; unknown keys and bad types raise.
+
+    Errors name the valid keys at the level where the path went wrong (with the closest
+    match first), or the expected type, so a typo is fixed in one go.
+    """
+    import difflib
+
+    for key, raw in dict(overrides).items():
+        parts = key.split(".")
+        node = cfg
+        for i, part in enumerate(parts):
+            valid = list(node.keys())
+            if part not in valid:
+                where = ".".join(parts[:i]) or "the config"
+                close = difflib.get_close_matches(part, valid, n=1)
+                hint = f" Did you mean {'.'.join(parts[:i] + close)!r}?" if close else ""
+                raise ValueError(
+                    f"Unknown config key {key!r}: {where} has no field {part!r}.{hint} "
+                    f"Valid keys there: {sorted(valid)}."
+                )
+            if i < len(parts) - 1:
+                node = node[part]
+                if not isinstance(node, ml_collections.ConfigDict):
+                    raise ValueError(
+                        f"Unknown config key {key!r}: {'.'.join(parts[: i + 1])} is a value, "
+                        "not a group."
+                    )
+        current = node[parts[-1]]
+        value = _parse_value(raw, current, key) if isinstance(raw, str) else raw
+        if isinstance(current, ml_collections.ConfigDict) and parts[-1] != "arms":
+            if not isinstance(value, dict | ml_collections.ConfigDict):
+                raise ValueError(f"{key} is a group; set one of its fields, e.g. {key}.<field>.")
+        try:
+            if parts[-1] == "arms" and len(parts) == 1:
+                set_arms(cfg, value)
+            else:
+                node[parts[-1]] = value
+        except TypeError as e:
+            raise ValueError(
+                f"Bad value {raw!r} for {key}: expected a {type(current).__name__} like "
+                f"{current!r} ({e})."
+            ) from None
+
+
+def set_arms(cfg: ml_collections.ConfigDict, arms: Any) -> None:
+    """Set `cfg.arms` to `{arm: {"dotted.key": value}}`, checking every key exists."""
+    arms = arms.to_dict() if isinstance(arms, ml_collections.ConfigDict) else dict(arms)
+    for name, overrides in arms.items():
+        probe = ml_collections.ConfigDict(cfg.to_dict(), allow_dotted_keys=True)
+        probe.lock()
+        probe.arms = ml_collections.ConfigDict()
+        try:
+            apply_overrides(probe, overrides)
+        except ValueError as e:
+            raise ValueError(f"Arm {name!r}: {e}") from None
+    cfg.arms = ml_collections.ConfigDict(arms, allow_dotted_keys=True)
+
+
+def arm_config(cfg: ml_collections.ConfigDict, arm: str) -> ml_collections.ConfigDict:
+    """The config one arm runs with: the base plus the arm's overrides, `arm` set."""
+    if arm and arm not in cfg.arms:
+        raise ValueError(
+            f"Unknown arm {arm!r}. This experiment's arms: {sorted(cfg.arms.keys())}; "
+            "pass one of them to --arm, or leave --arm out to run them all."
+        )
+    out = config_from_dict(config_to_dict(cfg))
+    if arm:
+        apply_overrides(out, cfg.arms[arm].to_dict())
+    out.arm = arm
+    return out
+
+
+def arm_names(cfg: ml_collections.ConfigDict) -> list[str]:
+    """Arms in file order; an experiment without arms has one unnamed arm, 'main'."""
+    return list(cfg.arms.keys()) or ["main"]
+
+
+def config_to_dict(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    return cfg.to_dict()
+
+
+def config_from_dict(d: dict[str, Any]) -> ml_collections.ConfigDict:
+    """Rebuild a locked config from `config_to_dict` output (e.g. a run's config.json)."""
+    cfg = base_config()
+    d = dict(d)
+    arms = d.pop("arms", {})
+    for group, value in d.items():
+        if group not in cfg:
+            raise ValueError(
+                f"config.json has a group {group!r} this version does not know. "
+                f"Valid groups: {sorted(cfg.keys())}."
+            )
+        if isinstance(cfg[group], ml_collections.ConfigDict):
+            for key, v in value.items():
+                if key not in cfg[group]:
+                    raise ValueError(
+                        f"config.json has unknown key {group}.{key}. "
+                        f"Valid keys: {sorted(cfg[group].keys())}."
+                    )
+                cfg[group][key] = v
+        else:
+            cfg[group] = value
+    set_arms(cfg, arms)
+    return cfg
+
+
+def apply_scale(c: ml_collections.ConfigDict, scale: str) -> None:
+    """Settings every experiment shares at a scale; experiment files then change the rest.
+
+    smoke: the `tiny` model on a few dozen stdlib files, a handful of steps (tests).
+    cpu:   the ~7M-parameter `cpu_small` model on the stdlib, minutes per arm on 2 cores.
+    gpu:   a ~40M-parameter model on the larger local corpus, minutes per arm on one H100.
+    paper: `zen_code_14b` with the report's optimizer, batch and precision.
+    """
+    c.scale = scale
+    if scale == "smoke":
+        c.model = model_group("tiny")
+        c.train.update(dict(seq_len=128, global_batch_size=8, steps=6, log_every=1))
+        c.optimizer.update(dict(peak_lr=3e-3, final_lr=3e-4, warmup_steps=2))
+        c.checkpoint.update(dict(every=2, keep_last=2))
+        c.data.heldout_fraction = 0.2
+        if "max_files" in c.data:  # the data group's corpus-size cap, when present
+            c.data.max_files = 80
+        c.eval.update(dict(limit=4, max_new_tokens=8, batch_size=4))
+    elif scale == "cpu":
+        c.model = model_group("cpu_small")
+        c.train.update(dict(seq_len=512, global_batch_size=8, steps=450, log_every=10))
+        c.optimizer.update(dict(peak_lr=1e-3, final_lr=1e-4, warmup_steps=50))
+        c.checkpoint.update(dict(every=100, keep_last=2))
+        c.eval.update(dict(limit=200, max_new_tokens=32, batch_size=16))
+    elif scale == "gpu":
+        c.model = model_group(
+            "cpu_small",
+            vocab_size=16_384,
+            hidden_size=512,
+            num_layers=8,
+            num_heads=8,
+            num_kv_heads=4,
+            intermediate_size=1536,
+            max_position_embeddings=4096,
+            attention_block_size=512,
+        )
+        c.data.source = "local"
+        c.train.update(dict(seq_len=1024, global_batch_size=64, steps=1000, log_every=50))
+        c.optimizer.update(dict(peak_lr=1e-3, final_lr=1e-4, warmup_steps=100))
+        c.checkpoint.update(dict(every=250, keep_last=2))
+        c.eval.update(dict(limit=0, max_new_tokens=64, batch_size=64))
+    elif scale == "paper":
+        c.model = model_group("zen_code_14b")
+        # 1,024 sequences x 4,096 tokens = 4.19M tokens per step (the report's 4M batch).
+        c.train.update(
+            dict(seq_len=4096, global_batch_size=1024, steps=625_000, log_every=100)
+        )
+        c.train.micro_batch_size = 0
+        c.optimizer.update(dict(peak_lr=3e-4, final_lr=3e-5, warmup_steps=1000))
+        c.optimizer.weight_decay = 0.1
+        c.mesh.update(dict(data=-1, fsdp=64, tensor=1, sequence=1))
+        c.checkpoint.update(dict(every=1000, keep_last=3, keep_every=25_000))
+        c.eval.update(dict(limit=0, max_new_tokens=512, batch_size=64))
+    else:
+        raise ValueError(f"Unknown scale {scale!r}; use one of {list(SCALES)}.")
+
+
+def start_config(name: str, arg: str | None) -> tuple[ml_collections.ConfigDict, dict[str, str]]:
+    """base_config() named `name` at the ARG's scale; returns it and the ARG's overrides.
+
+    Experiment files apply the overrides last (with `apply_overrides`) so the command line
+    always wins over the file.
+    """
+    scale, overrides = parse_config_arg(arg)
+    c = base_config()
+    c.name = name
+    apply_scale(c, scale)
+    return c, overrides

@@ -1,5 +1,6 @@
 """Qwen2-style decoder, its config and presets, and attention implementations."""
 
+from zen_code_jax.model.attention import dot_product_attention as attention
 from zen_code_jax.model.config import (
     PRESETS,
     ModelConfig,
@@ -7,5 +8,22 @@ from zen_code_jax.model.config import (
     non_embedding_param_count,
     param_count,
 )
+from zen_code_jax.model.transformer import (
+    KV_CACHE_AXES,
+    Transformer,
+    init_kv_cache,
+    lm_head_kernel,
+)
 
-__all__ = ["PRESETS", "ModelConfig", "get_preset", "non_embedding_param_count", "param_count"]
+__all__ = [
+    "KV_CACHE_AXES",
+    "PRESETS",
+    "ModelConfig",
+    "Transformer",
+    "attention",
+    "get_preset",
+    "init_kv_cache",
+    "lm_head_kernel",
+    "non_embedding_param_count",
+    "param_count",
+]

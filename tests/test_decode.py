@@ -1,0 +1,299 @@
+"""KV-cache decoder, sampling, FIM prompts and scoring against independent references.
+
+References: the model's own training path (full forward, no cache) for greedy argmax, for a
+no-cache decoder and for teacher-forced log-probs; a numpy nucleus for top-p; the data
+pipeline's `fim_tokens` / `repo_windows` for prompt formats. Tiny preset, float32, random
+params (initializer_range raised so argmax margins are not razor thin).
+"""
+
+from __future__ import annotations
+
+import glob
+import sysconfig
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from zen_code_jax.data.fim import fim_tokens
+from zen_code_jax.data.repo_window import file_block, repo_windows
+from zen_code_jax.data.tokenizer import Tokenizer
+from zen_code_jax.infer import decode as dec
+from zen_code_jax.infer.engine import CompletionRequest, InferenceEngine, truncate_at_stop
+from zen_code_jax.infer.sampling import row_keys, sample_tokens, top_p_mask
+from zen_code_jax.model import Transformer, get_preset
+
+CFG = get_preset("tiny", initializer_range=0.2)
+PROMPT_LENS = [3, 9, 14, 6]  # different lengths in one batch (bucket 16)
+NEW = 12  # new-token bucket 16
+
+
+@pytest.fixture(scope="module")
+def tok() -> Tokenizer:
+    files = sorted(glob.glob(sysconfig.get_paths()["stdlib"] + "/json/*.py"))
+    return Tokenizer.train([open(f).read() for f in files], CFG.vocab_size)
+
+
+@pytest.fixture(scope="module")
+def params():
+    x = np.zeros((1, 4), np.int32)
+    return Transformer(CFG).init(jax.random.key(0), x, x, x + 1)["params"]
+
+
+@pytest.fixture(scope="module")
+def engine(params, tok) -> InferenceEngine:
+    return InferenceEngine(params, CFG, tok, max_batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def prompts(tok) -> list[list[int]]:
+    rng = np.random.default_rng(0)
+    special = set(tok.special_ids)
+    ok = np.array([i for i in range(8, 400) if i not in special])
+    return [rng.choice(ok, n).tolist() for n in PROMPT_LENS]
+
+
+@jax.jit
+def _forward(params, tokens, segs):
+    pos = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    return Transformer(CFG).apply({"params": params}, tokens, pos, segs)
+
+
+def full_logits(params, seqs: list[list[int]], length: int = 32) -> np.ndarray:
+    """Training-path logits [B, length, V] of right-padded sequences (no KV cache)."""
+    toks = np.zeros((len(seqs), length), np.int32)
+    segs = np.zeros_like(toks)
+    for i, s in enumerate(seqs):
+        toks[i, : len(s)], segs[i, : len(s)] = s, 1
+    return np.asarray(_forward(params, toks, segs))
+
+
+def run(params, prompts, *, temperature=0.0, top_p=1.0, seed=0, stop_ids=(), max_new=None):
+    n = len(prompts)
+    gens = dec.generate_ids(
+        params,
+        CFG,
+        prompts,
+        max_new_tokens=max_new or [NEW] * n,
+        temperature=[temperature] * n,
+        top_p=[top_p] * n,
+        seeds=[seed] * n,
+        sample_index=list(range(n)),
+        stop_ids=stop_ids,
+        pad_id=1,
+    )
+    return gens
+
+
+def test_greedy_equals_full_forward_argmax_every_step(params, prompts):
+    gens = run(params, prompts)
+    seqs = [p + g.ids for p, g in zip(prompts, gens)]
+    logits = full_logits(params, seqs)
+    for i, (p, g) in enumerate(zip(prompts, gens)):
+        assert len(g.ids) == NEW and g.finish_reason == "length"
+        for t in range(NEW):
+            # The forward pass over prompt + first t generated tokens predicts token t.
+            step_logits = logits[i, len(p) - 1 + t]
+            assert g.ids[t] == int(np.argmax(step_logits)), (i, t)
+            top2 = np.sort(step_logits)[-2:]
+            assert top2[1] - top2[0] > 1e-4  # the comparison is not decided by noise
+
+
+def nocache_decode(params, prompts, *, temperature, top_p, seed, steps):
+    """Reference decoder: full forward on prompt + generated so far, every step."""
+    seqs = [list(p) for p in prompts]
+    n = len(prompts)
+    for step in range(steps):
+        logits = full_logits(params, seqs)
+        last = jnp.asarray(np.stack([logits[i, len(s) - 1] for i, s in enumerate(seqs)]))
+        keys = row_keys(jnp.full((n,), seed), jnp.arange(n), jnp.int32(step))
+        tokens = sample_tokens(last, keys, jnp.full((n,), temperature), jnp.full((n,), top_p))
+        for i in range(n):
+            seqs[i].append(int(tokens[i]))
+    return [s[len(p) :] for s, p in zip(seqs, prompts)]
+
+
+@pytest.mark.parametrize("temperature,top_p", [(0.0, 1.0), (1.0, 0.9)])
+def test_cache_equals_no_cache(params, prompts, temperature, top_p):
+    gens = run(params, prompts, temperature=temperature, top_p=top_p, seed=3)
+    ref = nocache_decode(params, prompts, temperature=temperature, top_p=top_p, seed=3, steps=NEW)
+    assert [g.ids for g in gens] == ref
+
+
+def test_sampling_seeded_and_top_p_tiny_is_greedy(params, prompts):
+    a = run(params, prompts, temperature=1.0, seed=7)
+    b = run(params, prompts, temperature=1.0, seed=7)
+    c = run(params, prompts, temperature=1.0, seed=8)
+    greedy = run(params, prompts)
+    tiny_p = run(params, prompts, temperature=1.0, top_p=1e-6, seed=7)
+    assert [g.ids for g in a] == [g.ids for g in b]
+    assert [g.ids for g in a] != [g.ids for g in c]
+    assert [g.ids for g in a] != [g.ids for g in greedy]
+    assert [g.ids for g in tiny_p] == [g.ids for g in greedy]
+
+
+def test_top_p_mask_matches_numpy_nucleus():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(5, 50)).astype(np.float32) * 2
+    top_p = np.array([0.05, 0.3, 0.5, 0.9, 1.0], np.float32)
+    got = np.asarray(top_p_mask(jnp.asarray(logits), jnp.asarray(top_p)))
+    for i in range(5):
+        order = np.argsort(-logits[i])
+        probs = np.exp(logits[i] - logits[i].max())
+        probs /= probs.sum()
+        keep, mass = set(), 0.0
+        for j in order:  # add tokens, most likely first, until the mass reaches top_p
+            keep.add(int(j))
+            mass += probs[j]
+            if mass >= top_p[i]:
+                break
+        assert set(np.nonzero(got[i])[0].tolist()) == keep, i
+
+
+def test_stop_tokens_and_max_new_tokens(params, prompts):
+    free = run(params, prompts)
+    # Stop at the token that row 0 emits at step 4: row 0 ends there, excluded.
+    stop = free[0].ids[4]
+    gens = run(params, prompts, stop_ids=[stop])
+    for f, g in zip(free, gens):
+        cut = f.ids.index(stop) if stop in f.ids else None
+        assert g.ids == f.ids[:cut]
+        assert g.finish_reason == ("stop" if cut is not None else "length")
+    budgets = [1, 5, 0, 12]
+    gens = run(params, prompts, max_new=budgets)
+    assert [g.ids for g in gens] == [f.ids[:m] for f, m in zip(free, budgets)]
+    assert all(g.finish_reason == "length" for g in gens)
+
+
+def test_engine_stop_strings_and_stop_ids(engine, tok):
+    prompt = "def load(fp):\n"
+    (full,) = engine.generate([prompt], max_new_tokens=24)
+    assert len(full) > 6
+    stop = full[3:5]
+    (cut,) = engine.generate([prompt], max_new_tokens=24, stop=["\x00never", stop])
+    assert cut == full[: full.find(stop)]
+    assert truncate_at_stop("abcXYdefXY", ["d", "XY"]) == ("abc", True)
+    # Token stops: every special id ends a row (they are excluded from the text).
+    assert set(tok.special_ids) <= set(engine.stop_ids)
+    (c,) = engine.complete([CompletionRequest(tok.encode(prompt), 24)])
+    assert c.finish_reason in ("stop", "length") and not set(c.token_ids) & set(tok.special_ids)
+
+
+def test_compiles_once_per_bucket(params, prompts):
+    run(params, prompts)
+    run(params, prompts, temperature=1.0, top_p=0.5)
+    before = dict(dec.TRACE_COUNTS)
+    # Other prompt lengths, budgets and settings inside the same buckets: no new trace.
+    run(params, [p[:-1] for p in prompts], max_new=[3, 9, 11, 16], temperature=0.7, seed=5)
+    run(params, prompts[:3], max_new=[2, 2, 2])
+    assert dec.TRACE_COUNTS == before
+    assert dec.bucket(9, 16) == 16 and dec.bucket(17, 16) == 32 and dec.batch_bucket(3, 2) == 4
+
+
+def test_fim_prompt_is_training_format(engine, tok):
+    prefix, middle, suffix = "def add(a, b):\n    ", "return a + b", "\n\nprint(add(1, 2))\n"
+    for mode in ("psm", "spm"):
+        train = fim_tokens(tok.encode(prefix), tok.encode(middle), tok.encode(suffix), mode, tok)
+        prompt = engine.fim_prompt_ids(prefix, suffix, mode)
+        assert train[: len(prompt)] == prompt
+        assert train[len(prompt) :] == [*tok.encode(middle), tok.eot_id]
+        assert prompt.count(tok.fim_middle_id) == 1  # sentinels are ids, not text
+    # A literal sentinel in user text stays text.
+    lit = engine.fim_prompt_ids("x = '<|fim_suffix|>'", "", "psm")
+    assert lit.count(tok.fim_suffix_id) == 1
+
+
+def test_repository_fim_prompt_matches_repo_windows(engine, tok):
+    """With context files, the prompt is the training window up to the middle."""
+    files = [("pkg/util.py", "def helper():\n    return 1\n"), ("pkg/main.py", "x = helper()\n")]
+    (window,) = repo_windows(files, tok, None, 256)  # no FIM: the plain window
+    target = files[-1][1] + "\n"
+    prefix, suffix = target[:4], target[4:]
+    prompt = engine.fim_prompt_ids(prefix, suffix, "psm", context=files[:1], path=files[-1][0])
+    ctx = tok.encode(file_block(*files[0]))
+    assert window.tolist()[: len(ctx)] == ctx
+    assert prompt == [
+        tok.fim_prefix_id,
+        *ctx,
+        *tok.encode("# File: pkg/main.py\n" + prefix),
+        tok.fim_suffix_id,
+        *tok.encode(suffix),
+        tok.fim_middle_id,
+    ]
+
+
+def test_infill_returns_greedy_middle(engine, tok):
+    prefixes, suffixes = ["def f(x):\n    return ", "import os\n"], ["\n", "\nprint(1)\n"]
+    middles = engine.infill(prefixes, suffixes, mode="spm", max_new_tokens=10)
+    for p, s, m in zip(prefixes, suffixes, middles):
+        ids = engine.fim_prompt_ids(p, s, "spm")
+        (g,) = dec.generate_ids(
+            engine.params,
+            CFG,
+            [ids],
+            max_new_tokens=[10],
+            temperature=[0.0],
+            top_p=[1.0],
+            seeds=[0],
+            sample_index=[0],
+            stop_ids=engine.stop_ids,
+            pad_id=tok.pad_id,
+        )
+        assert m == tok.decode(g.ids)
+
+
+def test_token_logprobs_equal_full_forward_log_softmax(engine, params):
+    rng = np.random.default_rng(2)
+    ctx = [rng.integers(8, 400, n).tolist() for n in (1, 7, 12)]
+    cont = [rng.integers(8, 400, n).tolist() for n in (5, 1, 9)]
+    got = engine.token_logprobs(ctx, cont)
+    logits = full_logits(params, [c + k for c, k in zip(ctx, cont)])
+    logp = jax.nn.log_softmax(jnp.asarray(logits), axis=-1)
+    for i, (c, k) in enumerate(zip(ctx, cont)):
+        want = [float(logp[i, len(c) - 1 + t, k[t]]) for t in range(len(k))]
+        np.testing.assert_allclose(got[i], want, rtol=0, atol=2e-5)
+    with pytest.raises(ValueError, match="one continuation per context"):
+        engine.token_logprobs(ctx, cont[:2])
+
+
+def test_sharded_decode_matches_single_device(params, tok, prompts):
+    from zen_code_jax.parallel.mesh import make_mesh
+
+    mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2, "sequence": 1})
+    sharded = InferenceEngine(params, CFG, tok, mesh, max_batch_size=4)
+    single = InferenceEngine(params, CFG, tok, max_batch_size=4)
+    reqs = [CompletionRequest(p, NEW) for p in prompts]
+    assert [c.token_ids for c in sharded.complete(reqs)] == [
+        c.token_ids for c in single.complete(reqs)
+    ]
+    # The cache is laid out [L, B, T, KV, Dh] and sharded by the model's logical rules.
+    rows = dec.RowParams(
+        lengths=jnp.array(PROMPT_LENS),
+        max_new=jnp.full((4,), NEW),
+        temperature=jnp.zeros((4,)),
+        top_p=jnp.ones((4,)),
+        seeds=jnp.zeros((4,), jnp.int32),
+        sample_index=jnp.arange(4),
+        stop_ids=jnp.full((dec.MAX_STOP_IDS,), -1),
+    )
+    toks = jnp.ones((4, 16), jnp.int32)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharded.rules):
+        state = dec.prefill(sharded.params, toks, rows, cfg=CFG, max_new_bucket=16, pad_id=1)
+    assert state.cache["k"].shape == (CFG.num_layers, 4, 32, CFG.num_kv_heads, 16)
+    spec = state.cache["k"].sharding.spec
+    assert tuple(spec)[:4] == (None, ("data", "fsdp"), "sequence", "tensor") or tuple(spec)[
+        :4
+    ] == (None, ("data", "fsdp"), None, "tensor")
+
+
+def test_bad_inputs_name_the_fix(engine):
+    with pytest.raises(ValueError, match="exceeds the model's context"):
+        engine.generate(["x"], max_new_tokens=CFG.max_position_embeddings)
+    with pytest.raises(ValueError, match="top_p"):
+        engine.generate(["x"], max_new_tokens=2, temperature=1.0, top_p=0.0)
+    with pytest.raises(TypeError, match="list of strings"):
+        engine.generate("x", max_new_tokens=2)
+    with pytest.raises(ValueError, match="psm"):
+        engine.infill(["a"], ["b"], mode="pms", max_new_tokens=2)

@@ -1,0 +1,223 @@
+"""Fill-in-the-middle (FIM) transformation, shared by training and inference.
+
+Bavarian et al. (2022): a document is split at the *character* level by two sorted uniform
+draws into (prefix, middle, suffix) and rearranged with sentinel tokens so a left-to-right
+model learns to infill:
+
+  PSM: <|fim_prefix|> P <|fim_suffix|> S <|fim_middle|> M <|endoftext|>
+  SPM: <|fim_prefix|> <|fim_suffix|> S <|fim_middle|> P M <|endoftext|>
+
+Why the details matter:
+- Sentinels are inserted as ids, never by encoding their spelling, so a literal
+  "<|fim_prefix|>" inside a source file stays ordinary text (the tokenizer can never
+  produce a sentinel id from raw text).
+- The three parts are encoded separately. Inference (`fim_prompt_tokens`) encodes the
+  user's prefix and suffix the same way, so the prompt is token-for-token what the model
+  saw in training up to the point where the middle starts.
+- The random draw comes from a generator that the caller seeds from (seed, record index)
+  only (`record_rng`, or Grain's `MapDataset.random_map`), so it never depends on read
+  order or on the number of worker processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol, TypeVar
+
+import numpy as np
+
+Mode = Literal["psm", "spm"]
+MODES: tuple[str, ...] = ("psm", "spm")
+T = TypeVar("T")
+
+
+class FimTokenizer(Protocol):
+    """What FIM needs from `zen_code_jax.data.tokenizer.Tokenizer`."""
+
+    eot_id: int
+    fim_prefix_id: int
+    fim_middle_id: int
+    fim_suffix_id: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"Unknown FIM mode {mode!r}; use one of {MODES} ('psm' or 'spm').")
+    return mode
+
+
+def arrange(
+    prefix: Sequence[T],
+    middle: Sequence[T],
+    suffix: Sequence[T],
+    mode: str,
+    *,
+    fim_prefix: T,
+    fim_middle: T,
+    fim_suffix: T,
+    eot: T | None,
+) -> list[T]:
+    """The FIM layout over any sequences (token ids, or characters in tests).
+
+    `eot=None` leaves the end-of-text marker off (used for prompts).
+    """
+    _check_mode(mode)
+    if mode == "psm":
+        out = [fim_prefix, *prefix, fim_suffix, *suffix, fim_middle, *middle]
+    else:
+        out = [fim_prefix, fim_suffix, *suffix, fim_middle, *prefix, *middle]
+    if eot is not None:
+        out.append(eot)
+    return out
+
+
+def fim_tokens(
+    prefix_ids: Sequence[int],
+    middle_ids: Sequence[int],
+    suffix_ids: Sequence[int],
+    mode: str,
+    tok: FimTokenizer,
+) -> list[int]:
+    """Exactly the training sequence for one FIM example, ending with <|endoftext|>."""
+    return arrange(
+        list(prefix_ids),
+        list(middle_ids),
+        list(suffix_ids),
+        mode,
+        fim_prefix=tok.fim_prefix_id,
+        fim_middle=tok.fim_middle_id,
+        fim_suffix=tok.fim_suffix_id,
+        eot=tok.eot_id,
+    )
+
+
+def fim_prompt_tokens(
+    prefix: str,
+    suffix: str,
+    mode: str,
+    tok: FimTokenizer,
+    *,
+    context_ids: Sequence[int] = (),
+) -> list[int]:
+    """The inference prompt: the training format up to and including where the middle starts.
+
+    PSM ends with <|fim_middle|>; SPM ends with the prefix tokens (the middle continues the
+    prefix). `context_ids` (already tokenized text that precedes `prefix`, e.g. repository
+    files from `repo_window.context_ids`) is placed before the prefix tokens, as in training.
+    """
+    prefix_ids = [*context_ids, *tok.encode(prefix)]
+    suffix_ids = tok.encode(suffix)
+    return arrange(
+        prefix_ids,
+        [],
+        suffix_ids,
+        mode,
+        fim_prefix=tok.fim_prefix_id,
+        fim_middle=tok.fim_middle_id,
+        fim_suffix=tok.fim_suffix_id,
+        eot=None,
+    )
+
+
+def split_points(n: int, rng: np.random.Generator) -> tuple[int, int]:
+    """Two sorted uniform draws over the n+1 cut positions of an n-character text."""
+    a, b = rng.integers(0, n + 1, size=2)
+    return (int(a), int(b)) if a <= b else (int(b), int(a))
+
+
+def split_text(text: str, rng: np.random.Generator) -> tuple[str, str, str]:
+    """Character-level (prefix, middle, suffix) with prefix + middle + suffix == text."""
+    a, b = split_points(len(text), rng)
+    return text[:a], text[a:b], text[b:]
+
+
+def draw_mode(rng: np.random.Generator, rate: float, spm_rate: float) -> str | None:
+    """None (plain document) with probability 1 - rate, else 'spm' w.p. spm_rate, else 'psm'.
+
+    Always consumes two uniforms so later draws do not depend on the outcome.
+    """
+    if not (0.0 <= rate <= 1.0 and 0.0 <= spm_rate <= 1.0):
+        raise ValueError(
+            f"fim.rate={rate} and fim.spm_rate={spm_rate} must both be in [0, 1]; "
+            "fix the `fim` group of the config."
+        )
+    u_fim, u_spm = rng.random(2)
+    if u_fim >= rate:
+        return None
+    return "spm" if u_spm < spm_rate else "psm"
+
+
+def fim_parts(
+    text: str,
+    tok: FimTokenizer,
+    rng: np.random.Generator,
+    rate: float,
+    spm_rate: float,
+    *,
+    context_text: str = "",
+) -> tuple[str | None, list[int], list[int], list[int]]:
+    """Draw the FIM decision for one document and encode its parts separately.
+
+    Returns (mode, prefix_ids, middle_ids, suffix_ids); mode None means a plain document whose
+    ids are all in `prefix_ids`. `context_text` (e.g. the target file's `# File:` header) is
+    encoded together with the prefix: it always precedes the split.
+    """
+    mode = draw_mode(rng, rate, spm_rate)
+    if mode is None:
+        return None, tok.encode(context_text + text), [], []
+    prefix, middle, suffix = split_text(text, rng)
+    return mode, tok.encode(context_text + prefix), tok.encode(middle), tok.encode(suffix)
+
+
+def apply_fim(
+    text: str,
+    tok: FimTokenizer,
+    rng: np.random.Generator,
+    rate: float,
+    spm_rate: float,
+    *,
+    context_ids: Sequence[int] = (),
+    context_text: str = "",
+) -> tuple[list[int], str | None]:
+    """Tokens of one document (plain or FIM) ending with <|endoftext|>, and the mode used.
+
+    `context_ids` are tokens that precede `text` (repository files before the target file);
+    `context_text` is text that precedes `text` inside the same encoding call (the target
+    file's `# File:` header). Both belong to the FIM prefix, as in the report's listing.
+    """
+    mode, p, m, s = fim_parts(text, tok, rng, rate, spm_rate, context_text=context_text)
+    if mode is None:
+        return [*context_ids, *p, tok.eot_id], None
+    return fim_tokens([*context_ids, *p], m, s, mode, tok), mode
+
+
+def record_rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
+    """A Philox generator keyed only by (seed, record index, stream): order-independent."""
+    key = np.array([seed & 0xFFFFFFFFFFFFFFFF, index & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64)
+    return np.random.Generator(np.random.Philox(key=key, counter=[stream, 0, 0, 0]))
+
+
+def unfim(ids: Sequence[int], tok: Any) -> tuple[list[int], list[int], list[int], str | None]:
+    """Invert `fim_tokens`: (prefix_ids, middle_ids, suffix_ids, mode) of a FIM sequence.
+
+    A plain document (no leading <|fim_prefix|>) returns (ids, [], [], None). A trailing
+    <|endoftext|> is dropped. Used by tests and by analysis tools; raises on malformed input.
+    """
+    ids = list(ids)
+    if ids and ids[-1] == tok.eot_id:
+        ids = ids[:-1]
+    if not ids or ids[0] != tok.fim_prefix_id:
+        return ids, [], [], None
+    fp, fs, fm = tok.fim_prefix_id, tok.fim_suffix_id, tok.fim_middle_id
+    for s in (fp, fs, fm):
+        if ids.count(s) != 1:
+            raise ValueError(
+                f"Malformed FIM sequence: sentinel id {s} occurs {ids.count(s)} times."
+            )
+    i_s, i_m = ids.index(fs), ids.index(fm)
+    if i_s == 1:  # SPM: FP FS S FM P M -- prefix/middle boundary is not marked
+        suffix = ids[2:i_m]
+        return [], ids[i_m + 1 :], suffix, "spm"
+    return ids[1:i_s], ids[i_m + 1 :], ids[i_s + 1 : i_m], "psm"

@@ -1,0 +1,260 @@
+"""First-fit packing of token segments into fixed-length rows, and the batch contract.
+
+Why our own packer (not grain.experimental.FirstFitPackIterDataset): one record (a file or a
+repository) yields a *list* of segments, a segment longer than a row must be split rather
+than truncated, and we want the output to be the finished batch so nothing downstream can
+reorder rows. The algorithm is grain's: fill `num_rows` bins, placing each segment in the
+first bin with room; when a segment fits nowhere, the group is complete and is emitted as
+`num_rows / batch_size` batches; the segment that did not fit opens the next group.
+
+Checkpointing: the iterator state is (parent state before the record that opened the
+current group, how many of that record's segments earlier groups consumed, how many batches
+of the group were emitted). Restoring re-reads from there and re-packs the group, so a
+resumed run yields exactly the batches an uninterrupted one would.
+
+Batch contract (DESIGN.md): int32 [batch, seq_len] arrays
+  inputs       the packed tokens (pad_id on padding)
+  targets      inputs shifted left by one *within* a segment (0 where there is no next token)
+  segment_ids  1, 2, ... per segment in a row; 0 on padding
+  positions    0, 1, ... restarting in each segment; 0 on padding
+  loss_mask    1 where targets is a real next token: 0 on padding and on each segment's last token
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+BATCH_KEYS = ("inputs", "targets", "segment_ids", "positions", "loss_mask")
+
+
+def chunk_segment(ids: np.ndarray, seq_len: int) -> list[np.ndarray]:
+    """Split a too-long segment into rows; consecutive chunks overlap by one token.
+
+    The overlap makes every next-token prediction of the segment appear exactly once: the
+    last token of a chunk (no target there) is the first input of the next chunk.
+    """
+    n = len(ids)
+    if n <= seq_len:
+        return [ids]
+    out = []
+    start = 0
+    while True:
+        out.append(ids[start : start + seq_len])
+        if start + seq_len >= n:
+            return out
+        start += seq_len - 1
+
+
+class RowPacker:
+    """First-fit bins for one group: a plain, testable core with no Grain in it."""
+
+    def __init__(self, seq_len: int, num_rows: int):
+        self.seq_len = seq_len
+        self.num_rows = num_rows
+        self.rows: list[list[np.ndarray]] = [[] for _ in range(num_rows)]
+        self.free = [seq_len] * num_rows
+
+    def try_add(self, seg: np.ndarray) -> bool:
+        n = len(seg)
+        for r in range(self.num_rows):
+            if self.free[r] >= n:
+                self.rows[r].append(seg)
+                self.free[r] -= n
+                return True
+        return False
+
+    @property
+    def empty(self) -> bool:
+        return not self.rows[0]
+
+    def arrays(self, pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """tokens, segment_ids, positions, each int32 [num_rows, seq_len]."""
+        shape = (self.num_rows, self.seq_len)
+        tokens = np.full(shape, pad_id, dtype=np.int32)
+        segs = np.zeros(shape, dtype=np.int32)
+        pos = np.zeros(shape, dtype=np.int32)
+        for r, row in enumerate(self.rows):
+            at = 0
+            for k, seg in enumerate(row, start=1):
+                n = len(seg)
+                tokens[r, at : at + n] = seg
+                segs[r, at : at + n] = k
+                pos[r, at : at + n] = np.arange(n, dtype=np.int32)
+                at += n
+        return tokens, segs, pos
+
+
+def make_batch(tokens: np.ndarray, segment_ids: np.ndarray, positions: np.ndarray) -> dict:
+    """The batch contract from packed rows (see the module docstring)."""
+    nxt_same = np.zeros_like(segment_ids, dtype=bool)
+    nxt_same[:, :-1] = (segment_ids[:, 1:] == segment_ids[:, :-1]) & (segment_ids[:, :-1] != 0)
+    targets = np.zeros_like(tokens)
+    targets[:, :-1] = np.where(nxt_same[:, :-1], tokens[:, 1:], 0)
+    return {
+        "inputs": tokens.astype(np.int32),
+        "targets": targets.astype(np.int32),
+        "segment_ids": segment_ids.astype(np.int32),
+        "positions": positions.astype(np.int32),
+        "loss_mask": nxt_same.astype(np.int32),
+    }
+
+
+def pack_segments(
+    segments: Iterable[np.ndarray], seq_len: int, batch_size: int, pad_id: int = 0
+) -> list[dict]:
+    """Pack a finite list of segments into batches (no Grain; for tests and tools)."""
+    it = _PackIterator(_ListIterator([list(segments)]), seq_len, batch_size, 1, pad_id)
+    return list(it)
+
+
+class PackIterDataset(grain.IterDataset):
+    """Packs records (each a list of int32 token segments) into finished batches."""
+
+    def __init__(
+        self,
+        parent: grain.IterDataset,
+        *,
+        seq_len: int,
+        batch_size: int,
+        batches_per_group: int = 1,
+        pad_id: int = 0,
+    ):
+        super().__init__(parent)
+        if seq_len < 2 or batch_size < 1 or batches_per_group < 1:
+            raise ValueError(
+                f"Packing needs seq_len >= 2, batch_size >= 1 and batches_per_group >= 1; got "
+                f"seq_len={seq_len}, batch_size={batch_size}, batches_per_group={batches_per_group}."
+            )
+        self._seq_len = seq_len
+        self._batch_size = batch_size
+        self._bpg = batches_per_group
+        self._pad_id = pad_id
+
+    def __iter__(self) -> _PackIterator:
+        return _PackIterator(
+            self._parent.__iter__(), self._seq_len, self._batch_size, self._bpg, self._pad_id
+        )
+
+    def __str__(self) -> str:
+        return f"PackIterDataset(seq_len={self._seq_len}, batch_size={self._batch_size})"
+
+
+class _ListIterator(grain.DatasetIterator):
+    """A checkpointable iterator over an in-memory list (for `pack_segments`)."""
+
+    def __init__(self, items: Sequence[Any]):
+        super().__init__()
+        self._items = items
+        self._i = 0
+
+    def __next__(self):
+        if self._i >= len(self._items):
+            raise StopIteration
+        self._i += 1
+        return self._items[self._i - 1]
+
+    def get_state(self) -> dict:
+        return {"i": self._i}
+
+    def set_state(self, state: dict) -> None:
+        self._i = state["i"]
+
+
+class _PackIterator(grain.DatasetIterator):
+    def __init__(
+        self,
+        parent: grain.DatasetIterator,
+        seq_len: int,
+        batch_size: int,
+        batches_per_group: int,
+        pad_id: int,
+    ):
+        super().__init__(parent)
+        self._seq_len = seq_len
+        self._batch_size = batch_size
+        self._bpg = batches_per_group
+        self._pad_id = pad_id
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pending: list[np.ndarray] = []  # unplaced segments of the current record
+        self._pending_state: Any = None  # parent state before the current record
+        self._pending_skip = 0  # segments of the current record consumed so far
+        self._restore_skip = 0  # one-shot: segments to drop from the next record read
+        self._skip_batches = 0  # one-shot: batches of the next group already emitted
+        self._queue: list[dict] = []
+        self._group_state: Any = None
+        self._group_skip = 0
+        self._emitted = 0
+        self._exhausted = False
+
+    def _next_record(self) -> bool:
+        """Load the next non-empty record into `_pending`; False at the end of the parent."""
+        while True:
+            state = self._parent.get_state()
+            try:
+                rec = next(self._parent)
+            except StopIteration:
+                self._exhausted = True
+                return False
+            segs = [c for s in rec if len(s) >= 2 for c in chunk_segment(s, self._seq_len)]
+            skip, self._restore_skip = self._restore_skip, 0
+            self._pending, self._pending_state, self._pending_skip = segs[skip:], state, skip
+            if self._pending:
+                return True
+
+    def _pack_group(self) -> bool:
+        """Pack the next group into `_queue`; False when the parent has nothing left."""
+        if self._pending:
+            self._group_state, self._group_skip = self._pending_state, self._pending_skip
+        else:
+            self._group_state, self._group_skip = self._parent.get_state(), self._restore_skip
+        packer = RowPacker(self._seq_len, self._batch_size * self._bpg)
+        while True:
+            if not self._pending and (self._exhausted or not self._next_record()):
+                break
+            if not packer.try_add(self._pending[0]):
+                break
+            self._pending.pop(0)
+            self._pending_skip += 1
+        if packer.empty:
+            return False
+        tokens, segs, pos = packer.arrays(self._pad_id)
+        used = segs.any(axis=1)
+        n_rows = int(used.sum())  # rows fill in order; only the final group has empty rows
+        n_batches = -(-n_rows // self._batch_size)
+        batch = make_batch(tokens, segs, pos)
+        b = self._batch_size
+        self._queue = [
+            {k: v[i * b : (i + 1) * b] for k, v in batch.items()} for i in range(n_batches)
+        ]
+        self._emitted = 0
+        skip, self._skip_batches = self._skip_batches, 0
+        self._queue = self._queue[skip:]
+        self._emitted = skip
+        return True
+
+    def __next__(self) -> dict:
+        while not self._queue:
+            if not self._pack_group():
+                raise StopIteration
+        self._emitted += 1
+        return self._queue.pop(0)
+
+    def get_state(self) -> dict:
+        if self._group_state is None:  # nothing packed yet
+            return {"parent": self._parent.get_state(), "skip": 0, "emitted": 0}
+        return {"parent": self._group_state, "skip": self._group_skip, "emitted": self._emitted}
+
+    def set_state(self, state: dict) -> None:
+        self._parent.set_state(state["parent"])
+        self._reset()
+        self._restore_skip = int(state["skip"])
+        self._skip_batches = int(state["emitted"])
+
+    def __str__(self) -> str:
+        return f"PackIterator(seq_len={self._seq_len}, batch_size={self._batch_size})"

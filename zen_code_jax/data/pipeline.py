@@ -1,0 +1,311 @@
+"""The Grain input pipeline: records -> (repo windows | file pieces) -> FIM -> pack -> batches.
+
+Order of operations and why:
+
+  MapDataset.source(records or repositories)
+    .shuffle(seed).repeat(epochs)        global shuffle; each epoch reshuffled (train only)
+    [.mix(...)]                          domain / language weights (train, file mode only)
+    .random_map(to_segments, seed)       windows, FIM, tokenize: Philox keyed by (seed, index)
+    [shard_index::shard_count]           this host's disjoint, balanced share
+    .to_iter_dataset()
+    [.mp_prefetch(workers)]              worker processes do the per-record work above
+    PackIterDataset                      first-fit packing into finished [batch, seq_len] batches
+
+Every random choice happens on the MapDataset side, keyed by the element's index in the
+global (shuffled, repeated) stream, so it never depends on read order, threads or worker
+processes. Packing runs after the worker processes, in the host process, so its input order
+(and hence every batch) is identical with 0 or N workers. Worker processes read disjoint
+slices and Grain re-interleaves them in the original order.
+
+`make_dataset` returns a Grain DatasetIterator: `get_state()`/`set_state()` (JSON-able dicts)
+checkpoint it, e.g. with `grain.checkpoint.CheckpointSave` inside Orbax's Composite.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+from zen_code_jax.data.import_graph import order_files
+from zen_code_jax.data.packing import PackIterDataset
+from zen_code_jax.data.repo_window import file_segments, repo_windows
+
+log = logging.getLogger(__name__)
+
+TRAIN_SPLIT = "train"
+SPLITS = ("train", "heldout")
+MODES = ("file", "repo")
+# First-fit bins per group, at least: more bins, less padding (measured in the benchmark).
+MIN_PACKING_ROWS = 64
+
+
+class FileToSegments:
+    """Per-record transform for file mode (picklable for worker processes)."""
+
+    def __init__(self, tok: Any, seq_len: int, fim_rate: float, spm_rate: float):
+        self.tok, self.seq_len, self.fim_rate, self.spm_rate = tok, seq_len, fim_rate, spm_rate
+
+    def __call__(self, record: dict, rng: np.random.Generator | None = None) -> list[np.ndarray]:
+        return file_segments(
+            record["content"],
+            self.tok,
+            rng,
+            self.seq_len,
+            fim_rate=self.fim_rate,
+            spm_rate=self.spm_rate,
+        )
+
+
+class RepoToWindows:
+    """Per-repository transform for repo mode: read files, order by imports, window, FIM."""
+
+    def __init__(self, source: Any, tok: Any, seq_len: int, fim_rate: float, spm_rate: float):
+        self.source = source
+        self.tok, self.seq_len, self.fim_rate, self.spm_rate = tok, seq_len, fim_rate, spm_rate
+
+    def __call__(self, repo: Sequence, rng: np.random.Generator | None = None) -> list[np.ndarray]:
+        _, start, end = repo
+        files = {}
+        for i in range(int(start), int(end)):
+            rec = _decode(self.source[i])
+            files[rec["path"]] = rec["content"]
+        ordered = [(p, files[p]) for p in order_files(files)]
+        return repo_windows(
+            ordered, self.tok, rng, self.seq_len, fim_rate=self.fim_rate, spm_rate=self.spm_rate
+        )
+
+
+def _decode(rec: Any) -> dict:
+    """Records are dicts; raw JSON bytes are accepted too (an undecoded ArrayRecord source)."""
+    if isinstance(rec, dict):
+        return rec
+    import json
+
+    return json.loads(rec)
+
+
+def _cfg_get(group: Any, key: str, default: Any) -> Any:
+    try:
+        return group[key]
+    except (KeyError, AttributeError, TypeError):
+        return default
+
+
+def _check_args(
+    split: str, mode: str, seq_len: int, batch_size: int, shard_index: int, shard_count: int
+) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split {split!r}; use one of {SPLITS}.")
+    if mode not in MODES:
+        raise ValueError(f"Unknown data.mode {mode!r}; set data.mode to one of {MODES}.")
+    if seq_len < 64:
+        raise ValueError(f"seq_len={seq_len} is too short for file headers and FIM; use >= 64.")
+    if batch_size < 1:
+        raise ValueError(
+            f"Per-host batch_size={batch_size} must be >= 1; make train.global_batch_size a "
+            "multiple of the number of hosts (jax.process_count())."
+        )
+    if not (shard_count >= 1 and 0 <= shard_index < shard_count):
+        raise ValueError(
+            f"shard_index={shard_index} must be in [0, shard_count={shard_count}); pass "
+            "jax.process_index() and jax.process_count()."
+        )
+
+
+def mixture_weights(
+    counts: dict[tuple[str, str], int], domain_weights: dict, language_weights: dict
+) -> dict[tuple[str, str], float]:
+    """Sampling weight per (domain, language) group (normalized to sum 1).
+
+    P(domain) is `domain_weights` (natural share when empty); P(language | domain) is
+    `language_weights` restricted to the languages present in that domain (natural share
+    when empty). Domains or languages missing from a non-empty weight dict get weight 0.
+    """
+    total = sum(counts.values())
+    domains = sorted({d for d, _ in counts})
+    dom_n = {d: sum(n for (dd, _), n in counts.items() if dd == d) for d in domains}
+    if domain_weights:
+        z = sum(float(domain_weights.get(d, 0.0)) for d in domains)
+        p_dom = {d: float(domain_weights.get(d, 0.0)) / z if z > 0 else 0.0 for d in domains}
+    else:
+        p_dom = {d: dom_n[d] / total for d in domains}
+    out = {}
+    for (d, lang), n in sorted(counts.items()):
+        if language_weights:
+            z = sum(float(language_weights.get(ll, 0.0)) for dd, ll in counts if dd == d)
+            p_lang = float(language_weights.get(lang, 0.0)) / z if z > 0 else 0.0
+        else:
+            p_lang = n / dom_n[d]
+        out[(d, lang)] = p_dom[d] * p_lang
+    z = sum(out.values())
+    if z <= 0:
+        raise ValueError(
+            f"data.domain_weights={domain_weights} / data.language_weights={language_weights} "
+            f"give every group weight 0; the corpus has (domain, language) groups "
+            f"{sorted(counts)}. Name at least one of them with a positive weight."
+        )
+    return {k: v / z for k, v in out.items()}
+
+
+def _mixture(source: Any, data_cfg: Any, seed: int) -> grain.MapDataset | None:
+    """A deterministic weighted mixture by domain and language, or None when not asked for.
+
+    Each group is shuffled (reshuffled every epoch) and repeated; `MapDataset.mix` then
+    interleaves them in proportion to the weights, by index (no stateful RNG).
+    """
+    dom_w = dict(_cfg_get(data_cfg, "domain_weights", {}) or {})
+    lang_w = dict(_cfg_get(data_cfg, "language_weights", {}) or {})
+    if not lang_w and len(dom_w) <= 1:
+        return None
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i in range(len(source)):
+        rec = _decode(source[i])
+        groups.setdefault((rec.get("domain", "code"), rec.get("language", "")), []).append(i)
+    weights = mixture_weights({k: len(v) for k, v in groups.items()}, dom_w, lang_w)
+    keep = [(k, w) for k, w in weights.items() if w > 0]
+    parts = [
+        grain.MapDataset.source(np.asarray(groups[k], dtype=np.int64))
+        .shuffle((seed + j) % 2**32)
+        .repeat(None)
+        .map(_Lookup(source))
+        for j, (k, _) in enumerate(keep)
+    ]
+    log.info("Mixing %d (domain, language) groups with weights %s", len(keep), keep)
+    return grain.MapDataset.mix(parts, [w for _, w in keep])
+
+
+class _Lookup:
+    """Record index -> record (picklable)."""
+
+    def __init__(self, source: Any):
+        self.source = source
+
+    def __call__(self, i: Any) -> Any:
+        return self.source[int(i)]
+
+
+def build_dataset(
+    corpus: Any,
+    config: Any,
+    *,
+    split: str = TRAIN_SPLIT,
+    seq_len: int | None = None,
+    batch_size: int | None = None,
+    seed: int | None = None,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    num_epochs: int | None = None,
+    num_workers: int | None = None,
+    mode: str | None = None,
+) -> grain.IterDataset:
+    """The pipeline as a Grain IterDataset (see the module docstring for the order)."""
+    data_cfg = config.data
+    seq_len = int(seq_len or config.train.seq_len)
+    if batch_size is None:
+        batch_size = int(config.train.global_batch_size) // shard_count
+    seed = int(config.seed if seed is None else seed) % 2**32
+    mode = mode or _cfg_get(data_cfg, "mode", "file")
+    workers = int(_cfg_get(data_cfg, "num_workers", 0) if num_workers is None else num_workers)
+    _check_args(split, mode, seq_len, batch_size, shard_index, shard_count)
+    train = split == TRAIN_SPLIT
+    tok = corpus.tokenizer
+    fim_rate = float(config.fim.rate) if train else 0.0
+    spm_rate = float(config.fim.spm_rate) if train else 0.0
+    source = corpus.source(split)
+
+    if mode == "file":
+        ds = grain.MapDataset.source(source)
+        if len(ds) == 0:
+            raise ValueError(f"The {split!r} split has no records; check data.source and filters.")
+        fn = FileToSegments(tok, seq_len, fim_rate, spm_rate)
+    else:
+        repos = [tuple(r) for r in corpus.repos(split)]
+        if not repos:
+            raise ValueError(f"The {split!r} split has no repositories; check data.source.")
+        ds = grain.MapDataset.source(repos)
+        fn = RepoToWindows(source, tok, seq_len, fim_rate, spm_rate)
+
+    if train:
+        mixed = _mixture(source, data_cfg, seed) if mode == "file" else None
+        if mixed is not None:
+            if num_epochs is not None:
+                log.warning("num_epochs is ignored with a weighted mixture (it repeats forever).")
+            ds = mixed
+        else:
+            ds = ds.shuffle(seed).repeat(num_epochs)
+        ds = (ds.map(_decode) if mode == "file" else ds).random_map(fn, seed=seed)
+    else:  # held-out: fixed order, no FIM, one pass
+        ds = ds.map(_decode).map(fn) if mode == "file" else ds.map(fn)
+    if shard_count > 1:
+        ds = ds[shard_index::shard_count]
+    it = ds.to_iter_dataset()
+    if workers > 0:
+        _ensure_absl_flags_parsed()
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    rows = max(batch_size, MIN_PACKING_ROWS)
+    return PackIterDataset(
+        it,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        batches_per_group=-(-rows // batch_size),
+        pad_id=int(tok.pad_id),
+    )
+
+
+def make_dataset(
+    corpus: Any,
+    config: Any,
+    *,
+    split: str = TRAIN_SPLIT,
+    seq_len: int | None = None,
+    batch_size: int | None = None,
+    seed: int | None = None,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    num_epochs: int | None = None,
+    num_workers: int | None = None,
+    mode: str | None = None,
+) -> grain.DatasetIterator:
+    """A checkpointable iterator of per-host batches (the batch contract in `packing`).
+
+    `batch_size` is per host (default: train.global_batch_size // shard_count). split='train'
+    shuffles, applies FIM and repeats forever (or `num_epochs`); split='heldout' reads the
+    held-out split once in order without FIM (held-out loss). Pass shard_index /
+    shard_count = jax.process_index() / jax.process_count() on multi-host runs. With
+    worker processes (data.num_workers > 0) the calling script needs an
+    `if __name__ == "__main__":` guard (Grain uses spawn).
+    """
+    return iter(
+        build_dataset(
+            corpus,
+            config,
+            split=split,
+            seq_len=seq_len,
+            batch_size=batch_size,
+            seed=seed,
+            shard_index=shard_index,
+            shard_count=shard_count,
+            num_epochs=num_epochs,
+            num_workers=num_workers,
+            mode=mode,
+        )
+    )
+
+
+def make_eval_dataset(corpus: Any, config: Any, **kwargs: Any) -> grain.DatasetIterator:
+    """One ordered pass over the held-out split without FIM (for held-out loss)."""
+    return make_dataset(corpus, config, split="heldout", **kwargs)
+
+
+def _ensure_absl_flags_parsed() -> None:
+    """Grain's worker processes read absl flags; mark them parsed when no absl app ran."""
+    try:
+        from absl import flags
+    except ImportError:  # pragma: no cover - absl is a grain dependency
+        return
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()

@@ -1,0 +1,192 @@
+"""The task registry and what every evaluation task shares.
+
+A task can (1) export its problems as JSON-able dicts (`python -m zen_code_jax.eval
+--export=TASK`) and (2) score a model given an `EvalContext` (an engine with the
+`InferenceEngine` interface: `generate`, `infill`, `token_logprobs`; the tokenizer; the run's
+config; the prepared corpus for held-out tasks). Scoring returns per-sample records (written
+to `RUN/eval/<task>.jsonl`) and summary scalars (written to TensorBoard).
+
+Tasks never load a checkpoint themselves, so tests drive them with fake completers and
+canonical solutions, and the same code scores any model behind the engine interface.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import ml_collections
+
+from zen_code_jax.eval.sandbox import SandboxLimits
+
+
+class Completer(Protocol):
+    """What tasks need from `zen_code_jax.infer.engine.InferenceEngine`."""
+
+    def generate(self, prompts: list[str], **kwargs: Any) -> list[str]: ...
+
+    def infill(self, prefixes: list[str], suffixes: list[str], **kwargs: Any) -> list[str]: ...
+
+    def token_logprobs(
+        self, context_ids: list[list[int]], continuation_ids: list[list[int]]
+    ) -> list[Any]: ...
+
+
+@dataclasses.dataclass
+class EvalContext:
+    """Everything a task may use. `config` is the run's full config (reads `eval`, `seed`,
+    `train.seq_len`); `corpus` is a `PreparedCorpus` (held-out tasks only), or a callable
+    that builds it on first use."""
+
+    config: ml_collections.ConfigDict
+    engine: Completer | None = None
+    tokenizer: Any = None
+    corpus: Any = None
+
+    @property
+    def eval_cfg(self) -> ml_collections.ConfigDict:
+        return self.config.eval
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.seed)
+
+    def get_corpus(self) -> Any:
+        if callable(self.corpus):
+            self.corpus = self.corpus()
+        if self.corpus is None:
+            raise ValueError(
+                "This task needs the prepared corpus (held-out repositories); run it with "
+                "--workdir=RUN so the run's data config can be prepared, or pass corpus=."
+            )
+        return self.corpus
+
+    def need_engine(self) -> Completer:
+        if self.engine is None:
+            raise ValueError(
+                "Scoring needs a model: pass --workdir=RUN (a run with a checkpoint), or an "
+                "engine to EvalContext."
+            )
+        return self.engine
+
+    def sandbox_limits(self) -> SandboxLimits:
+        e = self.eval_cfg
+        return SandboxLimits(timeout_s=float(e.sandbox_timeout_s), memory_mb=int(e.sandbox_memory_mb))
+
+    @property
+    def workers(self) -> int:
+        return max(1, int(self.eval_cfg.sandbox_workers))
+
+    @property
+    def limit(self) -> int:
+        return int(self.eval_cfg.limit)
+
+    def context_tokens(self) -> int:
+        n = int(self.eval_cfg.context_tokens)
+        return n if n > 0 else int(self.config.train.seq_len)
+
+    def decode_kwargs(self) -> dict[str, Any]:
+        e = self.eval_cfg
+        return dict(
+            max_new_tokens=int(e.max_new_tokens), temperature=float(e.temperature), top_p=float(e.top_p)
+        )
+
+
+@dataclasses.dataclass
+class TaskResult:
+    """Summary scalars (TensorBoard) and one record per scored sample (JSONL)."""
+
+    metrics: dict[str, float]
+    records: list[dict[str, Any]]
+
+
+class Task(abc.ABC):
+    """One benchmark. Subclasses set `name` and `description`."""
+
+    name: str = ""
+    description: str = ""
+    needs_corpus: bool = False
+
+    @abc.abstractmethod
+    def problems(self, ctx: EvalContext) -> list[dict[str, Any]]:
+        """The task's problems, in a fixed order (what --export prints)."""
+
+    @abc.abstractmethod
+    def evaluate(self, ctx: EvalContext) -> TaskResult:
+        """Score ctx.engine on the problems."""
+
+
+def apply_limit(items: Sequence[Any], limit: int) -> list[Any]:
+    """The first `limit` items (0 = all). Problem lists are already in a deterministic order."""
+    return list(items[:limit]) if limit and limit > 0 else list(items)
+
+
+def truncate_at_stops(text: str, stops: Sequence[str]) -> str:
+    """Cut at the earliest stop sequence (excluded). The engine does this too; doing it here
+    keeps scoring correct for completers that ignore `stop`."""
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
+    return text[:cut] if cut >= 0 else text
+
+
+def sample_many(
+    ctx: EvalContext, call: Callable[[list[int], int], list[str]], n_items: int
+) -> list[list[str]]:
+    """Run `call(indices, sample_seed)` in batches of eval.batch_size for each of
+    eval.num_samples samples; returns [item][sample] texts. Sample j uses seed (seed + j), so
+    results do not depend on the batch size."""
+    bs = max(1, int(ctx.eval_cfg.batch_size))
+    n_samples = max(1, int(ctx.eval_cfg.num_samples))
+    out: list[list[str]] = [[] for _ in range(n_items)]
+    for j in range(n_samples):
+        for start in range(0, n_items, bs):
+            idx = list(range(start, min(n_items, start + bs)))
+            texts = call(idx, ctx.seed + j)
+            if len(texts) != len(idx):
+                raise RuntimeError(f"completer returned {len(texts)} texts for {len(idx)} prompts")
+            for i, t in zip(idx, texts):
+                out[i].append(t)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------
+_REGISTRY: dict[str, Task] = {}
+
+
+def register(task: Task) -> Task:
+    if not task.name:
+        raise ValueError(f"{type(task).__name__} has no name")
+    _REGISTRY[task.name] = task
+    return task
+
+
+def _load_builtin() -> None:
+    # Imported here (not at module top) so task modules can import this module.
+    from zen_code_jax.eval import (  # noqa: F401
+        heldout,
+        humaneval,
+        infilling,
+        mbpp,
+        multipl_e,
+        repo_completion,
+    )
+
+
+def registry() -> dict[str, Task]:
+    """name -> task, for every built-in task."""
+    _load_builtin()
+    return dict(_REGISTRY)
+
+
+def task_names() -> list[str]:
+    return sorted(registry())
+
+
+def get_task(name: str) -> Task:
+    reg = registry()
+    if name not in reg:
+        raise ValueError(f"Unknown eval task {name!r}. Valid tasks: {', '.join(sorted(reg))}.")
+    return reg[name]

@@ -1,0 +1,321 @@
+"""InferenceEngine: text in, text out, on top of the jitted KV-cache decoder.
+
+It owns the tokenizer-facing rules that must match training exactly:
+- FIM prompts are built by `zen_code_jax.data.fim.fim_prompt_tokens` (sentinels inserted as
+  ids, never by encoding their spelling), with repository context files laid out by
+  `zen_code_jax.data.repo_window.file_header` before the target file, inside the prefix.
+- Generation stops at any special id (`<|endoftext|>` and the FIM sentinels: a model trained on
+  the FIM format ends a middle with `<|endoftext|>`; a sentinel in the output means it has
+  left the document). User stop strings are applied to the detokenized text.
+
+Requests are decoded in batches of at most `max_batch_size` rows, sorted by prompt length so a
+batch pads little; the caller's order is restored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from zen_code_jax.data.fim import fim_prompt_tokens
+from zen_code_jax.data.repo_window import context_ids as repo_context_ids
+from zen_code_jax.data.repo_window import repo_fim_prompt_tokens
+from zen_code_jax.infer import decode as dec
+from zen_code_jax.model.config import ModelConfig
+
+FIM_MODES = ("psm", "spm")
+
+
+@dataclass
+class CompletionRequest:
+    """One row to decode: token ids in, settings per row."""
+
+    prompt_ids: list[int]
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+    sample_index: int = 0
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" | "length"
+    prompt_tokens: int
+    completion_tokens: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.completion_tokens = len(self.token_ids)
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """Cut `text` at the earliest occurrence of any stop string (the stop string excluded)."""
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def _check_sampling(temperature: float, top_p: float) -> None:
+    if not (temperature >= 0.0):
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}.")
+    if not (0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}; use 1.0 to disable nucleus.")
+
+
+class InferenceEngine:
+    """Decode with a trained (or random) model: generate, infill, score."""
+
+    def __init__(
+        self,
+        params: Any,
+        model_cfg: ModelConfig,
+        tokenizer: Any,
+        mesh: jax.sharding.Mesh | None = None,
+        *,
+        max_batch_size: int = 16,
+        rules: Any = None,
+    ):
+        tokenizer.check_compatible(model_cfg)
+        self.model_cfg = model_cfg
+        self.tokenizer = tokenizer
+        self.mesh = mesh
+        self.max_batch_size = int(max_batch_size)
+        if rules is None:
+            from zen_code_jax.parallel.rules import DEFAULT_RULES
+
+            rules = DEFAULT_RULES
+        self.rules = tuple(rules)
+        self.batch_multiple = 1
+        if mesh is not None:
+            shape = dict(mesh.shape)
+            self.batch_multiple = int(shape.get("data", 1) * shape.get("fsdp", 1))
+        self.params = self._place_params(params)
+        self.stop_ids = tuple(sorted(set(tokenizer.special_ids) | {tokenizer.eot_id}))
+        self._lock = threading.Lock()  # one decode at a time (the server has many threads)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_run_dir(
+        cls, run_dir: str, mesh: jax.sharding.Mesh | None = None, **kwargs: Any
+    ) -> InferenceEngine:
+        """Load the latest checkpoint of a run (WORKDIR/<experiment>/<arm>/) for decoding."""
+        from zen_code_jax.train.checkpoint import restore_for_inference
+
+        params, model_cfg, tokenizer, _ = restore_for_inference(run_dir)
+        return cls(params, model_cfg, tokenizer, mesh, **kwargs)
+
+    def _place_params(self, params: Any) -> Any:
+        """Unbox params; with a mesh, shard them by their logical axes (model rules)."""
+        boxed = any(
+            isinstance(x, nn.Partitioned)
+            for x in jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+        )
+        if self.mesh is None:
+            return nn.unbox(params) if boxed else params
+        if boxed:
+            specs = nn.get_partition_spec(params)
+            params = nn.unbox(params)
+        else:
+            from zen_code_jax.model.transformer import Transformer
+
+            cfg = self.model_cfg
+            dummy = np.zeros((1, 1), np.int32)
+            abstract = jax.eval_shape(
+                lambda: Transformer(cfg).init(jax.random.key(0), dummy, dummy, dummy + 1)
+            )["params"]
+            specs = nn.get_partition_spec(abstract)
+        shardings = nn.logical_to_mesh_sharding(specs, self.mesh, list(self.rules))
+        return jax.device_put(params, shardings)
+
+    @contextlib.contextmanager
+    def _context(self) -> Iterator[None]:
+        with self._lock, contextlib.ExitStack() as stack:
+            if self.mesh is not None:
+                stack.enter_context(jax.set_mesh(self.mesh))
+                stack.enter_context(nn.logical_axis_rules(self.rules))
+            yield
+
+    # ------------------------------------------------------------------ prompts
+    def fim_prompt_ids(
+        self,
+        prefix: str,
+        suffix: str,
+        mode: str = "psm",
+        context: Sequence[tuple[str, str]] | None = None,
+        path: str | None = None,
+    ) -> list[int]:
+        """Token ids of the FIM prompt in the training format (ends where the middle starts).
+
+        Repository context files come first, each as `# File: {path}\\n{content}\\n` encoded
+        on its own, then the target file's header (when `path` is given) encoded together
+        with the prefix, all inside the FIM prefix: exactly `data.repo_window`'s training
+        layout (the target file's prefix carries the files before it).
+        """
+        if mode not in FIM_MODES:
+            raise ValueError(f"FIM mode {mode!r} is unknown; use 'psm' or 'spm'.")
+        tok = self.tokenizer
+        if path is not None:
+            return list(repo_fim_prompt_tokens(list(context or ()), path, prefix, suffix, mode, tok))
+        ctx = repo_context_ids(list(context), tok) if context else []
+        return list(fim_prompt_tokens(prefix, suffix, mode, tok, context_ids=ctx))
+
+    # ------------------------------------------------------------------ decoding
+    def complete(self, requests: Sequence[CompletionRequest]) -> list[Completion]:
+        """Decode token-level requests (any mix of settings); results in request order."""
+        for r in requests:
+            _check_sampling(r.temperature, r.top_p)
+        order = sorted(range(len(requests)), key=lambda i: -len(requests[i].prompt_ids))
+        results: list[Completion | None] = [None] * len(requests)
+        for start in range(0, len(order), self.max_batch_size):
+            idx = order[start : start + self.max_batch_size]
+            batch = [requests[i] for i in idx]
+            for i, c in zip(idx, self._complete_batch(batch)):
+                results[i] = c
+        return results  # type: ignore[return-value]
+
+    def _complete_batch(self, batch: list[CompletionRequest]) -> list[Completion]:
+        tok = self.tokenizer
+        any_stop = any(r.stop for r in batch)
+
+        def stop_fn(row: int, ids: list[int]) -> bool:
+            stops = batch[row].stop
+            return bool(stops) and truncate_at_stop(tok.decode(ids), stops)[1]
+
+        with self._context():
+            gens = dec.generate_ids(
+                self.params,
+                self.model_cfg,
+                [r.prompt_ids for r in batch],
+                max_new_tokens=[r.max_new_tokens for r in batch],
+                temperature=[r.temperature for r in batch],
+                top_p=[r.top_p for r in batch],
+                seeds=[r.seed for r in batch],
+                sample_index=[r.sample_index for r in batch],
+                stop_ids=self.stop_ids,
+                pad_id=tok.pad_id,
+                stop_fn=stop_fn if any_stop else None,
+                batch_multiple=self.batch_multiple,
+            )
+        out = []
+        for r, g in zip(batch, gens):
+            text, cut = truncate_at_stop(tok.decode(g.ids), r.stop)
+            reason = "stop" if cut else g.finish_reason
+            out.append(Completion(text, g.ids, reason, len(r.prompt_ids)))
+        return out
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] = (),
+        seed: int = 0,
+    ) -> list[str]:
+        """Left-to-right continuations of raw-text prompts (row i samples with (seed, i))."""
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a list of strings, not one string; wrap it: [prompt].")
+        reqs = [
+            CompletionRequest(
+                self._encode_prompt(p), max_new_tokens, temperature, top_p, tuple(stop), seed, i
+            )
+            for i, p in enumerate(prompts)
+        ]
+        return [c.text for c in self.complete(reqs)]
+
+    def _encode_prompt(self, text: str) -> list[int]:
+        ids = self.tokenizer.encode(text)
+        # An empty prompt starts a document: condition on <|endoftext|> as in packed training.
+        return ids if ids else [self.tokenizer.eot_id]
+
+    def infill(
+        self,
+        prefixes: Sequence[str],
+        suffixes: Sequence[str],
+        *,
+        mode: str = "psm",
+        contexts: Sequence[Sequence[tuple[str, str]] | None] | None = None,
+        paths: Sequence[str | None] | None = None,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] = (),
+        seed: int = 0,
+    ) -> list[str]:
+        """The middles for (prefix, suffix) pairs, from the training FIM format.
+
+        contexts[i]: optional [(path, content), ...] repository files before the target;
+        paths[i]: optional path of the target file (adds its `# File:` header).
+        """
+        n = len(prefixes)
+        if isinstance(prefixes, str) or isinstance(suffixes, str):
+            raise TypeError("prefixes and suffixes must be lists of strings; wrap one as [text].")
+        if len(suffixes) != n:
+            raise ValueError(f"{n} prefixes but {len(suffixes)} suffixes; pass one suffix each.")
+        for name, val in (("contexts", contexts), ("paths", paths)):
+            if val is not None and len(val) != n:
+                raise ValueError(f"{name} has {len(val)} entries for {n} prefixes; pass one each.")
+        reqs = [
+            CompletionRequest(
+                self.fim_prompt_ids(
+                    prefixes[i],
+                    suffixes[i],
+                    mode,
+                    contexts[i] if contexts is not None else None,
+                    paths[i] if paths is not None else None,
+                ),
+                max_new_tokens,
+                temperature,
+                top_p,
+                tuple(stop),
+                seed,
+                i,
+            )
+            for i in range(n)
+        ]
+        return [c.text for c in self.complete(reqs)]
+
+    def token_logprobs(
+        self,
+        context_ids: Sequence[Sequence[int]],
+        continuation_ids: Sequence[Sequence[int]],
+        *,
+        batch_size: int | None = None,
+    ) -> list[np.ndarray]:
+        """Teacher-forced log p of each continuation token given its context (float32 nats).
+
+        Sum and divide by the continuation's UTF-8 bytes * ln 2 for bits per byte.
+        """
+        if len(context_ids) != len(continuation_ids):
+            raise ValueError(
+                f"{len(context_ids)} contexts but {len(continuation_ids)} continuations; "
+                "pass one continuation per context."
+            )
+        bs = batch_size or self.max_batch_size
+        n = len(context_ids)
+        order = sorted(range(n), key=lambda i: -(len(context_ids[i]) + len(continuation_ids[i])))
+        out: list[np.ndarray | None] = [None] * n
+        for start in range(0, n, bs):
+            idx = order[start : start + bs]
+            with self._context():
+                res = dec.token_logprobs_ids(
+                    self.params,
+                    self.model_cfg,
+                    [context_ids[i] for i in idx],
+                    [continuation_ids[i] for i in idx],
+                    pad_id=self.tokenizer.pad_id,
+                    batch_multiple=self.batch_multiple,
+                )
+            for i, r in zip(idx, res):
+                out[i] = r
+        return out  # type: ignore[return-value]

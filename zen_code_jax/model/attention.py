@@ -1,0 +1,442 @@
+"""Causal, segment-aware grouped-query attention behind one function.
+
+`dot_product_attention(q, k, v, ...)` takes `q [B, S, H, Dh]` and `k, v [B, T, KV, Dh]`
+(H a multiple of KV) and returns `[B, S, H, Dh]` in `q.dtype`. Which keys a query sees:
+
+* **index mode** (`q_positions` and `kv_positions` both None; needs S == T): query i sees
+  key j iff `j <= i` and both carry the same non-zero segment id. This is the training
+  path: packed documents never see each other and padding (segment 0) sees nothing.
+* **position mode** (both positions given): query at position p sees key slot j iff
+  `kv_positions[j] <= p` and the segment ids match and are non-zero. This is the KV-cache
+  path, where key slot j holds the token at position j.
+
+A query that sees no key (padding) gets a zero output and zero gradients, identically in
+every implementation, so implementations can be compared row for row.
+
+Implementations (`impl`):
+
+* `xla`: the plain reference, materializes `[B, H, S, T]` scores.
+* `chunked`: blockwise online softmax (FlashAttention-2 style) in pure JAX with a
+  custom VJP that recomputes blocks in the backward pass, so memory is O(length x block)
+  in both passes. In index mode it skips key blocks entirely above the causal diagonal.
+  Queries use the grouped layout `[B, KV, block*G, Dh]`, one GEMM per KV head.
+* `cudnn`: `jax.nn.dot_product_attention(implementation='cudnn')` (NVIDIA GPUs).
+* `splash`: the Pallas splash-attention kernel (TPUs).
+* `auto`: splash on TPU, cudnn on GPU, else chunked when the sequence is longer than
+  one block and xla otherwise. The fused kernels only implement index mode, so position
+  mode (decoding) always resolves to xla/chunked.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+IMPLEMENTATIONS = ("auto", "xla", "chunked", "cudnn", "splash")
+_NEG = -1e30  # finite "minus infinity": keeps fully masked rows NaN-free
+
+
+def resolve_impl(impl: str, *, position_mode: bool, q_len: int, block_size: int) -> str:
+    """Map `impl` (maybe 'auto') to a concrete implementation for this call."""
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"Unknown attention impl {impl!r}. Use one of {IMPLEMENTATIONS} "
+            "(model.attention_impl)."
+        )
+    small = q_len <= block_size
+    if position_mode:
+        # Decoding / KV-cache prefill: arbitrary slot masks, which the fused kernels lack.
+        if impl in ("auto", "cudnn", "splash"):
+            return "xla" if small else "chunked"
+        return impl
+    if impl != "auto":
+        return impl
+    backend = jax.default_backend()
+    if backend == "tpu":
+        return "splash"
+    if backend == "gpu":
+        return "cudnn"
+    return "xla" if small else "chunked"
+
+
+def dot_product_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    q_segment_ids: jax.Array | None = None,
+    kv_segment_ids: jax.Array | None = None,
+    q_positions: jax.Array | None = None,
+    kv_positions: jax.Array | None = None,
+    impl: str = "auto",
+    block_size: int = 512,
+    scale: float | None = None,
+) -> jax.Array:
+    """Causal GQA attention; see the module docstring for the masking rule and impls.
+
+    Args:
+      q: `[B, S, H, Dh]` queries (RoPE already applied).
+      k, v: `[B, T, KV, Dh]` keys and values; H must be a multiple of KV.
+      q_segment_ids, kv_segment_ids: int `[B, S]` / `[B, T]`; 0 is padding. None = all 1.
+      q_positions, kv_positions: int `[B, S]` / `[B, T]` for position mode, or both None.
+      impl: 'auto' | 'xla' | 'chunked' | 'cudnn' | 'splash'.
+      block_size: query/key block of the chunked implementation.
+      scale: logit scale; default `1/sqrt(Dh)`.
+    """
+    b, s, h, dh = q.shape
+    bk, t, kvh, dhk = k.shape
+    if v.shape != k.shape or bk != b or dhk != dh:
+        raise ValueError(
+            f"Attention shapes disagree: q {q.shape}, k {k.shape}, v {v.shape}; "
+            "expected q [B,S,H,Dh] and k, v [B,T,KV,Dh] with the same B and Dh."
+        )
+    if h % kvh != 0:
+        raise ValueError(
+            f"{h} query heads is not a multiple of {kvh} KV heads; pick num_kv_heads "
+            "dividing num_heads."
+        )
+    if (q_positions is None) != (kv_positions is None):
+        raise ValueError(
+            "Pass both q_positions and kv_positions (position mode, KV cache) or neither "
+            "(index mode, training)."
+        )
+    position_mode = q_positions is not None
+    if not position_mode and s != t:
+        raise ValueError(
+            f"Index-mode attention needs equal query and key lengths, got {s} and {t}; "
+            "pass q_positions/kv_positions to attend to a longer key cache."
+        )
+    if block_size <= 0:
+        raise ValueError(f"block_size must be positive, got {block_size}.")
+    scale = float(scale) if scale is not None else 1.0 / math.sqrt(dh)
+    if q_segment_ids is None:
+        q_segment_ids = jnp.ones((b, s), jnp.int32)
+    if kv_segment_ids is None:
+        kv_segment_ids = jnp.ones((b, t), jnp.int32)
+    if not position_mode:
+        q_positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+        kv_positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    q_segment_ids = q_segment_ids.astype(jnp.int32)
+    kv_segment_ids = kv_segment_ids.astype(jnp.int32)
+    q_positions = q_positions.astype(jnp.int32)
+    kv_positions = kv_positions.astype(jnp.int32)
+
+    chosen = resolve_impl(impl, position_mode=position_mode, q_len=s, block_size=block_size)
+    if chosen == "xla":
+        return _xla_attention(
+            q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale
+        )
+    if chosen == "chunked":
+        return _chunked_attention(
+            q,
+            k,
+            v,
+            q_segment_ids,
+            kv_segment_ids,
+            q_positions,
+            kv_positions,
+            scale=scale,
+            block_size=block_size,
+            causal_skip=not position_mode,
+        )
+    if chosen == "cudnn":
+        return _cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids, scale)
+    if chosen == "splash":
+        return _splash_attention(q, k, v, q_segment_ids, kv_segment_ids, scale, block_size)
+    raise AssertionError(chosen)
+
+
+def attention_mask(
+    q_segment_ids: jax.Array,
+    kv_segment_ids: jax.Array,
+    q_positions: jax.Array,
+    kv_positions: jax.Array,
+) -> jax.Array:
+    """Boolean `[B, S, T]`: same non-zero segment and key position <= query position."""
+    same = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
+    valid = (q_segment_ids != 0)[:, :, None]
+    causal = kv_positions[:, None, :] <= q_positions[:, :, None]
+    return same & valid & causal
+
+
+# ----------------------------------------------------------------------------- xla
+
+
+def _xla_attention(q, k, v, q_seg, kv_seg, q_pos, kv_pos, scale):
+    b, s, h, dh = q.shape
+    kvh = k.shape[2]
+    qg = q.reshape(b, s, kvh, h // kvh, dh)
+    scores = jnp.einsum("bskgd,btkd->bkgst", qg, k, preferred_element_type=jnp.float32)
+    scores = scores * scale
+    mask = attention_mask(q_seg, kv_seg, q_pos, kv_pos)[:, None, None]
+    scores = jnp.where(mask, scores, _NEG)
+    probs = jax.nn.softmax(scores, axis=-1)
+    probs = jnp.where(mask, probs, 0.0)
+    out = jnp.einsum(
+        "bkgst,btkd->bskgd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32
+    )
+    return out.reshape(b, s, h, dh).astype(q.dtype)
+
+
+# ------------------------------------------------------------------------- chunked
+
+
+def _pad_to(x: jax.Array, axis: int, multiple: int, value=0) -> jax.Array:
+    n = x.shape[axis]
+    pad = (-n) % multiple
+    if pad == 0:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, pad)
+    return jnp.pad(x, widths, constant_values=value)
+
+
+def _chunked_attention(
+    q, k, v, q_seg, kv_seg, q_pos, kv_pos, *, scale, block_size, causal_skip
+):
+    b, s, h, dh = q.shape
+    t, kvh = k.shape[1], k.shape[2]
+    g = h // kvh
+    bq = min(block_size, s)
+    bkv = min(block_size, t)
+    if causal_skip:  # index mode: S == T and identical blocks make the diagonal block-aligned
+        bq = bkv = min(block_size, s)
+    # Grouped layout: q [B, KV, S, G, Dh]; k, v [B, KV, T, Dh].
+    qt = q.reshape(b, s, kvh, g, dh).transpose(0, 2, 1, 3, 4)
+    kt = k.transpose(0, 2, 1, 3)
+    vt = v.transpose(0, 2, 1, 3)
+    qt = _pad_to(qt, 2, bq)
+    kt = _pad_to(kt, 2, bkv)
+    vt = _pad_to(vt, 2, bkv)
+    q_seg_p = _pad_to(q_seg, 1, bq)  # padded queries: segment 0 -> see nothing
+    q_pos_p = _pad_to(q_pos, 1, bq)
+    kv_seg_p = _pad_to(kv_seg, 1, bkv)  # padded keys: segment 0 -> never seen
+    kv_pos_p = _pad_to(kv_pos, 1, bkv)
+    out = _flash(qt, kt, vt, q_seg_p, kv_seg_p, q_pos_p, kv_pos_p, scale, bq, bkv, causal_skip)
+    out = out[:, :, :s]  # [B, KV, S, G, Dh]
+    return out.transpose(0, 2, 1, 3, 4).reshape(b, s, h, dh)
+
+
+def _block_mask(q_seg_b, kv_seg_b, q_pos_b, kv_pos_b, g):
+    """`[B, 1, bq*G, bkv]` mask for one (query block, key block) pair."""
+    m = attention_mask(q_seg_b, kv_seg_b, q_pos_b, kv_pos_b)  # [B, bq, bkv]
+    bsz, bq, bkv = m.shape
+    m = jnp.broadcast_to(m[:, :, None, :], (bsz, bq, g, bkv)).reshape(bsz, bq * g, bkv)
+    return m[:, None]
+
+
+def _slice(x, axis, start, size):
+    return jax.lax.dynamic_slice_in_dim(x, start, size, axis=axis)
+
+
+def _n_kv_blocks(i, nk, causal_skip):
+    return jnp.minimum(i + 1, nk) if causal_skip else nk
+
+
+def _scores(qb, kb, scale):
+    return jnp.einsum("bkqd,bktd->bkqt", qb, kb, preferred_element_type=jnp.float32) * scale
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10))
+def _flash(qt, kt, vt, q_seg, kv_seg, q_pos, kv_pos, scale, bq, bkv, causal_skip):
+    out, _ = _flash_fwd_impl(qt, kt, vt, q_seg, kv_seg, q_pos, kv_pos, scale, bq, bkv, causal_skip)
+    return out
+
+
+def _flash_fwd_impl(qt, kt, vt, q_seg, kv_seg, q_pos, kv_pos, scale, bq, bkv, causal_skip):
+    b, kvh, s, g, dh = qt.shape
+    nq, nk = s // bq, kt.shape[2] // bkv
+
+    def q_block(_, i):
+        qb = _slice(qt, 2, i * bq, bq).reshape(b, kvh, bq * g, dh)
+        qs, qp = _slice(q_seg, 1, i * bq, bq), _slice(q_pos, 1, i * bq, bq)
+
+        def kv_step(j, carry):
+            m, l, acc = carry
+            kb, vb = _slice(kt, 2, j * bkv, bkv), _slice(vt, 2, j * bkv, bkv)
+            mask = _block_mask(qs, _slice(kv_seg, 1, j * bkv, bkv), qp,
+                               _slice(kv_pos, 1, j * bkv, bkv), g)
+            sc = jnp.where(mask, _scores(qb, kb, scale), _NEG)
+            m_new = jnp.maximum(m, sc.max(-1))
+            corr = jnp.exp(m - m_new)
+            p = jnp.where(mask, jnp.exp(sc - m_new[..., None]), 0.0)
+            l = l * corr + p.sum(-1)
+            pv = jnp.einsum("bkqt,bktd->bkqd", p.astype(vt.dtype), vb,
+                            preferred_element_type=jnp.float32)
+            return m_new, l, acc * corr[..., None] + pv
+
+        init = (
+            jnp.full((b, kvh, bq * g), _NEG, jnp.float32),
+            jnp.zeros((b, kvh, bq * g), jnp.float32),
+            jnp.zeros((b, kvh, bq * g, dh), jnp.float32),
+        )
+        m, l, acc = jax.lax.fori_loop(0, _n_kv_blocks(i, nk, causal_skip), kv_step, init)
+        seen = l > 0
+        out = acc / jnp.where(seen, l, 1.0)[..., None]
+        lse = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), 0.0)
+        return None, (out.astype(qt.dtype), lse)
+
+    _, (out, lse) = jax.lax.scan(q_block, None, jnp.arange(nq))
+    # [nq, B, KV, bq*G, Dh] -> [B, KV, S, G, Dh]
+    out = out.reshape(nq, b, kvh, bq, g, dh).transpose(1, 2, 0, 3, 4, 5).reshape(qt.shape)
+    lse = lse.reshape(nq, b, kvh, bq, g).transpose(1, 2, 0, 3, 4).reshape(b, kvh, s, g)
+    return out, lse
+
+
+def _flash_fwd(qt, kt, vt, q_seg, kv_seg, q_pos, kv_pos, scale, bq, bkv, causal_skip):
+    out, lse = _flash_fwd_impl(
+        qt, kt, vt, q_seg, kv_seg, q_pos, kv_pos, scale, bq, bkv, causal_skip
+    )
+    return out, (qt, kt, vt, q_seg, kv_seg, q_pos, kv_pos, out, lse)
+
+
+def _flash_bwd(scale, bq, bkv, causal_skip, res, dout):
+    qt, kt, vt, q_seg, kv_seg, q_pos, kv_pos, out, lse = res
+    b, kvh, s, g, dh = qt.shape
+    nq, nk = s // bq, kt.shape[2] // bkv
+    cdt = qt.dtype
+    delta = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # [B,KV,S,G]
+
+    def q_rows(x, i, last=None):
+        shape = (b, kvh, bq * g) if last is None else (b, kvh, bq * g, last)
+        return _slice(x, 2, i * bq, bq).reshape(shape)
+
+    def probs(i, j):
+        """Recomputed probabilities and mask for (q block i, kv block j)."""
+        qb = q_rows(qt, i, dh)
+        kb = _slice(kt, 2, j * bkv, bkv)
+        mask = _block_mask(_slice(q_seg, 1, i * bq, bq), _slice(kv_seg, 1, j * bkv, bkv),
+                           _slice(q_pos, 1, i * bq, bq), _slice(kv_pos, 1, j * bkv, bkv), g)
+        sc = _scores(qb, kb, scale)
+        p = jnp.where(mask, jnp.exp(sc - q_rows(lse, i)[..., None]), 0.0)
+        return qb, kb, p
+
+    def dscores(i, j, p):
+        vb = _slice(vt, 2, j * bkv, bkv)
+        dp = jnp.einsum("bkqd,bktd->bkqt", q_rows(dout, i, dh).astype(cdt), vb,
+                        preferred_element_type=jnp.float32)
+        return p * (dp - q_rows(delta, i)[..., None])
+
+    # dq: for each query block, accumulate over the key blocks it sees.
+    def dq_block(_, i):
+        def step(j, dq):
+            _, kb, p = probs(i, j)
+            ds = dscores(i, j, p)
+            return dq + jnp.einsum("bkqt,bktd->bkqd", ds.astype(cdt), kb,
+                                   preferred_element_type=jnp.float32)
+
+        dq = jax.lax.fori_loop(0, _n_kv_blocks(i, nk, causal_skip), step,
+                               jnp.zeros((b, kvh, bq * g, dh), jnp.float32))
+        return None, (dq * scale).astype(cdt)
+
+    _, dq = jax.lax.scan(dq_block, None, jnp.arange(nq))
+    dq = dq.reshape(nq, b, kvh, bq, g, dh).transpose(1, 2, 0, 3, 4, 5).reshape(qt.shape)
+
+    # dk, dv: for each key block, accumulate over the query blocks that see it.
+    def dkv_block(_, j):
+        def step(i, carry):
+            dk, dv = carry
+            qb, _, p = probs(i, j)
+            ds = dscores(i, j, p)
+            dv = dv + jnp.einsum("bkqt,bkqd->bktd", p.astype(cdt), q_rows(dout, i, dh).astype(cdt),
+                                 preferred_element_type=jnp.float32)
+            dk = dk + jnp.einsum("bkqt,bkqd->bktd", ds.astype(cdt), qb,
+                                 preferred_element_type=jnp.float32)
+            return dk, dv
+
+        zeros = jnp.zeros((b, kvh, bkv, dh), jnp.float32)
+        start = j if causal_skip else 0
+        dk, dv = jax.lax.fori_loop(start, nq, step, (zeros, zeros))
+        return None, ((dk * scale).astype(kt.dtype), dv.astype(vt.dtype))
+
+    _, (dk, dv) = jax.lax.scan(dkv_block, None, jnp.arange(nk))
+    dk = dk.transpose(1, 2, 0, 3, 4).reshape(kt.shape)
+    dv = dv.transpose(1, 2, 0, 3, 4).reshape(vt.shape)
+    return dq, dk, dv, None, None, None, None
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+# ---------------------------------------------------------------- fused kernels
+
+
+def _cudnn_attention(q, k, v, q_seg, kv_seg, scale):
+    if jax.default_backend() != "gpu":
+        raise RuntimeError(
+            "attention impl 'cudnn' needs an NVIDIA GPU (jax[cuda12]), but the JAX backend "
+            f"is {jax.default_backend()!r}. Set model.attention_impl='auto' or 'chunked'."
+        )
+    # cuDNN takes the causal mask natively; packed segments come in as a boolean mask.
+    seg_mask = (q_seg[:, :, None] == kv_seg[:, None, :])[:, None]
+    out = jax.nn.dot_product_attention(
+        q, k, v, mask=seg_mask, scale=scale, is_causal=True, implementation="cudnn"
+    )
+    return jnp.where((q_seg != 0)[:, :, None, None], out, 0).astype(q.dtype)
+
+
+def _splash_attention(q, k, v, q_seg, kv_seg, scale, block_size, interpret=False):
+    if jax.default_backend() != "tpu" and not interpret:
+        raise RuntimeError(
+            "attention impl 'splash' needs a TPU (jax[tpu]), but the JAX backend is "
+            f"{jax.default_backend()!r}. Set model.attention_impl='auto' or 'chunked'."
+        )
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_kernel as sk,
+    )
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_mask as sm,
+    )
+
+    b, s, h, dh = q.shape
+    kvh = k.shape[2]
+    g = h // kvh
+    blk = min(block_size, s)
+    mask = sm.MultiHeadMask([sm.CausalMask((s, s)) for _ in range(g)])
+    kernel = sk.make_splash_mqa(
+        mask,
+        block_sizes=sk.BlockSizes(block_q=blk, block_kv=blk, block_kv_compute=blk,
+                                  block_q_dkv=blk, block_kv_dkv=blk,
+                                  block_kv_dkv_compute=blk, block_q_dq=blk, block_kv_dq=blk),
+        head_shards=1,
+        q_seq_shards=1,
+        interpret=interpret,
+    )
+    # Splash wants per-example [heads, S, Dh]; one MQA call per KV head.
+    qh = (q * jnp.asarray(scale, q.dtype)).reshape(b, s, kvh, g, dh).transpose(0, 2, 3, 1, 4)
+    kh = k.transpose(0, 2, 1, 3)
+    vh = v.transpose(0, 2, 1, 3)
+
+    def one(qx, kx, vx, qs, ks):
+        return kernel(qx, kx, vx, segment_ids=sk.SegmentIds(q=qs, kv=ks))
+
+    per_head = jax.vmap(one, in_axes=(0, 0, 0, None, None))  # over KV heads
+    out = jax.vmap(per_head)(qh, kh, vh, q_seg, kv_seg)  # [B, KV, G, S, Dh]
+    out = out.transpose(0, 3, 1, 2, 4).reshape(b, s, h, dh)
+    return jnp.where((q_seg != 0)[:, :, None, None], out, 0).astype(q.dtype)
+
+
+def reference_attention_numpy(q, k, v, q_seg, kv_seg, q_pos, kv_pos, scale=None):
+    """Brute-force float64 numpy attention, loops over heads; for tests only."""
+    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+    b, s, h, dh = q.shape
+    kvh = k.shape[2]
+    g = h // kvh
+    scale = scale if scale is not None else 1.0 / math.sqrt(dh)
+    mask = np.asarray(attention_mask(jnp.asarray(q_seg), jnp.asarray(kv_seg),
+                                     jnp.asarray(q_pos), jnp.asarray(kv_pos)))
+    out = np.zeros_like(q)
+    for bi in range(b):
+        for hi in range(h):
+            sc = q[bi, :, hi] @ k[bi, :, hi // g].T * scale
+            for si in range(s):
+                m = mask[bi, si]
+                if not m.any():
+                    continue
+                w = np.exp(sc[si, m] - sc[si, m].max())
+                out[bi, si, hi] = (w / w.sum()) @ v[bi, m, hi // g]
+    return out

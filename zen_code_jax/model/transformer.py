@@ -1,0 +1,300 @@
+"""The Qwen2-style decoder (Linen): embedding, N x (RMSNorm, GQA+RoPE, RMSNorm, SwiGLU),
+final RMSNorm, LM head.
+
+Interface (shared contract, see docs/model.md):
+
+* `Transformer(cfg).init(rng, tokens, positions, segment_ids)`
+* `model.apply({'params': p}, tokens, positions, segment_ids)` -> float32 logits [B, S, V]
+* `model.apply(..., return_hidden=True)` -> [B, S, D] after the final norm; logits equal
+  `matmul(hidden, lm_head_kernel(params, cfg), cfg.dtype)`.
+* `model.apply({'params': p}, tokens, positions, kv_cache=cache)` -> (logits, new_cache);
+  token t of row b is written to cache slot `positions[b, t]` and a query at position p
+  attends to slots 0..p of its row.
+
+Layers are stacked with `nn.scan` (`scan_layers=True`: one compiled layer, params with a
+leading `layers` axis) and optionally rematerialized (`remat_policy`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from zen_code_jax.model.attention import dot_product_attention
+from zen_code_jax.model.config import ModelConfig
+from zen_code_jax.model.layers import (
+    MLP,
+    DenseIn,
+    DenseOut,
+    Embed,
+    RMSNorm,
+    apply_rope,
+    as_dtype,
+    matmul,
+)
+
+KV_CACHE_AXES = ("layers", "batch", "length", "kv_heads", "head_dim")
+ACT_AXES = ("batch", "length", "embed")
+
+
+def _init(cfg: ModelConfig):
+    return nn.initializers.normal(stddev=cfg.initializer_range)
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention with QKV bias and RoPE; optional KV-cache slots."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        segment_ids: jax.Array | None,
+        cache: tuple[jax.Array, jax.Array] | None,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        cfg = self.config
+        dt, pdt = as_dtype(cfg.dtype), as_dtype(cfg.param_dtype)
+        hd = cfg.resolved_head_dim
+        kw = dict(dtype=dt, param_dtype=pdt, kernel_init=_init(cfg), use_bias=cfg.qkv_bias)
+        q = DenseIn((cfg.num_heads, hd), ("embed", "heads", "head_dim"), name="q_proj", **kw)(x)
+        k = DenseIn((cfg.num_kv_heads, hd), ("embed", "kv_heads", "head_dim"), name="k_proj", **kw)(
+            x
+        )
+        v = DenseIn((cfg.num_kv_heads, hd), ("embed", "kv_heads", "head_dim"), name="v_proj", **kw)(
+            x
+        )
+        q = apply_rope(q, positions, cfg.rope_theta)
+        k = apply_rope(k, positions, cfg.rope_theta)
+        q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
+        k = nn.with_logical_constraint(k, ("batch", "length", "kv_heads", "head_dim"))
+        v = nn.with_logical_constraint(v, ("batch", "length", "kv_heads", "head_dim"))
+
+        if cache is None:
+            out = dot_product_attention(
+                q,
+                k,
+                v,
+                q_segment_ids=segment_ids,
+                kv_segment_ids=segment_ids,
+                impl=cfg.attention_impl,
+                block_size=cfg.attention_block_size,
+            )
+            new_cache = None
+        else:
+            ck, cv = cache
+            b, s = positions.shape
+            max_len = ck.shape[1]
+            # Write each token at its own position; tokens of padding segments (id 0) are
+            # dropped (sent out of bounds) so they can never clobber a real slot.
+            slots = positions
+            if segment_ids is not None:
+                slots = jnp.where(segment_ids != 0, positions, max_len)
+            rows = jnp.broadcast_to(jnp.arange(b)[:, None], (b, s))
+            ck = ck.at[rows, slots].set(k.astype(ck.dtype), mode="drop")
+            cv = cv.at[rows, slots].set(v.astype(cv.dtype), mode="drop")
+            kv_pos = jnp.broadcast_to(jnp.arange(max_len, dtype=jnp.int32), (b, max_len))
+            out = dot_product_attention(
+                q,
+                ck.astype(dt),
+                cv.astype(dt),
+                q_segment_ids=None if segment_ids is None else (segment_ids != 0).astype(jnp.int32),
+                kv_segment_ids=None,
+                q_positions=positions,
+                kv_positions=kv_pos,
+                impl=cfg.attention_impl,
+                block_size=cfg.attention_block_size,
+            )
+            new_cache = (ck, cv)
+        out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
+        y = DenseOut(
+            cfg.hidden_size,
+            ("heads", "head_dim", "embed"),
+            dtype=dt,
+            param_dtype=pdt,
+            kernel_init=_init(cfg),
+            num_in_dims=2,
+            name="o_proj",
+        )(out)
+        return y, new_cache
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block: x + attn(norm(x)); x + mlp(norm(x))."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        segment_ids: jax.Array | None,
+        cache: tuple[jax.Array, jax.Array] | None,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        cfg = self.config
+        dt, pdt = as_dtype(cfg.dtype), as_dtype(cfg.param_dtype)
+        x = nn.with_logical_constraint(x, ACT_AXES)
+        h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="attn_norm")(x)
+        a, new_cache = Attention(cfg, name="attn")(h, positions, segment_ids, cache)
+        x = x + a
+        h = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="mlp_norm")(x)
+        x = x + MLP(cfg.hidden_size, cfg.intermediate_size, dt, pdt, _init(cfg), name="mlp")(h)
+        x = nn.with_logical_constraint(x, ACT_AXES)
+        return x, new_cache
+
+
+def _remat(layer_cls: type[nn.Module], policy: str, scanned: bool) -> type[nn.Module]:
+    if policy == "none":
+        return layer_cls
+    jax_policy = None if policy == "full" else jax.checkpoint_policies.dots_saveable
+    return nn.remat(layer_cls, policy=jax_policy, prevent_cse=not scanned)
+
+
+class Transformer(nn.Module):
+    """Qwen2-style decoder-only LM; see the module docstring for the call contract."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+        *,
+        kv_cache: dict[str, jax.Array] | None = None,
+        return_hidden: bool = False,
+    ) -> Any:
+        cfg = self.config
+        dt, pdt = as_dtype(cfg.dtype), as_dtype(cfg.param_dtype)
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be [batch, length], got shape {tokens.shape}.")
+        if positions is None:
+            if kv_cache is not None:
+                raise ValueError(
+                    "Decoding with kv_cache needs explicit positions [batch, length]: "
+                    "they say which cache slot each token is written to."
+                )
+            positions = jnp.broadcast_to(
+                jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape
+            )
+        if positions.shape != tokens.shape or (
+            segment_ids is not None and segment_ids.shape != tokens.shape
+        ):
+            raise ValueError(
+                f"tokens {tokens.shape}, positions {positions.shape} and segment_ids "
+                f"{None if segment_ids is None else segment_ids.shape} must all be [batch, length]."
+            )
+        positions = positions.astype(jnp.int32)
+
+        embed = Embed(cfg.vocab_size, cfg.hidden_size, dt, pdt, _init(cfg), name="embed")
+        x = embed(tokens)
+        x = nn.with_logical_constraint(x, ACT_AXES)
+
+        cache = None
+        if kv_cache is not None:
+            cache = (kv_cache["k"], kv_cache["v"])
+            expected = (cfg.num_layers, tokens.shape[0])
+            if cache[0].shape[:2] != expected or cache[0].shape[3:] != (
+                cfg.num_kv_heads,
+                cfg.resolved_head_dim,
+            ):
+                raise ValueError(
+                    f"kv_cache['k'] has shape {cache[0].shape}, expected "
+                    f"[{cfg.num_layers}, {tokens.shape[0]}, max_len, {cfg.num_kv_heads}, "
+                    f"{cfg.resolved_head_dim}]; build it with init_kv_cache(cfg, batch, max_len)."
+                )
+
+        layer_cls = _remat(DecoderLayer, cfg.remat_policy, cfg.scan_layers)
+        if cfg.scan_layers:
+            stack = nn.scan(
+                layer_cls,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(nn.broadcast, nn.broadcast, 0),
+                length=cfg.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )(cfg, name="layers")
+            x, new_cache = stack(x, positions, segment_ids, cache)
+        else:
+            new_layers = []
+            for i in range(cfg.num_layers):
+                layer_cache = None if cache is None else (cache[0][i], cache[1][i])
+                x, c = layer_cls(cfg, name=f"layers_{i}")(x, positions, segment_ids, layer_cache)
+                new_layers.append(c)
+            new_cache = (
+                None
+                if cache is None
+                else (
+                    jnp.stack([c[0] for c in new_layers]),
+                    jnp.stack([c[1] for c in new_layers]),
+                )
+            )
+
+        x = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="final_norm")(x)
+        x = nn.with_logical_constraint(x, ACT_AXES)
+        if return_hidden:
+            out = x
+        else:
+            if cfg.tie_embeddings:
+                kernel = embed.embedding.T
+            else:
+                kernel = _LMHead(cfg, name="lm_head")()
+            out = matmul(x, kernel, dt)
+            out = nn.with_logical_constraint(out, ("batch", "length", "vocab"))
+        if kv_cache is not None:
+            return out, {"k": new_cache[0], "v": new_cache[1]}
+        return out
+
+
+class _LMHead(nn.Module):
+    """Holds the untied output projection `lm_head/kernel [D, V]`."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self) -> jax.Array:
+        cfg = self.config
+        return self.param(
+            "kernel",
+            nn.with_logical_partitioning(_init(cfg), ("embed", "vocab")),
+            (cfg.hidden_size, cfg.vocab_size),
+            as_dtype(cfg.param_dtype),
+        )
+
+
+def _unbox(x: Any) -> Any:
+    return x.unbox() if isinstance(x, nn.meta.AxisMetadata) else x
+
+
+def lm_head_kernel(params: Any, cfg: ModelConfig) -> jax.Array:
+    """The `[D, V]` output matrix (the embedding transposed when tied).
+
+    Accepts the params tree boxed or unboxed, with or without an outer {'params': ...}.
+    Logits are `matmul(hidden, lm_head_kernel(params, cfg), cfg.dtype)`: inputs in the
+    compute dtype, float32 accumulation.
+    """
+    if "params" in params and "embed" not in params:
+        params = params["params"]
+    if cfg.tie_embeddings:
+        return _unbox(params["embed"]["embedding"]).T
+    return _unbox(params["lm_head"]["kernel"])
+
+
+def init_kv_cache(
+    cfg: ModelConfig, batch: int, max_len: int, dtype: str | jnp.dtype | None = None
+) -> dict[str, jax.Array]:
+    """Zeroed cache `{'k','v': [L, B, max_len, KV, Dh]}` in `dtype` (default cfg.dtype).
+
+    Logical axes: `KV_CACHE_AXES` = (layers, batch, length, kv_heads, head_dim).
+    """
+    if batch <= 0 or max_len <= 0:
+        raise ValueError(f"init_kv_cache needs batch > 0 and max_len > 0, got {batch}, {max_len}.")
+    dt = as_dtype(dtype if dtype is not None else cfg.dtype)
+    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.resolved_head_dim)
+    return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}

@@ -1,0 +1,230 @@
+"""The jitted, sharded training and evaluation steps.
+
+One optimizer step = `global_batch_size` sequences, split into micro-batches of
+`micro_batch_size` that a `lax.scan` inside the jitted step runs one after another,
+summing gradients and loss sums; the sum is divided once by the number of loss tokens.
+So the update does not depend on how the batch is split (up to float summation order),
+and a 4M-token batch runs on any number of devices by changing only the micro-batch.
+
+Micro-batch k takes rows k, k+n, k+2n, ... (n micro-batches): each device's contiguous
+block of rows splits evenly across micro-batches, so no data moves between devices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from zen_code_jax.model.config import ModelConfig
+from zen_code_jax.parallel.rules import DEFAULT_RULES, Rules, batch_sharding
+from zen_code_jax.train.loss import (
+    LossSums,
+    chunked_loss_sums,
+    loss_sums_from_logits,
+    objective,
+)
+from zen_code_jax.train.optimizer import global_norm, make_optimizer
+from zen_code_jax.train.state import TrainState
+
+BATCH_KEYS = ("inputs", "targets", "segment_ids", "positions", "loss_mask")
+
+
+def micro_batching(config: Any, mesh: Mesh) -> tuple[int, int]:
+    """(micro_batch_size, num_micro_batches), validated against the mesh."""
+    global_bs = int(config.train.global_batch_size)
+    micro = int(config.train.micro_batch_size) or global_bs
+    if global_bs % micro:
+        raise ValueError(
+            f"train.global_batch_size={global_bs} is not a multiple of "
+            f"train.micro_batch_size={micro}; pick a micro-batch that divides it."
+        )
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if micro % shards:
+        raise ValueError(
+            f"train.micro_batch_size={micro} is not divisible by data*fsdp={shards} (the "
+            "batch is sharded over both). Use a multiple of it, or shrink mesh.data/fsdp."
+        )
+    seq_shards = mesh.shape["sequence"]
+    if int(config.train.seq_len) % seq_shards:
+        raise ValueError(
+            f"train.seq_len={config.train.seq_len} is not divisible by mesh.sequence="
+            f"{seq_shards}; use a sequence axis that divides the length."
+        )
+    return micro, global_bs // micro
+
+
+def make_loss_fn(model_cfg: ModelConfig, config: Any) -> Callable[[Any, dict], LossSums]:
+    """(params, batch) -> loss sums; chunked over positions when train.loss_chunk_size>0."""
+    from zen_code_jax.model import transformer as tm
+
+    model = tm.Transformer(model_cfg)
+    chunk = int(config.train.loss_chunk_size)
+
+    def loss_sums(params: Any, batch: dict) -> LossSums:
+        args = (batch["inputs"], batch["positions"], batch["segment_ids"])
+        if chunk > 0:
+            hidden = model.apply({"params": params}, *args, return_hidden=True)
+            kernel = tm.lm_head_kernel(params, model_cfg)
+            return chunked_loss_sums(
+                hidden, kernel, batch["targets"], batch["loss_mask"], chunk, model_cfg.dtype
+            )
+        logits = model.apply({"params": params}, *args)
+        return loss_sums_from_logits(logits, batch["targets"], batch["loss_mask"])
+
+    return loss_sums
+
+
+def _tree_add(a: Any, b: Any) -> Any:
+    return jax.tree_util.tree_map(jnp.add, a, b)
+
+
+def build_train_step(
+    model_cfg: ModelConfig, config: Any, mesh: Mesh, state_shardings: TrainState
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """The un-jitted step function (the plan lowers it with abstract inputs)."""
+    tx, schedule = make_optimizer(config)
+    micro, n_micro = micro_batching(config, mesh)
+    z_coef = float(config.optimizer.z_loss)
+    loss_sums = make_loss_fn(model_cfg, config)
+    param_shardings = state_shardings["params"]
+    mb_spec = batch_sharding(mesh).spec  # P(('data','fsdp'), 'sequence')
+
+    def grad_fn(params: Any, mb: dict) -> tuple[Any, LossSums]:
+        def f(p):
+            sums = loss_sums(p, mb)
+            return objective(sums, z_coef), sums
+
+        grads, sums = jax.grad(f, has_aux=True)(params)
+        return grads, sums
+
+    def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        params = state["params"]
+        if n_micro == 1:
+            grads, sums = grad_fn(params, batch)
+        else:
+            # [G, S] -> [n, micro, S]: micro-batch k = rows k, k+n, ... (no data movement).
+            def split(x):
+                x = x.reshape(micro, n_micro, *x.shape[1:]).swapaxes(0, 1)
+                return jax.lax.with_sharding_constraint(
+                    x, NamedSharding(mesh, PartitionSpec(None, *mb_spec))
+                )
+
+            mbs = {k: split(batch[k]) for k in BATCH_KEYS}
+            zeros = jax.tree_util.tree_map(
+                lambda p, s: jax.lax.with_sharding_constraint(jnp.zeros(p.shape, jnp.float32), s),
+                params,
+                param_shardings,
+            )
+            zero = jnp.zeros((), jnp.float32)
+            init = (zeros, {"ce_sum": zero, "z_sum": zero, "count": zero})
+
+            def body(carry, mb):
+                g, s = grad_fn(params, mb)
+                g = jax.tree_util.tree_map(
+                    lambda x, sh: jax.lax.with_sharding_constraint(x.astype(jnp.float32), sh),
+                    g,
+                    param_shardings,
+                )
+                return (_tree_add(carry[0], g), _tree_add(carry[1], s)), None
+
+            (grads, sums), _ = jax.lax.scan(body, init, mbs)
+        count = sums["count"]
+        denom = jnp.maximum(count, 1.0)
+        grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
+        grad_norm = global_norm(grads)
+        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        new_params = optax.apply_updates(params, updates)
+        metrics = {
+            "loss": sums["ce_sum"] / denom,
+            "z_loss": sums["z_sum"] / denom,
+            "grad_norm": grad_norm,
+            "lr": schedule(state["step"]),
+            "tokens": count,
+        }
+        new_state = {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state}
+        return new_state, metrics
+
+    return step
+
+
+def batch_shardings(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> dict[str, NamedSharding]:
+    s = batch_sharding(mesh, rules)
+    return {k: s for k in BATCH_KEYS}
+
+
+def jit_train_step(
+    model_cfg: ModelConfig,
+    config: Any,
+    mesh: Mesh,
+    state_shardings: TrainState,
+    rules: Rules = DEFAULT_RULES,
+    donate: bool = True,
+):
+    """jax.jit of the step with explicit in/out shardings (not yet wrapped in the mesh)."""
+    step = build_train_step(model_cfg, config, mesh, state_shardings)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(
+        step,
+        in_shardings=(state_shardings, batch_shardings(mesh, rules)),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=(0,) if donate else (),
+    )
+
+
+def make_train_step(
+    model_cfg: ModelConfig,
+    config: Any,
+    mesh: Mesh,
+    state_shardings: TrainState,
+    rules: Rules = DEFAULT_RULES,
+    donate: bool = True,
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """step_fn(state, batch) -> (state, metrics); jitted, sharded, state donated.
+
+    `batch` may be numpy arrays (single process; jit shards them) or global jax.Arrays
+    from `zen_code_jax.parallel.multihost.make_global_batch` (multi-host).
+    Metrics (replicated scalars): loss (mean CE over loss tokens), z_loss (mean
+    logsumexp^2), grad_norm (before clipping), lr (used for this update), tokens.
+    """
+    jitted = jit_train_step(model_cfg, config, mesh, state_shardings, rules, donate)
+
+    def step_fn(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        batch = {k: batch[k] for k in BATCH_KEYS}
+        with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
+            return jitted(state, batch)
+
+    step_fn.jitted = jitted  # type: ignore[attr-defined]
+    return step_fn
+
+
+def make_eval_step(
+    model_cfg: ModelConfig, config: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES
+) -> Callable[[Any, dict], dict]:
+    """fn(params, batch) -> {'loss_sum', 'tokens'} (sums, so callers can average over
+    many batches exactly). Params keep their sharding; the batch is sharded on entry."""
+    loss_sums = make_loss_fn(model_cfg, config)
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def eval_fn(params: Any, batch: dict) -> dict:
+        batch = {k: batch[k] for k in BATCH_KEYS}
+        sums = loss_sums(params, batch)
+        return {"loss_sum": sums["ce_sum"], "tokens": sums["count"]}
+
+    jitted = jax.jit(
+        eval_fn,
+        in_shardings=(None, batch_shardings(mesh, rules)),
+        out_shardings=replicated,
+    )
+
+    def wrapped(params: Any, batch: dict) -> dict:
+        batch = {k: batch[k] for k in BATCH_KEYS}
+        with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
+            return jitted(params, batch)
+
+    return wrapped
