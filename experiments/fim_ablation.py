@@ -27,9 +27,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c, overrides = start_config("fim_ablation", arg)
     c.data.mode = "file"
     c.fim.spm_rate = 0.5
-    c.eval.tasks = ["heldout_loss", "heldout_fim", "humaneval_infill_single", "humaneval"]
+    c.eval.tasks = ("heldout_loss", "heldout_fim", "humaneval_infill_single", "humaneval")
     if c.scale == "smoke":
-        c.eval.tasks = ["heldout_loss", "heldout_fim"]
+        c.eval.tasks = ("heldout_loss", "heldout_fim")
     set_arms(
         c,
         {

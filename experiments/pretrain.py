@@ -71,8 +71,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         if target == "h100x64":
             # 1,024 sequences over 64 GPUs = 16 per GPU; 4 micro-batches of 4 each.
             c.train.micro_batch_size = 256
-        c.eval.tasks = ["heldout_loss", "humaneval", "humaneval_infill_single"]
+        c.eval.tasks = ("heldout_loss", "humaneval", "humaneval_infill_single")
     else:
-        c.eval.tasks = ["heldout_loss"]
+        c.eval.tasks = ("heldout_loss",)
     apply_overrides(c, overrides)
     return c

@@ -39,7 +39,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     short, long, batch = WINDOWS[c.scale]
     c.data.mode = "file"
     c.fim.rate = 0.5
-    c.eval.tasks = ["heldout_loss", "repo_completion"]
+    c.eval.tasks = ("heldout_loss", "repo_completion")
     # Same model config in every arm (a checkpoint only loads into an identical model).
     c.model.max_position_embeddings = max(long, c.model.max_position_embeddings)
     if c.scale == "cpu":

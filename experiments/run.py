@@ -149,7 +149,7 @@ def run_arm(config: Any, arm: str, mode: str, dataset_fn: Any) -> dict[str, Any]
                 "without --arm to run every arm in order."
             )
     if mode == "eval":
-        return evaluate_checkpoint(cfg, run_dir, workdir=_WORKDIR.value)
+        return evaluate_checkpoint(cfg, run_dir, workdir=_WORKDIR.value, dataset_fn=dataset_fn)
     return train_arm(
         cfg, run_dir, workdir=_WORKDIR.value, dataset_fn=dataset_fn, run_eval=(mode == "all")
     )
@@ -163,7 +163,8 @@ def main(argv: list[str]) -> int:
     from zen_code_jax.train.loop import NonFiniteError
 
     config = _CONFIG.value
-    module = load_experiment_module(_CONFIG.config_filename)
+    path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":", 1)[0]
+    module = load_experiment_module(path)
     dataset_fn = getattr(module, "make_dataset", None)
     all_arms = arm_names(config)
     if _ARM.value and _ARM.value not in all_arms:

@@ -39,7 +39,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.train.init_checkpoint = "arm:../pretrain/main"
     c.optimizer.update(dict(peak_lr=1e-5, final_lr=1e-6, warmup_steps=10, weight_decay=0.0))
     c.fim.rate = 0.0
-    c.eval.tasks = ["humaneval"] if c.scale in ("gpu", "paper") else []
+    c.eval.tasks = ("humaneval",) if c.scale in ("gpu", "paper") else ()
     c.train.eval_every = {"smoke": 0, "cpu": 100, "gpu": 200, "paper": 500}[c.scale]
     if c.scale == "smoke":
         c.train.init_checkpoint = ""

@@ -70,6 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
             domain_weights={"code": 1.0},
             language_weights={},  # empty: natural frequencies
             exclude_tests=False,
+            max_files=0,  # 0 = all files; N = a deterministic hash-ranked sample (tests)
         )
     )
 
@@ -113,7 +114,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.eval = ml_collections.ConfigDict(
         dict(
-            tasks=["heldout_loss"],
+            tasks=("heldout_loss",),  # a tuple so --config.eval.tasks="('a','b')" works
             max_new_tokens=64,
             temperature=0.0,
             top_p=1.0,
@@ -187,6 +188,8 @@ def _parse_value(text: str, current: Any, key: str) -> Any:
             f"Cannot parse {text!r} for {key} (currently {current!r}, a "
             f"{type(current).__name__}). Give a Python literal, e.g. {key}={current!r}."
         ) from None
+    if isinstance(current, tuple) and isinstance(value, list | str):
+        value = tuple(value) if isinstance(value, list) else (value,)
     if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if isinstance(current, int) and isinstance(value, float) and value.is_integer():

@@ -372,10 +372,70 @@ def build_import_graph(files: Mapping[str, str]) -> dict[str, set[str]]:
     return graph
 
 
+def _source_sccs(nodes: list[str], deps: Mapping[str, set[str]]) -> list[str]:
+    """Files in strongly connected components that depend on nothing outside themselves.
+
+    `deps` is restricted to `nodes`. Iterative Tarjan (no recursion limit on big repos).
+    """
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    comp: dict[str, int] = {}
+    comps: list[list[str]] = []
+    counter = 0
+    for root in nodes:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(deps[root])))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            v, it = work[-1]
+            advanced = False
+            for w in it:
+                if w not in index:
+                    index[w] = low[w] = counter
+                    counter += 1
+                    stack.append(w)
+                    on_stack.add(w)
+                    work.append((w, iter(sorted(deps[w]))))
+                    advanced = True
+                    break
+                if w in on_stack:
+                    low[v] = min(low[v], index[w])
+            if advanced:
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                members = []
+                while True:
+                    w = stack.pop()
+                    on_stack.discard(w)
+                    comp[w] = len(comps)
+                    members.append(w)
+                    if w == v:
+                        break
+                comps.append(members)
+    out: list[str] = []
+    for k, members in enumerate(comps):
+        if all(comp[d] == k for m in members for d in deps[m]):
+            out.extend(members)
+    return out
+
+
 def topological_order(graph: Mapping[str, Iterable[str]]) -> list[str]:
     """Dependencies first; cycles broken by fewest unemitted dependencies, then by path.
 
     `graph[p]` is the set of files that p imports. Edges to unknown paths are ignored.
+    Kahn's algorithm emits the ready file with the smallest path. When no file is ready,
+    only cycles block progress: among the files of the cycles that depend on nothing
+    outside themselves, the one with the fewest unemitted dependencies (then the smallest
+    path) goes next. So every dependency that is not part of a cycle still comes first.
     """
     nodes = sorted(graph)
     known = set(nodes)
@@ -392,8 +452,10 @@ def topological_order(graph: Mapping[str, Iterable[str]]) -> list[str]:
     while len(order) < len(nodes):
         if ready:
             p = heapq.heappop(ready)
-        else:  # only cycles left: break at the smallest in-degree, then path
-            p = min((q for q in nodes if q not in emitted), key=lambda q: (remaining[q], q))
+        else:  # only cycles left: break one at the smallest in-degree, then path
+            left = [q for q in nodes if q not in emitted]
+            sub = {q: deps[q] - emitted for q in left}
+            p = min(_source_sccs(left, sub), key=lambda q: (remaining[q], q))
         emitted.add(p)
         order.append(p)
         for u in users[p]:

@@ -26,6 +26,7 @@ languages) are counted here without reading the file.
 from __future__ import annotations
 
 import collections
+import csv
 import dataclasses
 import gzip
 import hashlib
@@ -33,6 +34,7 @@ import importlib.metadata
 import io
 import json
 import os
+import stat
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,8 +137,14 @@ def stdlib_root() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
-def _stat_ref(repo: str, path: str, loc: Path, language: str | None) -> FileRef:
-    st = loc.stat()
+def _stat_ref(repo: str, path: str, loc: str | Path, language: str | None) -> FileRef | None:
+    """A FileRef from one stat call; None for a missing or non-regular file."""
+    try:
+        st = os.stat(loc)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
     return FileRef(repo, path, str(loc), st.st_size, st.st_mtime_ns, language)
 
 
@@ -171,7 +179,7 @@ def _walk(root: Path, skip_top: tuple[str, ...] = ()) -> Iterator[tuple[Path, st
         rel_dir = base.relative_to(root).as_posix()
         for name in sorted(filenames):
             p = base / name
-            if p.is_symlink() or not p.is_file():
+            if p.is_symlink():
                 continue
             yield p, (name if rel_dir == "." else f"{rel_dir}/{name}")
 
@@ -197,13 +205,27 @@ def list_stdlib(exclude_tests: bool, skips: collections.Counter) -> list[FileRef
                 repo = "stdlib/devtools"
             else:
                 repo = f"stdlib/{_MODULE_FAMILY.get(mod, 'misc')}"
-        out.append(_stat_ref(repo, rel, p, lang))
+        _append(out, _stat_ref(repo, rel, p, lang))
     return out
+
+
+def _append(out: list[FileRef], ref: FileRef | None) -> None:
+    if ref is not None:
+        out.append(ref)
 
 
 def _dist_name(dist: importlib.metadata.Distribution) -> str:
     name = dist.metadata["Name"] or ""
     return name.strip().lower().replace("_", "-")
+
+
+def _dist_paths(dist: importlib.metadata.Distribution) -> list[str]:
+    """Installed file paths of a distribution (RECORD read directly: `dist.files` builds a
+    PackagePath per line and is 10x slower), sorted."""
+    record = dist.read_text("RECORD")
+    if record is None:
+        return sorted(f.as_posix() for f in dist.files or [])
+    return sorted({row[0] for row in csv.reader(record.splitlines()) if row and row[0]})
 
 
 def list_distributions(exclude_tests: bool, skips: collections.Counter) -> list[FileRef]:
@@ -212,22 +234,24 @@ def list_distributions(exclude_tests: bool, skips: collections.Counter) -> list[
     seen: set[str] = set()
     for dist in sorted(importlib.metadata.distributions(), key=_dist_name):
         name = _dist_name(dist)
-        if not name or name in seen or not dist.files:
+        if not name or name in seen:
+            continue
+        rels = _dist_paths(dist)
+        if not rels:
             continue
         seen.add(name)
-        for f in sorted(dist.files, key=str):
-            rel = f.as_posix()
+        base = str(dist.locate_file(""))
+        for rel in rels:
             if rel.startswith("..") or ".dist-info/" in rel or ".egg-info/" in rel:
+                continue
+            if "__pycache__/" in rel:  # bytecode caches are build artifacts, not sources
                 continue
             keep, lang = _classify_path(rel, exclude_tests, None, skips)
             if not keep or lang is None:
                 if keep:
                     skips["unsupported_language"] += 1
                 continue
-            loc = Path(dist.locate_file(f))
-            if not loc.is_file():
-                continue
-            out.append(_stat_ref(f"pypi/{name}", rel, loc, lang))
+            _append(out, _stat_ref(f"pypi/{name}", rel, os.path.join(base, rel), lang))
     return out
 
 
@@ -244,7 +268,7 @@ def list_headers(root: Path, exclude_tests: bool, skips: collections.Counter) ->
             lang = "C/C++"  # extensionless C++ standard headers (<vector>, <map>, ...)
         top = rel.split("/", 1)[0]
         repo = f"include/{top}" if "/" in rel else "include/libc"
-        out.append(_stat_ref(repo, rel, p, lang))
+        _append(out, _stat_ref(repo, rel, p, lang))
     return out
 
 
@@ -256,12 +280,14 @@ def list_directory(root: Path, exclude_tests: bool, skips: collections.Counter) 
         repo, path = (top, inner) if inner else ("_root", rel)
         keep, lang = _classify_path(path, exclude_tests, None, skips)
         if keep:
-            out.append(_stat_ref(repo, path, p, lang))
+            _append(out, _stat_ref(repo, path, p, lang))
     return out
 
 
 def _row_inputs(path: Path, kind: str) -> list[str]:
-    patterns = ("*.jsonl", "*.jsonl.gz", "*.json.gz", "*.ndjson") if kind == "jsonl" else ("*.parquet",)
+    patterns = (
+        ("*.jsonl", "*.jsonl.gz", "*.json.gz", "*.ndjson") if kind == "jsonl" else ("*.parquet",)
+    )
     if path.is_file():
         return [str(path)]
     files = sorted({str(p) for pat in patterns for p in path.rglob(pat)})

@@ -22,6 +22,7 @@ produced and decode to "" (as in Qwen's padded 151,936 vocabulary).
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import json
@@ -75,6 +76,22 @@ def _training_chunks(texts: Iterable[str]) -> Iterable[str]:
             # SentencePiece measures max_sentence_length in bytes.
             if len(chunk.encode("utf-8")) <= _MAX_SENTENCE_LENGTH:
                 yield chunk
+
+
+def _character_coverage(chunks: list[str], room: int, default: float = 0.9999) -> float:
+    """SentencePiece keeps the most frequent characters until they cover this share of the
+    text, and each needs a vocabulary slot; on a small vocabulary with many distinct
+    characters that fails. Lower the coverage so at most `room - 1` characters are kept (the
+    rest use byte fallback, so nothing is lost)."""
+    counts = collections.Counter()
+    for c in chunks:
+        counts.update(c)
+    if len(counts) < room:
+        return default
+    freqs = sorted(counts.values(), reverse=True)
+    total = sum(freqs)
+    covered = sum(freqs[: max(1, room - 1)])
+    return min(default, covered / total * (1 - 1e-6))
 
 
 class Tokenizer:
@@ -148,6 +165,7 @@ class Tokenizer:
             rng = random.Random(seed)
             idx = sorted(rng.sample(range(len(chunks)), max_chunks))
             chunks = [chunks[i] for i in idx]
+        coverage = _character_coverage(chunks, vocab_size - (2 + len(SPECIAL_TOKENS) + 256))
         buf = io.BytesIO()
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(chunks),
@@ -161,7 +179,7 @@ class Tokenizer:
             add_dummy_prefix=False,
             split_digits=True,
             allow_whitespace_only_pieces=True,
-            character_coverage=0.9999,
+            character_coverage=coverage,
             max_sentence_length=_MAX_SENTENCE_LENGTH,
             input_sentence_size=0,  # we sampled deterministically above
             shuffle_input_sentence=False,

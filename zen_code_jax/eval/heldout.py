@@ -47,16 +47,13 @@ def trim_left(text: str, tok: Any, max_tokens: int) -> str:
     """The longest tail of `text` starting at a line start that encodes to <= max_tokens."""
     if max_tokens <= 0:
         return ""
-    if len(text) <= max_tokens:  # every token covers >= 1 char... only for byte-level BPE
-        if len(tok.encode(text)) <= max_tokens:
-            return text
     keep = min(len(text), max_tokens * 4)
     while keep > 0:
-        cut = len(text) - keep
-        nl = text.find("\n", cut - 1) if cut > 0 else -1
-        piece = text[nl + 1 :] if cut > 0 else text
-        if cut > 0 and nl < 0:
-            piece = ""
+        if keep >= len(text):
+            piece = text
+        else:
+            nl = text.find("\n", len(text) - keep - 1)
+            piece = text[nl + 1 :] if nl >= 0 else ""
         if len(tok.encode(piece)) <= max_tokens:
             return piece
         keep = int(keep * 0.8)
@@ -116,8 +113,6 @@ def sample_fim_examples(
                 continue
             if len(middle) > MAX_MIDDLE_CHARS:
                 continue
-            if not middle.endswith("\n"):
-                middle += ""  # last line of a file without a final newline
             out.append(
                 {
                     "task_id": f"heldout_fim/{kind}/{i}",
@@ -134,12 +129,12 @@ def sample_fim_examples(
     return out
 
 
-def fit_fim(
-    ex: dict[str, Any], tok: Any, budget: int
-) -> tuple[str, str]:
-    """Prefix and suffix trimmed so prompt + middle fit `budget` tokens."""
-    mid = len(tok.encode(ex["canonical_solution"]))
-    room = max(0, budget - mid - 8)
+def fit_fim(ex: dict[str, Any], tok: Any, budget: int, *, with_middle: bool) -> tuple[str, str]:
+    """Prefix and suffix trimmed (whole lines) so the FIM prompt - plus the middle when
+    `with_middle` (teacher forcing) - fits `budget` tokens. Two thirds of the room go to the
+    prefix; the suffix gets the rest."""
+    mid = len(tok.encode(ex["canonical_solution"])) if with_middle else 0
+    room = max(0, budget - mid - 4)  # 3 sentinels (+1 spare)
     pre = trim_left(ex["prompt"], tok, room - room // 3)
     suf = trim_right(ex["suffix"], tok, room - len(tok.encode(pre)))
     return pre, suf
@@ -180,7 +175,7 @@ class HeldoutFimTask(Task):
             if not exs:
                 continue
             gen_budget = budget - kw["max_new_tokens"]
-            fitted = [fit_fim(e, tok, gen_budget) for e in exs]
+            fitted = [fit_fim(e, tok, gen_budget, with_middle=False) for e in exs]
             gens = engine.infill(
                 [p for p, _ in fitted],
                 [s for _, s in fitted],
@@ -189,7 +184,7 @@ class HeldoutFimTask(Task):
                 seed=ctx.seed,
                 **kw,
             )
-            fitted_lp = [fit_fim(e, tok, budget) for e in exs]
+            fitted_lp = [fit_fim(e, tok, budget, with_middle=True) for e in exs]
             mids = [tok.encode(e["canonical_solution"]) for e in exs]
             fim_ctx = [fim_prompt_tokens(p, s, mode, tok) for p, s in fitted_lp]
             pre_ctx = [tok.encode(p) or [tok.eot_id] for p, _ in fitted_lp]

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from zen_code_jax.eval.passk import mean_pass_at_k
-from zen_code_jax.eval.sandbox import SandboxLimits, run_programs
+from zen_code_jax.eval.sandbox import Program, SandboxLimits, make_token, run_programs
 from zen_code_jax.eval.tasks import (
     EvalContext,
     Task,
@@ -73,9 +73,22 @@ def build_program(problem: dict[str, Any], completion: str) -> str:
     )
 
 
+def python_job(source: str) -> Program:
+    """A Python test program that must also reach its last line: it prints a fresh random
+    token after the tests, and only exit 0 *with* the token counts as passed."""
+    token = make_token()
+    return Program(source + f"\nprint({token!r})\n", success_token=token)
+
+
+def default_ks(by_key: dict[str, list[bool]]) -> tuple[int, ...]:
+    """pass@k values to report: 1, 10, 100 and n (samples per problem), all <= n."""
+    n = min((len(v) for v in by_key.values()), default=1)
+    return tuple(sorted({k for k in PASS_KS if k <= n} | {n}))
+
+
 def score_programs(
     keys: Sequence[str],
-    programs: Sequence[str],
+    programs: Sequence[Program | str],
     *,
     limits: SandboxLimits,
     workers: int,
@@ -95,13 +108,14 @@ def score_completions(
     *,
     limits: SandboxLimits | None = None,
     workers: int = 2,
-    ks: Sequence[int] = PASS_KS,
+    ks: Sequence[int] | None = None,
     truncate: bool = True,
 ) -> TaskResult:
     """pass@k of completions ({task_id: [completion, ...]}) on the given problems.
 
     Every problem must have at least one completion; completions are cut at the stop
-    sequences first (unless truncate=False).
+    sequences first (unless truncate=False). ks default: 1, 10, 100 and n (the smallest
+    number of samples per problem), where they do not exceed n.
     """
     limits = limits or SandboxLimits()
     keys, progs, comps = [], [], []
@@ -113,11 +127,11 @@ def score_completions(
             c = truncate_at_stops(c, STOP_SEQUENCES) if truncate else c
             keys.append(p["task_id"])
             comps.append(c)
-            progs.append(build_program(p, c))
+            progs.append(python_job(build_program(p, c)))
     records, by_key = score_programs(keys, progs, limits=limits, workers=workers)
     for r, c in zip(records, comps):
         r["completion"] = c
-    metrics = mean_pass_at_k(by_key, ks)
+    metrics = mean_pass_at_k(by_key, ks if ks is not None else default_ks(by_key))
     metrics["num_problems"] = float(len(by_key))
     return TaskResult(metrics, records)
 

@@ -27,7 +27,7 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-from zen_code_jax.eval.humaneval import load_problems, score_programs
+from zen_code_jax.eval.humaneval import load_problems, python_job, score_programs
 from zen_code_jax.eval.sandbox import SandboxLimits
 from zen_code_jax.eval.tasks import (
     EvalContext,
@@ -142,7 +142,7 @@ def score_infills(
             ems.append(exact_match(t, inf))
     by_id = {t["task_id"]: t for t in tasks}
     if functional:
-        progs = [build_program(by_id[k], inf) for k, inf in zip(keys, infills)]
+        progs = [python_job(build_program(by_id[k], inf)) for k, inf in zip(keys, infills)]
         records, _ = score_programs(keys, progs, limits=limits or SandboxLimits(), workers=workers)
     else:
         records = [{"task_id": k} for k in keys]

@@ -40,6 +40,7 @@ import dataclasses
 import json
 import os
 import queue
+import secrets
 import selectors
 import shutil
 import signal
@@ -387,10 +388,14 @@ def run_program(
     limits: SandboxLimits | None = None,
     files: dict[str, str] | None = None,
     namespaces: bool = True,
+    success_token: str | None = None,
 ) -> SandboxResult:
     """Run one untrusted program to completion in the sandbox; never raises for its behaviour.
 
-    `files` are extra files written into the working directory (relative names).
+    `files` are extra files written into the working directory (relative names). With
+    `success_token`, exit code 0 counts as passed only if the token appears on stdout: the
+    harness prints it after the tests, so a program that exits early (`os._exit(0)`,
+    `sys.exit()` in the completion) before the tests ran fails instead of "passing".
     """
     limits = limits or SandboxLimits()
     if language not in LANGUAGES:
@@ -404,7 +409,7 @@ def run_program(
     uid = _UID_BASE + slot if slot is not None else None
     workdir = tempfile.mkdtemp(prefix="zcj-sandbox-")
     try:
-        return _run_in(
+        res = _run_in(
             source, fname, argv_t, limits, files or {}, workdir, uid, namespaces=namespaces
         )
     finally:
@@ -413,6 +418,11 @@ def run_program(
         _rmtree(workdir)
         if slot is not None:
             _slot_queue.put(slot)
+    if res.status == PASSED and success_token is not None and success_token not in res.stdout:
+        return dataclasses.replace(
+            res, status=FAILED, reason="exited with 0 before the tests finished (no success token)"
+        )
+    return res
 
 
 def _run_in(
@@ -591,6 +601,7 @@ class Program:
     source: str
     language: str = "python"
     files: dict[str, str] | None = None
+    success_token: str | None = None
 
 
 def run_programs(
@@ -610,13 +621,23 @@ def run_programs(
 
     def one(p: Program) -> SandboxResult:
         return run_program(
-            p.source, language=p.language, limits=limits, files=p.files, namespaces=namespaces
+            p.source,
+            language=p.language,
+            limits=limits,
+            files=p.files,
+            namespaces=namespaces,
+            success_token=p.success_token,
         )
 
     if workers == 1 or len(jobs) <= 1:
         return [one(p) for p in jobs]
     with ThreadPoolExecutor(max_workers=min(workers, _SLOTS)) as ex:
         return list(ex.map(one, jobs))
+
+
+def make_token() -> str:
+    """A fresh random success token (see run_program)."""
+    return "__ZCJ_TESTS_DONE_" + secrets.token_hex(8) + "__"
 
 
 _lock = threading.Lock()

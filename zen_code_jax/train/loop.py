@@ -410,44 +410,39 @@ def evaluate_run(
     eval_step: Callable | None = None,
     dataset_fn: DatasetFn | None = None,
 ) -> dict[str, float]:
-    """Run `config.eval.tasks` on `params`; write eval/<task>.jsonl, TB scalars, hparams.
+    """Run `config.eval.tasks` on `params` and record the arm's hparams + final metrics.
+
+    The eval runner writes eval/<task>.jsonl, eval/summary.json and the
+    `eval/<task>/<metric>` scalars.
 
     With a custom data pipeline (e.g. SFT) the held-out loss of that pipeline's own
-    held-out split is measured too (`heldout_pipeline_loss`), over at most 50 batches.
-    Returns {"task/metric": value}, also saved as eval/summary.json.
+    held-out split is measured too (`pipeline_heldout/loss`), over at most 50 batches.
+    Returns {"task/metric": value}.
     """
-    from zen_code_jax.eval.tasks import EvalContext, get_task
+    from zen_code_jax.eval.runner import run_tasks
+    from zen_code_jax.eval.tasks import EvalContext
     from zen_code_jax.infer.engine import InferenceEngine
 
     run_dir = Path(run_dir)
-    eval_dir = run_dir / "eval"
-    eval_dir.mkdir(parents=True, exist_ok=True)
-    arm = config.arm or "main"
     metrics: dict[str, float] = {}
     if dataset_fn is not None and eval_step is not None:
         batches = _heldout_batches(dataset_fn, corpus, config, 50)
         if batches:
-            res = heldout_loss(eval_step, params, batches)
-            metrics["heldout_pipeline_loss"] = res["heldout_loss"]
+            loss = heldout_loss(eval_step, params, batches)["heldout_loss"]
+            metrics["pipeline_heldout/loss"] = loss
+            _merge_summary(run_dir, "pipeline_heldout", {"step": step, "loss": loss})
     tasks = list(config.eval.tasks)
     if tasks:
-        engine = InferenceEngine(params, model_cfg, tokenizer, mesh=None)
+        engine = InferenceEngine(
+            params, model_cfg, tokenizer, max_batch_size=max(1, int(config.eval.batch_size))
+        )
         ctx = EvalContext(config=config, engine=engine, tokenizer=tokenizer, corpus=corpus)
-        for name in tasks:
-            t0 = time.perf_counter()
-            result = get_task(name).evaluate(ctx)
-            with open(eval_dir / f"{name}.jsonl", "w", encoding="utf-8") as f:
-                for record in result.records:
-                    f.write(json.dumps(record, default=str) + "\n")
-            for key, value in result.metrics.items():
-                metrics[f"{name}/{key}"] = float(value)
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items())
-            print(f"[{arm}] eval {name}: {shown} ({time.perf_counter() - t0:.0f}s)", flush=True)
-    writer.scalars(step, metrics, prefix="eval/")
+        summaries = run_tasks(ctx, tasks, run_dir, step=step)
+        for task, values in summaries.items():
+            metrics.update({f"{task}/{k}": float(v) for k, v in values.items()})
+    writer.scalars(step, {k: v for k, v in metrics.items() if k.startswith("pipeline_")}, "eval/")
     writer.hparams(arm_hparams(config), metrics, step)
     writer.flush()
-    summary = {"arm": arm, "step": step, "metrics": metrics}
-    (eval_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return metrics
 
 
@@ -497,3 +492,12 @@ def restore_step(run_dir: str | Path) -> int:
         return ckpt.latest_step() or 0
     finally:
         ckpt.close()
+
+
+def _merge_summary(run_dir: Path, name: str, values: dict[str, float]) -> None:
+    """Add one entry to eval/summary.json in the eval runner's {task: {metric}} layout."""
+    path = run_dir / "eval" / "summary.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = json.loads(path.read_text()) if path.exists() else {}
+    old[name] = values
+    path.write_text(json.dumps(old, indent=2, sort_keys=True))

@@ -100,6 +100,7 @@ def create_train_state(
     mesh: Mesh,
     rng: jax.Array,
     rules: Rules = DEFAULT_RULES,
+    compiler_options: dict[str, Any] | None = None,
 ) -> tuple[TrainState, TrainState]:
     """Initialize params + AdamW state sharded over `mesh`; returns (state, shardings).
 
@@ -113,7 +114,12 @@ def create_train_state(
 
     key_sharding = NamedSharding(mesh, PartitionSpec())
     with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
-        state = jax.jit(init, in_shardings=key_sharding, out_shardings=shardings)(rng)
+        state = jax.jit(
+            init,
+            in_shardings=key_sharding,
+            out_shardings=shardings,
+            compiler_options=compiler_options,
+        )(rng)
     return state, shardings
 
 

@@ -165,6 +165,7 @@ def jit_train_step(
     state_shardings: TrainState,
     rules: Rules = DEFAULT_RULES,
     donate: bool = True,
+    compiler_options: dict[str, Any] | None = None,
 ):
     """jax.jit of the step with explicit in/out shardings (not yet wrapped in the mesh)."""
     step = build_train_step(model_cfg, config, mesh, state_shardings)
@@ -174,6 +175,7 @@ def jit_train_step(
         in_shardings=(state_shardings, batch_shardings(mesh, rules)),
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,) if donate else (),
+        compiler_options=compiler_options,
     )
 
 
@@ -184,6 +186,7 @@ def make_train_step(
     state_shardings: TrainState,
     rules: Rules = DEFAULT_RULES,
     donate: bool = True,
+    compiler_options: dict[str, Any] | None = None,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """step_fn(state, batch) -> (state, metrics); jitted, sharded, state donated.
 
@@ -191,8 +194,12 @@ def make_train_step(
     from `zen_code_jax.parallel.multihost.make_global_batch` (multi-host).
     Metrics (replicated scalars): loss (mean CE over loss tokens), z_loss (mean
     logsumexp^2), grad_norm (before clipping), lr (used for this update), tokens.
+    `compiler_options` go to XLA (tests use {'xla_backend_optimization_level': 0} to
+    halve compile time on CPU).
     """
-    jitted = jit_train_step(model_cfg, config, mesh, state_shardings, rules, donate)
+    jitted = jit_train_step(
+        model_cfg, config, mesh, state_shardings, rules, donate, compiler_options
+    )
 
     def step_fn(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         batch = {k: batch[k] for k in BATCH_KEYS}
@@ -204,7 +211,11 @@ def make_train_step(
 
 
 def make_eval_step(
-    model_cfg: ModelConfig, config: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES
+    model_cfg: ModelConfig,
+    config: Any,
+    mesh: Mesh,
+    rules: Rules = DEFAULT_RULES,
+    compiler_options: dict[str, Any] | None = None,
 ) -> Callable[[Any, dict], dict]:
     """fn(params, batch) -> {'loss_sum', 'tokens'} (sums, so callers can average over
     many batches exactly). Params keep their sharding; the batch is sharded on entry."""
@@ -220,6 +231,7 @@ def make_eval_step(
         eval_fn,
         in_shardings=(None, batch_shardings(mesh, rules)),
         out_shardings=replicated,
+        compiler_options=compiler_options,
     )
 
     def wrapped(params: Any, batch: dict) -> dict:

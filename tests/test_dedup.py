@@ -1,0 +1,167 @@
+"""Dedup against brute force: planted near-duplicates at known Jaccard, exact-key normalization."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import random
+
+import numpy as np
+import pytest
+
+from zen_code_jax.data import dedup
+
+DOC_TOKENS = 400
+SHINGLE = 10
+# Substitutions k at positions >= SHINGLE apart change exactly 10k of the 391 shingles on each
+# side: J = (391 - 10k) / (391 + 10k): k=1 .951, 2 .902, 3 .857, 5 .773, 7 .696, 10 .593,
+# 12 .530.
+LEVELS = (0, 1, 2, 3, 5, 7, 10, 12)
+PAIRS_PER_LEVEL = 40
+SINGLETONS = 100
+
+
+def _brute_shingles(text: str) -> set[tuple[str, ...]]:
+    """Independent reference: whitespace tokens (the synthetic words have no punctuation)."""
+    toks = text.split()
+    return {tuple(toks[i : i + SHINGLE]) for i in range(len(toks) - SHINGLE + 1)}
+
+
+@pytest.fixture(scope="module")
+def planted() -> tuple[list[str], dict[tuple[int, int], float]]:
+    rng = random.Random(1234)
+    vocab = [f"w{i}" for i in range(20000)]
+
+    def doc() -> list[str]:
+        return [rng.choice(vocab) for _ in range(DOC_TOKENS)]
+
+    docs: list[list[str]] = []
+    for k in LEVELS:
+        for _ in range(PAIRS_PER_LEVEL):
+            base = doc()
+            var = list(base)
+            # k positions spaced >= SHINGLE apart (and away from the ends).
+            slots = rng.sample(range(1, DOC_TOKENS // SHINGLE - 1), k)
+            for s in slots:
+                var[s * SHINGLE + rng.randrange(SHINGLE)] = rng.choice(vocab)
+            docs += [base, var]
+    docs += [doc() for _ in range(SINGLETONS)]
+    order = list(range(len(docs)))
+    rng.shuffle(order)
+    texts = []
+    for i in order:
+        words = docs[i]
+        # Random line breaks and indentation: whitespace must not matter to shingles.
+        texts.append(
+            "".join(w + ("\n    " if rng.random() < 0.1 else " ") for w in words).rstrip() + "\n"
+        )
+    # Brute-force Jaccard for every pair that shares at least one shingle (all other pairs
+    # have J = 0 exactly), found with an inverted index.
+    sets = [_brute_shingles(t) for t in texts]
+    index: dict[tuple[str, ...], list[int]] = collections.defaultdict(list)
+    for i, s in enumerate(sets):
+        for sh in s:
+            index[sh].append(i)
+    pairs = {(a, b) for ids in index.values() for a, b in itertools.combinations(ids, 2)}
+    jac = {(a, b): len(sets[a] & sets[b]) / len(sets[a] | sets[b]) for a, b in pairs}
+    return texts, jac
+
+
+@pytest.fixture(scope="module")
+def result(planted):
+    texts, _ = planted
+    mh = dedup.MinHasher(128)
+    sigs = np.stack([mh.signature(t, SHINGLE) for t in texts])
+    return sigs, dedup.near_duplicates(sigs, 16, 8, 0.8)
+
+
+def test_planted_levels_are_as_designed(planted) -> None:
+    _, jac = planted
+    values = sorted(jac.values())
+    # Every planted pair (J >= 0.5) and nothing else related.
+    assert sum(v >= 0.5 for v in values) == PAIRS_PER_LEVEL * len(LEVELS)
+    assert sum(0.0 < v < 0.5 for v in values) < 5
+    assert sum(v >= 0.85 for v in values) == 4 * PAIRS_PER_LEVEL
+
+
+def test_recall_and_precision_against_brute_force(planted, result) -> None:
+    _, jac = planted
+    _, res = result
+    same = lambda a, b: res.cluster[a] == res.cluster[b]  # noqa: E731
+    high = [p for p, j in jac.items() if j >= 0.85]
+    recall = np.mean([same(*p) for p in high])
+    assert recall >= 0.95, recall
+    # No pair below J 0.6 (or unrelated, J = 0) ends up in one cluster.
+    clusters = collections.defaultdict(list)
+    for i, c in enumerate(res.cluster):
+        clusters[c].append(i)
+    for members in clusters.values():
+        for a, b in itertools.combinations(sorted(members), 2):
+            assert jac.get((a, b), 0.0) >= 0.6, (a, b, jac.get((a, b), 0.0))
+    # Below-threshold planted levels are (almost) never merged: J 0.53 and 0.59 never.
+    low = [p for p, j in jac.items() if 0.5 <= j < 0.6]
+    assert low and not any(same(*p) for p in low)
+
+
+def test_signature_estimates_jaccard(planted, result) -> None:
+    _, jac = planted
+    sigs, _ = result
+    err = np.array(
+        [float((sigs[a] == sigs[b]).mean()) - j for (a, b), j in jac.items() if j >= 0.5]
+    )
+    # Unbiased: mean error of 320 estimates has standard error < .003.
+    assert abs(err.mean()) < 0.012, err.mean()
+    # Spread as for independent permutations: sqrt(J(1-J)/128) <= .044.
+    assert np.sqrt((err**2).mean()) < 0.05
+
+
+def test_kept_document_is_first_of_cluster(result) -> None:
+    _, res = result
+    assert res.removed == len(res.keep) - res.keep.sum()
+    for i, c in enumerate(res.cluster):
+        assert c <= i
+        assert res.keep[i] == (c == i)
+    assert res.clusters >= 4 * PAIRS_PER_LEVEL - 8
+
+
+def test_near_dedup_is_deterministic_and_order_defined(planted, result) -> None:
+    texts, _ = planted
+    sigs, res = result
+    again = dedup.near_duplicates(sigs.copy(), 16, 8, 0.8)
+    assert (again.cluster == res.cluster).all()
+    # Reversing the order keeps the other member of each pair: the first in the given order.
+    rev = dedup.near_duplicates(sigs[::-1].copy(), 16, 8, 0.8)
+    n = len(texts)
+    merged = [i for i in range(n) if res.cluster[i] != i]
+    for i in merged:
+        j = res.cluster[i]
+        assert rev.keep[n - 1 - i] and not rev.keep[n - 1 - j]
+
+
+def test_candidate_probability_matches_notes() -> None:
+    assert dedup.lsh_candidate_probability(0.8, 16, 8) == pytest.approx(0.947, abs=1e-3)
+    assert dedup.lsh_candidate_probability(0.8, 9, 13) < 0.45
+
+
+def test_bad_band_shape_is_clear() -> None:
+    with pytest.raises(ValueError, match="minhash_num_perm"):
+        dedup.near_duplicates(np.zeros((3, 100), np.uint32), 16, 8, 0.8)
+
+
+def test_exact_key_normalization() -> None:
+    a = "def f():\n    return 1\n"
+    assert dedup.exact_key(a) == dedup.exact_key("def f():   \r\n    return 1\r\n\r\n")
+    assert dedup.exact_key(a) == dedup.exact_key("\n\ndef f():\n    return 1")
+    assert dedup.exact_key(a) != dedup.exact_key("def f():\n  return 1\n")  # indentation counts
+    assert dedup.exact_key(a) != dedup.exact_key("def f():\n    return 2\n")
+    keep = dedup.exact_duplicates([b"x", b"y", b"x", b"z", b"y"])
+    assert keep.tolist() == [True, True, False, True, False]
+
+
+def test_shingles_ignore_whitespace_and_short_docs() -> None:
+    a = dedup.shingle_hashes("a = b + c\n", 10, unique=True)
+    b = dedup.shingle_hashes("a=b+c", 10, unique=True)
+    assert len(a) == 1 and (a == b).all()
+    assert len(dedup.shingle_hashes("", 10)) == 0
+    toks = dedup.tokenize("x_1 = foo(bar, 'é')")
+    assert toks == ["x_1", "=", "foo", "(", "bar", ",", "'", "é", "'", ")"]

@@ -1,0 +1,462 @@
+"""Evaluation tasks scored without a trained model: canonical solutions, fake completers, a
+fake corpus. Honesty checks: canonical -> 1.0, empty/wrong -> fail."""
+
+import json
+import math
+import os
+import random
+import shutil
+
+import numpy as np
+import pytest
+
+from zen_code_jax.config import base_config
+from zen_code_jax.eval import heldout, humaneval, infilling, mbpp, multipl_e, repo_completion
+from zen_code_jax.eval.__main__ import main as cli_main
+from zen_code_jax.eval.runner import run_tasks
+from zen_code_jax.eval.sandbox import SandboxLimits
+from zen_code_jax.eval.tasks import EvalContext, get_task, task_names
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+LIMITS = SandboxLimits(timeout_s=10.0, memory_mb=1024)
+WORKERS = 2
+# ZCJ_FULL_EVAL=1 also runs every single-line infilling task functionally (1,033 programs).
+FULL = os.environ.get("ZCJ_FULL_EVAL") == "1"
+
+
+def cfg(**eval_overrides):
+    c = base_config()
+    c.train.seq_len = 256
+    c.eval.max_new_tokens = 32
+    for k, v in eval_overrides.items():
+        c.eval[k] = v
+    return c
+
+
+# ----------------------------------------------------------------------------- HumanEval
+@pytest.fixture(scope="module")
+def problems():
+    return humaneval.load_problems()
+
+
+def test_humaneval_problems_come_from_the_package(problems):
+    assert len(problems) == 164
+    assert [p["task_id"] for p in problems] == [f"HumanEval/{i}" for i in range(164)]
+    assert all({"prompt", "test", "entry_point", "canonical_solution"} <= set(p) for p in problems)
+
+
+def test_canonical_solutions_pass_all_164(problems):
+    """All 164 canonical solutions, in parallel sandbox workers (~10-20 s on 2 cores)."""
+    comps = {p["task_id"]: [p["canonical_solution"]] for p in problems}
+    res = humaneval.score_completions(problems, comps, limits=LIMITS, workers=WORKERS)
+    failed = [(r["task_id"], r["reason"]) for r in res.records if not r["passed"]]
+    assert failed == []
+    assert res.metrics["pass@1"] == 1.0 and res.metrics["num_problems"] == 164
+
+
+def test_empty_and_early_exit_completions_score_zero(problems):
+    sample = problems[::8]  # 21 problems, deterministic
+    empty = humaneval.score_completions(
+        sample, {p["task_id"]: [""] for p in sample}, limits=LIMITS, workers=WORKERS
+    )
+    assert empty.metrics["pass@1"] == 0.0
+    # A completion that exits with status 0 before the tests run must not "pass".
+    cheat = "    import os\n    os._exit(0)\n"
+    sneaky = humaneval.score_completions(
+        sample[:6], {p["task_id"]: [cheat] for p in sample[:6]}, limits=LIMITS, workers=WORKERS
+    )
+    assert sneaky.metrics["pass@1"] == 0.0
+
+
+def test_subtly_wrong_completions_fail(problems):
+    by_id = {p["task_id"]: p for p in problems}
+    wrong = {
+        "HumanEval/2": "    return round(number % 1.0, 1)\n",
+        "HumanEval/4": "    mean = sum(numbers) / len(numbers)\n"
+        "    return sum(abs(x - mean) for x in numbers) / (len(numbers) - 1)\n",
+        "HumanEval/13": "    while b:\n        a, b = b, a % b\n    return abs(a) + (a == 1)\n",
+    }
+    res = humaneval.score_completions(
+        [by_id[k] for k in wrong], {k: [v] for k, v in wrong.items()}, limits=LIMITS, workers=WORKERS
+    )
+    assert [r["passed"] for r in res.records] == [False, False, False]
+    assert all(r["status"] == "failed" for r in res.records)
+
+
+def test_stop_sequences_truncate_before_scoring(problems):
+    p = problems[2]
+    comp = p["canonical_solution"] + "\n\ndef junk():\n    pass\nprint(undefined_name)\n"
+    assert humaneval.STOP_SEQUENCES == ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
+    res = humaneval.score_completions([p], {p["task_id"]: [comp]}, limits=LIMITS)
+    assert res.records[0]["completion"] == p["canonical_solution"] + "\n"
+    assert res.metrics["pass@1"] == 1.0
+
+
+class OracleHumanEval:
+    """Returns the canonical body for even seeds and a wrong one for odd seeds."""
+
+    def __init__(self, problems):
+        self.by_prompt = {p["prompt"]: p["canonical_solution"] for p in problems}
+        self.calls = []
+
+    def generate(self, prompts, *, max_new_tokens, temperature, top_p, stop, seed):
+        self.calls.append((len(prompts), tuple(stop), seed, max_new_tokens))
+        if seed % 2 == 0:
+            return [self.by_prompt[p] + "\nprint('trailing junk')" for p in prompts]
+        return ["    return None\n" for _ in prompts]
+
+
+def test_humaneval_task_with_a_fake_engine_and_num_samples(problems):
+    c = cfg(limit=3, num_samples=2, batch_size=2)
+    engine = OracleHumanEval(problems)
+    res = get_task("humaneval").evaluate(EvalContext(config=c, engine=engine))
+    assert res.metrics["pass@1"] == pytest.approx(0.5)  # 1 of 2 samples right per problem
+    assert res.metrics["pass@2"] == pytest.approx(1.0)
+    assert len(res.records) == 6
+    assert {call[1] for call in engine.calls} == {humaneval.STOP_SEQUENCES}
+    assert sorted({call[2] for call in engine.calls}) == [0, 1]
+    assert [call[0] for call in engine.calls] == [2, 1, 2, 1]  # batches of eval.batch_size
+
+
+# ----------------------------------------------------------------------------- Infilling
+@pytest.fixture(scope="module")
+def single():
+    return infilling.load_infilling("single")
+
+
+@pytest.fixture(scope="module")
+def multi():
+    return infilling.load_infilling("multi")
+
+
+def test_infilling_counts_and_ids(single, multi, problems):
+    assert len(single) == 1033 and len(multi) == 5815
+    assert len({t["task_id"] for t in single}) == 1033
+    assert len({t["task_id"] for t in multi}) == 5815
+    assert single[0]["task_id"] == "SingleLineInfilling/HumanEval/0/L0"
+    assert "MultiLineInfilling/HumanEval/0/L0_L7" in {t["task_id"] for t in multi}
+    by_id = {p["task_id"]: p for p in problems}
+    for t in single + multi:
+        p = by_id["HumanEval/" + t["task_id"].split("/")[2]]
+        assert t["prompt"] + t["canonical_solution"] + t["suffix"] == p["prompt"] + p[
+            "canonical_solution"
+        ]
+        assert t["canonical_solution"].strip()  # a span starts and ends on non-blank lines
+
+
+def test_single_line_task_matches_the_published_example(single):
+    t = {x["task_id"]: x for x in single}["SingleLineInfilling/HumanEval/9/L7"]
+    # Published (with 4 spaces for the tab the example file used).
+    assert t["canonical_solution"] == "            running_max = max(running_max, n)\n"
+    assert t["suffix"] == "\n        result.append(running_max)\n\n    return result\n"
+    assert t["prompt"].endswith('    """\n    running_max = None\n    result = []\n\n'
+                                "    for n in numbers:\n        if running_max is None:\n"
+                                "            running_max = n\n        else:\n")
+
+
+def test_canonical_infills_exact_match_everywhere(single, multi):
+    for tasks in (single, multi):
+        gens = {t["task_id"]: [t["canonical_solution"]] for t in tasks}
+        res = infilling.score_infills(tasks, gens, functional=False)
+        assert res.metrics["exact_match"] == 1.0
+
+
+def test_canonical_infills_are_functionally_correct_on_a_sample(single, multi):
+    sample = single if FULL else single[::52] + multi[::290]  # 20 + 21 tasks, deterministic
+    gens = {t["task_id"]: [t["canonical_solution"]] for t in sample}
+    res = infilling.score_infills(sample, gens, limits=LIMITS, workers=WORKERS)
+    assert [r["task_id"] for r in res.records if not r["passed"]] == []
+    assert res.metrics["functional"] == 1.0 and res.metrics["exact_match"] == 1.0
+
+
+def test_wrong_infills_fail_and_whitespace_is_forgiven(single):
+    t = {x["task_id"]: x for x in single}["SingleLineInfilling/HumanEval/9/L7"]
+    wrong = infilling.score_infills([t], {t["task_id"]: ["            pass"]}, limits=LIMITS)
+    assert wrong.metrics == {"exact_match": 0.0, "num_tasks": 1.0, "functional": 0.0}
+    spaced = "            running_max = max(running_max, n)   \nextra line the model kept going"
+    ok = infilling.score_infills([t], {t["task_id"]: [spaced]}, limits=LIMITS)
+    assert ok.metrics["exact_match"] == 1.0 and ok.metrics["functional"] == 1.0
+
+
+class OracleInfill:
+    def __init__(self, tasks):
+        self.answers = {(t["prompt"], t["suffix"]): t["canonical_solution"] for t in tasks}
+        self.calls = []
+
+    def infill(self, prefixes, suffixes, *, mode, stop, seed, max_new_tokens, temperature, top_p):
+        self.calls.append((mode, tuple(stop)))
+        return [self.answers[(p, s)] for p, s in zip(prefixes, suffixes)]
+
+
+def test_infilling_task_with_a_fake_engine(multi):
+    c = cfg(limit=4, fim_mode="spm")
+    engine = OracleInfill(multi[:4])
+    res = get_task("humaneval_infill_multi").evaluate(EvalContext(config=c, engine=engine))
+    assert res.metrics["exact_match"] == 1.0 and res.metrics["functional"] == 1.0
+    assert engine.calls == [("spm", ())]
+
+
+# ----------------------------------------------------------------------------- held-out
+class CharTokenizer:
+    """Byte-free char tokenizer: one token per character (ASCII test data -> 1 token/byte)."""
+
+    eot_id, fim_prefix_id, fim_middle_id, fim_suffix_id, pad_id = 0, 1, 2, 3, 4
+
+    def encode(self, text):
+        return [5 + ord(ch) for ch in text]
+
+    def decode(self, ids, skip_special=False):
+        return "".join(chr(i - 5) for i in ids if i >= 5)
+
+
+class FakeCorpus:
+    def __init__(self, n_repos=4, n_files=3, n_lines=30):
+        recs = []
+        for r in range(n_repos):
+            for f in range(n_files):
+                lines = [f"# module {f} of repo {r}\n"]
+                for k in range(n_lines):
+                    lines.append(f"value_{r}_{f}_{k} = compute({k}, {r * 7 + f})\n")
+                    if k % 7 == 3:
+                        lines.append("\n")
+                recs.append({"repo": f"repo{r}", "path": f"pkg/mod{f}.py",
+                             "content": "".join(lines), "language": "python", "domain": "code"})
+        self.records = sorted(recs, key=lambda d: (d["repo"], d["path"]))
+        self._repos = []
+        for i, rec in enumerate(self.records):
+            if not self._repos or self._repos[-1][0] != rec["repo"]:
+                self._repos.append([rec["repo"], i, i])
+            self._repos[-1][2] = i + 1
+
+    def source(self, split):
+        assert split == "heldout"
+        return self.records
+
+    def repos(self, split):
+        return [tuple(r) for r in self._repos]
+
+
+class OracleCorpusEngine:
+    """Knows the corpus: infills/next lines are right (or wrong if `wrong`); log-probs are
+    log(1/2) per token under a FIM prompt and log(1/4) otherwise."""
+
+    def __init__(self, corpus, tok, wrong=False):
+        self.contents = [r["content"] for r in corpus.records]
+        self.by_path = {}
+        self.tok, self.wrong = tok, wrong
+        self.max_prompt = 0
+        self.max_scored = 0
+
+    def infill(self, prefixes, suffixes, *, mode, stop, seed, max_new_tokens, temperature, top_p):
+        from zen_code_jax.data.fim import fim_prompt_tokens
+
+        out = []
+        for p, s in zip(prefixes, suffixes):
+            self.max_prompt = max(self.max_prompt, len(fim_prompt_tokens(p, s, mode, self.tok)))
+            hits = [c for c in self.contents if p in c and c.find(s, c.find(p) + len(p)) >= 0]
+            c = hits[0]
+            i = c.find(p) + len(p)
+            mid = c[i : c.find(s, i)] if s else c[i:]
+            out.append("zzz\n" if self.wrong else mid)
+        return out
+
+    def generate(self, prompts, *, max_new_tokens, temperature, top_p, stop, seed):
+        out = []
+        for p in prompts:
+            self.max_prompt = max(self.max_prompt, len(self.tok.encode(p)))
+            tail = p[p.rfind("# File: ") :].split("\n", 1)[1]
+            c = next(c for c in self.contents if tail in c)
+            nxt = c[c.find(tail) + len(tail) :].split("\n", 1)[0]
+            out.append(nxt[:-2] if self.wrong else nxt + "\nmore")
+        return out
+
+    def token_logprobs(self, contexts, continuations):
+        self.max_scored = max(len(c) + len(t) for c, t in zip(contexts, continuations))
+        return [
+            np.full(len(t), math.log(0.5 if self.tok.fim_middle_id in c else 0.25), np.float32)
+            for c, t in zip(contexts, continuations)
+        ]
+
+
+def test_heldout_fim_exact_match_and_middle_bpb():
+    corpus, tok = FakeCorpus(), CharTokenizer()
+    c = cfg(limit=12, context_tokens=400)
+    engine = OracleCorpusEngine(corpus, tok)
+    ctx = EvalContext(config=c, engine=engine, tokenizer=tok, corpus=lambda: corpus)
+    res = get_task("heldout_fim").evaluate(ctx)
+    m = res.metrics
+    for kind in ("single", "multi"):
+        assert m[f"{kind}/exact_match"] == 1.0
+        assert m[f"{kind}/middle_bpb_fim"] == pytest.approx(1.0)  # 1 bit/token, 1 token/byte
+        assert m[f"{kind}/middle_bpb_prefix_only"] == pytest.approx(2.0)
+        assert m[f"{kind}/num_samples"] == 12
+    assert 300 < engine.max_prompt <= 400 - 32  # prompts fit the context minus the generation
+    assert engine.max_scored <= 400  # teacher-forced context + middle fit the context
+    bad = get_task("heldout_fim").evaluate(
+        EvalContext(config=c, engine=OracleCorpusEngine(corpus, tok, wrong=True),
+                    tokenizer=tok, corpus=corpus)
+    )
+    assert bad.metrics["single/exact_match"] == 0.0
+
+
+def test_heldout_sampling_is_deterministic_and_line_aligned():
+    corpus = FakeCorpus()
+    a = heldout.sample_fim_examples(corpus.records, "multi", 20, seed=3)
+    b = heldout.sample_fim_examples(corpus.records, "multi", 20, seed=3)
+    d = heldout.sample_fim_examples(corpus.records, "multi", 20, seed=4)
+    assert a == b and a != d
+    for e in a:
+        full = corpus.records[e["record"]]["content"]
+        assert e["prompt"] + e["canonical_solution"] + e["suffix"] == full
+        assert e["prompt"].endswith("\n") and 2 <= e["num_lines"] <= 5
+
+
+def test_heldout_loss_counts_every_token_once():
+    corpus, tok = FakeCorpus(n_repos=2), CharTokenizer()
+    c = cfg(context_tokens=64)
+    res = get_task("heldout_loss").evaluate(
+        EvalContext(config=c, engine=OracleCorpusEngine(corpus, tok), tokenizer=tok, corpus=corpus)
+    )
+    total_bytes = sum(len(r["content"]) for r in corpus.records)
+    assert res.metrics["tokens"] == total_bytes == sum(r["bytes"] for r in res.records)
+    assert res.metrics["loss"] == pytest.approx(math.log(4.0), rel=1e-6)
+    assert res.metrics["bits_per_byte"] == pytest.approx(2.0, rel=1e-6)
+    ids = list(range(1000))
+    pairs = heldout.chunk_for_loss(ids, bos=-1, window=64)
+    assert sum((t for _, t in pairs), []) == ids
+    assert all(len(c) + len(t) <= 64 for c, t in pairs)
+    assert all(c == ids[t[0] - len(c) : t[0]] for c, t in pairs[1:])  # true history
+
+
+def test_repo_completion_settings_and_scores():
+    corpus, tok = FakeCorpus(), CharTokenizer()
+    c = cfg(limit=10, context_tokens=400)
+    engine = OracleCorpusEngine(corpus, tok)
+    ctx = EvalContext(config=c, engine=engine, tokenizer=tok, corpus=corpus)
+    res = get_task("repo_completion").evaluate(ctx)
+    for s in repo_completion.SETTINGS:
+        assert res.metrics[f"{s}/exact_match"] == 1.0
+        assert res.metrics[f"{s}/edit_similarity"] == 1.0
+    assert engine.max_prompt <= 400 - 32
+    ex = repo_completion.sample_examples(corpus, 3, seed=0)[0]
+    cross = repo_completion.build_prompt(ex, "cross_file_first", tok, 10_000)
+    infile = repo_completion.build_prompt(ex, "in_file", tok, 10_000)
+    assert cross.count("# File: ") == 3 and infile.count("# File: ") == 1
+    assert cross.endswith(infile) and infile.startswith(f"# File: {ex['path']}\n")
+    short = repo_completion.build_prompt(ex, "cross_file_first", tok, 200)
+    assert short.startswith("# File: ") and f"# File: {ex['path']}\n" in short
+    assert len(tok.encode(short)) <= 200
+    wrong = get_task("repo_completion").evaluate(
+        EvalContext(config=c, engine=OracleCorpusEngine(corpus, tok, wrong=True),
+                    tokenizer=tok, corpus=corpus)
+    )
+    assert wrong.metrics["in_file/exact_match"] == 0.0
+    assert 0.8 < wrong.metrics["in_file/edit_similarity"] < 1.0
+
+
+def _lev_brute(a, b):
+    if not a or not b:
+        return len(a) + len(b)
+    return min(_lev_brute(a[1:], b) + 1, _lev_brute(a, b[1:]) + 1,
+               _lev_brute(a[1:], b[1:]) + (a[0] != b[0]))
+
+
+def test_levenshtein_against_brute_force():
+    rng = random.Random(0)
+    for _ in range(60):
+        a = "".join(rng.choice("abc") for _ in range(rng.randint(0, 6)))
+        b = "".join(rng.choice("abc") for _ in range(rng.randint(0, 6)))
+        assert repo_completion.levenshtein(a, b) == _lev_brute(a, b)
+    assert repo_completion.edit_similarity("  abcd ", "abce") == pytest.approx(0.75)
+    assert repo_completion.edit_similarity("", "") == 1.0
+
+
+# ----------------------------------------------------------------------------- MBPP / MultiPL-E
+def test_mbpp_fixtures_canonical_pass_and_wrong_fail():
+    probs = mbpp.load_problems(os.path.join(FIXTURES, "mbpp_small.jsonl")) + mbpp.load_problems(
+        os.path.join(FIXTURES, "mbpp_sanitized_small.jsonl")
+    )
+    assert [p["task_id"] for p in probs] == ["MBPP/901", "MBPP/902", "MBPP/903", "MBPP/904"]
+    assert probs[0]["prompt"].startswith('"""\nWrite a function') and "assert min_of_two(1, 2)" in probs[0]["prompt"]
+    ok = mbpp.score_completions(probs, {p["task_id"]: [p["canonical_solution"]] for p in probs},
+                                limits=LIMITS, workers=WORKERS)
+    assert ok.metrics["pass@1"] == 1.0
+    bad = mbpp.score_completions(
+        probs, {p["task_id"]: [p["canonical_solution"].replace("return", "return 1 +")] for p in probs},
+        limits=LIMITS, workers=WORKERS,
+    )
+    assert bad.metrics["pass@1"] == 0.0
+    with pytest.raises(FileNotFoundError, match="eval.mbpp_path"):
+        mbpp.load_problems("")
+    with pytest.raises(ValueError, match="test_list"):
+        mbpp.normalize_row({"task_id": 1, "text": "x", "code": "y"})
+
+
+def test_multipl_e_fixtures():
+    probs = multipl_e.load_problems(os.path.join(FIXTURES, "multipl_e_small.jsonl"))
+    if shutil.which("node") is None:  # the JavaScript row needs node; Python rows always run
+        probs = [p for p in probs if p["language"] != "javascript"]
+    assert {p["language"] for p in probs} >= {"python"}
+    ok = multipl_e.score_completions(
+        probs, {p["task_id"]: [p["canonical_solution"] + "\n#junk after a stop token"] for p in probs},
+        limits=LIMITS, workers=WORKERS,
+    )
+    assert ok.metrics["pass@1"] == 1.0, [r["stderr"] for r in ok.records]
+    bad = multipl_e.score_completions(
+        probs, {p["task_id"]: [p["canonical_solution"].replace("x + y", "x - y")
+                               .replace("s[::-1]", "s")] for p in probs},
+        limits=LIMITS, workers=WORKERS,
+    )
+    assert bad.metrics["pass@1"] == 0.0
+    with pytest.raises(ValueError, match="no sandbox interpreter"):
+        multipl_e.normalize_row({"name": "x", "language": "cobol", "prompt": "", "tests": ""})
+
+
+# ----------------------------------------------------------------------------- registry, runner, CLI
+def test_registry_and_unknown_task_error():
+    assert set(task_names()) == {
+        "humaneval", "humaneval_infill_single", "humaneval_infill_multi", "heldout_fim",
+        "heldout_loss", "repo_completion", "mbpp", "multipl_e",
+    }
+    with pytest.raises(ValueError, match="Valid tasks: heldout_fim"):
+        get_task("humaneva")
+
+
+def test_run_tasks_writes_records_summary_and_tensorboard(tmp_path, problems):
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    corpus, tok = FakeCorpus(n_repos=2), CharTokenizer()
+    c = cfg(limit=2, context_tokens=128)
+
+    class Both(OracleCorpusEngine):
+        def generate(self, prompts, **kw):
+            return OracleHumanEval(problems).generate(prompts, **kw)
+
+    ctx = EvalContext(config=c, engine=Both(corpus, tok), tokenizer=tok, corpus=corpus)
+    summaries = run_tasks(ctx, ["humaneval", "heldout_loss"], tmp_path, step=7, log=lambda s: None)
+    assert summaries["humaneval"]["pass@1"] == 1.0
+    lines = (tmp_path / "eval" / "humaneval.jsonl").read_text().splitlines()
+    assert [json.loads(x)["task_id"] for x in lines] == ["HumanEval/0", "HumanEval/1"]
+    assert (tmp_path / "eval" / "heldout_loss.jsonl").exists()
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["heldout_loss"]["step"] == 7
+    tags = {}
+    for f in tmp_path.glob("events.out.tfevents.*"):
+        for ev in EventFileLoader(str(f)).Load():
+            for v in ev.summary.value:
+                tags[v.tag] = (ev.step, v.simple_value)
+    assert tags["eval/humaneval/pass@1"] == (7, 1.0)
+    assert tags["eval/heldout_loss/bits_per_byte"][1] == pytest.approx(2.0, rel=1e-6)
+
+
+def test_cli_export(capsys):
+    cli_main(["--export=humaneval"])
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 164 and {"task_id", "prompt"} <= set(rows[0])
+    cli_main(["--export=humaneval_infill_single", "--limit=3"])
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 3 and {"task_id", "prompt", "suffix", "canonical_solution"} <= set(rows[0])
+    cli_main(["--export=mbpp", f"--data={os.path.join(FIXTURES, 'mbpp_small.jsonl')}"])
+    assert len(capsys.readouterr().out.splitlines()) == 3
+    with pytest.raises(SystemExit, match="needs --workdir"):
+        cli_main(["--export=heldout_loss"])

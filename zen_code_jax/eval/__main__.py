@@ -1,0 +1,103 @@
+"""Command line: export a task's problems, or score a run's checkpoint.
+
+  python -m zen_code_jax.eval --export=humaneval > humaneval.jsonl
+  python -m zen_code_jax.eval --export=heldout_fim --workdir=RUN   # needs the run's corpus
+  python -m zen_code_jax.eval --workdir=RUN --tasks=humaneval,heldout_loss [--limit=20]
+  python -m zen_code_jax.eval --list
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from zen_code_jax.eval.tasks import EvalContext, get_task, registry
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m zen_code_jax.eval", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--export", help="print TASK's problems as JSONL to stdout")
+    ap.add_argument("--workdir", help="run directory WORKDIR/<experiment>/<arm>")
+    ap.add_argument("--tasks", help="comma-separated task names (default: config.eval.tasks)")
+    ap.add_argument("--limit", type=int, help="problems per task (0 = all)")
+    ap.add_argument("--num_samples", type=int, help="samples per problem")
+    ap.add_argument("--temperature", type=float)
+    ap.add_argument("--max_new_tokens", type=int)
+    ap.add_argument("--data", help="JSONL for mbpp / multipl_e (sets eval.<task>_path)")
+    ap.add_argument("--data_workdir", help="WORKDIR holding cache/ (default: RUN/../..)")
+    ap.add_argument("--list", action="store_true", help="list the tasks")
+    return ap.parse_args(argv)
+
+
+def _overrides(a: argparse.Namespace, names: list[str]) -> dict[str, Any]:
+    o: dict[str, Any] = {}
+    for k in ("limit", "num_samples", "temperature", "max_new_tokens"):
+        if getattr(a, k) is not None:
+            o[f"eval.{k}"] = getattr(a, k)
+    if a.data:
+        for n in names:
+            if n in ("mbpp", "multipl_e"):
+                o[f"eval.{n}_path"] = a.data
+    return o
+
+
+def _export(a: argparse.Namespace) -> int:
+    from zen_code_jax.eval.runner import apply_overrides, corpus_loader, data_workdir
+
+    task = get_task(a.export)
+    corpus = None
+    if a.workdir:
+        config = json.loads((Path(a.workdir) / "config.json").read_text())
+        from zen_code_jax.config import config_from_dict
+
+        cfg = config_from_dict(config)
+        from zen_code_jax.config import model_config_from
+
+        vocab = model_config_from(cfg.model).vocab_size
+        corpus = corpus_loader(cfg, vocab, a.data_workdir or data_workdir(a.workdir))
+    else:
+        from zen_code_jax.config import base_config
+
+        cfg = base_config()
+    apply_overrides(cfg, _overrides(a, [a.export]))
+    ctx = EvalContext(config=cfg, corpus=corpus)
+    if task.needs_corpus and corpus is None:
+        raise SystemExit(f"--export={a.export} needs --workdir=RUN (held-out files of its corpus).")
+    out = sys.stdout
+    try:
+        for p in task.problems(ctx):
+            out.write(json.dumps(p) + "\n")
+        out.flush()
+    except BrokenPipeError:  # e.g. piped into `head`
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parse(argv)
+    if a.list:
+        for name, t in sorted(registry().items()):
+            print(f"{name:28s} {t.description}")
+        return 0
+    if a.export:
+        return _export(a)
+    if not a.workdir:
+        raise SystemExit("Give --export=TASK, or --workdir=RUN to score a run (see --help).")
+    from zen_code_jax.eval.runner import evaluate_run
+
+    names = [t for t in (a.tasks or "").split(",") if t]
+    summaries = evaluate_run(
+        a.workdir, names or None, overrides=_overrides(a, names), workdir=a.data_workdir
+    )
+    print(json.dumps(summaries, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
