@@ -98,6 +98,21 @@ def validate_argv(argv: list[str]) -> None:
         raise UsageError(str(e).replace("Unknown config key '", "Unknown override '--config."))
 
 
+def enable_compilation_cache(path: Path) -> None:
+    """Reuse compiled steps across arms and reruns (same program = same executable).
+
+    Arms of an ablation differ in data, not in shapes, so every arm after the first skips
+    XLA compilation. JAX_COMPILATION_CACHE_DIR, when set, takes precedence.
+    """
+    import os
+
+    import jax
+
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def experiment_dir(config: Any) -> Path:
     return Path(_WORKDIR.value) / config.name
 
@@ -160,9 +175,11 @@ def main(argv: list[str]) -> int:
         raise UsageError(f"Unexpected arguments {argv[1:]}; flags look like --name=value.")
     from zen_code_jax.config import arm_names
     from zen_code_jax.report import write_report
+    from zen_code_jax.train.checkpoint import CheckpointError
     from zen_code_jax.train.loop import NonFiniteError
 
     config = _CONFIG.value
+    enable_compilation_cache(Path(_WORKDIR.value) / "cache" / "jax")
     path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":", 1)[0]
     module = load_experiment_module(path)
     dataset_fn = getattr(module, "make_dataset", None)
@@ -184,6 +201,8 @@ def main(argv: list[str]) -> int:
             except NonFiniteError as e:
                 print(f"ERROR: {e}", file=sys.stderr, flush=True)
                 return 3
+            except CheckpointError as e:
+                raise UsageError(str(e)) from None
             if result.get("status") == "preempted":
                 print("Preempted: state saved; rerun the same command to resume.", flush=True)
                 return 0

@@ -21,10 +21,10 @@ B, S, H, KV, DH = 2, 37, 4, 2, 8  # S not a multiple of the block: exercises pad
 
 def _inputs(seed=0, s=S, t=None):
     t = s if t is None else t
-    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
-    q = jax.random.normal(k1, (B, s, H, DH), jnp.float32)
-    k = jax.random.normal(k2, (B, t, KV, DH), jnp.float32)
-    v = jax.random.normal(k3, (B, t, KV, DH), jnp.float32)
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((B, s, H, DH)).astype(np.float32)
+    k = rng.standard_normal((B, t, KV, DH)).astype(np.float32)
+    v = rng.standard_normal((B, t, KV, DH)).astype(np.float32)
     return q, k, v
 
 
@@ -37,7 +37,7 @@ def _packed_segments(s=S):
     seg[0, 11:30] = 3
     seg[1, :] = 1
     seg[1, 33:] = 0
-    return jnp.asarray(seg)
+    return seg
 
 
 @functools.lru_cache(maxsize=None)
@@ -62,7 +62,7 @@ def _attn_fn(impl, block_size, position_mode=False):
 
 
 def _index_positions(s=S):
-    return jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (B, s))
+    return np.broadcast_to(np.arange(s, dtype=np.int32), (B, s)).copy()
 
 
 @pytest.mark.parametrize("impl,block", [("xla", 512), ("chunked", 8), ("chunked", 16)])
@@ -82,7 +82,7 @@ def test_chunked_equals_xla_outputs_and_gradients():
     q, k, v = _inputs(seed=1)
     seg = _packed_segments()
     pos = _index_positions()
-    w = jax.random.normal(jax.random.PRNGKey(9), q.shape)
+    w = np.random.default_rng(9).standard_normal(q.shape).astype(np.float32)
     fx, gx = _attn_fn("xla", 512)
     fc, gc = _attn_fn("chunked", 8)
     np.testing.assert_allclose(
@@ -103,22 +103,22 @@ def test_chunked_equals_xla_outputs_and_gradients():
 
 def test_chunked_gradients_match_finite_differences_direction():
     """Independent of xla: directional derivative of the chunked loss vs central differences."""
-    q, k, v = _inputs(seed=2, s=20)
-    seg = jnp.ones((B, 20), jnp.int32)
-    pos = _index_positions(20)
-    w = jax.random.normal(jax.random.PRNGKey(3), q.shape)
-    _, gc = _attn_fn("chunked", 8)
-    fc, _ = _attn_fn("chunked", 8)
-    dq, dk, dv = gc(q, k, v, seg, seg, pos, pos, w)
-    rng = jax.random.split(jax.random.PRNGKey(4), 3)
-    dirs = [jax.random.normal(r, x.shape) for r, x in zip(rng, (q, k, v))]
+    q, k, v = (x.astype(np.float64) for x in _inputs(seed=2))
+    seg = _packed_segments()
+    pos = _index_positions()
+    w = np.random.default_rng(3).standard_normal(q.shape)
+    fc, gc = _attn_fn("chunked", 8)
+    dq, dk, dv = gc(q, k, v, seg, seg, pos, pos, w.astype(np.float32))
+    rng = np.random.default_rng(4)
+    dirs = [rng.standard_normal(x.shape) for x in (q, k, v)]
     eps = 1e-3
-    f = lambda q_, k_, v_: float(jnp.sum(fc(q_, k_, v_, seg, seg, pos, pos) * w))
+    # The loss is evaluated by the float64 numpy reference: an independent check.
+    f = lambda q_, k_, v_: float(np.sum(reference_attention_numpy(q_, k_, v_, seg, seg, pos, pos) * w))
     plus = f(q + eps * dirs[0], k + eps * dirs[1], v + eps * dirs[2])
     minus = f(q - eps * dirs[0], k - eps * dirs[1], v - eps * dirs[2])
     numeric = (plus - minus) / (2 * eps)
-    analytic = float(sum(jnp.sum(g * d) for g, d in zip((dq, dk, dv), dirs)))
-    assert abs(numeric - analytic) < 2e-3 * max(1.0, abs(analytic)), (numeric, analytic)
+    analytic = float(sum(np.sum(np.asarray(g, np.float64) * d) for g, d in zip((dq, dk, dv), dirs)))
+    assert abs(numeric - analytic) < 1e-4 * max(1.0, abs(analytic)), (numeric, analytic)
 
 
 def test_position_mode_cache_layout():
@@ -126,12 +126,12 @@ def test_position_mode_cache_layout():
     t = 24
     q, _, _ = _inputs(seed=5, s=3)
     _, k, v = _inputs(seed=6, s=t)
-    qpos = jnp.array([[4, 5, 6], [10, 11, 23]], jnp.int32)
-    kpos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (B, t))
-    qs = jnp.ones((B, 3), jnp.int32)
-    ks = jnp.ones((B, t), jnp.int32)
+    qpos = np.array([[4, 5, 6], [10, 11, 23]], np.int32)
+    kpos = np.broadcast_to(np.arange(t, dtype=np.int32), (B, t))
+    qs = np.ones((B, 3), np.int32)
+    ks = np.ones((B, t), np.int32)
     ref = reference_attention_numpy(q, k, v, qs, ks, qpos, kpos)
-    for impl, block in (("xla", 512), ("chunked", 8), ("auto", 8)):
+    for impl, block in (("xla", 512), ("chunked", 8)):
         fwd, _ = _attn_fn(impl, block, position_mode=True)
         out = np.asarray(fwd(q, k, v, qs, ks, qpos, kpos))
         np.testing.assert_allclose(out, ref, atol=2e-6, rtol=1e-5, err_msg=impl)
@@ -179,12 +179,8 @@ def test_splash_wrapper_in_interpret_mode():
     seg = np.ones((B, s), np.int32)
     seg[0, 100:] = 2
     seg[1, 200:] = 0
-    seg = jnp.asarray(seg)
     pos = _index_positions(s)
-    try:
-        out = _splash_attention(q, k, v, seg, seg, 1.0 / np.sqrt(DH), 128, interpret=True)
-    except Exception as e:  # pragma: no cover - interpret support varies by jax version
-        pytest.skip(f"splash interpret mode unavailable on this jax: {type(e).__name__}: {e}")
+    out = _splash_attention(q, k, v, seg, seg, 1.0 / np.sqrt(DH), 128, interpret=True)
     ref = reference_attention_numpy(q, k, v, seg, seg, pos, pos)
     np.testing.assert_allclose(np.asarray(out), ref, atol=1e-4, rtol=1e-4)
 

@@ -15,13 +15,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import linen as nn
 
 from zen_code_jax.data.fim import fim_tokens
 from zen_code_jax.data.repo_window import file_block, repo_windows
 from zen_code_jax.data.tokenizer import Tokenizer
 from zen_code_jax.infer import decode as dec
-from zen_code_jax.infer.engine import CompletionRequest, InferenceEngine, truncate_at_stop
+from zen_code_jax.infer.engine import (
+    CompletionRequest,
+    InferenceEngine,
+    random_params,
+    truncate_at_stop,
+)
 from zen_code_jax.infer.sampling import row_keys, sample_tokens, top_p_mask
 from zen_code_jax.model import Transformer, get_preset
 
@@ -38,13 +42,12 @@ def tok() -> Tokenizer:
 
 @pytest.fixture(scope="module")
 def params():
-    x = np.zeros((1, 4), np.int32)
-    return Transformer(CFG).init(jax.random.key(0), x, x, x + 1)["params"]
+    return random_params(CFG, seed=0)
 
 
 @pytest.fixture(scope="module")
 def engine(params, tok) -> InferenceEngine:
-    return InferenceEngine(params, CFG, tok, max_batch_size=4)
+    return InferenceEngine(params, CFG, tok, max_batch_size=4, min_batch_bucket=4)
 
 
 @pytest.fixture(scope="module")
@@ -101,16 +104,21 @@ def test_greedy_equals_full_forward_argmax_every_step(params, prompts):
             assert top2[1] - top2[0] > 1e-4  # the comparison is not decided by noise
 
 
+@jax.jit
+def _sample(logits, seed, step, temperature, top_p):
+    n = logits.shape[0]
+    keys = row_keys(jnp.full((n,), seed), jnp.arange(n), step)
+    return sample_tokens(logits, keys, jnp.full((n,), temperature), jnp.full((n,), top_p))
+
+
 def nocache_decode(params, prompts, *, temperature, top_p, seed, steps):
     """Reference decoder: full forward on prompt + generated so far, every step."""
     seqs = [list(p) for p in prompts]
-    n = len(prompts)
     for step in range(steps):
         logits = full_logits(params, seqs)
-        last = jnp.asarray(np.stack([logits[i, len(s) - 1] for i, s in enumerate(seqs)]))
-        keys = row_keys(jnp.full((n,), seed), jnp.arange(n), jnp.int32(step))
-        tokens = sample_tokens(last, keys, jnp.full((n,), temperature), jnp.full((n,), top_p))
-        for i in range(n):
+        last = np.stack([logits[i, len(s) - 1] for i, s in enumerate(seqs)])
+        tokens = _sample(last, seed, step, temperature, top_p)
+        for i in range(len(seqs)):
             seqs[i].append(int(tokens[i]))
     return [s[len(p) :] for s, p in zip(seqs, prompts)]
 
@@ -138,7 +146,7 @@ def test_top_p_mask_matches_numpy_nucleus():
     rng = np.random.default_rng(1)
     logits = rng.normal(size=(5, 50)).astype(np.float32) * 2
     top_p = np.array([0.05, 0.3, 0.5, 0.9, 1.0], np.float32)
-    got = np.asarray(top_p_mask(jnp.asarray(logits), jnp.asarray(top_p)))
+    got = np.asarray(jax.jit(top_p_mask)(jnp.asarray(logits), jnp.asarray(top_p)))
     for i in range(5):
         order = np.argsort(-logits[i])
         probs = np.exp(logits[i] - logits[i].max())
@@ -169,15 +177,15 @@ def test_stop_tokens_and_max_new_tokens(params, prompts):
 
 def test_engine_stop_strings_and_stop_ids(engine, tok):
     prompt = "def load(fp):\n"
-    (full,) = engine.generate([prompt], max_new_tokens=24)
+    (full,) = engine.generate([prompt], max_new_tokens=NEW)
     assert len(full) > 6
     stop = full[3:5]
-    (cut,) = engine.generate([prompt], max_new_tokens=24, stop=["\x00never", stop])
+    (cut,) = engine.generate([prompt], max_new_tokens=NEW, stop=["\x00never", stop])
     assert cut == full[: full.find(stop)]
     assert truncate_at_stop("abcXYdefXY", ["d", "XY"]) == ("abc", True)
     # Token stops: every special id ends a row (they are excluded from the text).
     assert set(tok.special_ids) <= set(engine.stop_ids)
-    (c,) = engine.complete([CompletionRequest(tok.encode(prompt), 24)])
+    (c,) = engine.complete([CompletionRequest(tok.encode(prompt), NEW)])
     assert c.finish_reason in ("stop", "length") and not set(c.token_ids) & set(tok.special_ids)
 
 
@@ -225,23 +233,22 @@ def test_repository_fim_prompt_matches_repo_windows(engine, tok):
 
 
 def test_infill_returns_greedy_middle(engine, tok):
-    prefixes, suffixes = ["def f(x):\n    return ", "import os\n"], ["\n", "\nprint(1)\n"]
-    middles = engine.infill(prefixes, suffixes, mode="spm", max_new_tokens=10)
-    for p, s, m in zip(prefixes, suffixes, middles):
-        ids = engine.fim_prompt_ids(p, s, "spm")
-        (g,) = dec.generate_ids(
-            engine.params,
-            CFG,
-            [ids],
-            max_new_tokens=[10],
-            temperature=[0.0],
-            top_p=[1.0],
-            seeds=[0],
-            sample_index=[0],
-            stop_ids=engine.stop_ids,
-            pad_id=tok.pad_id,
-        )
-        assert m == tok.decode(g.ids)
+    prefixes, suffixes = ["def f(x):\n    ", "import os\n"], ["\n", "\nprint(1)\n"]
+    middles = engine.infill(prefixes, suffixes, mode="spm", max_new_tokens=NEW)
+    gens = dec.generate_ids(
+        engine.params,
+        CFG,
+        [engine.fim_prompt_ids(p, s, "spm") for p, s in zip(prefixes, suffixes)],
+        max_new_tokens=[NEW] * 2,
+        temperature=[0.0] * 2,
+        top_p=[1.0] * 2,
+        seeds=[0] * 2,
+        sample_index=[0, 1],
+        stop_ids=engine.stop_ids,
+        pad_id=tok.pad_id,
+        batch_multiple=4,
+    )
+    assert middles == [tok.decode(g.ids) for g in gens]
 
 
 def test_token_logprobs_equal_full_forward_log_softmax(engine, params):
@@ -262,30 +269,15 @@ def test_sharded_decode_matches_single_device(params, tok, prompts):
     from zen_code_jax.parallel.mesh import make_mesh
 
     mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2, "sequence": 1})
-    sharded = InferenceEngine(params, CFG, tok, mesh, max_batch_size=4)
-    single = InferenceEngine(params, CFG, tok, max_batch_size=4)
+    sharded = InferenceEngine(params, CFG, tok, mesh, max_batch_size=4, min_batch_bucket=4)
+    single = InferenceEngine(params, CFG, tok, max_batch_size=4, min_batch_bucket=4)
     reqs = [CompletionRequest(p, NEW) for p in prompts]
-    assert [c.token_ids for c in sharded.complete(reqs)] == [
-        c.token_ids for c in single.complete(reqs)
-    ]
+    want = [c.token_ids for c in single.complete(reqs)]
+    assert [c.token_ids for c in sharded.complete(reqs)] == want
     # The cache is laid out [L, B, T, KV, Dh] and sharded by the model's logical rules.
-    rows = dec.RowParams(
-        lengths=jnp.array(PROMPT_LENS),
-        max_new=jnp.full((4,), NEW),
-        temperature=jnp.zeros((4,)),
-        top_p=jnp.ones((4,)),
-        seeds=jnp.zeros((4,), jnp.int32),
-        sample_index=jnp.arange(4),
-        stop_ids=jnp.full((dec.MAX_STOP_IDS,), -1),
-    )
-    toks = jnp.ones((4, 16), jnp.int32)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(sharded.rules):
-        state = dec.prefill(sharded.params, toks, rows, cfg=CFG, max_new_bucket=16, pad_id=1)
-    assert state.cache["k"].shape == (CFG.num_layers, 4, 32, CFG.num_kv_heads, 16)
-    spec = state.cache["k"].sharding.spec
-    assert tuple(spec)[:4] == (None, ("data", "fsdp"), "sequence", "tensor") or tuple(spec)[
-        :4
-    ] == (None, ("data", "fsdp"), None, "tensor")
+    sharding = dec.LAST_CACHE_SHARDING["k"]
+    assert sharding.mesh.shape == mesh.shape
+    assert tuple(sharding.spec)[:4] == (None, ("data", "fsdp"), None, "tensor")
 
 
 def test_bad_inputs_name_the_fix(engine):

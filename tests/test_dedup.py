@@ -27,9 +27,9 @@ def _brute_shingles(text: str) -> set[tuple[str, ...]]:
     return {tuple(toks[i : i + SHINGLE]) for i in range(len(toks) - SHINGLE + 1)}
 
 
-@pytest.fixture(scope="module")
-def planted() -> tuple[list[str], dict[tuple[int, int], float]]:
-    rng = random.Random(1234)
+def make_planted(seed: int = 1234) -> tuple[list[str], dict[tuple[int, int], float]]:
+    """Texts with planted pairs, and the brute-force Jaccard of every related pair."""
+    rng = random.Random(seed)
     vocab = [f"w{i}" for i in range(20000)]
 
     def doc() -> list[str]:
@@ -65,6 +65,11 @@ def planted() -> tuple[list[str], dict[tuple[int, int], float]]:
     pairs = {(a, b) for ids in index.values() for a, b in itertools.combinations(ids, 2)}
     jac = {(a, b): len(sets[a] & sets[b]) / len(sets[a] | sets[b]) for a, b in pairs}
     return texts, jac
+
+
+@pytest.fixture(scope="module")
+def planted() -> tuple[list[str], dict[tuple[int, int], float]]:
+    return make_planted()
 
 
 @pytest.fixture(scope="module")

@@ -49,11 +49,22 @@ def _char_roundtrip(seq: list, mode: str) -> str:
 
 
 @settings(max_examples=200, deadline=None)
-@given(text=st.text(max_size=300), seed=st.integers(0, 2**32 - 1), mode=st.sampled_from(["psm", "spm"]))
+@given(
+    text=st.text(max_size=300), seed=st.integers(0, 2**32 - 1), mode=st.sampled_from(["psm", "spm"])
+)
 def test_char_level_roundtrip(text: str, seed: int, mode: str) -> None:
     prefix, middle, suffix = split_text(text, record_rng(seed, 0))
     assert prefix + middle + suffix == text
-    seq = arrange(list(prefix), list(middle), list(suffix), mode, fim_prefix=FP, fim_middle=FM, fim_suffix=FS, eot=EOT)
+    seq = arrange(
+        list(prefix),
+        list(middle),
+        list(suffix),
+        mode,
+        fim_prefix=FP,
+        fim_middle=FM,
+        fim_suffix=FS,
+        eot=EOT,
+    )
     assert sum(x is FP for x in seq) == sum(x is FS for x in seq) == sum(x is FM for x in seq) == 1
     assert _char_roundtrip(seq, mode) == text
 

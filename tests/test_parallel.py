@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
 from zen_code_jax.config import base_config, model_config_from, model_group
+from zen_code_jax.model import Transformer
 from zen_code_jax.parallel import DEFAULT_RULES, make_mesh, resolve_mesh_shape
 from zen_code_jax.parallel.multihost import make_global_batch
 from zen_code_jax.parallel.rules import batch_sharding, logical_sharding
-from zen_code_jax.train import create_train_state, make_train_step
+from zen_code_jax.train import create_train_state, make_eval_step, make_train_step
+from zen_code_jax.train.loss import loss_sums_from_logits
+from zen_code_jax.train.optimizer import make_optimizer
 
 SEQ, BATCH, STEPS = 32, 8, 3
 # LLVM -O0 halves XLA:CPU compile time of these tiny programs; numerics are unchanged.
@@ -115,24 +119,27 @@ def make_batch(vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
     )
 
 
-def run_steps(mesh_cfg, devices=None, steps=STEPS):
-    cfg = make_config()
+def run_steps(mesh_cfg, devices=None, steps=STEPS, **train):
+    """Create the state on `mesh_cfg` and run `steps` steps on fixed batches."""
+    cfg = make_config(**train)
     mcfg = model_config_from(cfg.model)
     mesh = make_mesh(mesh_cfg, devices)
-    state, shardings = create_train_state(
-        mcfg, cfg, mesh, jax.random.key(0), compiler_options=FAST
-    )
-    init_params = jax.tree_util.tree_map(np.asarray, state["params"])
+    state, shardings = create_train_state(mcfg, cfg, mesh, jax.random.key(0), compiler_options=FAST)
+    out = {"init": jax.tree_util.tree_map(np.asarray, state["params"]), "metrics": []}
     step = make_train_step(mcfg, cfg, mesh, shardings, compiler_options=FAST)
-    losses = []
     for i in range(steps):
         state, metrics = step(state, make_batch(mcfg.vocab_size, seed=i))
-        losses.append(float(metrics["loss"]))
-    return losses, init_params, state
+        out["metrics"].append({k: float(v) for k, v in metrics.items()})
+        if i < 2:
+            out[f"params{i + 1}"] = jax.tree_util.tree_map(np.asarray, state["params"])
+    out["losses"] = [m["loss"] for m in out["metrics"]]
+    out["state"], out["mesh"], out["cfg"], out["mcfg"] = state, mesh, cfg, mcfg
+    return out
 
 
 @pytest.fixture(scope="module")
 def reference():
+    """One device, no accumulation, unchunked loss."""
     return run_steps({"data": 1}, devices=jax.devices()[:1])
 
 
@@ -144,25 +151,27 @@ def _specs(state, path):
 
 
 @pytest.mark.parametrize(
-    "mesh_cfg",
+    "mesh_cfg, train",
     [
-        {"data": 8},
-        {"data": 2, "fsdp": 2, "tensor": 2},
-        {"fsdp": 4, "tensor": 2},
+        ({"data": 8}, {}),
+        # Also accumulates (2 micro-batches of 4) and chunks the loss: still the same.
+        ({"data": 2, "fsdp": 2, "tensor": 2}, {"micro_batch_size": 4, "loss_chunk_size": 16}),
+        ({"fsdp": 4, "tensor": 2}, {}),
     ],
     ids=["data8", "data2-fsdp2-tensor2", "fsdp4-tensor2"],
 )
-def test_same_losses_on_every_mesh(reference, mesh_cfg):
-    ref_losses, ref_init, _ = reference
-    losses, init_params, state = run_steps(mesh_cfg)
+def test_same_losses_on_every_mesh(reference, mesh_cfg, train):
+    run = run_steps(mesh_cfg, **train)
     # Same initial parameters on any mesh (jit out_shardings, same rng).
     jax.tree_util.tree_map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-7), ref_init, init_params
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-7),
+        reference["init"],
+        run["init"],
     )
-    np.testing.assert_allclose(losses, ref_losses, rtol=0, atol=1e-5)
-    assert ref_losses[2] < ref_losses[0]  # it actually trains (same batch order per seed)
+    np.testing.assert_allclose(run["losses"], reference["losses"], rtol=0, atol=1e-5)
+    assert reference["losses"][2] < reference["losses"][0] - 1e-3  # it actually trains
 
-    mesh = make_mesh(mesh_cfg)
+    state, mesh = run["state"], run["mesh"]
     fs = "fsdp" if mesh.shape["fsdp"] > 1 else None
     tp = "tensor" if mesh.shape["tensor"] > 1 else None
 
@@ -197,3 +206,87 @@ def test_same_losses_on_every_mesh(reference, mesh_cfg):
         assert norm(_specs(state["params"], path)) == want, path
         assert norm(_specs(adam.mu, path)) == want, path
         assert norm(_specs(adam.nu, path)) == want, path
+
+
+def test_accumulation_equals_large_batch(reference):
+    """4 micro-batches of 2 (+ chunked loss) == one batch of 8, metrics and update."""
+    run = run_steps({"data": 1}, devices=jax.devices()[:1], steps=1, micro_batch_size=2,
+                    loss_chunk_size=8)  # fmt: skip
+    m_acc, m_full = run["metrics"][0], reference["metrics"][0]
+    assert m_acc["tokens"] == m_full["tokens"] == make_batch(512, 0)["loss_mask"].sum()
+    for k in ("loss", "z_loss", "grad_norm"):
+        np.testing.assert_allclose(m_acc[k], m_full[k], rtol=2e-6, err_msg=k)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-7),
+        reference["params1"],
+        run["params1"],
+    )
+
+
+def np_loss_reference(logits, targets, mask):
+    """float64 numpy: mean CE and mean logsumexp^2 over masked tokens."""
+    x = np.asarray(logits, np.float64)
+    m = x.max(-1, keepdims=True)
+    lse = (m + np.log(np.exp(x - m).sum(-1, keepdims=True)))[..., 0]
+    tgt = np.take_along_axis(x, np.asarray(targets)[..., None], -1)[..., 0]
+    w = np.asarray(mask, np.float64)
+    return ((lse - tgt) * w).sum() / w.sum(), (lse**2 * w).sum() / w.sum(), w.sum()
+
+
+def test_step_metrics_and_update_match_direct_computation(reference):
+    """The first step's metrics and AdamW update against a direct, unsharded computation
+    (model logits -> numpy CE/z-loss; jax.grad; optax AdamW); eval step agrees."""
+    cfg, mcfg, mesh = reference["cfg"], reference["mcfg"], reference["mesh"]
+    p0, batch, m = reference["init"], make_batch(mcfg.vocab_size, 0), reference["metrics"][0]
+    model = Transformer(mcfg)
+
+    def logits_fn(p):
+        return model.apply({"params": p}, batch["inputs"], batch["positions"], batch["segment_ids"])
+
+    def objective(p):
+        s = loss_sums_from_logits(logits_fn(p), batch["targets"], batch["loss_mask"])
+        return (s["ce_sum"] + cfg.optimizer.z_loss * s["z_sum"]) / s["count"]
+
+    batch1 = make_batch(mcfg.vocab_size, 1)
+
+    def objective1(p):
+        s = loss_sums_from_logits(
+            model.apply(
+                {"params": p}, batch1["inputs"], batch1["positions"], batch1["segment_ids"]
+            ),
+            batch1["targets"],
+            batch1["loss_mask"],
+        )
+        return (s["ce_sum"] + cfg.optimizer.z_loss * s["z_sum"]) / s["count"]
+
+    tx, _ = make_optimizer(cfg)
+
+    def direct(p):
+        g0 = jax.grad(objective)(p)
+        u0, st = tx.update(g0, tx.init(p), p)
+        p1 = optax.apply_updates(p, u0)
+        u1, st = tx.update(jax.grad(objective1)(p1), st, p1)
+        return logits_fn(p), g0, p1, optax.apply_updates(p1, u1), st[1][0].nu
+
+    logits, g, p1, p2, nu = jax.jit(direct, compiler_options=FAST)(p0)
+    ce, z, n = np_loss_reference(logits, batch["targets"], batch["loss_mask"])
+    np.testing.assert_allclose(m["loss"], ce, rtol=1e-6)
+    np.testing.assert_allclose(m["z_loss"], z, rtol=1e-6)
+    assert m["tokens"] == n
+    np.testing.assert_allclose(m["grad_norm"], float(optax.tree.norm(g)), rtol=1e-5)
+    np.testing.assert_allclose(m["lr"], 0.0)  # step 0 of the warm-up: params unchanged
+    np.testing.assert_allclose(reference["metrics"][1]["lr"], cfg.optimizer.peak_lr / 2)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, p1, reference["params1"])
+
+    # Step 1's AdamW update (clipping, bias correction, decay mask): compare where Adam's
+    # denominator is well above eps (elsewhere g/(|g|+eps) amplifies float noise).
+    def check(want, got, v):
+        ok = np.sqrt(np.asarray(v)) > 1e-6
+        assert ok.mean() > 0.98
+        np.testing.assert_allclose(np.asarray(got)[ok], np.asarray(want)[ok], rtol=0, atol=1e-8)
+
+    jax.tree_util.tree_map(check, p2, reference["params2"], nu)
+
+    ev = make_eval_step(mcfg, cfg, mesh, compiler_options=FAST)(p0, batch)
+    np.testing.assert_allclose(float(ev["loss_sum"]) / float(ev["tokens"]), ce, rtol=1e-6)
+    assert float(ev["tokens"]) == n

@@ -17,8 +17,19 @@ def brute_force(n: int, c: int, k: int) -> float:
 
 @pytest.mark.parametrize(
     "n,c,k",
-    [(1, 0, 1), (1, 1, 1), (5, 0, 1), (5, 2, 1), (5, 2, 3), (6, 1, 5), (8, 3, 2), (10, 4, 10),
-     (10, 1, 1), (12, 5, 4), (9, 8, 3)],
+    [
+        (1, 0, 1),
+        (1, 1, 1),
+        (5, 0, 1),
+        (5, 2, 1),
+        (5, 2, 3),
+        (6, 1, 5),
+        (8, 3, 2),
+        (10, 4, 10),
+        (10, 1, 1),
+        (12, 5, 4),
+        (9, 8, 3),
+    ],
 )
 def test_pass_at_k_matches_brute_force_and_closed_form(n, c, k):
     got = pass_at_k(n, c, k)

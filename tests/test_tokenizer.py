@@ -157,3 +157,12 @@ def test_vocab_padding(tok: Tokenizer) -> None:
     # model-facing size.
     assert tok.sp_vocab_size <= tok.vocab_size
     assert tok.decode([tok.vocab_size - 1] if tok.sp_vocab_size < tok.vocab_size else []) == ""
+
+
+def test_small_vocab_many_characters() -> None:
+    # More distinct characters than a 300-piece vocabulary has room for: training drops the
+    # rarest from its sample, and byte fallback still round-trips them.
+    text = "".join(chr(0x4E00 + i) for i in range(200)) + "\ndef f(x):\n    return x\n" * 20
+    small = Tokenizer.train([text] * 5, 300)
+    assert small.sp_vocab_size <= 300
+    assert small.decode(small.encode(text)) == text

@@ -12,10 +12,9 @@ import pytest
 from test_parallel import FAST, make_batch, make_config
 
 from zen_code_jax.config import model_config_from
-from zen_code_jax.model import Transformer, lm_head_kernel, param_count
+from zen_code_jax.model import Transformer, param_count
 from zen_code_jax.model.config import get_preset
 from zen_code_jax.parallel import make_mesh
-from zen_code_jax.train import create_train_state, make_eval_step, make_train_step
 from zen_code_jax.train.flops import (
     attention_flops_per_token,
     flops_per_step,
@@ -26,6 +25,7 @@ from zen_code_jax.train.flops import (
 )
 from zen_code_jax.train.loss import chunked_loss_sums, loss_sums_from_logits
 from zen_code_jax.train.optimizer import decay_mask, make_optimizer, make_schedule
+from zen_code_jax.train.state import unbox
 from zen_code_jax.train.step import make_loss_fn, micro_batching
 
 
@@ -57,14 +57,14 @@ def tiny():
     mcfg = model_config_from(cfg.model)
     batch = make_batch(mcfg.vocab_size)
     args = (batch["inputs"], batch["positions"], batch["segment_ids"])
-    params = Transformer(mcfg).init(jax.random.key(1), *args)["params"]
-    from zen_code_jax.train.state import unbox
-
+    params = jax.jit(Transformer(mcfg).init, compiler_options=FAST)(jax.random.key(1), *args)[
+        "params"
+    ]
     return cfg, mcfg, unbox(params), batch
 
 
-@pytest.mark.parametrize("chunk", [8, 12])  # 12 does not divide 32: exercises padding
-def test_chunked_loss_equals_unchunked_values_and_grads(tiny, chunk):
+def test_chunked_loss_equals_unchunked_values_and_grads(tiny):
+    chunk = 12  # does not divide the length 32: exercises the padded last chunk
     cfg, mcfg, params, batch = tiny
     full = make_loss_fn(mcfg, cfg)
     cfg_c = make_config(loss_chunk_size=chunk)
@@ -75,32 +75,29 @@ def test_chunked_loss_equals_unchunked_values_and_grads(tiny, chunk):
             s = fn(p, batch)
             return s["ce_sum"] + 1e-3 * s["z_sum"], s
 
-        return jax.jit(jax.value_and_grad(f, has_aux=True))
+        return jax.jit(jax.value_and_grad(f, has_aux=True), compiler_options=FAST)
 
     (v1, s1), g1 = obj(full)(params)
     (v2, s2), g2 = obj(chunked)(params)
     for k in ("ce_sum", "z_sum", "count"):
         np.testing.assert_allclose(float(s2[k]), float(s1[k]), rtol=1e-6)
+    # float32 sums in a different order: tolerance relative to each leaf's scale.
     jax.tree_util.tree_map(
-        lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7), g1, g2
+        lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * np.abs(a).max()),
+        g1,
+        g2,
     )
-    # And both equal the numpy reference on the model's own logits.
-    logits = Transformer(mcfg).apply(
-        {"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"]
-    )
-    ce, z, n = np_loss_reference(logits, batch["targets"], batch["loss_mask"])
-    np.testing.assert_allclose(float(s2["ce_sum"]) / n, ce, rtol=1e-6)
-    np.testing.assert_allclose(float(s2["z_sum"]) / n, z, rtol=1e-6)
 
 
-def test_chunked_loss_direct_with_hidden():
+@pytest.mark.parametrize("chunk", [3, 5, 64])
+def test_chunked_loss_direct_with_hidden(chunk):
     rng = np.random.default_rng(3)
     h = jnp.asarray(rng.normal(size=(2, 10, 6)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(6, 13)), jnp.float32)
     t = jnp.asarray(rng.integers(0, 13, (2, 10)))
     m = jnp.asarray(rng.integers(0, 2, (2, 10)))
     ref = loss_sums_from_logits(jnp.einsum("bsd,dv->bsv", h, w), t, m)
-    got = chunked_loss_sums(h, w, t, m, chunk_size=3)
+    got = chunked_loss_sums(h, w, t, m, chunk_size=chunk)
     for k in ref:
         np.testing.assert_allclose(float(got[k]), float(ref[k]), rtol=1e-6)
 
@@ -142,7 +139,10 @@ def test_no_decay_on_scale_and_bias(tiny):
     cfg.optimizer.weight_decay, cfg.optimizer.warmup_steps = 0.1, 0
     tx, sched = make_optimizer(cfg)
     p = jax.tree_util.tree_map(lambda x: x + 1.0, params)
-    upd, _ = tx.update(jax.tree_util.tree_map(jnp.zeros_like, p), tx.init(p), p)
+    upd, _ = jax.jit(
+        lambda p: tx.update(jax.tree_util.tree_map(jnp.zeros_like, p), tx.init(p), p),
+        compiler_options=FAST,
+    )(p)
     lr = float(sched(0))
 
     def check(path, u, x):
@@ -161,90 +161,21 @@ def test_clipping_scales_to_clip_norm(tiny):
     cfg.optimizer.clip_norm = 0.0  # off
     tx_none, _ = make_optimizer(cfg)
     g = jax.tree_util.tree_map(lambda x: jnp.full_like(x, 0.3), params)
-    norm = float(optax.global_norm(g))
+    norm = float(optax.tree.norm(g))
     assert norm > 1.0
     g_unit = jax.tree_util.tree_map(lambda x: x / norm, g)
     # Adam's first update is scale-invariant, so compare the clipped moments instead.
-    _, s_clip = tx_clip.update(g, tx_clip.init(params), params)
-    _, s_ref = tx_none.update(g_unit, tx_none.init(params), params)
+    _, s_clip = jax.jit(
+        lambda g: tx_clip.update(g, tx_clip.init(params), params), compiler_options=FAST
+    )(g)
+    _, s_ref = jax.jit(
+        lambda g: tx_none.update(g, tx_none.init(params), params), compiler_options=FAST
+    )(g_unit)
     jax.tree_util.tree_map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
-        s_clip[1][0].mu,
-        s_ref[0].mu,
+        s_clip[1][0].mu,  # chain(clip, adamw) -> adamw -> ScaleByAdamState
+        s_ref[0][0].mu,  # chain(adamw) -> adamw -> ScaleByAdamState
     )
-
-
-def _one_step(cfg, mesh, batch):
-    mcfg = model_config_from(cfg.model)
-    state, sh = create_train_state(mcfg, cfg, mesh, jax.random.key(0), compiler_options=FAST)
-    step = make_train_step(mcfg, cfg, mesh, sh, compiler_options=FAST)
-    state, m = step(state, batch)
-    return jax.tree_util.tree_map(np.asarray, state["params"]), m
-
-
-def test_accumulation_equals_large_batch():
-    mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
-    mcfg = model_config_from(make_config().model)
-    batch = make_batch(mcfg.vocab_size)
-    p_full, m_full = _one_step(make_config(), mesh, batch)
-    p_acc, m_acc = _one_step(make_config(micro_batch_size=2, loss_chunk_size=8), mesh, batch)
-    assert float(m_acc["tokens"]) == float(m_full["tokens"]) == batch["loss_mask"].sum()
-    np.testing.assert_allclose(float(m_acc["loss"]), float(m_full["loss"]), rtol=1e-6)
-    np.testing.assert_allclose(float(m_acc["z_loss"]), float(m_full["z_loss"]), rtol=1e-6)
-    np.testing.assert_allclose(float(m_acc["grad_norm"]), float(m_full["grad_norm"]), rtol=1e-5)
-    # lr of step 0 is 0 during warm-up: compare the Adam-normalized update of step 1 instead.
-    assert float(m_full["lr"]) == 0.0
-    jax.tree_util.tree_map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-7), p_full, p_acc
-    )
-
-
-def test_train_step_metrics_match_reference_and_eval(tiny):
-    """Metrics of one sharded step (data 2, fsdp 2, tensor 2; accumulation 2) against
-    a direct computation on the same initial parameters; eval step agrees."""
-    cfg = make_config(micro_batch_size=4)
-    cfg.optimizer.warmup_steps = 0
-    mcfg = model_config_from(cfg.model)
-    mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-    state, sh = create_train_state(mcfg, cfg, mesh, jax.random.key(0), compiler_options=FAST)
-    params0 = jax.tree_util.tree_map(np.asarray, state["params"])
-    batch = make_batch(mcfg.vocab_size, seed=7)
-    ev = make_eval_step(mcfg, cfg, mesh, compiler_options=FAST)(state["params"], batch)
-    step = make_train_step(mcfg, cfg, mesh, sh, compiler_options=FAST)
-    state, m = step(state, batch)
-
-    logits = Transformer(mcfg).apply(
-        {"params": params0}, batch["inputs"], batch["positions"], batch["segment_ids"]
-    )
-    ce, z, n = np_loss_reference(logits, batch["targets"], batch["loss_mask"])
-    np.testing.assert_allclose(float(m["loss"]), ce, rtol=1e-5)
-    np.testing.assert_allclose(float(m["z_loss"]), z, rtol=1e-5)
-    np.testing.assert_allclose(float(ev["loss_sum"]) / float(ev["tokens"]), ce, rtol=1e-5)
-    assert float(m["tokens"]) == n == float(ev["tokens"])
-    np.testing.assert_allclose(float(m["lr"]), cfg.optimizer.peak_lr, rtol=1e-6)
-
-    def objective(p):
-        s = loss_sums_from_logits(
-            Transformer(mcfg).apply(
-                {"params": p}, batch["inputs"], batch["positions"], batch["segment_ids"]
-            ),
-            batch["targets"],
-            batch["loss_mask"],
-        )
-        return (s["ce_sum"] + cfg.optimizer.z_loss * s["z_sum"]) / s["count"]
-
-    g = jax.grad(objective)(params0)
-    np.testing.assert_allclose(float(m["grad_norm"]), float(optax.global_norm(g)), rtol=1e-5)
-    # The update applied is AdamW's on clipped g (first step: sign-like, |u| ~ lr).
-    tx, _ = make_optimizer(cfg)
-    upd, _ = tx.update(g, tx.init(params0), params0)
-    want = optax.apply_updates(params0, upd)
-    jax.tree_util.tree_map(
-        lambda a, b: np.testing.assert_allclose(np.asarray(a), b, rtol=0, atol=2e-6),
-        state["params"],
-        want,
-    )
-    assert int(state["step"]) == 1
 
 
 def test_bad_micro_batch_errors():

@@ -61,6 +61,23 @@ def _mix64(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint64(31))
 
 
+_TOKEN_CACHE: dict[str, int] = {}
+_TOKEN_CACHE_MAX = 1 << 20
+
+
+def _token_ids(toks: list[str]) -> np.ndarray:
+    """CRC-32 + 1 of each token, via a per-process cache (tokens repeat a lot in code; the
+    cached lookup runs in C and is ~5x faster than hashing every occurrence)."""
+    cache = _TOKEN_CACHE
+    new = set(toks).difference(cache)
+    if len(cache) + len(new) > _TOKEN_CACHE_MAX:
+        cache.clear()
+        new = set(toks)
+    for t in new:
+        cache[t] = zlib.crc32(t.encode("utf-8", "surrogatepass")) + 1
+    return np.fromiter(map(cache.__getitem__, toks), np.uint64, len(toks))
+
+
 def shingle_hashes(text: str, shingle_size: int = 10, unique: bool = False) -> np.ndarray:
     """32-bit hashes (as uint64) of the shingles of `text`, one per position.
 
@@ -71,10 +88,7 @@ def shingle_hashes(text: str, shingle_size: int = 10, unique: bool = False) -> n
     toks = _TOKEN_RE.findall(text)
     if not toks:
         return np.zeros(0, np.uint64)
-    ids = np.fromiter(
-        (zlib.crc32(t.encode("utf-8", "surrogatepass")) for t in toks), np.uint64, len(toks)
-    )
-    ids += np.uint64(1)
+    ids = _token_ids(toks)
     k = min(shingle_size, len(ids))
     n = len(ids) - k + 1
     h = ids[:n].copy()

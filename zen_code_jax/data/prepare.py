@@ -215,9 +215,10 @@ class RecordSource:
 
     def _reader(self) -> Any:
         if self._src is None:
-            import grain
+            # array_record's own source (what grain's wraps): imports in 0.6 s, grain in 7 s.
+            from array_record.python.array_record_data_source import ArrayRecordDataSource
 
-            self._src = grain.sources.ArrayRecordDataSource(self.paths) if self.paths else []
+            self._src = ArrayRecordDataSource(self.paths) if self.paths else []
         return self._src
 
     def __len__(self) -> int:
@@ -552,7 +553,6 @@ def _build(
         (r["content"] for r in by_split["train"]),
         vocab_size,
         max_chunks=max(4096, vocab_size // 2),
-        num_threads=procs,
     )
     tok.save(out_dir / "tokenizer")
     timings["tokenizer_s"] = time.perf_counter() - t2

@@ -52,6 +52,8 @@ _META_SPACE = "\u2581"
 # chunks of about this many characters (the newlines stay inside, so pieces learn "\n    ").
 _CHUNK_CHARS = 2048
 _MAX_SENTENCE_LENGTH = 8192
+# SentencePiece's BPE result depends on its thread count: fixed, never taken from the host.
+TRAIN_THREADS = 4
 
 
 class TokenizerError(ValueError):
@@ -78,20 +80,19 @@ def _training_chunks(texts: Iterable[str]) -> Iterable[str]:
                 yield chunk
 
 
-def _character_coverage(chunks: list[str], room: int, default: float = 0.9999) -> float:
-    """SentencePiece keeps the most frequent characters until they cover this share of the
-    text, and each needs a vocabulary slot; on a small vocabulary with many distinct
-    characters that fails. Lower the coverage so at most `room - 1` characters are kept (the
-    rest use byte fallback, so nothing is lost)."""
-    counts = collections.Counter()
+def _limit_characters(chunks: list[str], room: int) -> list[str]:
+    """SentencePiece gives every kept character a vocabulary slot and keeps at least 98% of
+    character occurrences, which fails on a small vocabulary over a text with many distinct
+    characters. Drop the rarest characters from the *training* text so at most `room - 1`
+    remain; encoding still handles them (byte fallback), so nothing is lost."""
+    counts: collections.Counter = collections.Counter()
     for c in chunks:
         counts.update(c)
     if len(counts) < room:
-        return default
-    freqs = sorted(counts.values(), reverse=True)
-    total = sum(freqs)
-    covered = sum(freqs[: max(1, room - 1)])
-    return min(default, covered / total * (1 - 1e-6))
+        return chunks
+    keep = {ch for ch, _ in counts.most_common(max(1, room - 1))}
+    table = {ord(ch): None for ch in counts if ch not in keep}
+    return [t for t in (c.translate(table) for c in chunks) if t]
 
 
 class Tokenizer:
@@ -139,13 +140,15 @@ class Tokenizer:
         out_dir: str | os.PathLike | None = None,
         *,
         max_chunks: int = 200_000,
-        num_threads: int = 2,
+        num_threads: int = TRAIN_THREADS,
         seed: int = 0,
     ) -> Tokenizer:
         """Train a BPE tokenizer on `texts` and (if `out_dir`) save it there.
 
         Texts are cut into line-aligned chunks; if there are more than `max_chunks`, a
-        deterministic sample (by `seed`) is used, which caps the training time. On a small
+        deterministic sample (by `seed`) is used, which caps the training time. The trained
+        model depends on `num_threads` (SentencePiece breaks ties per thread), so keep the
+        default for reproducible tokenizers. On a small
         corpus SentencePiece may learn fewer than `vocab_size` pieces; `vocab_size` is still
         the model-facing size (unused ids are never produced).
         """
@@ -165,7 +168,7 @@ class Tokenizer:
             rng = random.Random(seed)
             idx = sorted(rng.sample(range(len(chunks)), max_chunks))
             chunks = [chunks[i] for i in idx]
-        coverage = _character_coverage(chunks, vocab_size - (2 + len(SPECIAL_TOKENS) + 256))
+        chunks = _limit_characters(chunks, vocab_size - (2 + len(SPECIAL_TOKENS) + 256))
         buf = io.BytesIO()
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(chunks),
@@ -179,7 +182,7 @@ class Tokenizer:
             add_dummy_prefix=False,
             split_digits=True,
             allow_whitespace_only_pieces=True,
-            character_coverage=coverage,
+            character_coverage=0.9999,
             max_sentence_length=_MAX_SENTENCE_LENGTH,
             input_sentence_size=0,  # we sampled deterministically above
             shuffle_input_sentence=False,

@@ -1,9 +1,9 @@
 """Command line: export a task's problems, or score a run's checkpoint.
 
-  python -m zen_code_jax.eval --export=humaneval > humaneval.jsonl
-  python -m zen_code_jax.eval --export=heldout_fim --workdir=RUN   # needs the run's corpus
-  python -m zen_code_jax.eval --workdir=RUN --tasks=humaneval,heldout_loss [--limit=20]
-  python -m zen_code_jax.eval --list
+python -m zen_code_jax.eval --export=humaneval > humaneval.jsonl
+python -m zen_code_jax.eval --export=heldout_fim --workdir=RUN   # needs the run's corpus
+python -m zen_code_jax.eval --workdir=RUN --tasks=humaneval,heldout_loss [--limit=20]
+python -m zen_code_jax.eval --list
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ from zen_code_jax.eval.tasks import EvalContext, get_task, registry
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m zen_code_jax.eval", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m zen_code_jax.eval",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--export", help="print TASK's problems as JSONL to stdout")
     ap.add_argument("--workdir", help="run directory WORKDIR/<experiment>/<arm>")
     ap.add_argument("--tasks", help="comma-separated task names (default: config.eval.tasks)")

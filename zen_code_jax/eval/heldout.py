@@ -255,8 +255,12 @@ class HeldoutLossTask(Task):
         src = _heldout(ctx)
         lim = ctx.limit if ctx.limit > 0 else DEFAULT_FILES
         return [
-            {"task_id": f"heldout_loss/{i}", "repo": src[i].get("repo", ""),
-             "path": src[i].get("path", ""), "prompt": src[i]["content"]}
+            {
+                "task_id": f"heldout_loss/{i}",
+                "repo": src[i].get("repo", ""),
+                "path": src[i].get("path", ""),
+                "prompt": src[i]["content"],
+            }
             for i in sample_files(len(src), lim, ctx.seed)
         ]
 
@@ -283,8 +287,15 @@ class HeldoutLossTask(Task):
             b = len(p["prompt"].encode("utf-8"))
             tot_bytes += b
             records.append(
-                {"task_id": p["task_id"], "repo": p["repo"], "path": p["path"], "tokens": t,
-                 "bytes": b, "nats": n, "bits_per_byte": bits_per_byte(n, b)}
+                {
+                    "task_id": p["task_id"],
+                    "repo": p["repo"],
+                    "path": p["path"],
+                    "tokens": t,
+                    "bytes": b,
+                    "nats": n,
+                    "bits_per_byte": bits_per_byte(n, b),
+                }
             )
         total_nats, total_tok = sum(nats), sum(ntok)
         metrics = {

@@ -150,15 +150,11 @@ class HumanEvalTask(Task):
         kw = ctx.decode_kwargs()
 
         def call(idx: list[int], seed: int) -> list[str]:
-            return engine.generate(
-                [prompts[i] for i in idx], stop=STOP_SEQUENCES, seed=seed, **kw
-            )
+            return engine.generate([prompts[i] for i in idx], stop=STOP_SEQUENCES, seed=seed, **kw)
 
         samples = sample_many(ctx, call, len(probs))
         comps = {p["task_id"]: s for p, s in zip(probs, samples)}
-        return score_completions(
-            probs, comps, limits=ctx.sandbox_limits(), workers=ctx.workers
-        )
+        return score_completions(probs, comps, limits=ctx.sandbox_limits(), workers=ctx.workers)
 
 
 register(HumanEvalTask())

@@ -49,7 +49,9 @@ def read_jsonl(path: str | Path, what: str, setting: str) -> list[dict[str, Any]
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{p}:{n} is not valid JSON ({e}); one object per line.") from e
+                    raise ValueError(
+                        f"{p}:{n} is not valid JSON ({e}); one object per line."
+                    ) from e
     return rows
 
 

@@ -28,8 +28,14 @@ from zen_code_jax.eval.tasks import (
 )
 
 # MultiPL-E language codes -> sandbox languages.
-LANGUAGE_CODES = {"py": "python", "python": "python", "js": "javascript", "javascript": "javascript",
-                  "sh": "shell", "pl": "perl"}
+LANGUAGE_CODES = {
+    "py": "python",
+    "python": "python",
+    "js": "javascript",
+    "javascript": "javascript",
+    "sh": "shell",
+    "pl": "perl",
+}
 
 
 def normalize_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -56,9 +62,7 @@ def normalize_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_problems(path: str | Path) -> list[dict[str, Any]]:
-    return [
-        normalize_row(r) for r in read_jsonl(path, "The multipl_e task", "eval.multipl_e_path")
-    ]
+    return [normalize_row(r) for r in read_jsonl(path, "The multipl_e task", "eval.multipl_e_path")]
 
 
 def build_program(problem: dict[str, Any], completion: str) -> str:
@@ -110,7 +114,9 @@ class MultiplETask(Task):
             for i in idx:
                 groups.setdefault(tuple(probs[i]["stop_tokens"]), []).append(i)
             for stop, rows in groups.items():
-                texts = engine.generate([probs[i]["prompt"] for i in rows], stop=stop, seed=seed, **kw)
+                texts = engine.generate(
+                    [probs[i]["prompt"] for i in rows], stop=stop, seed=seed, **kw
+                )
                 out.update(zip(rows, texts))
             return [out[i] for i in idx]
 

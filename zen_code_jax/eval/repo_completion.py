@@ -145,8 +145,11 @@ class RepoCompletionTask(Task):
     def problems(self, ctx: EvalContext) -> list[dict[str, Any]]:
         exs = sample_examples(ctx.get_corpus(), self._n(ctx), ctx.seed)
         return [
-            {**e, "prompt": "".join(e["cross_file_blocks"]) + e["header"] + e["in_file"],
-             "canonical_solution": e["target"]}
+            {
+                **e,
+                "prompt": "".join(e["cross_file_blocks"]) + e["header"] + e["in_file"],
+                "canonical_solution": e["target"],
+            }
             for e in exs
         ]
 
@@ -169,9 +172,16 @@ class RepoCompletionTask(Task):
                 em.append(ok)
                 es.append(sim)
                 records.append(
-                    {"task_id": e["task_id"], "setting": setting, "repo": e["repo"],
-                     "path": e["path"], "target": e["target"], "prediction": pred,
-                     "exact_match": ok, "edit_similarity": sim}
+                    {
+                        "task_id": e["task_id"],
+                        "setting": setting,
+                        "repo": e["repo"],
+                        "path": e["path"],
+                        "target": e["target"],
+                        "prediction": pred,
+                        "exact_match": ok,
+                        "edit_similarity": sim,
+                    }
                 )
             metrics[f"{setting}/exact_match"] = float(np.mean(em)) if em else 0.0
             metrics[f"{setting}/edit_similarity"] = float(np.mean(es)) if es else 0.0

@@ -9,6 +9,7 @@ all summaries also go to `RUN/eval/summary.json`.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,11 +58,12 @@ def run_tasks(
     out_dir: str | Path,
     *,
     step: int = 0,
-    log: Any = print,
+    log: Any = None,
 ) -> dict[str, dict[str, float]]:
     """Evaluate each task, write its records and scalars under out_dir; returns summaries."""
     from zen_code_jax.train.tb import SummaryWriter
 
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     out = Path(out_dir)
     tasks = [get_task(n) for n in task_names]  # fail on a typo before any work
     summaries: dict[str, dict[str, float]] = {}
@@ -75,8 +77,10 @@ def run_tasks(
             writer.scalars(step, metrics, prefix=f"eval/{task.name}/")
             writer.flush()
             summaries[task.name] = metrics
-            log(f"[eval] {task.name} @ step {step}: " + ", ".join(
-                f"{k}={v:.4g}" for k, v in metrics.items()))
+            log(
+                f"[eval] {task.name} @ step {step}: "
+                + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+            )
     finally:
         writer.close()
     summary_path = out / "eval" / "summary.json"

@@ -124,6 +124,7 @@ class SandboxLimits:
     max_output_bytes: int = 1 << 20  # per stream; the program is killed past this
     max_file_bytes: int = 16 << 20  # RLIMIT_FSIZE
     max_open_files: int = 256  # RLIMIT_NOFILE
+    max_disk_mb: int = 64  # size of the private /tmp tmpfs holding the work dir (root mode)
 
     def __post_init__(self) -> None:
         if self.timeout_s <= 0 or self.memory_mb <= 0 or self.max_processes <= 0:
@@ -199,15 +200,53 @@ try:
                     pass
     import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
-    iso = {"uid": None, "net_ns": False, "pid_ns": False, "user_ns": False}
+    iso = {"uid": None, "net_ns": False, "pid_ns": False, "mount_ns": False, "user_ns": False}
     is_root = os.geteuid() == 0
     if spec["namespaces"]:
         CLONE_NEWNET, CLONE_NEWPID, CLONE_NEWUSER = 0x40000000, 0x20000000, 0x10000000
+        CLONE_NEWNS = 0x00020000
         if is_root:
-            if libc.unshare(CLONE_NEWNET | CLONE_NEWPID) == 0:
-                iso["net_ns"] = iso["pid_ns"] = True
-            elif libc.unshare(CLONE_NEWNET) == 0:
-                iso["net_ns"] = True
+            for flags, got in (
+                (CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID, ("mount_ns", "net_ns", "pid_ns")),
+                (CLONE_NEWNET | CLONE_NEWPID, ("net_ns", "pid_ns")),
+                (CLONE_NEWNET, ("net_ns",)),
+            ):
+                if libc.unshare(flags) == 0:
+                    for k in got:
+                        iso[k] = True
+                    break
+            if iso.get("mount_ns"):
+                # Private, size-limited tmpfs over every world-writable directory; the work
+                # dir is re-created inside the new /tmp, so nothing the program writes
+                # reaches the host's disk or the host's /dev/shm, and it cannot see them.
+                files = {}
+                for root, _dirs, names in os.walk("."):
+                    for name in names:
+                        with open(os.path.join(root, name), "rb") as f:
+                            files[os.path.join(root, name)] = f.read()
+                mount = libc.mount
+                mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
+                                  ctypes.c_ulong, ctypes.c_char_p]
+                MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 2, 4, 16384, 1 << 18
+                if mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+                    die("mount --make-rprivate / failed")
+                sizes = {"/tmp": spec["tmpfs_mb"], "/var/tmp": 1, "/run/lock": 1, "/dev/shm": 1}
+                for d, mb in sizes.items():
+                    if os.path.isdir(d) and not os.path.islink(d):
+                        opts = f"size={mb}m,mode=1777".encode()
+                        if mount(b"tmpfs", d.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, opts) != 0:
+                            die(f"mounting a tmpfs on {d} failed")
+                os.makedirs(spec["workdir"], mode=0o700)
+                os.chdir(spec["workdir"])
+                for name, data in files.items():
+                    os.makedirs(os.path.dirname(name), exist_ok=True)
+                    with open(name, "wb") as f:
+                        f.write(data)
+                if spec["uid"] is not None:
+                    for root, dirs, names in os.walk("."):
+                        for name in [root] + [os.path.join(root, n) for n in dirs + names]:
+                            os.chown(name, spec["uid"], spec["gid"])
+                iso["tmpfs_mb"] = spec["tmpfs_mb"]
         else:
             uid, gid = os.getuid(), os.getgid()
             if libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0:
@@ -442,12 +481,14 @@ def _run_in(
     for rel, content in files.items():
         p = os.path.normpath(os.path.join(workdir, rel))
         if not p.startswith(workdir + os.sep):
-            raise ValueError(f"sandbox file {rel!r} escapes the working directory; use a relative name")
+            raise ValueError(
+                f"sandbox file {rel!r} escapes the working directory; use a relative name"
+            )
         os.makedirs(os.path.dirname(p), exist_ok=True)
         with open(p, "w", encoding="utf-8") as f:
             f.write(content)
     if uid is not None:
-        for dirpath, dirnames, filenames in os.walk(workdir):
+        for dirpath, _dirnames, filenames in os.walk(workdir):
             os.chown(dirpath, uid, uid)
             for n in filenames:
                 os.chown(os.path.join(dirpath, n), uid, uid)
@@ -470,6 +511,7 @@ def _run_in(
         "env": env,
         "preload": list(PRELOAD_MODULES),
         "namespaces": namespaces,
+        "tmpfs_mb": limits.max_disk_mb,
         "uid": uid,
         "gid": uid,
         "status_fd": status_w,
@@ -559,7 +601,9 @@ def _run_in(
     common = dict(stdout=stdout, stderr=stderr, wall_s=wall, isolation=isolation)
     if overflow:
         return SandboxResult(
-            CRASHED, f"output limit exceeded ({overflow} > {limits.max_output_bytes} bytes)", **common
+            CRASHED,
+            f"output limit exceeded ({overflow} > {limits.max_output_bytes} bytes)",
+            **common,
         )
     if timed_out:
         return SandboxResult(TIMEOUT, f"wall time limit ({limits.timeout_s:g}s) exceeded", **common)
@@ -576,14 +620,14 @@ def _run_in(
             return SandboxResult(
                 CRASHED, f"memory limit ({limits.memory_mb} MB): {last}", exit_code=code, **common
             )
-        return SandboxResult(
-            FAILED, last or f"exit code {code}", exit_code=code, **common
-        )
+        return SandboxResult(FAILED, last or f"exit code {code}", exit_code=code, **common)
     if "signal" in info:
         sig = int(info["signal"])
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
         if sig == signal.SIGXCPU:
-            return SandboxResult(TIMEOUT, f"cpu time limit ({cpu_s}s) exceeded", signal=sig, **common)
+            return SandboxResult(
+                TIMEOUT, f"cpu time limit ({cpu_s}s) exceeded", signal=sig, **common
+            )
         return SandboxResult(CRASHED, f"killed by {name}", signal=sig, **common)
     rc = proc.returncode
     return SandboxResult(

@@ -73,7 +73,9 @@ class EvalContext:
 
     def sandbox_limits(self) -> SandboxLimits:
         e = self.eval_cfg
-        return SandboxLimits(timeout_s=float(e.sandbox_timeout_s), memory_mb=int(e.sandbox_memory_mb))
+        return SandboxLimits(
+            timeout_s=float(e.sandbox_timeout_s), memory_mb=int(e.sandbox_memory_mb)
+        )
 
     @property
     def workers(self) -> int:
@@ -90,7 +92,9 @@ class EvalContext:
     def decode_kwargs(self) -> dict[str, Any]:
         e = self.eval_cfg
         return dict(
-            max_new_tokens=int(e.max_new_tokens), temperature=float(e.temperature), top_p=float(e.top_p)
+            max_new_tokens=int(e.max_new_tokens),
+            temperature=float(e.temperature),
+            top_p=float(e.top_p),
         )
 
 

@@ -43,6 +43,8 @@ LOGPROB_CHUNK = 256  # positions per chunk of [chunk, V] logits when scoring
 
 # Number of times each jitted function was traced (a compile per new bucket); tests read it.
 TRACE_COUNTS: dict[str, int] = {"prefill": 0, "decode": 0, "score": 0}
+# Sharding of the last decode's KV cache (for tests and debugging the mesh layout).
+LAST_CACHE_SHARDING: dict[str, Any] = {}
 
 
 def bucket(n: int, minimum: int = 1) -> int:
@@ -255,6 +257,7 @@ def generate_ids(
         state = decode(params, state, rows, jnp.int32(end), cfg=cfg, pad_id=pad_id)
         if stop_fn is None:
             break
+    LAST_CACHE_SHARDING["k"] = state.cache["k"].sharding
     out = np.asarray(state.out)
     step = int(state.step)
     results = []

@@ -15,6 +15,7 @@ batch pads little; the caller's order is restored.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -71,6 +72,33 @@ def _check_sampling(temperature: float, top_p: float) -> None:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}; use 1.0 to disable nucleus.")
 
 
+def random_params(cfg: ModelConfig, seed: int = 0, scale: float | None = None) -> Any:
+    """Unboxed random parameters of the model's exact tree, drawn with numpy.
+
+    For tests and `--random-preset` serving: normal(0, scale or cfg.initializer_range)
+    weights, unit norm scales, zero biases. Numpy avoids compiling the model's init (the
+    threefry draws for every weight take seconds of XLA compile on CPU).
+    """
+    from zen_code_jax.model.transformer import Transformer
+
+    dummy = np.zeros((1, 1), np.int32)
+    abstract = nn.unbox(
+        jax.eval_shape(lambda: Transformer(cfg).init(jax.random.key(0), dummy, dummy, dummy + 1))
+    )["params"]
+    rng = np.random.default_rng(seed)
+    std = cfg.initializer_range if scale is None else scale
+
+    def draw(path: tuple, leaf: jax.ShapeDtypeStruct) -> np.ndarray:
+        name = getattr(path[-1], "key", "")
+        if name == "scale":
+            return np.ones(leaf.shape, leaf.dtype)
+        if name == "bias":
+            return np.zeros(leaf.shape, leaf.dtype)
+        return (rng.standard_normal(leaf.shape, np.float32) * std).astype(leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, abstract)
+
+
 class InferenceEngine:
     """Decode with a trained (or random) model: generate, infill, score."""
 
@@ -82,8 +110,11 @@ class InferenceEngine:
         mesh: jax.sharding.Mesh | None = None,
         *,
         max_batch_size: int = 16,
+        min_batch_bucket: int = 1,
         rules: Any = None,
     ):
+        """max_batch_size: rows decoded together; min_batch_bucket: smallest padded batch
+        (a server that pads every batch to the same size compiles fewer shapes)."""
         tokenizer.check_compatible(model_cfg)
         self.model_cfg = model_cfg
         self.tokenizer = tokenizer
@@ -94,10 +125,11 @@ class InferenceEngine:
 
             rules = DEFAULT_RULES
         self.rules = tuple(rules)
-        self.batch_multiple = 1
+        self.batch_multiple = dec.bucket(min_batch_bucket)
         if mesh is not None:
             shape = dict(mesh.shape)
-            self.batch_multiple = int(shape.get("data", 1) * shape.get("fsdp", 1))
+            dp = int(shape.get("data", 1) * shape.get("fsdp", 1))
+            self.batch_multiple = math.lcm(self.batch_multiple, dp)
         self.params = self._place_params(params)
         self.stop_ids = tuple(sorted(set(tokenizer.special_ids) | {tokenizer.eot_id}))
         self._lock = threading.Lock()  # one decode at a time (the server has many threads)

@@ -427,8 +427,12 @@ def reference_attention_numpy(q, k, v, q_seg, kv_seg, q_pos, kv_pos, scale=None)
     kvh = k.shape[2]
     g = h // kvh
     scale = scale if scale is not None else 1.0 / math.sqrt(dh)
-    mask = np.asarray(attention_mask(jnp.asarray(q_seg), jnp.asarray(kv_seg),
-                                     jnp.asarray(q_pos), jnp.asarray(kv_pos)))
+    q_seg, kv_seg, q_pos, kv_pos = (np.asarray(x) for x in (q_seg, kv_seg, q_pos, kv_pos))
+    mask = (
+        (q_seg[:, :, None] == kv_seg[:, None, :])
+        & (q_seg != 0)[:, :, None]
+        & (kv_pos[:, None, :] <= q_pos[:, :, None])
+    )
     out = np.zeros_like(q)
     for bi in range(b):
         for hi in range(h):

@@ -1,0 +1,161 @@
+"""Every experiment file's `smoke` scale runs end to end through experiments/run.py:
+training, checkpoints, TensorBoard events, evaluation, and the report.
+
+The runs share one WORKDIR (so one prepared corpus and one JAX compilation cache) and a
+tiny corpus made of a few stdlib packages (one repository each).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE_PACKAGES = ("json", "http", "logging", "urllib", "html", "wsgiref", "concurrent")
+
+
+def smoke_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """WORKDIR shared by every smoke run of the session, with its tiny corpus."""
+    wd = tmp_path_factory.getbasetemp() / "smoke_workdir"
+    corpus = wd / "corpus"
+    if not corpus.exists():
+        stdlib = Path(sysconfig.get_paths()["stdlib"])
+        for name in SMOKE_PACKAGES:
+            shutil.copytree(
+                stdlib / name, corpus / name, ignore=shutil.ignore_patterns("__pycache__")
+            )
+    return wd
+
+
+def run_cli(
+    workdir: Path, config: str, *args: str, env: dict | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    """python experiments/run.py with the smoke corpus; returns the finished process."""
+    cmd = [
+        sys.executable,
+        "experiments/run.py",
+        f"--config={config}",
+        f"--workdir={workdir}",
+        "--config.data.source=dir",
+        f"--config.data.path={workdir / 'corpus'}",
+        *args,
+    ]
+    full_env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    full_env.update(env or {})
+    return subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env
+    )
+
+
+def ok(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return smoke_workdir(tmp_path_factory)
+
+
+def check_run_dir(run_dir: Path, steps: int) -> None:
+    """The run-directory contract of DESIGN.md."""
+    assert (run_dir / "config.json").is_file()
+    assert any((run_dir / "tokenizer").iterdir())
+    ckpts = sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
+    assert ckpts and ckpts[-1] == steps
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    losses = [r for r in map(json.loads, (run_dir / "metrics.jsonl").open()) if "train/loss" in r]
+    assert [r["step"] for r in losses][-1] == steps
+
+
+def test_fim_ablation_smoke_runs_every_arm_and_writes_the_report(workdir):
+    out = ok(run_cli(workdir, "experiments/fim_ablation.py:smoke"))
+    assert "Plan (4 arm(s)" in out and "fim25" in out
+    assert "[fim75] step 6/6 loss" in out and "tok/s" in out and "ETA" in out
+    exp = workdir / "fim_ablation"
+    for arm, rate in [("fim0", 0.0), ("fim25", 0.25), ("fim50", 0.5), ("fim75", 0.75)]:
+        check_run_dir(exp / arm, steps=6)
+        assert json.loads((exp / arm / "config.json").read_text())["fim"]["rate"] == rate
+        summary = json.loads((exp / arm / "eval" / "summary.json").read_text())
+        assert {"heldout_loss", "heldout_fim"} <= set(summary)
+        assert (exp / arm / "eval" / "heldout_fim.jsonl").stat().st_size > 0
+    report = (exp / "report.md").read_text()
+    assert "Table 7" in report and "| fim50 | 0.5 |" in report and "82.3" in report
+    assert "Scale: smoke" in report
+    assert (exp / "report.png").stat().st_size > 10_000
+
+    # --mode=report rebuilds both from the logs alone.
+    (exp / "report.md").unlink()
+    (exp / "report.png").unlink()
+    ok(run_cli(workdir, "experiments/fim_ablation.py:smoke", "--mode=report"))
+    assert (exp / "report.md").read_text() == report and (exp / "report.png").exists()
+
+    # The HParams dashboard sees one session per arm with its override.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(exp / "fim25"))
+    ea.Reload()
+    assert "_hparams_/session_start_info" in ea.Tags()["tensors"]
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/mfu"} <= set(
+        ea.Tags()["scalars"]
+    )
+
+
+def test_pretrain_smoke(workdir):
+    out = ok(run_cli(workdir, "experiments/pretrain.py:smoke"))
+    assert "[main] step 6/6" in out
+    check_run_dir(workdir / "pretrain" / "main", steps=6)
+
+
+def test_repo_ft_smoke_starts_from_the_base_arm(workdir):
+    out = ok(run_cli(workdir, "experiments/repo_ft_ablation.py:smoke"))
+    exp = workdir / "repo_ft_ablation"
+    assert "[repo8k] initialized params from" in out and "[repo64k] initialized params" in out
+    check_run_dir(exp / "base", steps=6)
+    for arm, seq in [("repo8k", 128), ("repo64k", 1024)]:
+        check_run_dir(exp / arm, steps=4)
+        cfg = json.loads((exp / arm / "config.json").read_text())
+        assert cfg["data"]["mode"] == "repo" and cfg["train"]["seq_len"] == seq
+        assert "repo_completion" in json.loads((exp / arm / "eval" / "summary.json").read_text())
+    assert "Table 8" in (exp / "report.md").read_text()
+
+
+def test_sft_smoke_trains_on_docstring_pairs(workdir):
+    out = ok(run_cli(workdir, "experiments/sft.py:smoke"))
+    run_dir = workdir / "sft" / "main"
+    cfg = json.loads((run_dir / "config.json").read_text())
+    steps = cfg["train"]["epochs"] * (64 // cfg["train"]["global_batch_size"])
+    check_run_dir(run_dir, steps=steps)
+    assert f"step {steps}/{steps}" in out
+    summary = json.loads((run_dir / "eval" / "summary.json").read_text())
+    assert summary["pipeline_heldout"]["loss"] > 0
+
+
+def test_sft_pairs_and_response_only_loss_mask():
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import importlib
+
+    sft = importlib.import_module("sft")
+    src = 'def add(a, b):\n    """Return the sum of a and b, as numbers."""\n    return a + b\n'
+    (pair,) = sft.docstring_pairs(src)
+    assert "def add(a, b):" in pair["instruction"] and "Return the sum" in pair["instruction"]
+    assert pair["response"] == "    return a + b\n"
+
+    class Tok:  # one id per character; eot = 0
+        eot_id = 0
+
+        def encode(self, text):
+            return [ord(c) for c in text]
+
+    row = sft.encode_pair(Tok(), pair, seq_len=512)
+    prompt_len = len(sft.PROMPT.format(instruction=pair["instruction"]))
+    masked = row["targets"][row["loss_mask"] == 1]
+    assert bytes(masked[:-1].tolist()).decode() == pair["response"]  # response tokens only
+    assert masked[-1] == 0 and row["loss_mask"][: prompt_len - 1].sum() == 0
