@@ -95,7 +95,8 @@ def validate_argv(argv: list[str]) -> None:
     try:
         apply_overrides(config, overrides)
     except ValueError as e:
-        raise UsageError(str(e).replace("Unknown config key '", "Unknown override '--config."))
+        message = str(e).replace("Unknown config key '", "Unknown override '--config.")
+        raise UsageError(message) from None
 
 
 def enable_compilation_cache(path: Path) -> None:

@@ -86,8 +86,7 @@ def load_pairs(corpus: Any, config: ml_collections.ConfigDict, split: str) -> li
                     row.get("response"), str
                 ):
                     raise ValueError(
-                        f"{path}:{n}: each line needs string fields 'instruction' and "
-                        "'response'."
+                        f"{path}:{n}: each line needs string fields 'instruction' and 'response'."
                     )
                 rows.append(row)
         pairs = [r for i, r in enumerate(rows) if (i % 20 == 19) == (split == "heldout")]

@@ -113,7 +113,9 @@ def test_chunked_gradients_match_finite_differences_direction():
     dirs = [rng.standard_normal(x.shape) for x in (q, k, v)]
     eps = 1e-3
     # The loss is evaluated by the float64 numpy reference: an independent check.
-    f = lambda q_, k_, v_: float(np.sum(reference_attention_numpy(q_, k_, v_, seg, seg, pos, pos) * w))
+    f = lambda q_, k_, v_: float(
+        np.sum(reference_attention_numpy(q_, k_, v_, seg, seg, pos, pos) * w)
+    )
     plus = f(q + eps * dirs[0], k + eps * dirs[1], v + eps * dirs[2])
     minus = f(q - eps * dirs[0], k - eps * dirs[1], v - eps * dirs[2])
     numeric = (plus - minus) / (2 * eps)
@@ -143,7 +145,9 @@ def test_bfloat16_inputs_close_to_float32():
     pos = _index_positions()
     fc, _ = _attn_fn("chunked", 16)
     ref = reference_attention_numpy(q, k, v, seg, seg, pos, pos)
-    out = fc(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16), seg, seg, pos, pos)
+    out = fc(
+        q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16), seg, seg, pos, pos
+    )
     assert out.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(out, np.float32), ref, atol=5e-2)
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from zen_code_jax.train.checkpoint import (
+    Checkpointer,
     CheckpointError,
     CheckpointMismatchError,
-    Checkpointer,
     abstract_like,
 )
 from zen_code_jax.train.tb import LazyMetrics, SummaryWriter, read_scalars, truncate_after
@@ -58,7 +58,9 @@ def test_round_trip_state_iterator_and_meta(tmp_path):
     for _ in range(5):
         next(it)
     state = make_state(5, seed=5)
-    ckpt.save(5, state, it, {"identity": IDENT, "rng": [1, 2]}, {"fingerprint": "abc123", "files": {}})
+    ckpt.save(
+        5, state, it, {"identity": IDENT, "rng": [1, 2]}, {"fingerprint": "abc123", "files": {}}
+    )
     expected_next = [next(it) for _ in range(3)]  # the batches after the checkpoint
     ckpt.wait()
 

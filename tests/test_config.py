@@ -28,7 +28,9 @@ EXPERIMENTS = ["fim_ablation", "pretrain", "repo_ft_ablation", "sft"]
 
 
 def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"exp_{name}", ROOT / "experiments" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(
+        f"exp_{name}", ROOT / "experiments" / f"{name}.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -124,7 +126,11 @@ def test_experiment_settings_match_the_report():
         **{k: v for k, v in get_preset("zen_code_14b").to_dict().items()}
     )
     assert p.model.hidden_size == 5120 and p.model.num_layers == 40
-    assert (p.optimizer.peak_lr, p.optimizer.final_lr, p.optimizer.warmup_steps) == (3e-4, 3e-5, 1000)
+    assert (p.optimizer.peak_lr, p.optimizer.final_lr, p.optimizer.warmup_steps) == (
+        3e-4,
+        3e-5,
+        1000,
+    )
     assert p.optimizer.weight_decay == 0.1 and p.train.steps == 625_000
     assert p.train.seq_len * p.train.global_batch_size == 4 * 1024 * 1024
     assert (p.fim.rate, p.fim.spm_rate) == (0.5, 0.5)

@@ -40,10 +40,11 @@ def make_planted(seed: int = 1234) -> tuple[list[str], dict[tuple[int, int], flo
         for _ in range(PAIRS_PER_LEVEL):
             base = doc()
             var = list(base)
-            # k positions spaced >= SHINGLE apart (and away from the ends).
-            slots = rng.sample(range(1, DOC_TOKENS // SHINGLE - 1), k)
+            # k positions more than SHINGLE apart (and away from the ends), so each
+            # substitution changes its own 10 shingles.
+            slots = rng.sample(range(1, DOC_TOKENS // (2 * SHINGLE) - 1), k)
             for s in slots:
-                var[s * SHINGLE + rng.randrange(SHINGLE)] = rng.choice(vocab)
+                var[s * 2 * SHINGLE + rng.randrange(SHINGLE)] = rng.choice(vocab)
             docs += [base, var]
     docs += [doc() for _ in range(SINGLETONS)]
     order = list(range(len(docs)))
@@ -83,6 +84,8 @@ def result(planted):
 def test_planted_levels_are_as_designed(planted) -> None:
     _, jac = planted
     values = sorted(jac.values())
+    designed = {round((391 - 10 * k) / (391 + 10 * k), 3) for k in LEVELS}
+    assert sum(round(v, 3) in designed for v in values) >= len(values) - 5
     # Every planted pair (J >= 0.5) and nothing else related.
     assert sum(v >= 0.5 for v in values) == PAIRS_PER_LEVEL * len(LEVELS)
     assert sum(0.0 < v < 0.5 for v in values) < 5

@@ -119,7 +119,7 @@ def test_humaneval_task_with_a_fake_engine_and_num_samples(problems):
     assert len(res.records) == 6
     assert {call[1] for call in engine.calls} == {humaneval.STOP_SEQUENCES}
     assert sorted({call[2] for call in engine.calls}) == [0, 1]
-    assert [call[0] for call in engine.calls] == [2, 1, 2, 1]  # batches of eval.batch_size
+    assert [call[0] for call in engine.calls] == [3, 3]  # one call per sample; engine batches
 
 
 # ----------------------------------------------------------------------------- Infilling
@@ -255,7 +255,8 @@ class OracleCorpusEngine:
     log(1/2) per token under a FIM prompt and log(1/4) otherwise."""
 
     def __init__(self, corpus, tok, wrong=False):
-        self.contents = [r["content"] for r in corpus.records]
+        src = corpus.source("heldout")
+        self.contents = [src[i]["content"] for i in range(len(src))]
         self.by_path = {}
         self.tok, self.wrong = tok, wrong
         self.max_prompt = 0
@@ -374,6 +375,42 @@ def test_repo_completion_settings_and_scores():
     )
     assert wrong.metrics["in_file/exact_match"] == 0.0
     assert 0.8 < wrong.metrics["in_file/edit_similarity"] < 1.0
+
+
+def test_heldout_tasks_on_a_real_prepared_corpus(tmp_path):
+    """The data engineer's PreparedCorpus and Tokenizer behind the held-out tasks."""
+    from zen_code_jax.data.prepare import prepare_corpus
+
+    rng = random.Random(1)
+    for r in range(8):
+        for f in range(3):
+            p = tmp_path / "repos" / f"repo_{r}" / "pkg" / f"mod_{f}.py"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            body = [f"from pkg import mod_{(f + 1) % 3}", ""]
+            for k in range(12):
+                body += [
+                    f"def fn_{r}_{f}_{k}(x):",
+                    f"    return x * {rng.randrange(10**6)} + {k}",
+                    "",
+                ]
+            p.write_text("\n".join(body))
+    c = cfg(limit=6, context_tokens=512)
+    c.data.source, c.data.path, c.data.heldout_fraction = "dir", str(tmp_path / "repos"), 0.5
+    c.data.num_prepare_processes = 1
+    corpus = prepare_corpus(c.data, 300, tmp_path / "work")
+    assert len(corpus.source("heldout")) > 0
+    tok = corpus.tokenizer
+    engine = OracleCorpusEngine(corpus, tok)
+    ctx = EvalContext(config=c, engine=engine, tokenizer=tok, corpus=corpus)
+    fim = get_task("heldout_fim").evaluate(ctx).metrics
+    assert fim["single/exact_match"] == 1.0 and fim["multi/exact_match"] == 1.0
+    # Same middle tokens under both prompts: log(1/4) vs log(1/2) per token -> ratio 2.
+    assert fim["single/middle_bpb_prefix_only"] == pytest.approx(2 * fim["single/middle_bpb_fim"])
+    loss = get_task("heldout_loss").evaluate(ctx).metrics
+    assert loss["loss"] == pytest.approx(math.log(4.0), rel=1e-6)
+    repo = get_task("repo_completion").evaluate(ctx).metrics
+    assert repo["cross_file_first/exact_match"] == 1.0 and repo["in_file/exact_match"] == 1.0
+    assert engine.max_prompt <= 512 - 32
 
 
 def _lev_brute(a, b):

@@ -23,6 +23,7 @@ from zen_code_jax.data.fim import (
     unfim,
 )
 from zen_code_jax.data.pipeline import FileToSegments
+from zen_code_jax.data.repo_window import repo_fim_prompt_tokens, repo_windows
 from zen_code_jax.data.tokenizer import Tokenizer
 
 
@@ -166,3 +167,21 @@ def test_draw_depends_only_on_seed_and_index(tok: Tokenizer) -> None:
 def test_bad_rates_are_rejected() -> None:
     with pytest.raises(ValueError, match="fim.rate"):
         draw_mode(np.random.default_rng(0), 1.5, 0.5)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_repo_prompt_matches_repo_training_window(tok: Tokenizer, seed: int) -> None:
+    """Infilling with repository context builds exactly the training window's prefix."""
+    files = [
+        ("pkg/util.py", "def helper(x):\n    return x * 2\n"),
+        ("pkg/main.py", "from pkg.util import helper\n\nprint(helper(21))\n"),
+    ]
+    (window,) = repo_windows(files, tok, record_rng(seed, 5), 256, fim_rate=1.0, spm_rate=0.5)
+    # Replay the same draws to learn the split the window used.
+    rng = record_rng(seed, 5)
+    mode = draw_mode(rng, 1.0, 0.5)
+    prefix, middle, suffix = split_text(files[1][1] + "\n", rng)
+    prompt = repo_fim_prompt_tokens(files[:1], "pkg/main.py", prefix, suffix, mode, tok)
+    window = window.tolist()
+    assert window[: len(prompt)] == prompt
+    assert window[len(prompt) :] == tok.encode(middle) + [tok.eot_id]

@@ -141,9 +141,7 @@ def test_params_from_our_init_export_to_hf_loadable(hf_model):
     variables = jax.eval_shape(
         lambda: Transformer(cfg).init(jax.random.PRNGKey(0), tokens, positions, seg)
     )
-    params = jax.tree_util.tree_map(
-        lambda x: np.zeros(x.shape, x.dtype), variables["params"]
-    )
+    params = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype), variables["params"])
     sd = params_to_hf(params, cfg)
     missing, unexpected = hf_model.__class__(hf_model.config).load_state_dict(
         {k: torch.from_numpy(v) for k, v in sd.items()}, strict=False

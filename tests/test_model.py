@@ -153,9 +153,9 @@ def _random_params(cfg, seed=1, std=0.2):
     )["params"]
     rng = np.random.default_rng(seed)
     return jax.tree_util.tree_map_with_path(
-        lambda path, x: (
-            0.2 * rng.standard_normal(x.shape) + (path[-1].key == "scale")
-        ).astype(np.float32),
+        lambda path, x: (0.2 * rng.standard_normal(x.shape) + (path[-1].key == "scale")).astype(
+            np.float32
+        ),
         nn.unbox(shapes),
     )
 
@@ -185,9 +185,7 @@ def test_tied_lm_head_is_embedding_transpose():
     np.testing.assert_array_equal(np.asarray(k), np.asarray(p["embed"]["embedding"]).T)
     logits = _apply(cfg)(p, tokens, positions, seg)
     hidden = _apply(cfg, True)(p, tokens, positions, seg)
-    np.testing.assert_allclose(
-        np.asarray(hidden @ k), np.asarray(logits), atol=1e-5, rtol=1e-5
-    )
+    np.testing.assert_allclose(np.asarray(hidden @ k), np.asarray(logits), atol=1e-5, rtol=1e-5)
 
 
 def test_packed_segments_match_separate_sequences(rparams, apply_fn):
@@ -357,12 +355,16 @@ def test_unknown_preset_names_valid_ones():
 
 
 def test_heads_not_divisible_by_kv_heads():
-    with pytest.raises(ValueError, match=r"num_heads=6 is not divisible by num_kv_heads=4.*divisors"):
+    with pytest.raises(
+        ValueError, match=r"num_heads=6 is not divisible by num_kv_heads=4.*divisors"
+    ):
         TINY.replace(num_heads=6, num_kv_heads=4, hidden_size=48)
 
 
 def test_hidden_not_divisible_by_heads():
-    with pytest.raises(ValueError, match=r"hidden_size=66 is not divisible by num_heads=4.*head_dim"):
+    with pytest.raises(
+        ValueError, match=r"hidden_size=66 is not divisible by num_heads=4.*head_dim"
+    ):
         TINY.replace(hidden_size=66)
 
 

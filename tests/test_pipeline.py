@@ -8,11 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from zen_code_jax.config import base_config
-from zen_code_jax.data.fim import unfim
+from zen_code_jax.data.fim import record_rng, unfim
 from zen_code_jax.data.packing import BATCH_KEYS
 from zen_code_jax.data.pipeline import make_dataset, mixture_weights
+from zen_code_jax.data.repo_window import file_segments, split_ids
 from zen_code_jax.data.tokenizer import Tokenizer
 
 SEQ = 128
@@ -100,7 +103,7 @@ def test_contract_determinism_and_restore(corpus, tok, mode: str) -> None:
         assert all(v.dtype == np.int32 and v.shape == (4, SEQ) for v in b.values())
         assert (b["loss_mask"][b["segment_ids"] == 0] == 0).all()
     state = it.get_state()
-    json.dumps(state)  # checkpointable as JSON (grain.checkpoint / Orbax)
+    state = json.loads(json.dumps(state))  # saved as JSON by grain.checkpoint in Orbax
     rest = _take(it, 5)
     # Same seed: same batches. Restored mid-epoch: exactly the batches that followed.
     assert _same(_take(make_dataset(corpus, cfg, seq_len=SEQ, batch_size=4, seed=3), 6), first)
@@ -226,3 +229,77 @@ def test_worker_processes_give_identical_batches(corpus) -> None:
     assert _same(_take(it, 6), ref)
     json.dumps(it.get_state())
     del it
+
+
+def test_real_prepared_corpus(tmp_path) -> None:
+    """The pipeline on a real PreparedCorpus (ArrayRecord shards, JSON records, mixture)."""
+    from zen_code_jax.data.prepare import prepare_corpus
+
+    root = tmp_path / "repos"
+    for r in range(6):
+        pkg = root / f"repo{r}" / "pkg"
+        pkg.mkdir(parents=True)
+        (pkg / "base.py").write_text(f"BASE_{r} = {r}\n\ndef base_{r}(x):\n    return x + {r}\n")
+        (pkg / "user.py").write_text(
+            f"from pkg.base import base_{r}\n\n\ndef use_{r}(y):\n    return base_{r}(y) * {r + 2}\n"
+        )
+        (pkg / "fast.c").write_text(f"int fast_{r}(int x) {{ return x * {r + 3}; }}\n")
+    cfg = _cfg()
+    cfg.data.source = "dir"
+    cfg.data.path = str(root)
+    cfg.data.heldout_fraction = 0.34
+    cfg.data.num_prepare_processes = 1
+    corpus = prepare_corpus(cfg.data, 300, tmp_path / "work")
+    tok = corpus.tokenizer
+    for mode in ("file", "repo"):
+        cfg.data.mode = mode
+        it = make_dataset(corpus, cfg, seq_len=SEQ, batch_size=2, seed=0)
+        state = it.get_state()
+        first = _take(it, 3)
+        it.set_state(state)
+        assert _same(_take(it, 3), first)
+    cfg.data.mode = "repo"
+    cfg.fim.rate = 0.0
+    it = make_dataset(corpus, cfg, seq_len=512, batch_size=2, seed=0)
+    text = tok.decode(_segments(next(it))[0])  # a whole repository fits one window
+    assert text.index("# File: pkg/base.py\n") < text.index("# File: pkg/user.py\n")
+    held = list(make_dataset(corpus, cfg, split="heldout", seq_len=SEQ, batch_size=2, seed=0))
+    assert held and all(b["inputs"].shape == (2, SEQ) for b in held)
+    # Language weights go through PreparedCorpus.mixture: only C when C has all the weight.
+    cfg.data.mode = "file"
+    cfg.data.language_weights = {"C/C++": 1.0}
+    it = make_dataset(corpus, cfg, seq_len=SEQ, batch_size=2, seed=0)
+    texts = [tok.decode(s) for b in _take(it, 3) for s in _segments(b)]
+    assert texts and all(t.startswith("int fast_") for t in texts)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    text=st.text(st.characters(codec="utf-8"), max_size=600)
+    | st.sampled_from(["x = 1\n" * 120, "é漢😀\n" * 90, " " * 700]),
+    budget=st.integers(8, 40),
+)
+def test_split_ids_is_exact(tok, text: str, budget: int) -> None:
+    ids = tok.encode(text)
+    pieces = split_ids(text, ids, budget, tok)
+    assert pieces is not None
+    assert "".join(p for p, _ in pieces) == text
+    assert [t for _, i in pieces for t in i] == ids
+    assert all(0 < len(i) <= budget for _, i in pieces)
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.0])
+def test_long_file_segments(tok, stdlib_records, rate: float) -> None:
+    """Long files become pieces that fit; without FIM they are exactly the file's tokens."""
+    content = max((r["content"] for r in stdlib_records), key=len)
+    segs = file_segments(content, tok, record_rng(0, 0), SEQ, fim_rate=rate, spm_rate=0.5)
+    assert len(segs) > 10 and all(len(s) <= SEQ for s in segs)
+    if rate == 0.0:
+        assert np.concatenate(segs).tolist() == tok.encode(content) + [tok.eot_id]
+    else:
+        pieces = []
+        for s in segs:
+            p, m, sfx, _ = unfim(s.tolist(), tok)
+            assert s[-1] == tok.eot_id
+            pieces.append(tok.decode(p + m + sfx))
+        assert "".join(pieces) == content

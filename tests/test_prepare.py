@@ -119,6 +119,7 @@ def test_split_is_deterministic_and_independent_of_other_repos() -> None:
     # Both splits are non-empty even when the fraction would give none.
     tiny = assign_splits(["x", "y"], 0.01)
     assert sorted(tiny.values()) == ["heldout", "train"]
+    assert assign_splits(["only"], 0.99) == {"only": "train"}
 
 
 def test_tokenizer_trained_on_train_split(corpus) -> None:
@@ -242,6 +243,11 @@ def test_mixture_weights(tmp_path) -> None:
     for g, w in enumerate(mix.weights):
         assert mix.record_weights[gid == g] == pytest.approx(w / (gid == g).sum())
         assert (np.asarray(mix.indices[g]) == np.flatnonzero(gid == g)).all()
+    # Language aliases map onto the manifest's names.
+    alias = corpus.mixture(_data_cfg("x", language_weights={"python": 1.0, "js": 0.5}))
+    alias_shares = _byte_shares(corpus, alias)
+    assert alias_shares["code/Python"] == pytest.approx(2 / 3)
+    assert alias.absent_languages == []
     # Empty weights: natural frequencies, i.e. every record equally likely.
     natural = corpus.mixture(_data_cfg("x", domain_weights={}, language_weights={}))
     assert np.allclose(natural.record_weights, 1 / len(gid))

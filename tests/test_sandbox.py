@@ -223,3 +223,15 @@ def test_other_languages_and_bad_language():
 def test_signal_names_in_reasons():
     r = run_program("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)", limits=FAST)
     assert r.status == CRASHED and "SIGSEGV" in r.reason, r
+
+
+def test_rlimits_only_mode_still_scores_correctly():
+    """namespaces=False is the fallback where unshare is not allowed."""
+    rs = run_programs(
+        ["print('x')", "assert False", "while True:\n    pass"],
+        limits=SandboxLimits(timeout_s=60.0, cpu_s=1),
+        workers=2,
+        namespaces=False,
+    )
+    assert [r.status for r in rs] == [PASSED, FAILED, TIMEOUT]
+    assert not rs[0].isolation["net_ns"] and not rs[0].isolation["pid_ns"]

@@ -276,3 +276,32 @@ def test_missing_and_empty_corpus_errors(tmp_path) -> None:
         prepare_corpus(_data_cfg(source="dir", path=str(only_bad.parent)), 300, tmp_path / "w")
     with pytest.raises(CorpusError, match="no jsonl files"):
         sources.list_corpus(_data_cfg(source="jsonl", path=str(empty)))
+
+
+def test_installed_distribution_as_repository(tmp_path) -> None:
+    import collections
+
+    site = tmp_path / "site"
+    _write(site, "fancy_pkg/__init__.py", "from .core import run\n")
+    _write(site, "fancy_pkg/core.py", "def run():\n    return 42\n")
+    _write(site, "fancy_pkg/_vendor/six.py", "x = 1\n")
+    _write(site, "fancy_pkg/lib.so", b"\x7fELF")
+    _write(site, "fancy_pkg-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: Fancy_Pkg\n")
+    record = [
+        "fancy_pkg/__init__.py,,",
+        "fancy_pkg/core.py,,",
+        "fancy_pkg/_vendor/six.py,,",
+        "fancy_pkg/lib.so,,",
+        "fancy_pkg/__pycache__/core.cpython-311.pyc,,",
+        "fancy_pkg-1.0.dist-info/METADATA,,",
+        "../../bin/fancy,,",
+    ]
+    _write(site, "fancy_pkg-1.0.dist-info/RECORD", "\n".join(record) + "\n")
+    skips: collections.Counter = collections.Counter()
+    refs = sources.list_distributions(False, skips, search_path=[str(site)])
+    assert [(f.repo, f.path) for f in refs] == [
+        ("pypi/fancy-pkg", "fancy_pkg/__init__.py"),
+        ("pypi/fancy-pkg", "fancy_pkg/core.py"),
+    ]
+    assert refs[1].location == str(site / "fancy_pkg" / "core.py")
+    assert skips == {"vendored": 1, "binary": 1}

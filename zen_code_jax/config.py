@@ -348,9 +348,7 @@ def apply_scale(c: ml_collections.ConfigDict, scale: str) -> None:
     elif scale == "paper":
         c.model = model_group("zen_code_14b")
         # 1,024 sequences x 4,096 tokens = 4.19M tokens per step (the report's 4M batch).
-        c.train.update(
-            dict(seq_len=4096, global_batch_size=1024, steps=625_000, log_every=100)
-        )
+        c.train.update(dict(seq_len=4096, global_batch_size=1024, steps=625_000, log_every=100))
         c.train.micro_batch_size = 0
         c.optimizer.update(dict(peak_lr=3e-4, final_lr=3e-5, warmup_steps=1000))
         c.optimizer.weight_decay = 0.1

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from zen_code_jax.data import dedup, filters, sources
-from zen_code_jax.data.languages import DOMAINS, domain_of, language_of
+from zen_code_jax.data.languages import DOMAINS, domain_of, language_of, normalize_language
 from zen_code_jax.data.sources import CorpusError, FileRef
 from zen_code_jax.data.tokenizer import Tokenizer
 
@@ -192,8 +192,11 @@ def split_of(repo: str, heldout_fraction: float) -> str:
 
 def assign_splits(repos: Sequence[str], heldout_fraction: float) -> dict[str, str]:
     """Split repositories by hash; with >= 2 repos and a fraction in (0, 1), both splits get
-    at least one repository (the one with the smallest / largest hash moves over)."""
+    at least one repository (the one with the smallest / largest hash moves over). A single
+    repository always trains."""
     names = sorted(set(repos))
+    if len(names) == 1:  # one repository cannot be split: it trains, nothing is held out
+        return {names[0]: "train"}
     out = {r: split_of(r, heldout_fraction) for r in names}
     if len(names) >= 2 and 0 < heldout_fraction < 1:
         by_hash = sorted(names, key=lambda r: hashlib.sha256((_SPLIT_SALT + r).encode()).digest())
@@ -331,15 +334,25 @@ def mixture_weights(corpus: PreparedCorpus, data_cfg: Any, split: str = "train")
 
     Domain weights (Table 2) split the mass between domains present in the split; an empty
     dict means natural frequencies. Language weights (Table 3) split the `code` domain's mass
-    between languages; a language missing from the dict gets the "Other" weight (0 if none),
-    an empty dict means natural frequencies. Configured domains/languages absent from the
+    between languages; keys may be aliases ("c" and "cpp" both add to "C/C++"); a language
+    missing from the dict gets the "Other" weight (0 if none), an empty dict means natural
+    frequencies. Configured domains/languages absent from the
     corpus are listed (and their mass goes to the rest), as are present groups dropped by a
     zero weight.
     """
     names, gid = corpus.groups(split)
+    if not names:
+        raise CorpusError(
+            f"The {split} split is empty, so it has no mixture; use the other split or "
+            "change data.heldout_fraction."
+        )
     stats = corpus._split(split)["group_stats"]
     dw = _as_dict(getattr(data_cfg, "domain_weights", {}))
-    lw = _as_dict(getattr(data_cfg, "language_weights", {}))
+    lw: dict[str, float] = collections.defaultdict(float)
+    for k, v in _as_dict(getattr(data_cfg, "language_weights", {})).items():
+        # Aliases ("c", "cpp", "python", "bash") map to the manifest's names and add up.
+        lw["Other" if k.lower() == "other" else normalize_language(k)] += v
+    lw = dict(lw)
     by_domain: dict[str, list[int]] = collections.defaultdict(list)
     for g, name in enumerate(names):
         by_domain[name.split("/", 1)[0]].append(g)

@@ -228,11 +228,21 @@ def _dist_paths(dist: importlib.metadata.Distribution) -> list[str]:
     return sorted({row[0] for row in csv.reader(record.splitlines()) if row and row[0]})
 
 
-def list_distributions(exclude_tests: bool, skips: collections.Counter) -> list[FileRef]:
-    """Every installed distribution's source files, one repository `pypi/<name>` each."""
+def list_distributions(
+    exclude_tests: bool, skips: collections.Counter, search_path: list[str] | None = None
+) -> list[FileRef]:
+    """Every installed distribution's source files, one repository `pypi/<name>` each.
+
+    `search_path` (default: sys.path) is where importlib.metadata looks for distributions.
+    """
     out: list[FileRef] = []
     seen: set[str] = set()
-    for dist in sorted(importlib.metadata.distributions(), key=_dist_name):
+    found = (
+        importlib.metadata.distributions(path=search_path)
+        if search_path is not None
+        else importlib.metadata.distributions()
+    )
+    for dist in sorted(found, key=_dist_name):
         name = _dist_name(dist)
         if not name or name in seen:
             continue

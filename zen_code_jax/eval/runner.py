@@ -59,15 +59,21 @@ def run_tasks(
     *,
     step: int = 0,
     log: Any = None,
+    writer: Any = None,
 ) -> dict[str, dict[str, float]]:
-    """Evaluate each task, write its records and scalars under out_dir; returns summaries."""
+    """Evaluate each task, write its records and scalars under out_dir; returns summaries.
+
+    `writer`: an open `train.tb.SummaryWriter` for out_dir to reuse (the training loop's);
+    by default one is opened and closed here.
+    """
     from zen_code_jax.train.tb import SummaryWriter
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     out = Path(out_dir)
     tasks = [get_task(n) for n in task_names]  # fail on a typo before any work
     summaries: dict[str, dict[str, float]] = {}
-    writer = SummaryWriter(out)
+    own_writer = writer is None
+    writer = writer if writer is not None else SummaryWriter(out)
     try:
         for task in tasks:
             t0 = time.time()
@@ -82,7 +88,10 @@ def run_tasks(
                 + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
             )
     finally:
-        writer.close()
+        if own_writer:
+            writer.close()
+        else:
+            writer.flush()
     summary_path = out / "eval" / "summary.json"
     old = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     old.update({name: {"step": step, **m} for name, m in summaries.items()})

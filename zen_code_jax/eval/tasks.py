@@ -137,20 +137,19 @@ def truncate_at_stops(text: str, stops: Sequence[str]) -> str:
 def sample_many(
     ctx: EvalContext, call: Callable[[list[int], int], list[str]], n_items: int
 ) -> list[list[str]]:
-    """Run `call(indices, sample_seed)` in batches of eval.batch_size for each of
-    eval.num_samples samples; returns [item][sample] texts. Sample j uses seed (seed + j), so
-    results do not depend on the batch size."""
-    bs = max(1, int(ctx.eval_cfg.batch_size))
+    """[item][sample] texts: `call(all_indices, seed + j)` once for each of eval.num_samples
+    samples j. All items go in one call (the engine batches internally by its
+    max_batch_size = eval.batch_size and seeds row i with (seed, i)), so a sample depends
+    only on (seed, j, item index), never on how the engine batches."""
     n_samples = max(1, int(ctx.eval_cfg.num_samples))
     out: list[list[str]] = [[] for _ in range(n_items)]
+    idx = list(range(n_items))
     for j in range(n_samples):
-        for start in range(0, n_items, bs):
-            idx = list(range(start, min(n_items, start + bs)))
-            texts = call(idx, ctx.seed + j)
-            if len(texts) != len(idx):
-                raise RuntimeError(f"completer returned {len(texts)} texts for {len(idx)} prompts")
-            for i, t in zip(idx, texts):
-                out[i].append(t)
+        texts = call(idx, ctx.seed + j)
+        if len(texts) != n_items:
+            raise RuntimeError(f"completer returned {len(texts)} texts for {n_items} prompts")
+        for i, t in zip(idx, texts):
+            out[i].append(t)
     return out
 
 

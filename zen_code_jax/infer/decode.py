@@ -125,9 +125,7 @@ def prefill(
     return DecodeState(cache=cache, out=out, last=tok, step=step + 1, done=done)
 
 
-@functools.partial(
-    jax.jit, static_argnames=("cfg", "pad_id"), donate_argnames=("state",)
-)
+@functools.partial(jax.jit, static_argnames=("cfg", "pad_id"), donate_argnames=("state",))
 def decode(
     params: Any,
     state: DecodeState,

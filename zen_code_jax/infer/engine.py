@@ -196,7 +196,9 @@ class InferenceEngine:
             raise ValueError(f"FIM mode {mode!r} is unknown; use 'psm' or 'spm'.")
         tok = self.tokenizer
         if path is not None:
-            return list(repo_fim_prompt_tokens(list(context or ()), path, prefix, suffix, mode, tok))
+            return list(
+                repo_fim_prompt_tokens(list(context or ()), path, prefix, suffix, mode, tok)
+            )
         ctx = repo_context_ids(list(context), tok) if context else []
         return list(fim_prompt_tokens(prefix, suffix, mode, tok, context_ids=ctx))
 

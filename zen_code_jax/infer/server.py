@@ -261,14 +261,21 @@ class CompletionServer:
             get("temperature", 1.0, lambda v: _is_num(v) and 0 <= v <= 2, "a number in [0, 2]")
         )
         top_p = float(get("top_p", 1.0, lambda v: _is_num(v) and 0 < v <= 1, "a number in (0, 1]"))
-        n = get("n", 1, lambda v: _is_int(v) and 1 <= v <= self.max_n, f"an integer in [1, {self.max_n}]")
+        n = get(
+            "n",
+            1,
+            lambda v: _is_int(v) and 1 <= v <= self.max_n,
+            f"an integer in [1, {self.max_n}]",
+        )
         seed = get("seed", None, _is_int, "an integer")
         if seed is None:
             seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
         stop = get(
             "stop",
             [],
-            lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(s, str) for s in v)),
+            lambda v: (
+                isinstance(v, str) or (isinstance(v, list) and all(isinstance(s, str) for s in v))
+            ),
             "a string or a list of strings",
         )
         stop = [stop] if isinstance(stop, str) else stop
@@ -282,11 +289,8 @@ class CompletionServer:
             raise RequestError(
                 "`logprobs` is not supported by this server; omit it or send null.", "logprobs"
             )
-        if body.get("best_of") not in (None, 1) or (
-            body.get("best_of") is not None and body.get("best_of") != n
-        ):
-            if body.get("best_of") not in (None, n):
-                raise RequestError("`best_of` is not supported; omit it or set it to n.", "best_of")
+        if body.get("best_of") not in (None, n):
+            raise RequestError("`best_of` is not supported; omit it or set it to n.", "best_of")
 
         eng = self.engine
         parsed = []
@@ -422,7 +426,8 @@ def _make_handler(server: CompletionServer) -> type[BaseHTTPRequestHandler]:
             path = self.path.split("?")[0].rstrip("/")
             if path not in ("/v1/completions", "/completions"):
                 self._send_json(
-                    404, _error(f"No route POST {path}; use POST /v1/completions.", kind="not_found")
+                    404,
+                    _error(f"No route POST {path}; use POST /v1/completions.", kind="not_found"),
                 )
                 return
             try:

@@ -194,9 +194,7 @@ class Checkpointer:
 
     def read_meta(self, step: int) -> dict[str, Any]:
         return dict(
-            self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
-                "meta"
-            ]
+            self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         )
 
     def restore_latest(

@@ -440,6 +440,10 @@ def evaluate_run(
         summaries = run_tasks(ctx, tasks, run_dir, step=step)
         for task, values in summaries.items():
             metrics.update({f"{task}/{k}": float(v) for k, v in values.items()})
+        if "heldout_fim" in tasks:
+            other = other_mode_middle_loss(ctx)
+            metrics.update({f"heldout_fim/{k}": v for k, v in other.items()})
+            _merge_summary(run_dir, "heldout_fim", {**summaries["heldout_fim"], **other})
     writer.scalars(step, {k: v for k, v in metrics.items() if k.startswith("pipeline_")}, "eval/")
     writer.hparams(arm_hparams(config), metrics, step)
     writer.flush()
@@ -501,3 +505,31 @@ def _merge_summary(run_dir: Path, name: str, values: dict[str, float]) -> None:
     old = json.loads(path.read_text()) if path.exists() else {}
     old[name] = values
     path.write_text(json.dumps(old, indent=2, sort_keys=True))
+
+
+def other_mode_middle_loss(ctx: Any) -> dict[str, float]:
+    """Middle loss (bits/byte) under the FIM layout heldout_fim did not use (SPM for PSM).
+
+    heldout_fim scores one layout (`eval.fim_mode`); the FIM ablation reports both, so this
+    teacher-forces the same held-out examples under the other layout, without generating
+    (cheap), using the task's own sampling and trimming so the bytes are identical.
+    """
+    from zen_code_jax.data.fim import fim_prompt_tokens
+    from zen_code_jax.eval import heldout
+
+    mode = "spm" if str(ctx.eval_cfg.fim_mode) == "psm" else "psm"
+    tok, budget = ctx.tokenizer, ctx.context_tokens()
+    n = ctx.limit if ctx.limit > 0 else heldout.DEFAULT_SAMPLES
+    src = heldout._heldout(ctx)
+    out: dict[str, float] = {}
+    for kind in ("single", "multi"):
+        exs = heldout.sample_fim_examples(src, kind, n, ctx.seed)
+        if not exs:
+            continue
+        fitted = [heldout.fit_fim(e, tok, budget, with_middle=True) for e in exs]
+        contexts = [fim_prompt_tokens(p, s, mode, tok) for p, s in fitted]
+        mids = [tok.encode(e["canonical_solution"]) for e in exs]
+        nats = sum(-float(np.sum(lp)) for lp in ctx.engine.token_logprobs(contexts, mids))
+        nbytes = sum(len(e["canonical_solution"].encode("utf-8")) for e in exs)
+        out[f"{kind}/middle_bpb_{mode}"] = heldout.bits_per_byte(nats, nbytes)
+    return out

@@ -1,0 +1,115 @@
+"""Fault tolerance of a real (smoke-scale) run through experiments/run.py:
+
+- SIGKILL at any step, then rerunning the same command, gives bitwise the same loss at
+  every step as an uninterrupted run;
+- SIGTERM saves at the next step boundary and exits 0; the rerun finishes identically;
+- a non-finite loss stops the run naming the step and the last good checkpoint;
+- a checkpoint from a different model is refused with an error naming the fix;
+- `restore_for_inference` gives params, model config, tokenizer and config of a run.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+from test_experiments import ok, run_cli, smoke_workdir
+
+CONFIG = "experiments/pretrain.py:smoke"
+STEPS = 8
+
+
+def train(workdir: Path, name: str, *args: str, env: dict | None = None):
+    return run_cli(
+        workdir,
+        CONFIG,
+        f"--config.name={name}",
+        "--mode=train",
+        f"--config.train.steps={STEPS}",
+        "--config.checkpoint.every=3",
+        "--config.checkpoint.keep_last=5",
+        *args,
+        env=env,
+    )
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    out = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "train/loss" in rec:
+            out[rec["step"]] = rec["train/loss"]
+    return out
+
+
+def checkpoints(run_dir: Path) -> list[int]:
+    return sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return smoke_workdir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def reference(workdir) -> dict[int, float]:
+    ok(train(workdir, "resume_ref"))
+    ref = losses(workdir / "resume_ref" / "main")
+    assert sorted(ref) == list(range(1, STEPS + 1))
+    return ref
+
+
+def test_sigkill_then_rerun_is_bitwise_identical(workdir, reference):
+    run_dir = workdir / "resume_kill" / "main"
+    # Killed at step 4 (the async save of step 3 may not have committed yet), then at step
+    # 7 (step 3 has committed: Orbax finishes one save before starting the next, at 6).
+    for kill_at in (4, 7):
+        proc = train(workdir, "resume_kill", env={"ZEN_CODE_FAULT": f"{kill_at}:SIGKILL"})
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+        assert max(checkpoints(run_dir), default=0) < kill_at
+    assert 3 in checkpoints(run_dir)
+    out = ok(train(workdir, "resume_kill"))
+    assert "resumed from" in out
+    assert losses(run_dir) == reference  # every step, exactly
+
+
+def test_sigterm_saves_at_the_step_boundary_and_exits_0(workdir, reference):
+    run_dir = workdir / "resume_term" / "main"
+    out = ok(train(workdir, "resume_term", env={"ZEN_CODE_FAULT": "4:SIGTERM"}))
+    assert "SIGTERM: saved step 4" in out and "Preempted" in out
+    assert checkpoints(run_dir)[-1] == 4
+    out = ok(train(workdir, "resume_term"))
+    assert "resumed from" in out and "(step 4/8)" in out
+    assert losses(run_dir) == reference
+
+
+def test_non_finite_loss_stops_naming_step_and_last_good_checkpoint(workdir):
+    proc = train(
+        workdir, "nonfinite", "--config.optimizer.peak_lr=1e30", "--config.checkpoint.every=1"
+    )
+    assert proc.returncode == 3
+    assert "non-finite values at step 2" in proc.stderr
+    assert "Last good checkpoint:" in proc.stderr and "checkpoints/1" in proc.stderr
+    assert checkpoints(workdir / "nonfinite" / "main") == [1]  # nothing saved after
+
+
+def test_checkpoint_of_another_model_is_refused(workdir, reference):
+    proc = train(workdir, "resume_ref", "--config.model.hidden_size=32")
+    assert proc.returncode == 2
+    assert "different model or tokenizer" in proc.stderr and "hidden_size" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_restore_for_inference(workdir, reference):
+    from zen_code_jax.data.tokenizer import Tokenizer
+    from zen_code_jax.model.config import get_preset
+    from zen_code_jax.train.checkpoint import restore_for_inference
+
+    run_dir = workdir / "resume_ref" / "main"
+    params, model_cfg, tokenizer, config = restore_for_inference(run_dir)
+    assert model_cfg == get_preset("tiny")
+    assert config.name == "resume_ref" and config.train.steps == STEPS
+    assert tokenizer.fingerprint() == Tokenizer.load(run_dir / "tokenizer").fingerprint()
+    assert params["embed"]["embedding"].shape == (model_cfg.vocab_size, model_cfg.hidden_size)
