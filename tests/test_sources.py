@@ -105,6 +105,10 @@ def test_every_skip_reason_is_counted(messy_corpus) -> None:
     assert got[("repo_b", "lib.rs")]["domain"] == "code"
     assert got[("repo_a", "good.py")]["content"] == GOOD_PY.format(n=1)
     assert m["domains_absent"] == ["qa", "papers", "web", "formal", "synthetic"]
+    # heldout_fraction 0: an empty held-out split is a valid, empty source.
+    assert len(messy_corpus.source("heldout")) == 0 and messy_corpus.repos("heldout") == []
+    with pytest.raises(CorpusError, match="heldout split is empty"):
+        messy_corpus.mixture(_data_cfg(), "heldout")
 
 
 def test_exclude_tests(messy, tmp_path) -> None:

@@ -170,11 +170,13 @@ def split_ids(
     if surf is None:
         return None
     lens, ends_nl = surf
+    if len(ids) == 0:
+        return [] if not text else None
     arr = np.asarray(ids, dtype=np.int64)
     blen = lens[arr]
     data = text.encode("utf-8")
     ends = np.cumsum(blen)
-    if len(arr) == 0 or ends[-1] != len(data):
+    if ends[-1] != len(data):
         return None
     # A cut after token k is valid if the byte that follows starts a character.
     nxt = np.frombuffer(data, dtype=np.uint8)[np.minimum(ends, len(data) - 1)]

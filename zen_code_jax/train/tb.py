@@ -55,6 +55,9 @@ class SummaryWriter:
         self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
         record = {"step": int(step), **{k: _json_float(v) for k, v in clean.items()}}
         self._jsonl.write(json.dumps(record) + "\n")
+        # Flushed per write (writes happen every log_every steps): a SIGKILLed run keeps
+        # the log of every step up to its newest checkpoint, so a resume can replay from it.
+        self._jsonl.flush()
 
     def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float], step: int) -> None:
         """Record this run as an HParams session: its hparams and its final metrics."""
