@@ -40,7 +40,7 @@ def _packed_segments(s=S):
     return seg
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _attn_fn(impl, block_size, position_mode=False):
     def f(q, k, v, qs, ks, qp, kp):
         return dot_product_attention(

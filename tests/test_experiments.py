@@ -35,9 +35,14 @@ def smoke_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_cli(
-    workdir: Path, config: str, *args: str, env: dict | None = None, timeout: int = 300
+    workdir: Path,
+    config: str,
+    *args: str,
+    env: dict | None = None,
+    timeout: int = 300,
+    devices: int = 8,
 ) -> subprocess.CompletedProcess:
-    """python experiments/run.py with the smoke corpus; returns the finished process."""
+    """python experiments/run.py with the smoke corpus on `devices` simulated CPU devices."""
     cmd = [
         sys.executable,
         "experiments/run.py",
@@ -47,7 +52,7 @@ def run_cli(
         f"--config.data.path={workdir / 'corpus'}",
         *args,
     ]
-    full_env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    full_env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
     full_env.update(env or {})
     return subprocess.run(
         cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env

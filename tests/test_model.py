@@ -23,7 +23,7 @@ from zen_code_jax.model.layers import matmul
 TINY = get_preset("tiny")  # float32 compute, 2 layers, hidden 64, 4/2 heads
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _apply(cfg: ModelConfig, return_hidden: bool = False):
     """One jitted forward per (config, output); tests share compilations through this."""
     model = Transformer(cfg)
@@ -32,7 +32,7 @@ def _apply(cfg: ModelConfig, return_hidden: bool = False):
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _init(cfg: ModelConfig):
     model = Transformer(cfg)
     return jax.jit(lambda rng, t, pos, seg: model.init(rng, t, pos, seg))

@@ -2,9 +2,9 @@
 
 Order of operations and why:
 
-  MapDataset.source(records or repositories)
-    .shuffle(seed).repeat(epochs)        global shuffle; each epoch reshuffled (train only)
-    [.mix(...)]                          domain / language weights (train, file mode only)
+  shuffled(records or repositories)      global shuffle by seed, reshuffled every epoch
+                                         (train only; held-out: fixed order, one pass)
+    | or MapDataset.mix(shuffled groups) domain / language weights (train, file mode)
     .random_map(to_segments, seed)       windows, FIM, tokenize: Philox keyed by (seed, index)
     [shard_index::shard_count]           this host's disjoint, balanced share
     .to_iter_dataset()

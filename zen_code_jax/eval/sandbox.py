@@ -255,8 +255,11 @@ try:
                 iso["tmpfs_mb"] = spec["tmpfs_mb"]
         else:
             uid, gid = os.getuid(), os.getgid()
-            if libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0:
+            if libc.unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWPID) == 0:
+                iso["net_ns"] = iso["user_ns"] = iso["pid_ns"] = True
+            elif libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0:
                 iso["net_ns"] = iso["user_ns"] = True
+            if iso["user_ns"]:
                 try:
                     with open("/proc/self/setgroups", "w") as f:
                         f.write("deny")
@@ -296,6 +299,21 @@ def run_child(parent_pid):
         R.setrlimit(R.RLIMIT_CPU, (lim["cpu_s"], lim["cpu_s"] + 1))
         R.setrlimit(R.RLIMIT_FSIZE, (lim["file_bytes"], lim["file_bytes"]))
         R.setrlimit(R.RLIMIT_NOFILE, (lim["open_files"], lim["open_files"]))
+        if iso["uid"] is None and not is_root:
+            # Best effort without root: RLIMIT_NPROC counts all of this user's processes,
+            # so allow what exists now plus the program's share.
+            try:
+                mine = 0
+                for name in os.listdir("/proc"):
+                    if name.isdigit():
+                        try:
+                            mine += os.stat("/proc/" + name).st_uid == os.getuid()
+                        except OSError:
+                            pass
+                cap = mine + lim["processes"]
+                R.setrlimit(R.RLIMIT_NPROC, (cap, cap))
+            except (OSError, ValueError):
+                pass
         if iso["uid"] is not None:
             R.setrlimit(R.RLIMIT_NPROC, (lim["processes"], lim["processes"]))
             os.setgroups([])

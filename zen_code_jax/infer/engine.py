@@ -130,7 +130,7 @@ class InferenceEngine:
             shape = dict(mesh.shape)
             dp = int(shape.get("data", 1) * shape.get("fsdp", 1))
             self.batch_multiple = math.lcm(self.batch_multiple, dp)
-        self.params = self._place_params(params)
+        self.params = dec.cast_for_inference(self._place_params(params), model_cfg)
         self.stop_ids = tuple(sorted(set(tokenizer.special_ids) | {tokenizer.eot_id}))
         self._lock = threading.Lock()  # one decode at a time (the server has many threads)
 

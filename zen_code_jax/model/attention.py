@@ -44,8 +44,7 @@ def resolve_impl(impl: str, *, position_mode: bool, q_len: int, block_size: int)
     """Map `impl` (maybe 'auto') to a concrete implementation for this call."""
     if impl not in IMPLEMENTATIONS:
         raise ValueError(
-            f"Unknown attention impl {impl!r}. Use one of {IMPLEMENTATIONS} "
-            "(model.attention_impl)."
+            f"Unknown attention impl {impl!r}. Use one of {IMPLEMENTATIONS} (model.attention_impl)."
         )
     small = q_len <= block_size
     if position_mode:
@@ -200,9 +199,7 @@ def _pad_to(x: jax.Array, axis: int, multiple: int, value=0) -> jax.Array:
     return jnp.pad(x, widths, constant_values=value)
 
 
-def _chunked_attention(
-    q, k, v, q_seg, kv_seg, q_pos, kv_pos, *, scale, block_size, causal_skip
-):
+def _chunked_attention(q, k, v, q_seg, kv_seg, q_pos, kv_pos, *, scale, block_size, causal_skip):
     b, s, h, dh = q.shape
     t, kvh = k.shape[1], k.shape[2]
     g = h // kvh
@@ -261,28 +258,30 @@ def _flash_fwd_impl(qt, kt, vt, q_seg, kv_seg, q_pos, kv_pos, scale, bq, bkv, ca
         qs, qp = _slice(q_seg, 1, i * bq, bq), _slice(q_pos, 1, i * bq, bq)
 
         def kv_step(j, carry):
-            m, l, acc = carry
+            m, denom, acc = carry
             kb, vb = _slice(kt, 2, j * bkv, bkv), _slice(vt, 2, j * bkv, bkv)
-            mask = _block_mask(qs, _slice(kv_seg, 1, j * bkv, bkv), qp,
-                               _slice(kv_pos, 1, j * bkv, bkv), g)
+            mask = _block_mask(
+                qs, _slice(kv_seg, 1, j * bkv, bkv), qp, _slice(kv_pos, 1, j * bkv, bkv), g
+            )
             sc = jnp.where(mask, _scores(qb, kb, scale), _NEG)
             m_new = jnp.maximum(m, sc.max(-1))
             corr = jnp.exp(m - m_new)
             p = jnp.where(mask, jnp.exp(sc - m_new[..., None]), 0.0)
-            l = l * corr + p.sum(-1)
-            pv = jnp.einsum("bkqt,bktd->bkqd", p.astype(vt.dtype), vb,
-                            preferred_element_type=jnp.float32)
-            return m_new, l, acc * corr[..., None] + pv
+            denom = denom * corr + p.sum(-1)
+            pv = jnp.einsum(
+                "bkqt,bktd->bkqd", p.astype(vt.dtype), vb, preferred_element_type=jnp.float32
+            )
+            return m_new, denom, acc * corr[..., None] + pv
 
         init = (
             jnp.full((b, kvh, bq * g), _NEG, jnp.float32),
             jnp.zeros((b, kvh, bq * g), jnp.float32),
             jnp.zeros((b, kvh, bq * g, dh), jnp.float32),
         )
-        m, l, acc = jax.lax.fori_loop(0, _n_kv_blocks(i, nk, causal_skip), kv_step, init)
-        seen = l > 0
-        out = acc / jnp.where(seen, l, 1.0)[..., None]
-        lse = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), 0.0)
+        m, denom, acc = jax.lax.fori_loop(0, _n_kv_blocks(i, nk, causal_skip), kv_step, init)
+        seen = denom > 0
+        out = acc / jnp.where(seen, denom, 1.0)[..., None]
+        lse = jnp.where(seen, m + jnp.log(jnp.where(seen, denom, 1.0)), 0.0)
         return None, (out.astype(qt.dtype), lse)
 
     _, (out, lse) = jax.lax.scan(q_block, None, jnp.arange(nq))
@@ -314,16 +313,25 @@ def _flash_bwd(scale, bq, bkv, causal_skip, res, dout):
         """Recomputed probabilities and mask for (q block i, kv block j)."""
         qb = q_rows(qt, i, dh)
         kb = _slice(kt, 2, j * bkv, bkv)
-        mask = _block_mask(_slice(q_seg, 1, i * bq, bq), _slice(kv_seg, 1, j * bkv, bkv),
-                           _slice(q_pos, 1, i * bq, bq), _slice(kv_pos, 1, j * bkv, bkv), g)
+        mask = _block_mask(
+            _slice(q_seg, 1, i * bq, bq),
+            _slice(kv_seg, 1, j * bkv, bkv),
+            _slice(q_pos, 1, i * bq, bq),
+            _slice(kv_pos, 1, j * bkv, bkv),
+            g,
+        )
         sc = _scores(qb, kb, scale)
         p = jnp.where(mask, jnp.exp(sc - q_rows(lse, i)[..., None]), 0.0)
         return qb, kb, p
 
     def dscores(i, j, p):
         vb = _slice(vt, 2, j * bkv, bkv)
-        dp = jnp.einsum("bkqd,bktd->bkqt", q_rows(dout, i, dh).astype(cdt), vb,
-                        preferred_element_type=jnp.float32)
+        dp = jnp.einsum(
+            "bkqd,bktd->bkqt",
+            q_rows(dout, i, dh).astype(cdt),
+            vb,
+            preferred_element_type=jnp.float32,
+        )
         return p * (dp - q_rows(delta, i)[..., None])
 
     # dq: for each query block, accumulate over the key blocks it sees.
@@ -331,11 +339,13 @@ def _flash_bwd(scale, bq, bkv, causal_skip, res, dout):
         def step(j, dq):
             _, kb, p = probs(i, j)
             ds = dscores(i, j, p)
-            return dq + jnp.einsum("bkqt,bktd->bkqd", ds.astype(cdt), kb,
-                                   preferred_element_type=jnp.float32)
+            return dq + jnp.einsum(
+                "bkqt,bktd->bkqd", ds.astype(cdt), kb, preferred_element_type=jnp.float32
+            )
 
-        dq = jax.lax.fori_loop(0, _n_kv_blocks(i, nk, causal_skip), step,
-                               jnp.zeros((b, kvh, bq * g, dh), jnp.float32))
+        dq = jax.lax.fori_loop(
+            0, _n_kv_blocks(i, nk, causal_skip), step, jnp.zeros((b, kvh, bq * g, dh), jnp.float32)
+        )
         return None, (dq * scale).astype(cdt)
 
     _, dq = jax.lax.scan(dq_block, None, jnp.arange(nq))
@@ -347,10 +357,15 @@ def _flash_bwd(scale, bq, bkv, causal_skip, res, dout):
             dk, dv = carry
             qb, _, p = probs(i, j)
             ds = dscores(i, j, p)
-            dv = dv + jnp.einsum("bkqt,bkqd->bktd", p.astype(cdt), q_rows(dout, i, dh).astype(cdt),
-                                 preferred_element_type=jnp.float32)
-            dk = dk + jnp.einsum("bkqt,bkqd->bktd", ds.astype(cdt), qb,
-                                 preferred_element_type=jnp.float32)
+            dv = dv + jnp.einsum(
+                "bkqt,bkqd->bktd",
+                p.astype(cdt),
+                q_rows(dout, i, dh).astype(cdt),
+                preferred_element_type=jnp.float32,
+            )
+            dk = dk + jnp.einsum(
+                "bkqt,bkqd->bktd", ds.astype(cdt), qb, preferred_element_type=jnp.float32
+            )
             return dk, dv
 
         zeros = jnp.zeros((b, kvh, bkv, dh), jnp.float32)
@@ -404,9 +419,16 @@ def _splash_attention(q, k, v, q_seg, kv_seg, scale, block_size, interpret=False
     mask = sm.MultiHeadMask([sm.CausalMask((s, s)) for _ in range(g)])
     kernel = sk.make_splash_mqa(
         mask,
-        block_sizes=sk.BlockSizes(block_q=blk, block_kv=blk, block_kv_compute=blk,
-                                  block_q_dkv=blk, block_kv_dkv=blk,
-                                  block_kv_dkv_compute=blk, block_q_dq=blk, block_kv_dq=blk),
+        block_sizes=sk.BlockSizes(
+            block_q=blk,
+            block_kv=blk,
+            block_kv_compute=blk,
+            block_q_dkv=blk,
+            block_kv_dkv=blk,
+            block_kv_dkv_compute=blk,
+            block_q_dq=blk,
+            block_kv_dq=blk,
+        ),
         head_shards=1,
         q_seq_shards=1,
         interpret=interpret,

@@ -173,7 +173,9 @@ def hf_to_params(
         params["lm_head"] = {"kernel": _take(state_dict, "lm_head.weight", (v, d)).T}
         used.add("lm_head.weight")
     elif "lm_head.weight" in state_dict:
-        if not np.array_equal(state_dict["lm_head.weight"], state_dict["model.embed_tokens.weight"]):
+        if not np.array_equal(
+            state_dict["lm_head.weight"], state_dict["model.embed_tokens.weight"]
+        ):
             raise ValueError(
                 "tie_embeddings=True but lm_head.weight differs from the embedding; "
                 "set tie_embeddings=False (tie_word_embeddings in config.json)."

@@ -9,6 +9,7 @@ matmuls take their inputs in `dtype` (bfloat16 by default) and accumulate in flo
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -25,18 +26,49 @@ def as_dtype(name: str | Dtype) -> Dtype:
 
 
 def matmul(x: jax.Array, w: jax.Array, dtype: Dtype) -> jax.Array:
-    """`x[..., K] @ w[K, M]` with inputs cast to `dtype` and a float32 result.
+    """`x[..., K] @ w[K, ...]` with inputs cast to `dtype` and a float32 result.
 
     Leading dimensions of `x` are flattened into one row dimension first: XLA:CPU runs a
-    plain 2-D GEMM much faster than a dot with several free dimensions (NOTES.md).
+    plain 2-D GEMM much faster than a dot with several free dimensions (NOTES.md). The
+    backward pass also multiplies in `dtype` with float32 accumulation (see `_mm`).
     """
     lead = x.shape[:-1]
-    x2 = x.reshape(-1, x.shape[-1]).astype(dtype)
-    w2 = w.reshape(w.shape[0], -1).astype(dtype)
-    y = jax.lax.dot_general(
-        x2, w2, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32
-    )
+    y = _mm(x.reshape(-1, x.shape[-1]), w.reshape(w.shape[0], -1), jnp.dtype(dtype))
     return y.reshape(*lead, *w.shape[1:])
+
+
+def _dot(a: jax.Array, b: jax.Array, contract: tuple[int, int]) -> jax.Array:
+    dims = (((contract[0],), (contract[1],)), ((), ()))
+    return jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _mm(x: jax.Array, w: jax.Array, dtype: Dtype) -> jax.Array:
+    """2-D matmul in `dtype` with float32 accumulation and a float32 result.
+
+    A custom VJP because autodiff of `dot_general(preferred_element_type=f32)` feeds the
+    float32 cotangent into mixed f32 x bf16 dots, which XLA:CPU runs as slow f32 GEMMs.
+    Here the cotangent is cast to `dtype` (as torch autocast does) and the gradients come
+    back in the dtypes of the inputs (float32 for float32 parameters), accumulated in f32.
+    """
+    return _dot(x.astype(dtype), w.astype(dtype), (1, 0))
+
+
+def _mm_fwd(x, w, dtype):
+    xc, wc = x.astype(dtype), w.astype(dtype)
+    # Zero-size arrays carry the input dtypes to the backward pass.
+    return _dot(xc, wc, (1, 0)), (xc, wc, jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))
+
+
+def _mm_bwd(dtype, res, g):
+    xc, wc, x_dt, w_dt = res
+    gc = g.astype(dtype)
+    dx = _dot(gc, wc, (1, 1)).astype(x_dt.dtype)  # [N, M] x [K, M] -> [N, K]
+    dw = _dot(xc, gc, (0, 0)).astype(w_dt.dtype)  # [N, K] x [N, M] -> [K, M]
+    return dx, dw
+
+
+_mm.defvjp(_mm_fwd, _mm_bwd)
 
 
 class Embed(nn.Module):

@@ -180,9 +180,7 @@ class Transformer(nn.Module):
                     "Decoding with kv_cache needs explicit positions [batch, length]: "
                     "they say which cache slot each token is written to."
                 )
-            positions = jnp.broadcast_to(
-                jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape
-            )
+            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
         if positions.shape != tokens.shape or (
             segment_ids is not None and segment_ids.shape != tokens.shape
         ):

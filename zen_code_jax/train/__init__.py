@@ -1,6 +1,25 @@
-"""Training: optimizer and schedule, loss, sharded state, the jitted train/eval steps."""
+"""Training: optimizer and schedule, loss, sharded state, the jitted train/eval steps.
 
-from zen_code_jax.train.state import create_train_state
-from zen_code_jax.train.step import make_eval_step, make_train_step
+Exports are lazy (PEP 562) so that `python -m zen_code_jax.train.plan` can set
+XLA_FLAGS (simulated device count) before jax is first imported.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["create_train_state", "make_eval_step", "make_train_step"]
+
+_EXPORTS = {
+    "create_train_state": "zen_code_jax.train.state",
+    "make_train_step": "zen_code_jax.train.step",
+    "make_eval_step": "zen_code_jax.train.step",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'zen_code_jax.train' has no attribute {name!r}")

@@ -1,0 +1,79 @@
+"""The paper-scale planner on the tiny preset with the 8 test devices."""
+
+from __future__ import annotations
+
+import jax
+import pytest
+
+from zen_code_jax.config import base_config, model_config_from, model_group
+from zen_code_jax.model.config import get_preset, param_count
+from zen_code_jax.parallel import make_mesh
+from zen_code_jax.train import plan
+from zen_code_jax.train.flops import flops_per_step
+from zen_code_jax.train.state import train_state_shardings
+
+
+def test_plan_tiny_searches_micro_batch_under_budget():
+    logs: list[str] = []
+    res = plan.run_plan(
+        "tiny",
+        {"data": 2, "fsdp": 2, "tensor": 2},
+        seq_len=64,
+        global_batch_tokens=64 * 16,
+        hbm_gb=1.0,
+        loss_chunk_size=16,
+        log=logs.append,
+    )
+    cfg = get_preset("tiny")
+    assert res["params"] == param_count(cfg)
+    assert res["flops_per_step"] == flops_per_step(cfg, 64, 16)
+    # Doubling search from data*fsdp = 4: 4, 8, 16 all fit 1 GB for the tiny model.
+    assert [t["micro_batch"] for t in res["tried"]] == [4, 8, 16]
+    assert res["chosen_micro_batch"] == 16
+    for t in res["tried"]:
+        assert 0 < t["compiled_bytes_per_device"] <= res["hbm_budget_bytes"]
+    # More rows per micro-batch -> more activation memory.
+    temps = [t["temp_bytes"] for t in res["tried"]]
+    assert temps[0] < temps[-1]
+    # params + Adam (3 x f32) split over fsdp*tensor = 4 (small leaves partly replicated).
+    full = 3 * 4 * param_count(cfg)
+    assert full / 4 <= res["params_and_opt_bytes_per_device"] < full / 2
+    assert any("chosen micro-batch 16" in line for line in logs)
+
+
+def test_plan_budget_too_small_reports_nothing_fits():
+    res = plan.run_plan(
+        "tiny", {"data": -1}, seq_len=32, global_batch_tokens=32 * 8, hbm_gb=1e-6,
+        log=lambda _: None,
+    )  # fmt: skip
+    assert res["chosen_micro_batch"] is None
+    assert len(res["tried"]) == 1 and not res["tried"][0]["fits"]
+
+
+def test_plan_sharding_checks_catch_unsharded_layouts():
+    cfg = base_config()
+    with cfg.unlocked():
+        cfg.model = model_group("tiny")
+    mcfg = model_config_from(cfg.model)
+    mesh = make_mesh({"fsdp": 4, "tensor": 2})
+    abstract, shardings = train_state_shardings(mcfg, cfg, mesh)
+    plan.check_state_shardings(abstract, shardings, mesh)  # the real layout passes
+    replicated = jax.tree_util.tree_map(
+        lambda s: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()), shardings
+    )
+    with pytest.raises(AssertionError, match="not sharded over fsdp"):
+        plan.check_state_shardings(abstract, replicated, mesh)
+    with pytest.raises(AssertionError, match="no sharding constraints"):
+        plan.check_compiled(_FakeCompiled(shardings), "module {}", shardings, {})
+
+
+class _FakeCompiled:
+    def __init__(self, shardings):
+        self.input_shardings = ((shardings, {}), {})
+
+
+def test_plan_bad_inputs():
+    with pytest.raises(ValueError, match="multiple of seq_len"):
+        plan.run_plan("tiny", {"data": -1}, 100, 1000, log=lambda _: None)
+    with pytest.raises(ValueError, match="data\\*fsdp=8"):
+        plan.run_plan("tiny", {"data": -1}, 32, 32 * 4, log=lambda _: None)
