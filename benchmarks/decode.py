@@ -99,7 +99,9 @@ def main() -> None:
     padded[:, :p] = prompts
 
     def ours_prefill():
-        s = dec.prefill(params, jnp.asarray(padded), rows, cfg=cfg, max_new_bucket=nbucket, pad_id=0)
+        s = dec.prefill(
+            params, jnp.asarray(padded), rows, cfg=cfg, max_new_bucket=nbucket, pad_id=0
+        )
         jax.block_until_ready(s)
 
     # ---- HF
@@ -157,7 +159,9 @@ def main() -> None:
     print(f"prefill tokens/s: ours {pre_o:,.0f}  hf {pre_h:,.0f}  ratio {pre_o / pre_h:.2f}x")
     print(f"decode  tokens/s: ours {dec_o:,.0f}  hf {dec_h:,.0f}  ratio {dec_o / dec_h:.2f}x")
     e2e_o, e2e_h = b * n / med["og"], b * n / med["hg"]
-    print(f"end-to-end new tokens/s: ours {e2e_o:,.0f}  hf {e2e_h:,.0f}  ratio {e2e_o / e2e_h:.2f}x")
+    print(
+        f"end-to-end new tokens/s: ours {e2e_o:,.0f}  hf {e2e_h:,.0f}  ratio {e2e_o / e2e_h:.2f}x"
+    )
     print(f"greedy agreement with HF (mean matching prefix / new tokens): {agree:.3f}")
 
 

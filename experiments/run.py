@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -179,6 +179,8 @@ def main(argv: list[str]) -> int:
     from zen_code_jax.train.checkpoint import CheckpointError
     from zen_code_jax.train.loop import NonFiniteError
 
+    if not flags.FLAGS["verbosity"].present:  # library INFO logs drown the progress line
+        logging.set_verbosity(logging.WARNING)
     config = _CONFIG.value
     enable_compilation_cache(Path(_WORKDIR.value) / "cache" / "jax")
     path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":", 1)[0]

@@ -292,3 +292,40 @@ def test_step_metrics_and_update_match_direct_computation(reference):
     ev = make_eval_step(mcfg, cfg, mesh, compiler_options=FAST)(p0, batch)
     np.testing.assert_allclose(float(ev["loss_sum"]) / float(ev["tokens"]), ce, rtol=1e-6)
     assert float(ev["tokens"]) == n
+
+
+@pytest.mark.slow
+def test_two_processes_data_parallel_equals_one_device():
+    """Two local CPU processes (jax.distributed, Gloo), one device each, feeding their own
+    rows via make_global_batch: same losses as the whole batch on one device."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from zen_code_jax.parallel.multihost import selftest_losses
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    procs = []
+    for i in range(2):
+        env = dict(os.environ, ZEN_COORDINATOR_ADDRESS=f"localhost:{port}",
+                   ZEN_NUM_PROCESSES="2", ZEN_PROCESS_ID=str(i), JAX_PLATFORMS="cpu",
+                   XLA_FLAGS="--xla_force_host_platform_device_count=1")  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "zen_code_jax.parallel.multihost"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    local = selftest_losses(multiprocess=False)
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-2000:]
+        line = [x for x in out.splitlines() if x.startswith("LOSSES ")][-1]
+        np.testing.assert_allclose(json.loads(line[7:]), local, rtol=0, atol=1e-5)

@@ -4,13 +4,15 @@
   every step as an uninterrupted run;
 - SIGTERM saves at the next step boundary and exits 0; the rerun finishes identically;
 - a non-finite loss stops the run naming the step and the last good checkpoint;
-- a checkpoint from a different model is refused with an error naming the fix;
+(a checkpoint from another model or tokenizer, and corrupt ones: tests/test_checkpoint.py)
 - `restore_for_inference` gives params, model config, tokenizer and config of a run.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 import signal
 from pathlib import Path
 
@@ -93,16 +95,13 @@ def test_non_finite_loss_stops_naming_step_and_last_good_checkpoint(workdir):
         workdir, "nonfinite", "--config.optimizer.peak_lr=1e30", "--config.checkpoint.every=1"
     )
     assert proc.returncode == 3
-    assert "non-finite values at step 2" in proc.stderr
-    assert "Last good checkpoint:" in proc.stderr and "checkpoints/1" in proc.stderr
-    assert checkpoints(workdir / "nonfinite" / "main") == [1]  # nothing saved after
-
-
-def test_checkpoint_of_another_model_is_refused(workdir, reference):
-    proc = train(workdir, "resume_ref", "--config.model.hidden_size=32")
-    assert proc.returncode == 2
-    assert "different model or tokenizer" in proc.stderr and "hidden_size" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    # Warm-up starts at LR 0, so update 2 is the first with LR 1e30: the loss of step 3 is
+    # the first non-finite value, and step 2 the last checkpoint saved.
+    m = re.search(r"non-finite values at step (\d+): loss=(\S+)", proc.stderr)
+    assert m and int(m.group(1)) == 3, proc.stderr[-1500:]
+    assert not math.isfinite(float(m.group(2).rstrip(",")))
+    assert "Last good checkpoint:" in proc.stderr and "checkpoints/2." in proc.stderr
+    assert checkpoints(workdir / "nonfinite" / "main") == [1, 2]  # nothing saved after
 
 
 def test_restore_for_inference(workdir, reference):

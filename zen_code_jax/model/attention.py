@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,8 +41,14 @@ IMPLEMENTATIONS = ("auto", "xla", "chunked", "cudnn", "splash")
 _NEG = -1e30  # finite "minus infinity": keeps fully masked rows NaN-free
 
 
-def resolve_impl(impl: str, *, position_mode: bool, q_len: int, block_size: int) -> str:
-    """Map `impl` (maybe 'auto') to a concrete implementation for this call."""
+def resolve_impl(
+    impl: str, *, position_mode: bool, q_len: int, block_size: int, dtype: Any = None
+) -> str:
+    """Map `impl` (maybe 'auto') to a concrete implementation for this call.
+
+    `dtype` (of q): on GPU, `auto` uses cuDNN only for bfloat16/float16, which is all
+    cuDNN flash attention supports; float32 models fall back to `chunked`.
+    """
     if impl not in IMPLEMENTATIONS:
         raise ValueError(
             f"Unknown attention impl {impl!r}. Use one of {IMPLEMENTATIONS} (model.attention_impl)."
@@ -58,7 +65,8 @@ def resolve_impl(impl: str, *, position_mode: bool, q_len: int, block_size: int)
     if backend == "tpu":
         return "splash"
     if backend == "gpu":
-        return "cudnn"
+        half = dtype is None or jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+        return "cudnn" if half else "chunked"
     return "xla" if small else "chunked"
 
 
@@ -124,7 +132,9 @@ def dot_product_attention(
     q_positions = q_positions.astype(jnp.int32)
     kv_positions = kv_positions.astype(jnp.int32)
 
-    chosen = resolve_impl(impl, position_mode=position_mode, q_len=s, block_size=block_size)
+    chosen = resolve_impl(
+        impl, position_mode=position_mode, q_len=s, block_size=block_size, dtype=q.dtype
+    )
     if chosen == "xla":
         return _xla_attention(
             q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale
@@ -390,6 +400,11 @@ def _cudnn_attention(q, k, v, q_seg, kv_seg, scale):
         raise RuntimeError(
             "attention impl 'cudnn' needs an NVIDIA GPU (jax[cuda12]), but the JAX backend "
             f"is {jax.default_backend()!r}. Set model.attention_impl='auto' or 'chunked'."
+        )
+    if q.dtype not in (jnp.bfloat16, jnp.float16):
+        raise ValueError(
+            f"attention impl 'cudnn' needs bfloat16 or float16 inputs, got {q.dtype}; set "
+            "model.dtype='bfloat16' or model.attention_impl='chunked'."
         )
     # cuDNN takes the causal mask natively; packed segments come in as a boolean mask.
     seg_mask = (q_seg[:, :, None] == kv_seg[:, None, :])[:, None]

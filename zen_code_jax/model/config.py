@@ -96,6 +96,15 @@ def validate(cfg: ModelConfig) -> None:
         raise ValueError(
             f"remat_policy={cfg.remat_policy!r}; use one of 'none', 'full', 'dots_saveable'."
         )
+    for name in ("dtype", "param_dtype"):
+        if getattr(cfg, name) not in ("float32", "bfloat16", "float16"):
+            raise ValueError(
+                f"ModelConfig.{name}={getattr(cfg, name)!r}; use 'float32', 'bfloat16' or "
+                "'float16' (a dtype name string)."
+            )
+    for name in ("rope_theta", "rms_norm_eps", "attention_block_size", "initializer_range"):
+        if not getattr(cfg, name) > 0:
+            raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(cfg, name)}.")
     if cfg.attention_impl not in ("auto", "xla", "chunked", "cudnn", "splash"):
         raise ValueError(
             f"attention_impl={cfg.attention_impl!r}; use one of "

@@ -30,7 +30,8 @@ _initialized = False
 def _auto_cluster_detected() -> bool:
     env = os.environ
     return bool(
-        env.get("SLURM_JOB_ID") and env.get("SLURM_NTASKS", "1") != "1"
+        env.get("SLURM_JOB_ID")
+        and env.get("SLURM_NTASKS", "1") != "1"
         or env.get("OMPI_COMM_WORLD_SIZE", "1") != "1"
         or env.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0
         or env.get("ZEN_AUTO_DISTRIBUTED") == "1"
@@ -109,3 +110,56 @@ def make_global_batch(
         global_shape = (global_batch_size, *v.shape[1:])
         out[k] = jax.make_array_from_process_local_data(sharding, v, global_shape)
     return out
+
+
+def selftest_losses(multiprocess: bool, steps: int = 2) -> list[float]:
+    """Losses of `steps` data-parallel steps of the tiny model on a fixed batch.
+
+    multiprocess=True: a (data=all devices) mesh over every process, each feeding its
+    rows through `make_global_batch`. False: one local device, the whole batch. The two
+    must agree (tests/test_parallel.py runs the first in 2 processes with Gloo).
+    """
+    from zen_code_jax.config import base_config, model_config_from, model_group
+    from zen_code_jax.parallel.mesh import make_mesh
+    from zen_code_jax.parallel.rules import batch_sharding
+    from zen_code_jax.train.state import create_train_state
+    from zen_code_jax.train.step import make_train_step
+
+    cfg = base_config()
+    with cfg.unlocked():
+        cfg.model = model_group("tiny")
+    cfg.train.seq_len, cfg.train.global_batch_size = 16, 4
+    cfg.optimizer.warmup_steps = 0
+    mcfg = model_config_from(cfg.model)
+    gbs, s = cfg.train.global_batch_size, cfg.train.seq_len
+    toks = np.random.default_rng(0).integers(0, mcfg.vocab_size, (gbs, s + 1)).astype(np.int32)
+    full = {
+        "inputs": toks[:, :-1],
+        "targets": toks[:, 1:],
+        "segment_ids": np.ones((gbs, s), np.int32),
+        "positions": np.tile(np.arange(s, dtype=np.int32), (gbs, 1)),
+        "loss_mask": np.ones((gbs, s), np.int32),
+    }
+    if multiprocess:
+        mesh = make_mesh({"data": -1})
+        rows = process_batch_slice(gbs)
+        batch = make_global_batch({k: v[rows] for k, v in full.items()}, batch_sharding(mesh), gbs)
+    else:
+        mesh = make_mesh({"data": 1}, devices=jax.local_devices()[:1])
+        batch = full
+    fast = {"xla_backend_optimization_level": 0}
+    state, sh = create_train_state(mcfg, cfg, mesh, jax.random.key(0), compiler_options=fast)
+    step = make_train_step(mcfg, cfg, mesh, sh, compiler_options=fast)
+    losses = []
+    for _ in range(steps):
+        state, m = step(state, batch)
+        losses.append(float(m["loss"]))
+    return losses
+
+
+if __name__ == "__main__":
+    # launch/local_multiprocess.sh 2 python -m zen_code_jax.parallel.multihost
+    import json
+
+    initialize()
+    print("LOSSES " + json.dumps(selftest_losses(multiprocess=True)), flush=True)

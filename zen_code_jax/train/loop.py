@@ -177,7 +177,8 @@ def train_arm(
     status is "done" or "preempted" (SIGTERM: saved, caller should exit 0).
     """
     from zen_code_jax.data.prepare import prepare_corpus
-    from zen_code_jax.parallel import make_mesh
+    from zen_code_jax.parallel import batch_sharding, make_mesh
+    from zen_code_jax.parallel.multihost import make_global_batch
     from zen_code_jax.train import create_train_state, make_eval_step, make_train_step
 
     run_dir = Path(run_dir)
@@ -197,16 +198,16 @@ def train_arm(
     mesh = make_mesh(config.mesh)
     rng = jax.random.key(int(config.seed))
     init_rng, loop_rng = jax.random.split(rng)
-    state, _shardings = create_train_state(model_cfg, config, mesh, init_rng)
-    shardings = _shardings
+    state, shardings = create_train_state(model_cfg, config, mesh, init_rng)
 
     procs, proc = jax.process_count(), jax.process_index()
+    global_batch = int(config.train.global_batch_size)
     data_iter = dataset_fn(
         corpus,
         config,
         split="train",
         seq_len=int(config.train.seq_len),
-        batch_size=int(config.train.global_batch_size) // procs,
+        batch_size=global_batch // procs,
         seed=int(config.seed),
         shard_index=proc,
         shard_count=procs,
@@ -311,7 +312,7 @@ def train_arm(
         if ready is None:
             return None
         step, metrics = ready
-        bad = {k: v for k, v in metrics.items() if k in ("loss", "grad_norm")}
+        bad = {k: metrics[k] for k in ("loss", "grad_norm") if k in metrics}
         if not all(math.isfinite(v) for v in bad.values()):
             ckpt.wait()
             where = (
@@ -334,6 +335,8 @@ def train_arm(
     with _Preemption() as preempt:
         for step in range(start + 1, steps + 1):
             batch = next(data_iter)
+            if procs > 1:  # per-host rows -> global arrays sharded over the mesh
+                batch = make_global_batch(batch, batch_sharding(mesh), global_batch)
             state, metrics = train_step(state, batch)
             if timing["t0"] is None and step == start + 2:  # after the compile of step 1
                 timing["t0"], timing["s0"] = time.perf_counter(), start + 1

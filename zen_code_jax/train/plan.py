@@ -119,7 +119,9 @@ def check_compiled(compiled, lowered_text: str, state_shardings, batch_shardings
         )
 
 
-def compile_step(model_cfg, config, mesh, abstract_state, state_shardings) -> dict[str, Any]:
+def compile_step(
+    model_cfg, config, mesh, abstract_state, state_shardings, compiler_options=None
+) -> dict[str, Any]:
     """AOT-compile the train step for abstract inputs; return memory numbers."""
     import flax.linen as nn
     import jax
@@ -136,7 +138,9 @@ def compile_step(model_cfg, config, mesh, abstract_state, state_shardings) -> di
         abstract_state,
         state_shardings,
     )
-    jitted = jit_train_step(model_cfg, config, mesh, state_shardings)
+    jitted = jit_train_step(
+        model_cfg, config, mesh, state_shardings, compiler_options=compiler_options
+    )
     t0 = time.perf_counter()
     with jax.set_mesh(mesh), nn.logical_axis_rules(list(DEFAULT_RULES)):
         lowered = jitted.lower(state, batch)
@@ -173,6 +177,7 @@ def run_plan(
     model_overrides: dict[str, Any] | None = None,
     loss_chunk_size: int = 1024,
     log=print,
+    compiler_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Plan one configuration on the current jax devices; returns a JSON-able dict."""
     import jax
@@ -261,7 +266,7 @@ def run_plan(
     chosen = None
     for m in order:
         cfg.train.micro_batch_size = m
-        mem = compile_step(mcfg, cfg, mesh, abstract, shardings)
+        mem = compile_step(mcfg, cfg, mesh, abstract, shardings, compiler_options)
         mem["micro_batch"] = m
         mem["micro_batches_per_step"] = gbs // m
         mem["fits"] = mem["compiled_bytes_per_device"] <= budget

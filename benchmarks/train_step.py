@@ -1,0 +1,157 @@
+"""Train-step throughput: our jitted JAX step vs HF transformers' PyTorch Qwen2 step.
+
+Same model (hidden 256, 4 layers, 8 query / 2 KV heads, FFN 768, vocab 8192), same
+batch (8 x 512 tokens), same work per step: forward, masked next-token cross-entropy,
+backward, global-norm clipping and AdamW. Runs in one process and prints tokens/s, MFU
+(6N + causal attention FLOPs per token, against --peak-flops) and the ratios:
+
+    python benchmarks/train_step.py [--steps 5] [--skip-compile]
+
+JAX runs on one device (the whole CPU). torch runs eager float32, eager with bfloat16
+autocast, and torch.compile with bfloat16 autocast (skipped if it fails).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import numpy as np
+
+from zen_code_jax.config import base_config, model_config_from, model_group
+from zen_code_jax.parallel import make_mesh
+from zen_code_jax.train import create_train_state, make_train_step
+from zen_code_jax.train.flops import flops_per_token, peak_flops_per_device
+
+BATCH, SEQ = 8, 512
+
+
+def make_batch(vocab: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    toks = rng.integers(0, vocab, (BATCH, SEQ + 1)).astype(np.int32)
+    return {
+        "inputs": toks[:, :-1],
+        "targets": toks[:, 1:],
+        "segment_ids": np.ones((BATCH, SEQ), np.int32),
+        "positions": np.tile(np.arange(SEQ, dtype=np.int32), (BATCH, 1)),
+        "loss_mask": np.ones((BATCH, SEQ), np.int32),
+    }
+
+
+def config_for(dtype: str):
+    cfg = base_config()
+    with cfg.unlocked():
+        cfg.model = model_group("cpu_small", dtype=dtype)
+    cfg.train.seq_len, cfg.train.global_batch_size, cfg.train.steps = SEQ, BATCH, 1000
+    cfg.optimizer.warmup_steps = 10
+    return cfg
+
+
+def bench_jax(dtype: str, steps: int) -> tuple[float, float]:
+    """(tokens/s, first-call seconds incl. compile)."""
+    cfg = config_for(dtype)
+    mcfg = model_config_from(cfg.model)
+    mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
+    state, sh = create_train_state(mcfg, cfg, mesh, jax.random.key(0))
+    step = make_train_step(mcfg, cfg, mesh, sh)
+    batches = [make_batch(mcfg.vocab_size, i) for i in range(steps + 1)]
+    t = time.perf_counter()
+    state, m = step(state, batches[0])
+    jax.block_until_ready(m)
+    first = time.perf_counter() - t
+    t = time.perf_counter()
+    for b in batches[1:]:
+        state, m = step(state, b)
+    jax.block_until_ready(m)
+    return BATCH * SEQ * steps / (time.perf_counter() - t), first
+
+
+def bench_torch(mode: str, steps: int) -> tuple[float, float]:
+    import torch
+    import torch.nn.functional as F
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    mcfg = model_config_from(config_for("float32").model)
+    torch.manual_seed(0)
+    hf = Qwen2Config(
+        vocab_size=mcfg.vocab_size,
+        hidden_size=mcfg.hidden_size,
+        intermediate_size=mcfg.intermediate_size,
+        num_hidden_layers=mcfg.num_layers,
+        num_attention_heads=mcfg.num_heads,
+        num_key_value_heads=mcfg.num_kv_heads,
+        max_position_embeddings=mcfg.max_position_embeddings,
+        rope_theta=mcfg.rope_theta,
+        rms_norm_eps=mcfg.rms_norm_eps,
+        tie_word_embeddings=False,
+        attn_implementation="sdpa",
+    )
+    model = Qwen2ForCausalLM(hf).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    bf16 = mode != "eager_f32"
+
+    def step(inp, tgt):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(input_ids=inp).logits
+        loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), tgt.view(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    if mode == "compile_bf16":
+        step = torch.compile(step)
+    data = [make_batch(mcfg.vocab_size, i) for i in range(steps + 1)]
+    data = [
+        (
+            torch.from_numpy(b["inputs"].astype(np.int64)),
+            torch.from_numpy(b["targets"].astype(np.int64)),
+        )
+        for b in data
+    ]
+    t = time.perf_counter()
+    float(step(*data[0]))
+    first = time.perf_counter() - t
+    t = time.perf_counter()
+    for inp, tgt in data[1:]:
+        loss = step(inp, tgt)
+    float(loss)
+    return BATCH * SEQ * steps / (time.perf_counter() - t), first
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--skip-compile", action="store_true", help="skip torch.compile")
+    p.add_argument("--peak-flops", type=float, default=0.0, help="per-device peak; 0 = table")
+    a = p.parse_args()
+    mcfg = model_config_from(config_for("bfloat16").model)
+    fpt = flops_per_token(mcfg, SEQ)
+    peak = peak_flops_per_device(a.peak_flops)
+    rows: dict[str, tuple[float, float]] = {}
+    for dt in ("float32", "bfloat16"):
+        rows[f"jax {dt}"] = bench_jax(dt, a.steps)
+    modes = ["eager_f32", "eager_bf16"] + ([] if a.skip_compile else ["compile_bf16"])
+    for mode in modes:
+        try:
+            rows[f"torch {mode}"] = bench_torch(mode, a.steps)
+        except Exception as e:  # torch.compile needs a C++ toolchain; report, do not die
+            print(f"torch {mode} failed: {type(e).__name__}: {str(e)[:200]}")
+    print(f"\n{fpt:.3e} FLOPs/token, peak {peak:.3g} FLOP/s per device (MFU basis)")
+    print(f"{'run':24s} {'tok/s':>9s} {'MFU':>7s} {'first step s':>13s}")
+    for name, (tps, first) in rows.items():
+        print(f"{name:24s} {tps:9.0f} {tps * fpt / peak:7.1%} {first:13.1f}")
+    ours = rows["jax bfloat16"][0]
+    for ref in ("torch eager_f32", "torch eager_bf16", "torch compile_bf16"):
+        if ref in rows:
+            print(f"ratio jax bfloat16 / {ref}: {ours / rows[ref][0]:.2f}x")
+    if "torch eager_f32" in rows:
+        print(
+            f"ratio jax float32 / torch eager_f32: {rows['jax float32'][0] / rows['torch eager_f32'][0]:.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()
