@@ -289,3 +289,14 @@ def test_bad_inputs_name_the_fix(engine):
         engine.generate("x", max_new_tokens=2)
     with pytest.raises(ValueError, match="psm"):
         engine.infill(["a"], ["b"], mode="pms", max_new_tokens=2)
+
+
+def test_cast_for_inference_is_bit_identical_in_bf16():
+    cfg = CFG.replace(dtype="bfloat16")
+    params = jax.tree.map(jnp.asarray, random_params(cfg, seed=1, scale=0.2))
+    cast = dec.cast_for_inference(params, cfg)
+    assert cast["embed"]["embedding"].dtype == jnp.bfloat16
+    assert cast["final_norm"]["scale"].dtype == jnp.float32
+    toks = jnp.asarray(np.arange(16, dtype=np.int32)[None] * 7)
+    fwd = jax.jit(lambda p: Transformer(cfg).apply({"params": p}, toks, toks * 0 + jnp.arange(16)))
+    np.testing.assert_array_equal(np.asarray(fwd(params)), np.asarray(fwd(cast)))

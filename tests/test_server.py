@@ -23,9 +23,14 @@ MAX_TOKENS = 12  # every request stays in the (batch 4, prompt 16, new 16) bucke
 @pytest.fixture(scope="module")
 def server():
     srv = build_server(
-        ["--random-preset=tiny", "--port=0", "--max-batch-size=4", "--max-tokens-limit=64"]
+        [
+            "--random-preset=tiny",
+            "--port=0",
+            "--max-batch-size=4",
+            "--min-batch-bucket=4",  # one batch bucket for every request: one compile
+            "--max-tokens-limit=64",
+        ]
     )
-    srv.engine.batch_multiple = 4  # one batch bucket for every request: one compile
     srv.batch_window_s = 0.5  # concurrent test requests reliably share a batch
     srv.start()
     yield srv

@@ -33,6 +33,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     p.add_argument("--model-name", default=None, help="id reported by /v1/models")
     p.add_argument("--max-batch-size", type=int, default=8)
+    p.add_argument(
+        "--min-batch-bucket",
+        type=int,
+        default=1,
+        help="pad every batch to at least this many rows (fewer shapes to compile)",
+    )
     p.add_argument("--max-tokens-limit", type=int, default=1024)
     p.add_argument("--batch-window-ms", type=float, default=10.0)
     p.add_argument("--seed", type=int, default=0, help="seed of --random-preset weights")
@@ -41,7 +47,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def build_engine(args: argparse.Namespace) -> tuple[InferenceEngine, str]:
     if args.workdir:
-        engine = InferenceEngine.from_run_dir(args.workdir, max_batch_size=args.max_batch_size)
+        engine = InferenceEngine.from_run_dir(
+            args.workdir,
+            max_batch_size=args.max_batch_size,
+            min_batch_bucket=args.min_batch_bucket,
+        )
         name = args.model_name or args.workdir.rstrip("/").split("/")[-1]
         return engine, name
     from zen_code_jax.data.tokenizer import Tokenizer
@@ -54,7 +64,11 @@ def build_engine(args: argparse.Namespace) -> tuple[InferenceEngine, str]:
         files = sorted(glob.glob(sysconfig.get_paths()["stdlib"] + "/json/*.py"))
         tok = Tokenizer.train([open(f).read() for f in files], cfg.vocab_size)
     engine = InferenceEngine(
-        random_params(cfg, args.seed), cfg, tok, max_batch_size=args.max_batch_size
+        random_params(cfg, args.seed),
+        cfg,
+        tok,
+        max_batch_size=args.max_batch_size,
+        min_batch_bucket=args.min_batch_bucket,
     )
     return engine, args.model_name or f"random-{args.random_preset}"
 

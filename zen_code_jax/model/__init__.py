@@ -1,6 +1,6 @@
 """Qwen2-style decoder, its config and presets, and attention implementations."""
 
-from zen_code_jax.model.attention import dot_product_attention as attention
+from zen_code_jax.model.attention import dot_product_attention
 from zen_code_jax.model.config import (
     PRESETS,
     ModelConfig,
@@ -20,7 +20,7 @@ __all__ = [
     "PRESETS",
     "ModelConfig",
     "Transformer",
-    "attention",
+    "dot_product_attention",
     "get_preset",
     "init_kv_cache",
     "lm_head_kernel",

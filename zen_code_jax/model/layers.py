@@ -89,7 +89,11 @@ class Embed(nn.Module):
         )
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
-        return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+        # Gather the (small) vocab shards before the lookup, keeping `embed` sharded as the
+        # weights are: a gather from a vocab-sharded table otherwise makes GSPMD replicate
+        # the whole table ("involuntary full rematerialization").
+        table = nn.with_logical_constraint(self.embedding, (None, "embed"))
+        return jnp.take(table, tokens, axis=0).astype(self.dtype)
 
 
 class RMSNorm(nn.Module):

@@ -20,9 +20,7 @@ import jax.numpy as jnp
 LossSums = dict[str, jax.Array]
 
 
-def _token_terms(
-    logits: jax.Array, targets: jax.Array
-) -> tuple[jax.Array, jax.Array]:
+def _token_terms(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Per-token (cross-entropy, logsumexp) in float32. logits [..., V], targets [...]."""
     logits = logits.astype(jnp.float32)
     lse = jax.nn.logsumexp(logits, axis=-1)
@@ -33,9 +31,7 @@ def _token_terms(
     return lse - target_logit, lse
 
 
-def loss_sums_from_logits(
-    logits: jax.Array, targets: jax.Array, loss_mask: jax.Array
-) -> LossSums:
+def loss_sums_from_logits(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array) -> LossSums:
     """{'ce_sum', 'z_sum', 'count'} over tokens where loss_mask != 0.
 
     z_sum is the sum of logsumexp^2 (the PaLM z-loss before its coefficient).
