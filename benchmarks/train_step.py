@@ -112,12 +112,12 @@ def bench_torch(mode: str, steps: int) -> tuple[float, float]:
         for b in data
     ]
     t = time.perf_counter()
-    float(step(*data[0]))
+    float(step(*data[0]).detach())
     first = time.perf_counter() - t
     t = time.perf_counter()
     for inp, tgt in data[1:]:
         loss = step(inp, tgt)
-    float(loss)
+    float(loss.detach())
     return BATCH * SEQ * steps / (time.perf_counter() - t), first
 
 
@@ -133,10 +133,12 @@ def main() -> None:
     rows: dict[str, tuple[float, float]] = {}
     for dt in ("float32", "bfloat16"):
         rows[f"jax {dt}"] = bench_jax(dt, a.steps)
+        print(f"jax {dt}: {rows[f'jax {dt}'][0]:.0f} tok/s", flush=True)
     modes = ["eager_f32", "eager_bf16"] + ([] if a.skip_compile else ["compile_bf16"])
     for mode in modes:
         try:
             rows[f"torch {mode}"] = bench_torch(mode, a.steps)
+            print(f"torch {mode}: {rows[f'torch {mode}'][0]:.0f} tok/s", flush=True)
         except Exception as e:  # torch.compile needs a C++ toolchain; report, do not die
             print(f"torch {mode} failed: {type(e).__name__}: {str(e)[:200]}")
     print(f"\n{fpt:.3e} FLOPs/token, peak {peak:.3g} FLOP/s per device (MFU basis)")

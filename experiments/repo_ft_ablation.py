@@ -25,7 +25,7 @@ from zen_code_jax.config import apply_overrides, set_arms, start_config
 
 # (short window, long window, sequences per step of the short arm) per scale.
 WINDOWS = {
-    "smoke": (128, 1024, 64),
+    "smoke": (64, 512, 64),
     "cpu": (512, 4096, 8),
     "gpu": (1024, 8192, 64),
     "paper": (8192, 65_536, 512),
@@ -40,6 +40,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.data.mode = "file"
     c.fim.rate = 0.5
     c.eval.tasks = ("heldout_loss", "repo_completion")
+    if c.scale == "smoke":
+        c.eval.tasks = ("repo_completion",)
     # Same model config in every arm (a checkpoint only loads into an identical model).
     c.model.max_position_embeddings = max(long, c.model.max_position_embeddings)
     if c.scale == "cpu":

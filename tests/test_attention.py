@@ -199,3 +199,21 @@ def test_shape_errors_name_the_fix():
     q2, _, _ = _inputs(s=5)
     with pytest.raises(ValueError, match=r"pass q_positions/kv_positions"):
         dot_product_attention(q2, k, v, impl="xla")
+
+
+def test_multi_query_and_multi_head_layouts():
+    """KV = 1 (MQA) and KV = H (MHA) through the grouped layout, chunked vs brute force."""
+    rng = np.random.default_rng(11)
+    seg = _packed_segments()
+    pos = _index_positions()
+    for kvh in (1, H):
+        q = rng.standard_normal((B, S, H, DH)).astype(np.float32)
+        k = rng.standard_normal((B, S, kvh, DH)).astype(np.float32)
+        v = rng.standard_normal((B, S, kvh, DH)).astype(np.float32)
+        out = jax.jit(
+            lambda q, k, v: dot_product_attention(
+                q, k, v, q_segment_ids=seg, kv_segment_ids=seg, impl="chunked", block_size=16
+            )
+        )(q, k, v)
+        ref = reference_attention_numpy(q, k, v, seg, seg, pos, pos)
+        np.testing.assert_allclose(np.asarray(out), ref, atol=2e-6, rtol=1e-5, err_msg=str(kvh))

@@ -89,10 +89,12 @@ class Embed(nn.Module):
         )
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
-        # Gather the (small) vocab shards before the lookup, keeping `embed` sharded as the
-        # weights are: a gather from a vocab-sharded table otherwise makes GSPMD replicate
-        # the whole table ("involuntary full rematerialization").
-        table = nn.with_logical_constraint(self.embedding, (None, "embed"))
+        # Un-shard the `embed` dim of the table (an all-gather over the FSDP axis, as for
+        # any weight) but keep `vocab` sharded: GSPMD then looks up each vocab shard locally
+        # and all-reduces, and the output comes out batch-sharded like the tokens. Looking
+        # up from an embed-sharded table instead yields [B, S, D] sharded on D, which GSPMD
+        # can only turn into batch sharding by replicating the whole activation.
+        table = nn.with_logical_constraint(self.embedding, ("vocab", None))
         return jnp.take(table, tokens, axis=0).astype(self.dtype)
 
 
