@@ -327,7 +327,8 @@ def apply_scale(c: ml_collections.ConfigDict, scale: str) -> None:
         c.train.update(dict(seq_len=512, global_batch_size=8, steps=450, log_every=10))
         c.optimizer.update(dict(peak_lr=1e-3, final_lr=1e-4, warmup_steps=50))
         c.checkpoint.update(dict(every=100, keep_last=2))
-        c.eval.update(dict(limit=200, max_new_tokens=32, batch_size=16))
+        # 100 held-out lines / files / problems per task keeps eval to minutes per arm.
+        c.eval.update(dict(limit=100, max_new_tokens=32, batch_size=16))
     elif scale == "gpu":
         c.model = model_group(
             "cpu_small",

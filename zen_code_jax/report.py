@@ -184,7 +184,7 @@ def _plot(path: Path, arms: list[str], data: dict[str, dict], bar_keys: list[str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5.5))
     for arm in arms:
         curve = data[arm]["curve"]
         if curve:
@@ -198,7 +198,7 @@ def _plot(path: Path, arms: list[str], data: dict[str, dict], bar_keys: list[str
         values = [data[arm]["metrics"].get(k, float("nan")) for k in bar_keys]
         ax2.bar([j + i * width for j in range(len(bar_keys))], values, width, label=arm)
     ax2.set_xticks([j + 0.4 - width / 2 for j in range(len(bar_keys))])
-    ax2.set_xticklabels([k.replace("/", "/\n") for k in bar_keys], fontsize=7)
+    ax2.set_xticklabels(bar_keys, fontsize=7, rotation=30, ha="right")
     ax2.set_title("Final metrics")
     ax2.legend()
     fig.tight_layout()
@@ -236,7 +236,8 @@ def write_report(experiment_dir: str | Path, config: Any) -> tuple[Path, Path]:
     md = experiment_dir / "report.md"
     md.write_text("\n".join(lines), encoding="utf-8")
     all_keys = sorted({k for a in arms for k in data[a]["metrics"]})
-    preferred = [k for k in all_keys if "loss" in k or "bits" in k or "exact" in k or "pass" in k]
+    wanted = ("loss", "bits", "bpb", "exact", "pass", "edit")
+    preferred = [k for k in all_keys if any(w in k for w in wanted) and "seconds" not in k]
     bar_keys = (preferred or all_keys)[:8]
     png = experiment_dir / "report.png"
     _plot(png, arms, data, bar_keys)
