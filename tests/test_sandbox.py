@@ -126,8 +126,9 @@ def test_file_size_limit_and_workdir_is_fresh_and_deleted():
 
 @pytest.mark.skipif(not ROOT, reason="filesystem protection needs root (runs as a dedicated uid)")
 def test_cannot_delete_files_outside_workdir():
-    # A root-owned directory outside the tmp dirs (those are private tmpfs in the sandbox).
-    d = tempfile.mkdtemp(prefix="zcj-sentinel-", dir=os.path.dirname(os.path.abspath(__file__)))
+    # A root-owned directory on the host filesystem, outside the tmp dirs (those are private
+    # tmpfs in the sandbox, so a checkout under /tmp would be invisible, not protected).
+    d = tempfile.mkdtemp(prefix="zcj-sentinel-", dir="/var/lib")
     os.chmod(d, 0o755)
     sentinel = os.path.join(d, "sentinel.txt")
     with open(sentinel, "w") as f:
