@@ -89,17 +89,32 @@ def default_ks(by_key: dict[str, list[bool]]) -> tuple[int, ...]:
 def score_programs(
     keys: Sequence[str],
     programs: Sequence[Program | str],
+    completions: Sequence[str],
     *,
     limits: SandboxLimits,
     workers: int,
-) -> tuple[list[dict[str, Any]], dict[str, list[bool]]]:
-    """Run programs; per-sample sandbox records and {key: [passed, ...]}."""
+    ks: Sequence[int] | None = None,
+) -> TaskResult:
+    """Run one program per completion in the sandbox; pass@k per key plus per-sample records.
+
+    Shared by every execution-scored task (HumanEval, MBPP, MultiPL-E): only how a
+    completion becomes a program differs between them.
+    """
     results = run_programs(list(programs), limits=limits, workers=workers)
     records, by_key = [], {}
-    for key, res in zip(keys, results):
-        records.append({"task_id": key, "passed": res.passed, **res.to_dict(max_chars=500)})
+    for key, res, completion in zip(keys, results, completions):
+        records.append(
+            {
+                "task_id": key,
+                "passed": res.passed,
+                **res.to_dict(max_chars=500),
+                "completion": completion,
+            }
+        )
         by_key.setdefault(key, []).append(res.passed)
-    return records, by_key
+    metrics = mean_pass_at_k(by_key, ks if ks is not None else default_ks(by_key))
+    metrics["num_problems"] = float(len(by_key))
+    return TaskResult(metrics, records)
 
 
 def score_completions(
@@ -128,12 +143,7 @@ def score_completions(
             keys.append(p["task_id"])
             comps.append(c)
             progs.append(python_job(build_program(p, c)))
-    records, by_key = score_programs(keys, progs, limits=limits, workers=workers)
-    for r, c in zip(records, comps):
-        r["completion"] = c
-    metrics = mean_pass_at_k(by_key, ks if ks is not None else default_ks(by_key))
-    metrics["num_problems"] = float(len(by_key))
-    return TaskResult(metrics, records)
+    return score_programs(keys, progs, comps, limits=limits, workers=workers, ks=ks)
 
 
 class HumanEvalTask(Task):

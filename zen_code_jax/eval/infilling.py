@@ -143,7 +143,10 @@ def score_infills(
     by_id = {t["task_id"]: t for t in tasks}
     if functional:
         progs = [python_job(build_program(by_id[k], inf)) for k, inf in zip(keys, infills)]
-        records, _ = score_programs(keys, progs, limits=limits or SandboxLimits(), workers=workers)
+        run = score_programs(
+            keys, progs, infills, limits=limits or SandboxLimits(), workers=workers
+        )
+        records = [{k: v for k, v in r.items() if k != "completion"} for r in run.records]
     else:
         records = [{"task_id": k} for k in keys]
     for r, inf, em in zip(records, infills, ems):

@@ -20,8 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from zen_code_jax.eval.humaneval import default_ks, python_job, score_programs
-from zen_code_jax.eval.passk import mean_pass_at_k
+from zen_code_jax.eval.humaneval import python_job, score_programs
 from zen_code_jax.eval.sandbox import SandboxLimits
 from zen_code_jax.eval.tasks import (
     EvalContext,
@@ -110,12 +109,7 @@ def score_completions(
             progs.append(python_job(build_program(p, c)))
     if set(keys) != {p["task_id"] for p in problems}:
         raise ValueError("Every MBPP problem needs at least one completion.")
-    records, by_key = score_programs(keys, progs, limits=limits or SandboxLimits(), workers=workers)
-    for r, c in zip(records, comps):
-        r["completion"] = c
-    metrics = mean_pass_at_k(by_key, default_ks(by_key))
-    metrics["num_problems"] = float(len(by_key))
-    return TaskResult(metrics, records)
+    return score_programs(keys, progs, comps, limits=limits or SandboxLimits(), workers=workers)
 
 
 class MbppTask(Task):

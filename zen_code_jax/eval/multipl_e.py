@@ -13,9 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from zen_code_jax.eval.humaneval import default_ks, score_programs
+from zen_code_jax.eval.humaneval import score_programs
 from zen_code_jax.eval.mbpp import read_jsonl
-from zen_code_jax.eval.passk import mean_pass_at_k
 from zen_code_jax.eval.sandbox import LANGUAGES, Program, SandboxLimits
 from zen_code_jax.eval.tasks import (
     EvalContext,
@@ -86,12 +85,7 @@ def score_completions(
             keys.append(p["task_id"])
             comps.append(c)
             progs.append(Program(build_program(p, c), language=p["language"]))
-    records, by_key = score_programs(keys, progs, limits=limits or SandboxLimits(), workers=workers)
-    for r, c in zip(records, comps):
-        r["completion"] = c
-    metrics = mean_pass_at_k(by_key, default_ks(by_key))
-    metrics["num_problems"] = float(len(by_key))
-    return TaskResult(metrics, records)
+    return score_programs(keys, progs, comps, limits=limits or SandboxLimits(), workers=workers)
 
 
 class MultiplETask(Task):
