@@ -35,7 +35,7 @@ SCALE_NOTES = {
         "training."
     ),
     "cpu": (
-        "**Scale: cpu** (a ~7M-parameter model, about 2M tokens per arm). What this scale can "
+        "**Scale: cpu** (a ~7M-parameter model, about 0.66M tokens per arm). What this scale can "
         "show: whether an arm learned the FIM format, through the teacher-forced loss of the "
         "masked middle under a FIM prompt (PSM, SPM) compared with the same arm's loss under "
         "a prefix-only prompt, and whether left-to-right ability (held-out bits per byte) "
