@@ -126,7 +126,8 @@ def _tokens_per_s_guess(config: Any) -> float:
     from zen_code_jax.train import flops
 
     platform = jax.devices()[0].platform
-    mfu = {"cpu": 0.08, "gpu": 0.35, "tpu": 0.4}.get(platform, 0.1)
+    # Typical MFU against flops.peak_flops_per_device (cpu: measured ~0.3 for cpu_small).
+    mfu = {"cpu": 0.3, "gpu": 0.35, "tpu": 0.4}.get(platform, 0.1)
     ndev = 1 if platform == "cpu" else jax.device_count()
     peak = flops.peak_flops_per_device(float(config.train.peak_flops_per_device))
     per_token = flops.flops_per_token(model_config_from(config.model), int(config.train.seq_len))
@@ -182,6 +183,11 @@ def main(argv: list[str]) -> int:
     if not flags.FLAGS["verbosity"].present:  # library INFO logs drown the progress line
         logging.set_verbosity(logging.WARNING)
     config = _CONFIG.value
+    # Multi-host (TPU pods, SLURM, ZEN_* env; see launch/): before anything touches devices.
+    from zen_code_jax.parallel import multihost
+
+    multihost.initialize()
+    primary = multihost.is_primary()
     enable_compilation_cache(Path(_WORKDIR.value) / "cache" / "jax")
     path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":", 1)[0]
     module = load_experiment_module(path)
@@ -194,11 +200,13 @@ def main(argv: list[str]) -> int:
         )
     arms = [_ARM.value] if _ARM.value else all_arms
     mode = _MODE.value
-    if mode != "report":
+    if mode != "report" and primary:
         print_plan(config, arms)
     t0 = time.time()
     if mode in ("all", "train", "eval"):
         for arm in arms:
+            if mode == "eval" and not primary:
+                continue  # scoring a checkpoint runs on process 0 alone (one host's devices)
             try:
                 result = run_arm(config, arm, mode, dataset_fn)
             except NonFiniteError as e:
@@ -209,7 +217,10 @@ def main(argv: list[str]) -> int:
             if result.get("status") == "preempted":
                 print("Preempted: state saved; rerun the same command to resume.", flush=True)
                 return 0
-            print(f"[{arm}] finished in {time.time() - t0:.0f}s: {result.get('metrics')}")
+            if primary:
+                print(f"[{arm}] finished in {time.time() - t0:.0f}s: {result.get('metrics')}")
+    if not primary:
+        return 0
     if mode == "report" or (mode in ("all", "eval") and not _ARM.value):
         md, png = write_report(experiment_dir(config), config)
         print(f"Report: {md} and {png}")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run one command on every worker of a Cloud TPU pod slice (all hosts at once).
 #
-#   launch/tpu_pod.sh TPU_NAME ZONE [PROJECT] -- python -m experiments.run --config ... --scale paper
+#   launch/tpu_pod.sh TPU_NAME ZONE [PROJECT] -- python experiments/run.py --config=experiments/pretrain.py:paper
 #
 # Every worker runs the same command; zen_code_jax.parallel.multihost.initialize() calls
 # jax.distributed.initialize() with no arguments, which finds the coordinator and the

@@ -21,7 +21,7 @@ from zen_code_jax.eval.tasks import EvalContext, get_task, task_names
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 LIMITS = SandboxLimits(timeout_s=20.0, memory_mb=1024)  # generous: the CI machine may be busy
 WORKERS = 2
-# ZCJ_FULL_EVAL=1 also runs every single-line infilling task functionally (1,033 programs).
+# ZCJ_FULL_EVAL=1 runs every infilling task functionally (1,033 + 5,815 programs, ~minutes).
 FULL = os.environ.get("ZCJ_FULL_EVAL") == "1"
 
 
@@ -169,7 +169,7 @@ def test_canonical_infills_exact_match_everywhere(single, multi):
 
 
 def test_canonical_infills_are_functionally_correct_on_a_sample(single, multi):
-    sample = single if FULL else single[::52] + multi[::290]  # 20 + 21 tasks, deterministic
+    sample = single + multi if FULL else single[::52] + multi[::290]  # 20 + 21 tasks, deterministic
     gens = {t["task_id"]: [t["canonical_solution"]] for t in sample}
     res = infilling.score_infills(sample, gens, limits=LIMITS, workers=WORKERS)
     assert [r["task_id"] for r in res.records if not r["passed"]] == []
@@ -345,6 +345,15 @@ def test_heldout_loss_counts_every_token_once():
     assert sum((t for _, t in pairs), []) == ids
     assert all(len(c) + len(t) <= 64 for c, t in pairs)
     assert all(c == ids[t[0] - len(c) : t[0]] for c, t in pairs[1:])  # true history
+    # eval.heldout_files caps the files scored, independently of eval.limit.
+    n_files = len(res.records)
+    capped = get_task("heldout_loss").problems(
+        EvalContext(config=cfg(limit=50, heldout_files=2), tokenizer=tok, corpus=corpus)
+    )
+    assert n_files > 2 and len(capped) == 2
+    assert len(get_task("heldout_loss").problems(
+        EvalContext(config=cfg(limit=3), tokenizer=tok, corpus=corpus)
+    )) == min(3, n_files)  # fmt: skip
 
 
 def test_repo_completion_settings_and_scores():

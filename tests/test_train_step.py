@@ -17,6 +17,7 @@ from zen_code_jax.model.config import get_preset
 from zen_code_jax.parallel import make_mesh
 from zen_code_jax.train.flops import (
     attention_flops_per_token,
+    cpu_peak_flops,
     flops_per_step,
     flops_per_token,
     matmul_param_count,
@@ -205,4 +206,19 @@ def test_flops_formula_and_mfu():
         mfu(1000.0, cfg, 100, 2, 1e12), 1000 * flops_per_token(cfg, 100) / 2e12
     )
     assert peak_flops_per_device(5e14) == 5e14
-    assert peak_flops_per_device(0.0) > 0  # table entry for cpu
+    assert peak_flops_per_device(0.0) == cpu_peak_flops() > 0  # this host's CPU
+
+
+def test_cpu_peak_flops_from_cpuinfo() -> None:
+    def info(flags: str, mhz: str = "2500.000") -> str:
+        return f"processor\t: 0\nflags\t\t: fpu sse2 {flags}\ncpu MHz\t\t: {mhz}\n"
+
+    # cores x GHz x FLOPs/cycle/core (two FMA units: 8 f32 lanes x 2 x 2 for AVX2).
+    assert cpu_peak_flops(info("avx avx2 fma"), cores=2) == 2 * 2.5e9 * 32
+    assert cpu_peak_flops(info("avx2 fma avx512f"), cores=4) == 4 * 2.5e9 * 64
+    assert cpu_peak_flops(info("avx512f amx_bf16 amx_tile"), cores=2) == 2 * 2.5e9 * 1024
+    assert cpu_peak_flops(info("sse4_2"), cores=1) == 2.5e9 * 16
+    # No clock in cpuinfo (some VMs): 2.5 GHz assumed; the highest clock listed wins.
+    assert cpu_peak_flops("flags : avx2 fma\n", cores=1) == 2.5e9 * 32
+    two = info("avx2 fma", "1000.0") + info("avx2 fma", "3000.0")
+    assert cpu_peak_flops(two, cores=1) == 3e9 * 32

@@ -120,6 +120,7 @@ def base_config() -> ml_collections.ConfigDict:
             top_p=1.0,
             num_samples=1,
             limit=0,  # 0 = all problems
+            heldout_files=0,  # heldout_loss: held-out files scored; 0 = eval.limit
             batch_size=8,
             sandbox_timeout_s=10.0,
             sandbox_memory_mb=1024,
@@ -324,14 +325,16 @@ def apply_scale(c: ml_collections.ConfigDict, scale: str) -> None:
         c.eval.update(dict(limit=4, max_new_tokens=8, batch_size=4))
     elif scale == "cpu":
         # float32: on the 2-core AVX2 CI machine (no AVX-512 bf16) bf16 steps were slower
-        # (1.24K vs 1.44K tok/s at batch 8). Batch 4 x 512 ran at 1.56K tok/s, so 320 steps
-        # (655K tokens) train in about 7 minutes per arm and the 4 arms fit ~45 minutes.
+        # (1.24K vs 1.44K tok/s at batch 8). The loop runs batch 4 x 512 at ~0.63 steps/s
+        # there, so 256 steps (524K tokens) train in ~7 minutes per arm, evaluation takes
+        # ~3, and the 4 arms plus corpus preparation fit the README's ~45 minutes.
         c.model = model_group("cpu_small", dtype="float32")
-        c.train.update(dict(seq_len=512, global_batch_size=4, steps=320, log_every=10))
+        c.train.update(dict(seq_len=512, global_batch_size=4, steps=256, log_every=8))
         c.optimizer.update(dict(peak_lr=1e-3, final_lr=1e-4, warmup_steps=30))
         c.checkpoint.update(dict(every=100, keep_last=2))
-        # 50 held-out lines / files / problems per task keeps eval to minutes per arm.
-        c.eval.update(dict(limit=50, max_new_tokens=32, batch_size=16))
+        # 50 held-out lines / problems per task and 25 held-out files (~130K tokens) for the
+        # left-to-right loss keep evaluation to ~2.5 minutes per arm.
+        c.eval.update(dict(limit=50, heldout_files=25, max_new_tokens=32, batch_size=16))
     elif scale == "gpu":
         c.model = model_group(
             "cpu_small",

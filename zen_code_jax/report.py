@@ -35,7 +35,7 @@ SCALE_NOTES = {
         "training."
     ),
     "cpu": (
-        "**Scale: cpu** (a ~7M-parameter model, about 0.66M tokens per arm). What this scale can "
+        "**Scale: cpu** ({budget}). What this scale can "
         "show: whether an arm learned the FIM format, through the teacher-forced loss of the "
         "masked middle under a FIM prompt (PSM, SPM) compared with the same arm's loss under "
         "a prefix-only prompt, and whether left-to-right ability (held-out bits per byte) "
@@ -206,6 +206,17 @@ def _plot(path: Path, arms: list[str], data: dict[str, dict], bar_keys: list[str
     plt.close(fig)
 
 
+def _budget(config: Any) -> str:
+    """'a 7.2M-parameter model, 0.52M tokens per arm', from the config the arms ran."""
+    from zen_code_jax.config import model_config_from
+    from zen_code_jax.model.config import param_count
+
+    params = param_count(model_config_from(config.model))
+    t = config.train
+    tokens = int(t.steps) * int(t.global_batch_size) * int(t.seq_len)
+    return f"a {params / 1e6:.1f}M-parameter model, {tokens / 1e6:.2f}M tokens per arm"
+
+
 def write_report(experiment_dir: str | Path, config: Any) -> tuple[Path, Path]:
     """Write report.md and report.png for the arms found under `experiment_dir`."""
     experiment_dir = Path(experiment_dir)
@@ -219,7 +230,8 @@ def write_report(experiment_dir: str | Path, config: Any) -> tuple[Path, Path]:
     data = {arm: _load_arm(experiment_dir / arm) for arm in arms}
     name = str(config.name)
     scale = str(config.scale)
-    lines = [f"# {name}: ablation report", "", SCALE_NOTES.get(scale, ""), ""]
+    note = SCALE_NOTES.get(scale, "").replace("{budget}", _budget(config))
+    lines = [f"# {name}: ablation report", "", note, ""]
     if name == "fim_ablation":
         lines += ["## Table 7 (FIM rate), ours beside the paper's", ""] + _fim_table(arms, data)
     elif name == "repo_ft_ablation":

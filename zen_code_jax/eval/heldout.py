@@ -253,7 +253,8 @@ class HeldoutLossTask(Task):
 
     def problems(self, ctx: EvalContext) -> list[dict[str, Any]]:
         src = _heldout(ctx)
-        lim = ctx.limit if ctx.limit > 0 else DEFAULT_FILES
+        files = int(getattr(ctx.eval_cfg, "heldout_files", 0) or 0)
+        lim = files or (ctx.limit if ctx.limit > 0 else DEFAULT_FILES)
         return [
             {
                 "task_id": f"heldout_loss/{i}",

@@ -80,6 +80,95 @@ def initialize(env: Mapping[str, str] | None = None) -> bool:
     return True
 
 
+def is_primary() -> bool:
+    """True on the process that writes shared files (logs, reports, run metadata)."""
+    return jax.process_index() == 0
+
+
+_barrier_count = 0
+
+
+def barrier(name: str, timeout_s: float = 6 * 3600) -> None:
+    """Wait until every process reaches this point (no-op with one process).
+
+    Uses the distributed runtime's coordination-service barrier, which waits up to
+    `timeout_s` without holding a device collective open: one process may spend an hour
+    evaluating while the others wait here. Every process must call the same barriers in
+    the same order (the name gets a sequence number, as barrier ids are single-use).
+    """
+    global _barrier_count
+    if jax.process_count() == 1:
+        return
+    _barrier_count += 1
+    from jax._src import distributed
+
+    client = distributed.global_state.client
+    key = f"zen_code_jax:{name}:{_barrier_count}"
+    if client is None:  # a runtime started some other way: a device collective instead
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(key)
+        return
+    client.wait_at_barrier(key, int(timeout_s * 1000))
+
+
+def preemption_sync_available() -> bool:
+    """Whether jax's preemption sync manager runs (multi-process runs by default).
+
+    It catches SIGTERM on any host and picks one step at which every host stops, so a
+    checkpoint save never waits on a host that is still training (a per-process signal
+    flag would deadlock when only one host is told)."""
+    if jax.process_count() == 1:
+        return False
+    from jax._src import distributed
+
+    return distributed.global_state.preemption_sync_manager is not None
+
+
+def reached_preemption(step: int) -> bool:
+    """True at the agreed step after any host got SIGTERM; call at every step, on every host."""
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.reached_preemption_sync_point(int(step)))
+
+
+def primary_first(fn, *args, **kwargs):
+    """Run `fn` on process 0, then on the others (after a barrier).
+
+    For idempotent, cached work on a shared filesystem (corpus preparation): process 0
+    builds, the others then find the result cached. On per-host disks each host builds
+    its own (deterministic) copy.
+    """
+    if jax.process_count() == 1:
+        return fn(*args, **kwargs)
+    out = fn(*args, **kwargs) if is_primary() else None
+    barrier(f"primary_first:{getattr(fn, '__name__', 'fn')}")
+    return out if is_primary() else fn(*args, **kwargs)
+
+
+def host_local_copy(tree):
+    """A full numpy copy of every (possibly cross-process sharded) array on this host.
+
+    A collective: every process must call it. For evaluation of models that fit one host
+    (the ablation scales); with one process the tree is returned as it is.
+    """
+    if jax.process_count() == 1:
+        return tree
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def global_from_full(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict:
+    """Global arrays from a batch every process holds in full (e.g. fixed held-out batches):
+    each process contributes the slices its devices own."""
+    out = {}
+    for k, v in batch.items():
+        v = np.asarray(v)
+        out[k] = jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx])
+    return out
+
+
 def process_batch_slice(global_batch_size: int) -> slice:
     """Rows of the global batch this process loads (contiguous, equal per process).
 

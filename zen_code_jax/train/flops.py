@@ -12,6 +12,9 @@ FLOPs per trained token = 6 * N_matmul + 6 * L * H * Dh * S
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import jax
 
 from zen_code_jax.model.config import ModelConfig, param_count
@@ -38,11 +41,49 @@ PEAK_FLOPS_BY_DEVICE_KIND: dict[str, float] = {
     "NVIDIA A10G": 70e12,
     "NVIDIA L4": 121e12,
     "Tesla V100": 125e12,
-    # The whole host counts as one CPU device: ~1.5 TFLOP/s was measured for bf16
-    # matmuls with f32 accumulation on the 2-core AMX dev machine (shared/NOTES.md).
-    # Set train.peak_flops_per_device for other CPUs.
-    "cpu": 1.5e12,
+    # CPUs: derived from the host's vector ISA, cores and clock (`cpu_peak_flops`).
 }
+
+
+def cpu_peak_flops(cpuinfo: str | None = None, cores: int | None = None) -> float:
+    """Peak FLOP/s of this host (the whole host is one CPU device), from /proc/cpuinfo.
+
+    cores x clock x FLOPs per cycle per core, with two FMA units per core: 32 for AVX2+FMA
+    (8 f32 lanes), 64 for AVX-512, 1024 with AMX-BF16 tiles (the bf16 path XLA uses there).
+    A fixed number would be wrong by 10x between machines: the AMX dev machine of
+    shared/NOTES.md reached ~1.5 TFLOP/s in bf16, this project's AVX2 CI machine ~50 GFLOP/s.
+    Set train.peak_flops_per_device to override.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        cores = cores or os.cpu_count() or 1
+    flags: set[str] = set()
+    mhz = 0.0
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "flags" and not flags:
+            flags = set(value.split())
+        elif key == "cpu MHz":
+            try:
+                mhz = max(mhz, float(value))
+            except ValueError:
+                pass
+    if "amx_bf16" in flags:
+        per_cycle = 1024
+    elif "avx512f" in flags:
+        per_cycle = 64
+    elif "avx2" in flags and "fma" in flags:
+        per_cycle = 32
+    else:
+        per_cycle = 16
+    ghz = mhz / 1000 if mhz > 0 else 2.5
+    return cores * ghz * 1e9 * per_cycle
 
 
 def matmul_param_count(cfg: ModelConfig) -> int:
@@ -74,7 +115,9 @@ def peak_flops_per_device(configured: float = 0.0, device: jax.Device | None = N
     if configured and configured > 0:
         return float(configured)
     device = device or jax.devices()[0]
-    kind = device.device_kind if device.platform != "cpu" else "cpu"
+    if device.platform == "cpu":
+        return cpu_peak_flops()
+    kind = device.device_kind
     for prefix in sorted(PEAK_FLOPS_BY_DEVICE_KIND, key=len, reverse=True):
         if kind.startswith(prefix):
             return PEAK_FLOPS_BY_DEVICE_KIND[prefix]

@@ -41,7 +41,7 @@ from zen_code_jax.train.checkpoint import (
     tokenizer_to_json,
 )
 from zen_code_jax.train.hooks import Hooks, StepInfo
-from zen_code_jax.train.tb import LazyMetrics, SummaryWriter, truncate_after
+from zen_code_jax.train.tb import LazyMetrics, NullWriter, SummaryWriter, truncate_after
 
 DatasetFn = Callable[..., Any]
 
@@ -51,13 +51,20 @@ class NonFiniteError(RuntimeError):
 
 
 class _Preemption:
-    """Turn SIGTERM into a flag checked at step boundaries (installed for one arm)."""
+    """Turn SIGTERM into a flag checked at step boundaries (installed for one arm).
 
-    def __init__(self) -> None:
+    Multi-process runs leave SIGTERM to jax's preemption sync manager instead
+    (`install=False`), which agrees on one stopping step across hosts.
+    """
+
+    def __init__(self, install: bool = True) -> None:
         self.requested = False
+        self._install = install
         self._previous: Any = None
 
     def __enter__(self) -> _Preemption:
+        if not self._install:
+            return self
         try:
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         except ValueError:  # not the main thread: no preemption handling
@@ -177,8 +184,8 @@ def train_arm(
     status is "done" or "preempted" (SIGTERM: saved, caller should exit 0).
     """
     from zen_code_jax.data.prepare import prepare_corpus
-    from zen_code_jax.parallel import batch_sharding, make_mesh
-    from zen_code_jax.parallel.multihost import make_global_batch
+    from zen_code_jax.parallel import batch_sharding, make_mesh, multihost
+    from zen_code_jax.parallel.multihost import global_from_full, make_global_batch
     from zen_code_jax.train import create_train_state, make_eval_step, make_train_step
 
     run_dir = Path(run_dir)
@@ -187,13 +194,19 @@ def train_arm(
     model_cfg = model_config_from(config.model)
     custom_dataset_fn = dataset_fn
     dataset_fn = dataset_fn or _default_dataset_fn()
+    # Multi-process runs share run_dir (as Orbax requires): process 0 writes the files,
+    # prints and logs; every process trains, checkpoints its own shards and data state.
+    primary = multihost.is_primary()
 
-    corpus = prepare_corpus(config.data, model_cfg.vocab_size, str(workdir))
+    corpus = multihost.primary_first(
+        prepare_corpus, config.data, model_cfg.vocab_size, str(workdir)
+    )
     tokenizer = corpus.tokenizer
     tokenizer.check_compatible(model_cfg)
-    if not (run_dir / "tokenizer").exists():
-        tokenizer.save(run_dir / "tokenizer")
-    (run_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=2))
+    if primary:
+        if not (run_dir / "tokenizer").exists():
+            tokenizer.save(run_dir / "tokenizer")
+        (run_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=2))
 
     mesh = make_mesh(config.mesh)
     rng = jax.random.key(int(config.seed))
@@ -240,15 +253,17 @@ def train_arm(
             )
         state = {**state, "params": params}
         print(f"[{arm}] initialized params from {src} (step {meta['step']})", flush=True)
-    truncate_after(run_dir / "metrics.jsonl", start)
-
-    writer = SummaryWriter(run_dir)
+    if primary:
+        truncate_after(run_dir / "metrics.jsonl", start)
+    writer = SummaryWriter(run_dir) if primary else NullWriter()
     train_step = make_train_step(model_cfg, config, mesh, shardings)
     eval_step = make_eval_step(model_cfg, config, mesh)
     tpb = float(corpus.manifest.get("tokens_per_byte", 0.0) or 0.0)
     eval_batches = (
         _heldout_batches(dataset_fn, corpus, config, 4) if int(config.train.eval_every) else []
     )
+    if procs > 1:  # the same full batches on every process -> global arrays
+        eval_batches = [global_from_full(b, batch_sharding(mesh)) for b in eval_batches]
 
     seq_len = int(config.train.seq_len)
     tokens_per_step = int(config.train.global_batch_size) * seq_len
@@ -286,6 +301,8 @@ def train_arm(
             },
             prefix="train/",
         )
+        if not primary:
+            return
         print(
             f"[{arm}] step {info.step}/{info.total_steps} loss {m['loss']:.4f} "
             f"| {rate:.2f} steps/s {tok_s / 1e3:.1f}K tok/s MFU {100 * mfu:.1f}% "
@@ -332,7 +349,8 @@ def train_arm(
     lazy = LazyMetrics()
     fault = _fault_injection()
     status = "done"
-    with _Preemption() as preempt:
+    sync_preemption = multihost.preemption_sync_available()
+    with _Preemption(install=not sync_preemption) as preempt:
         for step in range(start + 1, steps + 1):
             batch = next(data_iter)
             if procs > 1:  # per-host rows -> global arrays sharded over the mesh
@@ -344,6 +362,8 @@ def train_arm(
             if fault and fault[0] == step:
                 os.kill(os.getpid(), getattr(signal, fault[1]))
             final = step == steps
+            if sync_preemption:  # every host, every step: the agreed stop step
+                preempt.requested = multihost.reached_preemption(step)
             stop = preempt.requested and not final
             if final or stop or state_hooks.due(step):
                 ready = check(lazy.flush(), force=("log",) if final or stop else ())
@@ -358,19 +378,28 @@ def train_arm(
     final_step = int(np.asarray(state["step"]))
     result: dict[str, Any] = {"status": status, "step": final_step, "metrics": {}}
     if status == "done" and run_eval:
-        result["metrics"] = evaluate_run(
-            run_dir,
-            config,
-            params=state["params"],
-            model_cfg=model_cfg,
-            tokenizer=tokenizer,
-            corpus=corpus,
-            mesh=mesh,
-            writer=writer,
-            step=final_step,
-            eval_step=eval_step,
-            dataset_fn=custom_dataset_fn,
-        )
+        params, eval_mesh = state["params"], mesh
+        if procs > 1:
+            # Evaluation runs on process 0's first device with a full copy of the params
+            # (ablation-scale models fit one host); the others wait at a barrier.
+            params = multihost.host_local_copy(params)
+            eval_mesh = make_mesh({"data": 1}, devices=jax.local_devices()[:1])
+            eval_step = make_eval_step(model_cfg, config, eval_mesh)
+        if primary:
+            result["metrics"] = evaluate_run(
+                run_dir,
+                config,
+                params=params,
+                model_cfg=model_cfg,
+                tokenizer=tokenizer,
+                corpus=corpus,
+                mesh=eval_mesh,
+                writer=writer,
+                step=final_step,
+                eval_step=eval_step,
+                dataset_fn=custom_dataset_fn,
+            )
+        multihost.barrier(f"{arm}:eval")
     writer.close()
     ckpt.close()
     return result

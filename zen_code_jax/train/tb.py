@@ -104,6 +104,23 @@ class SummaryWriter:
         self._jsonl.close()
 
 
+class NullWriter:
+    """SummaryWriter's interface, writing nothing: processes other than 0 of a multi-host
+    run, so one event file and one metrics.jsonl exist per arm."""
+
+    def scalars(self, step: int, values: Mapping[str, float], prefix: str = "") -> None:
+        del step, values, prefix
+
+    def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float], step: int) -> None:
+        del hparams, metrics, step
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _json_float(v: float) -> float | str:
     return v if math.isfinite(v) else str(v)
 
