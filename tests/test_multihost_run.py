@@ -132,7 +132,9 @@ def test_two_process_preemption_and_sigkill_then_rerun_is_bitwise_identical(work
     assert 2 <= saved < 7
     # Then both are SIGKILLed after step 7, and the same command finishes the run.
     killed = run_two(workdir, "mh_kill", "--mode=train", env={"ZEN_CODE_FAULT": "7:SIGKILL"})
-    assert [rc for rc, _, _ in killed] == [-signal.SIGKILL] * 2, killed[0][2][-2000:]
+    # Process 0 dies by its SIGKILL; process 1 by its own, or first by losing process 0
+    # (the coordination service lives there): either way it must not exit 0.
+    assert killed[0][0] == -signal.SIGKILL and killed[1][0] != 0, killed[0][2][-2000:]
     out0, _ = ok_both(run_two(workdir, "mh_kill", "--mode=train"))
     assert "resumed from" in out0
     recs = train_records(run_dir)
