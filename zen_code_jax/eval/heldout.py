@@ -253,7 +253,7 @@ class HeldoutLossTask(Task):
 
     def problems(self, ctx: EvalContext) -> list[dict[str, Any]]:
         src = _heldout(ctx)
-        files = int(getattr(ctx.eval_cfg, "heldout_files", 0) or 0)
+        files = int(ctx.eval_cfg.heldout_files)
         lim = files or (ctx.limit if ctx.limit > 0 else DEFAULT_FILES)
         return [
             {
