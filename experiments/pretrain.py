@@ -12,13 +12,33 @@ The `paper` scale carries mesh settings for two targets, chosen in the ARG:
 Smaller scales keep the recipe (mixture, FIM, schedule shape) on a small model:
 
     --config=experiments/pretrain.py:smoke | :cpu | :gpu
+
+Measured cost: smoke ~10 s; cpu ~7 min training + held-out loss (one arm of the FIM
+ablation's budget, docs/measurements.md); paper: see BUILD.md's memory plan.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from zen_code_jax.config import apply_overrides, start_config
+from zen_code_jax.config import apply_overrides
+from zen_code_jax.experiment.setup import Scale, start_config
+
+SCALES = {
+    "smoke": Scale("tiny", seq_len=128, batch=8, steps=6, lr=(3e-3, 3e-4, 2)),
+    # float32: faster than bf16 on CPUs without native bf16 (AVX2); ~7 min per 256 steps.
+    "cpu": Scale(
+        "cpu_small",
+        seq_len=512,
+        batch=4,
+        steps=256,
+        lr=(1e-3, 1e-4, 30),
+        model_overrides={"dtype": "float32"},
+    ),
+    "gpu": Scale("gpu_small", seq_len=1024, batch=64, steps=1000, lr=(1e-3, 1e-4, 100)),
+    # Section 3.3: 1,024 x 4,096 = 4.19M tokens per step, 3e-4 -> 3e-5 after 1K warm-up.
+    "paper": Scale("zen_code_14b", seq_len=4096, batch=1024, steps=625_000, lr=(3e-4, 3e-5, 1000)),
+}
 
 # Table 2: share of pretraining tokens per domain.
 DOMAIN_WEIGHTS = {
@@ -56,7 +76,7 @@ MESHES = {
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    c, overrides = start_config("pretrain", arg)
+    c, overrides = start_config("pretrain", arg, SCALES)
     target = overrides.pop("target", "tpu_v5p")
     if target not in MESHES:
         raise ValueError(f"Unknown target {target!r}; use one of {sorted(MESHES)}.")

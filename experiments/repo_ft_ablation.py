@@ -15,14 +15,38 @@ The `base` arm trains the base model (file mode, FIM 50%); the fine-tuning arms 
 from its newest checkpoint (`train.init_checkpoint='arm:base'`), so run the arms in order
 (no --arm) or run --arm=base first. Metrics: RepoBench-style next-line completion on
 held-out repositories (exact match, edit similarity) and held-out loss.
+
+    python experiments/run.py --config=experiments/repo_ft_ablation.py         # cpu
+    python experiments/run.py --config=experiments/repo_ft_ablation.py:smoke   # ~20 s
+
+Measured cost: smoke ~20 s on the 2-core CI machine; the cpu scale trains 300 base
+steps plus 150 fine-tuning steps per arm (the 4,096-token arm runs 8x fewer, 8x longer
+sequences), not yet timed end to end (docs/measurements.md).
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from zen_code_jax.config import apply_overrides, set_arms, start_config
+from zen_code_jax.config import apply_overrides, set_arms
+from zen_code_jax.experiment.setup import Scale, start_config
 
+# What the `base` arm trains (file mode, FIM 50%) per scale.
+SCALES = {
+    "smoke": Scale("tiny", seq_len=128, batch=8, steps=6, lr=(3e-3, 3e-4, 2)),
+    # 300 base steps (vs 256 in the FIM ablation) so the base model knows the code well
+    # enough for repository fine-tuning to show in next-line completion.
+    "cpu": Scale(
+        "cpu_small",
+        seq_len=512,
+        batch=4,
+        steps=300,
+        lr=(1e-3, 1e-4, 30),
+        model_overrides={"dtype": "float32"},
+    ),
+    "gpu": Scale("gpu_small", seq_len=1024, batch=64, steps=1000, lr=(1e-3, 1e-4, 100)),
+    "paper": Scale("zen_code_14b", seq_len=4096, batch=1024, steps=625_000, lr=(3e-4, 3e-5, 1000)),
+}
 # (short window, long window, sequences per step of the short arm) per scale.
 WINDOWS = {
     "smoke": (64, 512, 64),
@@ -35,17 +59,16 @@ FT_STEPS = {"smoke": 4, "cpu": 150, "gpu": 300, "paper": 12_000}  # paper: ~50B 
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    c, overrides = start_config("repo_ft_ablation", arg)
+    c, overrides = start_config("repo_ft_ablation", arg, SCALES)
     short, long, batch = WINDOWS[c.scale]
     c.data.mode = "file"
     c.fim.rate = 0.5
     c.eval.tasks = ("heldout_loss", "repo_completion")
+    c.report.tables = ("repo_ft",)
     if c.scale == "smoke":
         c.eval.tasks = ("repo_completion",)
     # Same model config in every arm (a checkpoint only loads into an identical model).
     c.model.max_position_embeddings = max(long, c.model.max_position_embeddings)
-    if c.scale == "cpu":
-        c.train.steps = 300
     ft = {
         "data.mode": "repo",
         "train.init_checkpoint": "arm:base",

@@ -25,25 +25,41 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from zen_code_jax.config import apply_overrides, start_config
+from zen_code_jax.config import apply_overrides
+from zen_code_jax.experiment.setup import Scale, start_config
 
 PROMPT = "### Instruction:\n{instruction}\n### Response:\n"
+# The model of the pretraining run it starts from, per scale; the optimizer is section 3.5's
+# (set in get_config); `steps` is unused: SFT runs train.epochs over the pairs, and the
+# orchestrator sizes the schedule, plan and report from epochs x batches per epoch.
+SCALES = {
+    "smoke": Scale("tiny", seq_len=128, batch=8, steps=6, lr=(1e-3, 1e-6, 10)),
+    "cpu": Scale(
+        "cpu_small",
+        seq_len=512,
+        batch=4,
+        steps=256,
+        lr=(1e-5, 1e-6, 10),
+        model_overrides={"dtype": "float32"},
+    ),
+    "gpu": Scale("gpu_small", seq_len=1024, batch=64, steps=1000, lr=(1e-5, 1e-6, 10)),
+    "paper": Scale("zen_code_14b", seq_len=4096, batch=1024, steps=625_000, lr=(1e-5, 1e-6, 10)),
+}
 # Pairs used per split, per scale (0 = all): keeps 2 epochs within each scale's budget.
 MAX_PAIRS = {"smoke": 64, "cpu": 2000, "gpu": 0, "paper": 0}
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    c, overrides = start_config("sft", arg)
+    c, overrides = start_config("sft", arg, SCALES)
     c.train.objective = "sft"
     c.train.epochs = 2
     c.train.init_checkpoint = "arm:../pretrain/main"
-    c.optimizer.update(dict(peak_lr=1e-5, final_lr=1e-6, warmup_steps=10, weight_decay=0.0))
+    c.optimizer.weight_decay = 0.0
     c.fim.rate = 0.0
     c.eval.tasks = ("humaneval",) if c.scale in ("gpu", "paper") else ()
     c.train.eval_every = {"smoke": 0, "cpu": 100, "gpu": 200, "paper": 500}[c.scale]
     if c.scale == "smoke":
         c.train.init_checkpoint = ""
-        c.optimizer.peak_lr = 1e-3
     apply_overrides(c, overrides)
     return c
 

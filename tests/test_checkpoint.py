@@ -11,13 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zen_code_jax.train.checkpoint import (
+from zen_code_jax.checkpoint import (
     Checkpointer,
     CheckpointError,
     CheckpointMismatchError,
     abstract_like,
 )
-from zen_code_jax.train.tb import LazyMetrics, SummaryWriter, read_scalars, truncate_after
+from zen_code_jax.tracking import SummaryWriter, read_scalars, truncate_after
+from zen_code_jax.train.loop import LazyMetrics
 
 IDENT = {"model": {"hidden_size": 64, "vocab_size": 512}, "tokenizer_fingerprint": "abc123"}
 

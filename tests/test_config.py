@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from zen_code_jax.config import (
-    SCALES,
     apply_overrides,
     arm_config,
     arm_names,
@@ -18,9 +17,10 @@ from zen_code_jax.config import (
     config_from_dict,
     config_to_dict,
     model_config_from,
-    parse_config_arg,
     set_arms,
 )
+from zen_code_jax.experiment import cli
+from zen_code_jax.experiment.setup import SCALES, parse_config_arg
 from zen_code_jax.model.config import get_preset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,6 +108,9 @@ def test_every_experiment_builds_at_every_scale(name):
         model_config_from(c.model)  # valid model
         for arm in arm_names(c):
             arm_config(c, arm if arm in c.arms else "")
+        # The file states what it trains at each scale (docs/architecture.md).
+        assert set(module.SCALES) == set(SCALES)
+        assert c.train.seq_len and c.train.global_batch_size and c.optimizer.peak_lr
     assert module.get_config().scale == "cpu"  # cpu is the default
     assert module.get_config("smoke,train.steps=2").train.steps == 2  # ARG overrides win
 
@@ -159,7 +162,6 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_cli_errors_name_the_fix(tmp_path):
-    run = load("run")  # experiments/run.py, imported without running it
     bad = tmp_path / "noget.py"
     bad.write_text("X = 1\n")
     cases = [
@@ -174,9 +176,21 @@ def test_cli_errors_name_the_fix(tmp_path):
         ([], r"Missing --config"),
     ]
     for args, message in cases:
-        with pytest.raises(run.UsageError, match=message):
-            run.validate_argv(["run.py", *args])
+        with pytest.raises(cli.UsageError, match=message):
+            cli.load_config(["run.py", *args])
     # And once through the real command line: exit status 2, one clean line, no traceback.
     proc = _run_cli("--config=experiments/fim_ablation.py:smoke", "--config.fim.rat=0.1")
     assert proc.returncode == 2
     assert "Did you mean 'fim.rate'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_experiment_file_runs_once_per_command(tmp_path):
+    """run.py loads the experiment file a single time (config and make_dataset alike)."""
+    counter = tmp_path / "count.txt"
+    exp = tmp_path / "counted.py"
+    exp.write_text(
+        (ROOT / "experiments" / "pretrain.py").read_text()
+        + f"\nwith open({str(counter)!r}, 'a') as _f:\n    _f.write('x')\n"
+    )
+    proc = _run_cli(f"--config={exp}:smoke", "--mode=report", f"--workdir={tmp_path}")
+    assert counter.read_text() == "x", proc.stderr[-2000:]

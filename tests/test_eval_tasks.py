@@ -14,9 +14,10 @@ import pytest
 from zen_code_jax.config import base_config
 from zen_code_jax.eval import heldout, humaneval, infilling, mbpp, multipl_e, repo_completion
 from zen_code_jax.eval.__main__ import main as cli_main
+from zen_code_jax.eval.base import EvalContext
+from zen_code_jax.eval.registry import get_task, task_names
 from zen_code_jax.eval.runner import run_tasks
 from zen_code_jax.eval.sandbox import SandboxLimits
-from zen_code_jax.eval.tasks import EvalContext, get_task, task_names
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 LIMITS = SandboxLimits(timeout_s=20.0, memory_mb=1024)  # generous: the CI machine may be busy
@@ -318,6 +319,61 @@ def test_heldout_fim_exact_match_and_middle_bpb():
     assert bad.metrics["single/exact_match"] == 0.0
 
 
+class LayoutEngine(OracleCorpusEngine):
+    """Log-probs that depend on the FIM layout (SPM contexts start prefix, suffix) and on
+    the context length, so the other-layout metric must use exactly the right contexts."""
+
+    def token_logprobs(self, contexts, continuations):
+        tok, out = self.tok, []
+        for c, t in zip(contexts, continuations):
+            spm = len(c) > 1 and (c[0], c[1]) == (tok.fim_prefix_id, tok.fim_suffix_id)
+            base = 3.0 if spm else 1.0
+            out.append(
+                np.array([-(base + (len(c) + k) % 5 / 7) for k in range(len(t))], np.float32)
+            )
+        return out
+
+
+def _other_mode_reference(ctx):
+    """An independent copy of the computation train/loop.py did after the task ran (the
+    FIM ablation's numbers must not move): the other layout's middle bits per byte."""
+    from zen_code_jax.data.fim import fim_prompt_tokens
+
+    mode = "spm" if str(ctx.eval_cfg.fim_mode) == "psm" else "psm"
+    tok, budget = ctx.tokenizer, ctx.context_tokens()
+    n = ctx.limit if ctx.limit > 0 else heldout.DEFAULT_SAMPLES
+    src = ctx.get_corpus().source("heldout")
+    out = {}
+    for kind in ("single", "multi"):
+        exs = heldout.sample_fim_examples(src, kind, n, ctx.seed)
+        fitted = [heldout.fit_fim(e, tok, budget, with_middle=True) for e in exs]
+        contexts = [fim_prompt_tokens(p, s, mode, tok) for p, s in fitted]
+        mids = [tok.encode(e["canonical_solution"]) for e in exs]
+        nats = sum(-float(np.sum(lp)) for lp in ctx.engine.token_logprobs(contexts, mids))
+        nbytes = sum(len(e["canonical_solution"].encode("utf-8")) for e in exs)
+        out[f"{kind}/middle_bpb_{mode}"] = heldout.bits_per_byte(nats, nbytes)
+    return out
+
+
+@pytest.mark.parametrize("mode, other", [("psm", "spm"), ("spm", "psm")])
+def test_heldout_fim_reports_the_other_layout_too(mode, other):
+    """heldout_fim's summary holds both FIM layouts' middle loss, bit for bit the numbers
+    of an independent computation, and the other layout really is scored differently."""
+    corpus, tok = FakeCorpus(), CharTokenizer()
+    c = cfg(limit=6, context_tokens=300, fim_mode=mode)
+    ctx = EvalContext(config=c, engine=LayoutEngine(corpus, tok), tokenizer=tok, corpus=corpus)
+    m = get_task("heldout_fim").evaluate(ctx).metrics
+    ref = _other_mode_reference(ctx)
+    assert set(ref) == {f"single/middle_bpb_{other}", f"multi/middle_bpb_{other}"}
+    for k, v in ref.items():
+        assert m[k] == v  # exact
+    assert f"single/middle_bpb_{mode}" not in m
+    for kind in ("single", "multi"):  # the engine makes SPM contexts cost more
+        spm_bpb = m[f"{kind}/middle_bpb_{'fim' if mode == 'spm' else 'spm'}"]
+        psm_bpb = m[f"{kind}/middle_bpb_{'fim' if mode == 'psm' else 'psm'}"]
+        assert spm_bpb > psm_bpb
+
+
 def test_heldout_sampling_is_deterministic_and_line_aligned():
     corpus = FakeCorpus()
     a = heldout.sample_fim_examples(corpus.records, "multi", 20, seed=3)
@@ -554,18 +610,17 @@ def test_cli_export(capsys):
     assert len(rows) == 3 and {"task_id", "prompt", "suffix", "canonical_solution"} <= set(rows[0])
     cli_main(["--export=mbpp", f"--data={os.path.join(FIXTURES, 'mbpp_small.jsonl')}"])
     assert len(capsys.readouterr().out.splitlines()) == 3
-    with pytest.raises(SystemExit, match="needs --workdir"):
+    with pytest.raises(SystemExit, match="needs --run_dir"):
         cli_main(["--export=heldout_loss"])
 
 
-def test_evaluate_run_and_cli_wiring(tmp_path, monkeypatch, capsys):
-    """`--workdir` scoring: checkpoint restore, engine, overrides, corpus path, outputs.
+def test_score_checkpoint_and_cli_wiring(tmp_path, monkeypatch, capsys):
+    """`--run_dir` scoring: checkpoint restore, engine, overrides, corpus path, outputs.
 
     The checkpoint and engine are stand-ins here (their own tests cover them); this checks
     that the runner passes the right things between them.
     """
-    import zen_code_jax.infer.engine as engine_mod
-    import zen_code_jax.train.checkpoint as ckpt_mod
+    import zen_code_jax.checkpoint as ckpt_mod
     from zen_code_jax.eval import runner
 
     run = tmp_path / "exp" / "arm"
@@ -580,22 +635,28 @@ def test_evaluate_run_and_cli_wiring(tmp_path, monkeypatch, capsys):
             super().__init__(FakeCorpus(n_repos=2), tokenizer)
 
     mc = types.SimpleNamespace(vocab_size=512)
-    monkeypatch.setattr(ckpt_mod, "restore_for_inference", lambda d: ("P", mc, tok, config))
+    monkeypatch.setattr(runner, "restore_for_inference", lambda d: ("P", mc, tok, config))
     monkeypatch.setattr(ckpt_mod, "find_checkpoint_dir", lambda d: run / "checkpoints")
-    monkeypatch.setattr(engine_mod, "InferenceEngine", FakeEngine)
+    monkeypatch.setattr(runner, "InferenceEngine", FakeEngine)
     monkeypatch.setattr(
-        runner, "corpus_loader", lambda c, v, w: seen.setdefault("corpus", (v, w)) and None
+        runner, "corpus_loader", lambda c, v, w: seen.setdefault("corpus", []).append((v, w))
     )
     mbpp_path = os.path.join(FIXTURES, "mbpp_small.jsonl")
-    cli_main([f"--workdir={run}", "--tasks=mbpp", f"--data={mbpp_path}", "--limit=2"])
+    cli_main([f"--run_dir={run}", "--tasks=mbpp", f"--data={mbpp_path}", "--limit=2"])
     out = json.loads(capsys.readouterr().out)
     assert out["mbpp"]["pass@1"] == 0.0  # the fake engine's generate is not an MBPP solver
     assert out["mbpp"]["num_problems"] == 2 and config.eval.limit == 2
     assert seen["engine"] == ("P", mc, tok, config.eval.batch_size)
-    assert seen["corpus"] == (512, tmp_path.resolve())  # WORKDIR = RUN/../..
+    assert seen["corpus"] == [(512, tmp_path.resolve())]  # WORKDIR = RUN/../..
     assert len((run / "eval" / "mbpp.jsonl").read_text().splitlines()) == 2
     assert json.loads((run / "eval" / "summary.json").read_text())["mbpp"]["step"] == 40
     with pytest.raises(ValueError, match="Valid tasks"):
-        runner.evaluate_run(run, ["nope"])
+        runner.score_checkpoint(run, ["nope"])
     with pytest.raises(ValueError, match="Unknown config key"):
-        runner.apply_overrides(config, {"eval.limt": 3})
+        runner.score_checkpoint(run, ["mbpp"], overrides={"eval.limt": 3})
+    other = tmp_path / "elsewhere"
+    cli_main([f"--run_dir={run}", f"--workdir={other}", "--tasks=mbpp", f"--data={mbpp_path}"])
+    capsys.readouterr()
+    assert seen["corpus"][-1] == (512, str(other))  # --workdir: the root holding cache/
+    with pytest.raises(SystemExit, match="--run_dir"):
+        cli_main([f"--workdir={run}"])  # --workdir is the root of many runs, not one run

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sysconfig
-from pathlib import Path
-
 import grain
 import numpy as np
 import pytest
@@ -28,10 +25,9 @@ from zen_code_jax.data.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")
-def tok() -> Tokenizer:
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    texts = [f.read_text(encoding="utf-8") for f in sorted((stdlib / "json").glob("*.py"))]
-    return Tokenizer.train(texts, 512)
+def tok(tiny_tokenizer) -> Tokenizer:
+    """The shared stdlib tokenizer (tests/conftest.py): FIM holds for any tokenizer."""
+    return tiny_tokenizer
 
 
 FP, FM, FS, EOT = object(), object(), object(), object()

@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from zen_code_jax.data.batch import FIELDS
 from zen_code_jax.data.packing import (
-    BATCH_KEYS,
     PackIterDataset,
     _ListIterator,
     _PackIterator,
@@ -24,7 +24,7 @@ def _docs(lengths: list[int]) -> list[np.ndarray]:
 
 def _check_batches(batches: list[dict], lengths: list[int], seq_len: int, batch_size: int) -> None:
     for b in batches:
-        assert set(b) == set(BATCH_KEYS)
+        assert set(b) == set(FIELDS)
         for v in b.values():
             assert v.dtype == np.int32 and v.shape == (batch_size, seq_len)
     if not any(n >= 2 for n in lengths):
@@ -119,7 +119,7 @@ def test_state_restores_exactly_anywhere() -> None:
         rest = list(fresh)
         assert len(rest) == len(full) - k
         for a, b in zip(rest, full[k:]):
-            for key in BATCH_KEYS:
+            for key in FIELDS:
                 np.testing.assert_array_equal(a[key], b[key])
 
 

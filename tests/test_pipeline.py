@@ -1,70 +1,36 @@
-"""The Grain pipeline end to end on an in-memory corpus shaped like PreparedCorpus."""
+"""The Grain pipeline end to end on the shared in-memory corpus (tests/conftest.py)."""
 
 from __future__ import annotations
 
 import json
-import sysconfig
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FakeCorpus, record
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zen_code_jax.config import base_config
+from zen_code_jax.data.batch import FIELDS, Batch
+from zen_code_jax.data.corpus import Corpus, mixture_weights
 from zen_code_jax.data.fim import record_rng, unfim
-from zen_code_jax.data.packing import BATCH_KEYS
-from zen_code_jax.data.pipeline import make_dataset, mixture_weights
+from zen_code_jax.data.pipeline import make_dataset
+from zen_code_jax.data.prepare import prepare_corpus
 from zen_code_jax.data.repo_window import file_segments, split_ids
-from zen_code_jax.data.tokenizer import Tokenizer
+from zen_code_jax.data.sources import CorpusError
 
 SEQ = 128
-
-
-class FakeCorpus:
-    """PreparedCorpus's interface over lists of record dicts (sorted by repo, path)."""
-
-    def __init__(self, tok: Tokenizer, train: list[dict], heldout: list[dict] = ()):
-        key = lambda r: (r["repo"], r["path"])  # noqa: E731
-        self.tokenizer = tok
-        self._splits = {"train": sorted(train, key=key), "heldout": sorted(heldout, key=key)}
-
-    def source(self, split: str) -> list[dict]:
-        return self._splits[split]
-
-    def repos(self, split: str) -> list[tuple[str, int, int]]:
-        recs, out, i = self._splits[split], [], 0
-        while i < len(recs):
-            j = i
-            while j < len(recs) and recs[j]["repo"] == recs[i]["repo"]:
-                j += 1
-            out.append((recs[i]["repo"], i, j))
-            i = j
-        return out
-
-
-def _rec(repo: str, path: str, content: str, language: str = "python") -> dict:
-    return {"repo": repo, "path": path, "content": content, "language": language, "domain": "code"}
+_rec = record
 
 
 @pytest.fixture(scope="module")
-def stdlib_records() -> list[dict]:
-    root = Path(sysconfig.get_paths()["stdlib"])
-    recs = []
-    for pkg in ("json", "urllib", "wsgiref"):
-        for f in sorted((root / pkg).glob("*.py")):
-            recs.append(_rec(pkg, str(f.relative_to(root)), f.read_text(encoding="utf-8")))
-    return recs
+def tok(tiny_tokenizer):
+    return tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
-def tok(stdlib_records) -> Tokenizer:
-    return Tokenizer.train([r["content"] for r in stdlib_records], 512)
-
-
-@pytest.fixture(scope="module")
-def corpus(tok, stdlib_records) -> FakeCorpus:
-    return FakeCorpus(tok, stdlib_records, heldout=stdlib_records[:4])
+def corpus(fake_corpus) -> FakeCorpus:
+    return fake_corpus
 
 
 def _cfg(rate: float = 0.5, mode: str = "file"):
@@ -74,23 +40,33 @@ def _cfg(rate: float = 0.5, mode: str = "file"):
     return c
 
 
-def _take(it, n: int) -> list[dict]:
+def _take(it, n: int) -> list[Batch]:
     return [next(it) for _ in range(n)]
 
 
-def _same(a: list[dict], b: list[dict]) -> bool:
+def _same(a: list[Batch], b: list[Batch]) -> bool:
     return len(a) == len(b) and all(
-        all(np.array_equal(x[k], y[k]) for k in BATCH_KEYS) for x, y in zip(a, b)
+        all(np.array_equal(getattr(x, k), getattr(y, k)) for k in FIELDS) for x, y in zip(a, b)
     )
 
 
-def _segments(batch: dict) -> list[list[int]]:
+def _segments(batch: Batch) -> list[list[int]]:
     out = []
-    for r in range(batch["inputs"].shape[0]):
-        s = batch["segment_ids"][r]
+    for r in range(batch.inputs.shape[0]):
+        s = batch.segment_ids[r]
         for k in range(1, int(s.max(initial=0)) + 1):
-            out.append(batch["inputs"][r][s == k].tolist())
+            out.append(batch.inputs[r][s == k].tolist())
     return out
+
+
+def test_fake_corpus_is_a_corpus(corpus) -> None:
+    """The shared fake implements the whole protocol, so the pipeline needs no fallbacks."""
+    assert isinstance(corpus, Corpus)
+    names, gid = corpus.groups("train")
+    assert names == ["code/Python"] and len(gid) == len(corpus.source("train"))
+    assert corpus.manifest["splits"]["heldout"]["records"] == 4
+    with pytest.raises(ValueError, match="valid splits"):
+        corpus.source("validation")
 
 
 @pytest.mark.parametrize("mode", ["file", "repo"])
@@ -99,9 +75,9 @@ def test_contract_determinism_and_restore(corpus, tok, mode: str) -> None:
     it = make_dataset(corpus, cfg, seq_len=SEQ, batch_size=4, seed=3)
     first = _take(it, 6)
     for b in first:
-        assert set(b) == set(BATCH_KEYS)
-        assert all(v.dtype == np.int32 and v.shape == (4, SEQ) for v in b.values())
-        assert (b["loss_mask"][b["segment_ids"] == 0] == 0).all()
+        assert isinstance(b, Batch) and tuple(b.to_dict()) == FIELDS
+        assert all(v.dtype == np.int32 and v.shape == (4, SEQ) for v in b.to_dict().values())
+        assert (b.loss_mask[b.segment_ids == 0] == 0).all()
     state = it.get_state()
     state = json.loads(json.dumps(state))  # saved as JSON by grain.checkpoint in Orbax
     rest = _take(it, 5)
@@ -142,7 +118,7 @@ def test_heldout_single_pass_in_order_without_fim(corpus, tok, stdlib_records) -
         expect += tok.encode(r["content"]) + [tok.eot_id]
     # All held-out tokens, each once (packing may reorder segments between rows).
     assert sorted(toks) == sorted(expect)
-    assert all(b["inputs"].shape == (4, SEQ) for b in batches)
+    assert all(b.inputs.shape == (4, SEQ) for b in batches)
 
 
 def _shard_contents(tok, corpus, shard_index: int, shard_count: int) -> list[str]:
@@ -186,20 +162,36 @@ def test_repo_windows_in_dependency_order(tok) -> None:
     assert text == expected + "<|endoftext|>"
 
 
-def test_mixture_weights() -> None:
-    counts = {("code", "python"): 60, ("code", "c"): 20, ("docs", "markdown"): 20}
-    w = mixture_weights(counts, {"code": 0.5, "docs": 0.5}, {})
-    assert w[("docs", "markdown")] == pytest.approx(0.5)
-    assert w[("code", "python")] == pytest.approx(0.375)
-    w = mixture_weights(counts, {}, {"python": 1.0, "c": 3.0, "markdown": 1.0})
-    assert w[("code", "c")] == pytest.approx(0.8 * 0.75)
-    with pytest.raises(ValueError, match="positive weight"):
-        mixture_weights(counts, {"web": 1.0}, {})
+def _weights(corpus, domain_weights: dict, language_weights: dict) -> dict[str, float]:
+    cfg = _cfg().data
+    cfg.domain_weights, cfg.language_weights = domain_weights, language_weights
+    mix = mixture_weights(corpus, cfg, "train")
+    return dict(zip(mix.groups, mix.weights))
+
+
+def test_mixture_weights(tok) -> None:
+    """Domain, then language weights; records of one size, so record and byte shares agree."""
+    groups = {("code", "Python"): 60, ("code", "C/C++"): 20, ("docs", "Markdown"): 20}
+    recs = [
+        _rec("r", f"{lang}{i:03d}", f"x{i:03d}\n", language=lang, domain=dom)
+        for (dom, lang), n in groups.items()
+        for i in range(n)
+    ]
+    corpus = FakeCorpus(tok, recs)
+    w = _weights(corpus, {"code": 0.5, "docs": 0.5}, {})
+    assert w["docs/Markdown"] == pytest.approx(0.5)
+    assert w["code/Python"] == pytest.approx(0.375)
+    # Language weights split the code domain (aliases allowed); docs keeps its natural share.
+    w = _weights(corpus, {}, {"python": 1.0, "c": 3.0})
+    assert w["code/C/C++"] == pytest.approx(0.8 * 0.75)
+    assert w["docs/Markdown"] == pytest.approx(0.2)
+    with pytest.raises(CorpusError, match="no weight to any domain present"):
+        _weights(corpus, {"web": 1.0}, {})
 
 
 def test_language_mixture_through_pipeline(tok) -> None:
     recs = [_rec("r", f"p{i}.py", f"p{i} = {i}\n") for i in range(30)]
-    recs += [_rec("r", f"c{i}.c", f"int c{i};\n", language="c") for i in range(10)]
+    recs += [_rec("r", f"c{i}.c", f"int c{i};\n", language="C/C++") for i in range(10)]
     corpus = FakeCorpus(tok, recs)
     cfg = _cfg(rate=0.0)
     cfg.data.language_weights = {"python": 1.0, "c": 1.0}
@@ -233,8 +225,6 @@ def test_worker_processes_give_identical_batches(corpus) -> None:
 
 def test_real_prepared_corpus(tmp_path) -> None:
     """The pipeline on a real PreparedCorpus (ArrayRecord shards, JSON records, mixture)."""
-    from zen_code_jax.data.prepare import prepare_corpus
-
     root = tmp_path / "repos"
     for r in range(6):
         pkg = root / f"repo{r}" / "pkg"
@@ -264,7 +254,7 @@ def test_real_prepared_corpus(tmp_path) -> None:
     text = tok.decode(_segments(next(it))[0])  # a whole repository fits one window
     assert text.index("# File: pkg/base.py\n") < text.index("# File: pkg/user.py\n")
     held = list(make_dataset(corpus, cfg, split="heldout", seq_len=SEQ, batch_size=2, seed=0))
-    assert held and all(b["inputs"].shape == (2, SEQ) for b in held)
+    assert held and all(b.inputs.shape == (2, SEQ) for b in held)
     # Language weights go through PreparedCorpus.mixture: only C when C has all the weight.
     cfg.data.mode = "file"
     cfg.data.language_weights = {"C/C++": 1.0}

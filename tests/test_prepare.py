@@ -134,9 +134,9 @@ def test_cache_reuse_and_key(corpus, repos_dir, monkeypatch) -> None:
     work = corpus.directory.parent.parent
 
     def boom(*a, **k):
-        raise AssertionError("cache miss: _build called again")
+        raise AssertionError("cache miss: build_corpus called again")
 
-    monkeypatch.setattr(prepare, "_build", boom)
+    monkeypatch.setattr(prepare, "build_corpus", boom)
     # Fields that only steer reading (weights, processes) keep the cache.
     again = prepare_corpus(
         _data_cfg(repos_dir, num_prepare_processes=1, domain_weights={"code": 0.5}), VOCAB, work

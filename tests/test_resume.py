@@ -120,7 +120,7 @@ def test_non_finite_loss_stops_naming_step_and_last_good_checkpoint(workdir):
 def test_restore_for_inference(workdir, reference):
     from zen_code_jax.data.tokenizer import Tokenizer
     from zen_code_jax.model.config import get_preset
-    from zen_code_jax.train.checkpoint import restore_for_inference
+    from zen_code_jax.checkpoint import restore_for_inference
 
     run_dir = workdir / "resume_ref" / "main"
     params, model_cfg, tokenizer, config = restore_for_inference(run_dir)

@@ -89,7 +89,7 @@ def test_fork_bomb_is_contained():
     if ROOT:
         assert r.isolation["uid"] is not None
         time.sleep(0.2)
-        assert sandbox._pids_of_uid(r.isolation["uid"]) == []  # nothing survived
+        assert sandbox.pids_of_uid(r.isolation["uid"]) == []  # nothing survived
     assert_host_ok()
 
 
@@ -249,3 +249,44 @@ def test_rlimits_only_mode_still_scores_correctly():
     )
     assert [r.status for r in rs] == [PASSED, FAILED, TIMEOUT]
     assert not rs[0].isolation["net_ns"] and not rs[0].isolation["pid_ns"]
+
+
+def test_launcher_is_a_stdlib_only_script():
+    """The launcher runs isolated (`python -I -S`), partly as root: it may import nothing
+    outside the standard library, and no `__future__` (the program's compile inherits it)."""
+    import ast
+
+    tree = ast.parse(open(sandbox.LAUNCHER, encoding="utf-8").read())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            names.add((node.module or "").split(".")[0])
+    assert names and names <= set(sys.stdlib_module_names) - {"__future__"}, names
+
+
+def test_program_sees_the_launcher_globals_it_always_saw():
+    """Python programs run in the launcher's namespace as `__main__` (unchanged behaviour:
+    e.g. a completion using `sys` without importing it)."""
+    r = run_program("print(__name__, __file__, __doc__, sys.argv)", limits=FAST)
+    assert r.passed and r.stdout.split() == ["__main__", "program.py", "None", "['program.py']"]
+
+
+def test_uid_pool_is_built_lazily_and_hands_out_distinct_uids():
+    from concurrent.futures import ThreadPoolExecutor
+
+    code = (
+        "import zen_code_jax.eval.sandbox as s, zen_code_jax.eval.sandbox.uids as u; "
+        "assert u._pool is None, 'built at import'"
+    )
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    from zen_code_jax.eval.sandbox import uids
+
+    with ThreadPoolExecutor(8) as ex:
+        got = list(ex.map(lambda _: uids.acquire_uid(), range(32)))
+    try:
+        assert len(set(got)) == 32
+    finally:
+        for uid in got:
+            uids.release_uid(uid)

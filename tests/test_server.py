@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from zen_code_jax.infer.__main__ import build_server
+from zen_code_jax.infer.__main__ import build_server, parse_args
 from zen_code_jax.infer.server import CompletionServer, RequestError, parse_fim_prompt
 
 MAX_TOKENS = 12  # every request stays in the (batch 4, prompt 16, new 16) buckets
@@ -24,11 +24,11 @@ MAX_TOKENS = 12  # every request stays in the (batch 4, prompt 16, new 16) bucke
 def server():
     srv = build_server(
         [
-            "--random-preset=tiny",
+            "--random_preset=tiny",
             "--port=0",
-            "--max-batch-size=4",
-            "--min-batch-bucket=4",  # one batch bucket for every request: one compile
-            "--max-tokens-limit=64",
+            "--max_batch_size=4",
+            "--min_batch_bucket=4",  # one batch bucket for every request: one compile
+            "--max_tokens_limit=64",
         ]
     )
     srv.batch_window_s = 0.5  # concurrent test requests reliably share a batch
@@ -181,3 +181,13 @@ def test_unknown_fields_ignored_and_concurrent_requests_batched(server):
     assert all(results[i][0] == 200 for i in range(len(prompts)))
     assert [results[i][1]["choices"][0]["text"] for i in range(len(prompts))] == want
     assert server.batches_run - before < len(prompts)  # concurrent requests shared a batch
+
+
+def test_cli_speaks_the_project_vocabulary():
+    """--run_dir is one run; multi-word flags use underscores (as experiments/run.py)."""
+    a = parse_args(["--run_dir=W/exp/arm", "--max_batch_size=2", "--batch_window_ms=5"])
+    assert (a.run_dir, a.max_batch_size, a.batch_window_ms) == ("W/exp/arm", 2, 5.0)
+    assert parse_args(["--random_preset=tiny"]).random_preset == "tiny"
+    for old in (["--random-preset=tiny"], ["--workdir=W/exp/arm"]):
+        with pytest.raises(SystemExit):
+            parse_args(old)

@@ -1,18 +1,21 @@
 """The experiment config schema: one ml-collections ConfigDict with fixed top-level groups.
 
-Every experiment file in `experiments/` starts from `base_config()` and changes fields;
-it never adds keys (ConfigDicts are locked), so a typo is an error that names the valid
-keys. Groups: model, mesh, data, fim, optimizer, train, checkpoint, eval, arms.
+Every experiment file in `experiments/` starts from `base_config()` (through
+`zen_code_jax.experiment.setup.start_config`) and changes fields; it never adds keys
+(ConfigDicts are locked), so a typo is an error that names the valid keys. Groups: model,
+mesh, data, fim, optimizer, train, checkpoint, eval, report, arms.
 
-Each group is owned by one part of the package, which reads only its own group(s):
+Each group is read by one part of the package:
   model -> zen_code_jax.model     mesh -> zen_code_jax.parallel
   data, fim -> zen_code_jax.data  optimizer, train, checkpoint -> zen_code_jax.train
-  eval -> zen_code_jax.eval       arms -> experiments/run.py
+  eval -> zen_code_jax.eval       report, arms -> zen_code_jax.experiment
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import difflib
 from typing import Any
 
 import ml_collections
@@ -132,6 +135,11 @@ def base_config() -> ml_collections.ConfigDict:
         )
     )
 
+    # Which of the report's tables report.md shows beside the generic one: "fim_rate"
+    # (Table 7) and/or "repo_ft" (Table 8). Chosen here, never by experiment name, so a
+    # forked experiment file keeps its tables.
+    c.report = ml_collections.ConfigDict(dict(tables=()))
+
     # Named overrides that make up an ablation: {arm_name: {"dotted.key": value}}.
     c.arms = ml_collections.ConfigDict()
     c.lock()
@@ -139,40 +147,11 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 # ---------------------------------------------------------------------------------------
-# Scales, overrides and arms: shared by every experiment file and experiments/run.py.
-
-SCALES = ("smoke", "cpu", "gpu", "paper")
-
-
-def parse_config_arg(arg: str | None, default_scale: str = "cpu") -> tuple[str, dict[str, str]]:
-    """Parse an experiment file's ARG, big_vision style: `SCALE[,key=value,...]`.
-
-    `"gpu,train.steps=100"` -> `("gpu", {"train.steps": "100"})`; `scale=gpu` also works and
-    an empty ARG means the default scale. Values stay strings here; `apply_overrides`
-    parses them against the type of the field they replace.
-    """
-    scale, overrides = default_scale, {}
-    for part in [p.strip() for p in (arg or "").split(",") if p.strip()]:
-        if "=" in part:
-            key, value = part.split("=", 1)
-            if key.strip() == "scale":
-                scale = value.strip()
-            else:
-                overrides[key.strip()] = value.strip()
-        else:
-            scale = part
-    if scale not in SCALES:
-        raise ValueError(
-            f"Unknown scale {scale!r} in the config ARG {arg!r}. Use one of {list(SCALES)}, "
-            "e.g. --config=experiments/fim_ablation.py:smoke or ...:cpu,train.steps=100."
-        )
-    return scale, overrides
+# Overrides and arms: typed dotted-key updates, shared by experiment files and every CLI.
 
 
 def _parse_value(text: str, current: Any, key: str) -> Any:
     """Parse a command-line string against the type of the value it replaces."""
-    import ast
-
     if isinstance(current, bool):
         low = text.lower()
         if low in ("true", "1", "yes"):
@@ -204,8 +183,6 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Any) -> None:
     Errors name the valid keys at the level where the path went wrong (with the closest
     match first), or the expected type, so a typo is fixed in one go.
     """
-    import difflib
-
     for key, raw in dict(overrides).items():
         parts = key.split(".")
         node = cfg
@@ -303,77 +280,3 @@ def config_from_dict(d: dict[str, Any]) -> ml_collections.ConfigDict:
             cfg[group] = value
     set_arms(cfg, arms)
     return cfg
-
-
-def apply_scale(c: ml_collections.ConfigDict, scale: str) -> None:
-    """Settings every experiment shares at a scale; experiment files then change the rest.
-
-    smoke: the `tiny` model on a few dozen stdlib files, a handful of steps (tests).
-    cpu:   the ~7M-parameter `cpu_small` model on the stdlib, minutes per arm on 2 cores.
-    gpu:   a ~40M-parameter model on the larger local corpus, minutes per arm on one H100.
-    paper: `zen_code_14b` with the report's optimizer, batch and precision.
-    """
-    c.scale = scale
-    if scale == "smoke":
-        c.model = model_group("tiny")
-        c.train.update(dict(seq_len=128, global_batch_size=8, steps=6, log_every=1))
-        c.optimizer.update(dict(peak_lr=3e-3, final_lr=3e-4, warmup_steps=2))
-        c.checkpoint.update(dict(every=2, keep_last=2))
-        c.data.heldout_fraction = 0.2
-        if "max_files" in c.data:  # the data group's corpus-size cap, when present
-            c.data.max_files = 80
-        c.eval.update(dict(limit=4, max_new_tokens=8, batch_size=4))
-    elif scale == "cpu":
-        # float32: on the 2-core AVX2 CI machine (no AVX-512 bf16) bf16 steps were slower
-        # (1.24K vs 1.44K tok/s at batch 8). The loop runs batch 4 x 512 at ~0.63 steps/s
-        # there, so 256 steps (524K tokens) train in ~7 minutes per arm, evaluation takes
-        # ~3, and the 4 arms plus corpus preparation fit the README's ~45 minutes.
-        c.model = model_group("cpu_small", dtype="float32")
-        c.train.update(dict(seq_len=512, global_batch_size=4, steps=256, log_every=8))
-        c.optimizer.update(dict(peak_lr=1e-3, final_lr=1e-4, warmup_steps=30))
-        c.checkpoint.update(dict(every=100, keep_last=2))
-        # 50 held-out lines / problems per task and 25 held-out files (~130K tokens) for the
-        # left-to-right loss keep evaluation to ~2.5 minutes per arm.
-        c.eval.update(dict(limit=50, heldout_files=25, max_new_tokens=32, batch_size=16))
-    elif scale == "gpu":
-        c.model = model_group(
-            "cpu_small",
-            vocab_size=16_384,
-            hidden_size=512,
-            num_layers=8,
-            num_heads=8,
-            num_kv_heads=4,
-            intermediate_size=1536,
-            max_position_embeddings=4096,
-            attention_block_size=512,
-        )
-        c.data.source = "local"
-        c.train.update(dict(seq_len=1024, global_batch_size=64, steps=1000, log_every=50))
-        c.optimizer.update(dict(peak_lr=1e-3, final_lr=1e-4, warmup_steps=100))
-        c.checkpoint.update(dict(every=250, keep_last=2))
-        c.eval.update(dict(limit=0, max_new_tokens=64, batch_size=64))
-    elif scale == "paper":
-        c.model = model_group("zen_code_14b")
-        # 1,024 sequences x 4,096 tokens = 4.19M tokens per step (the report's 4M batch).
-        c.train.update(dict(seq_len=4096, global_batch_size=1024, steps=625_000, log_every=100))
-        c.train.micro_batch_size = 0
-        c.optimizer.update(dict(peak_lr=3e-4, final_lr=3e-5, warmup_steps=1000))
-        c.optimizer.weight_decay = 0.1
-        c.mesh.update(dict(data=-1, fsdp=64, tensor=1, sequence=1))
-        c.checkpoint.update(dict(every=1000, keep_last=3, keep_every=25_000))
-        c.eval.update(dict(limit=0, max_new_tokens=512, batch_size=64))
-    else:
-        raise ValueError(f"Unknown scale {scale!r}; use one of {list(SCALES)}.")
-
-
-def start_config(name: str, arg: str | None) -> tuple[ml_collections.ConfigDict, dict[str, str]]:
-    """base_config() named `name` at the ARG's scale; returns it and the ARG's overrides.
-
-    Experiment files apply the overrides last (with `apply_overrides`) so the command line
-    always wins over the file.
-    """
-    scale, overrides = parse_config_arg(arg)
-    c = base_config()
-    c.name = name
-    apply_scale(c, scale)
-    return c, overrides

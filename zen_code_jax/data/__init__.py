@@ -14,9 +14,15 @@ _LAZY = {
     "TokenizerError": "zen_code_jax.data.tokenizer",
     "SPECIAL_TOKENS": "zen_code_jax.data.tokenizer",
     "prepare_corpus": "zen_code_jax.data.prepare",
-    "PreparedCorpus": "zen_code_jax.data.prepare",
+    "Corpus": "zen_code_jax.data.corpus",
+    "Manifest": "zen_code_jax.data.corpus",
+    "Mixture": "zen_code_jax.data.corpus",
+    "PreparedCorpus": "zen_code_jax.data.corpus",
+    "RecordSource": "zen_code_jax.data.corpus",
+    "SPLITS": "zen_code_jax.data.corpus",
+    "mixture_weights": "zen_code_jax.data.corpus",
+    "Batch": "zen_code_jax.data.batch",
     "CorpusError": "zen_code_jax.data.sources",
-    "mixture_weights": "zen_code_jax.data.prepare",
 }
 
 __all__ = sorted(_LAZY)

@@ -14,8 +14,9 @@ punctuation characters; whitespace ignored, so re-indentation does not hide a co
   numpy, vectorized over shingles and permutations (see benchmarks/dedup.py for speed
   against datasketch).
 - LSH: `bands x rows == num_perm`. A pair at Jaccard J becomes a candidate with probability
-  1 - (1 - J^rows)^bands: 0.947 at J=0.8 and 0.994 at J=0.85 for 16 x 8, whereas the
-  "optimal" 9 x 13 gives 0.43 at J=0.8 (NOTES.md).
+  1 - (1 - J^rows)^bands: 0.947 at J=0.8 and 0.994 at J=0.85 for 16 x 8, whereas the 9 x 13
+  that datasketch's error-balancing choice picks for threshold 0.8 gives 0.40 at J=0.8
+  (it trades recall for fewer candidates; the curve is tabulated in docs/measurements.md).
 - Candidates are confirmed by the estimated Jaccard (share of equal signature entries) >=
   threshold, merged with union-find, and each cluster keeps its first member in (repo, path)
   order, so the result is deterministic.

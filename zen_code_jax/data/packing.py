@@ -1,4 +1,4 @@
-"""First-fit packing of token segments into fixed-length rows, and the batch contract.
+"""First-fit packing of token segments into fixed-length rows of finished batches.
 
 Why our own packer (not grain.experimental.FirstFitPackIterDataset): one record (a file or a
 repository) yields a *list* of segments, a segment longer than a row must be split rather
@@ -12,12 +12,8 @@ current group, how many of that record's segments earlier groups consumed, how m
 of the group were emitted). Restoring re-reads from there and re-packs the group, so a
 resumed run yields exactly the batches an uninterrupted one would.
 
-Batch contract (DESIGN.md): int32 [batch, seq_len] arrays
-  inputs       the packed tokens (pad_id on padding)
-  targets      inputs shifted left by one *within* a segment (0 where there is no next token)
-  segment_ids  1, 2, ... per segment in a row; 0 on padding
-  positions    0, 1, ... restarting in each segment; 0 on padding
-  loss_mask    1 where targets is a real next token: 0 on padding and on each segment's last token
+The rows become the batch contract of `data/batch.py` (`make_batch`; the pipeline then wraps
+each batch in `Batch`).
 """
 
 from __future__ import annotations
@@ -28,7 +24,7 @@ from typing import Any
 import grain
 import numpy as np
 
-BATCH_KEYS = ("inputs", "targets", "segment_ids", "positions", "loss_mask")
+from zen_code_jax.data.batch import FIELDS
 
 
 def chunk_segment(ids: np.ndarray, seq_len: int) -> list[np.ndarray]:
@@ -88,19 +84,16 @@ class RowPacker:
         return tokens, segs, pos
 
 
-def make_batch(tokens: np.ndarray, segment_ids: np.ndarray, positions: np.ndarray) -> dict:
-    """The batch contract from packed rows (see the module docstring)."""
+def make_batch(
+    tokens: np.ndarray, segment_ids: np.ndarray, positions: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The `data/batch.py` contract's fields (`FIELDS`), as a dict, from packed rows."""
     nxt_same = np.zeros_like(segment_ids, dtype=bool)
     nxt_same[:, :-1] = (segment_ids[:, 1:] == segment_ids[:, :-1]) & (segment_ids[:, :-1] != 0)
     targets = np.zeros_like(tokens)
     targets[:, :-1] = np.where(nxt_same[:, :-1], tokens[:, 1:], 0)
-    return {
-        "inputs": tokens.astype(np.int32),
-        "targets": targets.astype(np.int32),
-        "segment_ids": segment_ids.astype(np.int32),
-        "positions": positions.astype(np.int32),
-        "loss_mask": nxt_same.astype(np.int32),
-    }
+    arrays = (tokens, targets, segment_ids, positions, nxt_same)  # in `FIELDS` order
+    return {k: v.astype(np.int32) for k, v in zip(FIELDS, arrays, strict=True)}
 
 
 def pack_segments(

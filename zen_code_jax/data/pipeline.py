@@ -10,6 +10,7 @@ Order of operations and why:
     .to_iter_dataset()
     [.mp_prefetch(workers)]              worker processes do the per-record work above
     PackIterDataset                      first-fit packing into finished [batch, seq_len] batches
+    .map(Batch.from_mapping)             the typed batch contract (data/batch.py)
 
 Every random choice happens on the MapDataset side, keyed by the element's index in the
 global (shuffled, repeated) stream, so it never depends on read order, threads or worker
@@ -23,21 +24,25 @@ checkpoint it, e.g. with `grain.checkpoint.CheckpointSave` inside Orbax's Compos
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 import grain
+import ml_collections
 import numpy as np
+from absl import flags
 
+from zen_code_jax.data.batch import Batch
+from zen_code_jax.data.corpus import HELDOUT_SPLIT, SPLITS, TRAIN_SPLIT, Corpus
 from zen_code_jax.data.import_graph import order_files
 from zen_code_jax.data.packing import PackIterDataset
 from zen_code_jax.data.repo_window import file_segments, repo_windows
+from zen_code_jax.data.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
-TRAIN_SPLIT = "train"
-SPLITS = ("train", "heldout")
 MODES = ("file", "repo")
 # First-fit bins per group, at least: more bins, less padding (measured in the benchmark).
 MIN_PACKING_ROWS = 64
@@ -46,7 +51,7 @@ MIN_PACKING_ROWS = 64
 class FileToSegments:
     """Per-record transform for file mode (picklable for worker processes)."""
 
-    def __init__(self, tok: Any, seq_len: int, fim_rate: float, spm_rate: float):
+    def __init__(self, tok: Tokenizer, seq_len: int, fim_rate: float, spm_rate: float):
         self.tok, self.seq_len, self.fim_rate, self.spm_rate = tok, seq_len, fim_rate, spm_rate
 
     def __call__(self, record: dict, rng: np.random.Generator | None = None) -> list[np.ndarray]:
@@ -63,7 +68,9 @@ class FileToSegments:
 class RepoToWindows:
     """Per-repository transform for repo mode: read files, order by imports, window, FIM."""
 
-    def __init__(self, source: Any, tok: Any, seq_len: int, fim_rate: float, spm_rate: float):
+    def __init__(
+        self, source: Sequence[Any], tok: Tokenizer, seq_len: int, fim_rate: float, spm_rate: float
+    ):
         self.source = source
         self.tok, self.seq_len, self.fim_rate, self.spm_rate = tok, seq_len, fim_rate, spm_rate
 
@@ -83,16 +90,7 @@ def _decode(rec: Any) -> dict:
     """Records are dicts; raw JSON bytes are accepted too (an undecoded ArrayRecord source)."""
     if isinstance(rec, dict):
         return rec
-    import json
-
     return json.loads(rec)
-
-
-def _cfg_get(group: Any, key: str, default: Any) -> Any:
-    try:
-        return group[key]
-    except (KeyError, AttributeError, TypeError):
-        return default
 
 
 def _check_args(
@@ -170,69 +168,24 @@ class _Range:
         return int(i)
 
 
-def mixture_weights(
-    counts: dict[tuple[str, str], int], domain_weights: dict, language_weights: dict
-) -> dict[tuple[str, str], float]:
-    """Sampling weight per (domain, language) group (normalized to sum 1).
-
-    P(domain) is `domain_weights` (natural share when empty); P(language | domain) is
-    `language_weights` restricted to the languages present in that domain (natural share
-    when empty). Domains or languages missing from a non-empty weight dict get weight 0.
-    """
-    total = sum(counts.values())
-    domains = sorted({d for d, _ in counts})
-    dom_n = {d: sum(n for (dd, _), n in counts.items() if dd == d) for d in domains}
-    if domain_weights:
-        z = sum(float(domain_weights.get(d, 0.0)) for d in domains)
-        p_dom = {d: float(domain_weights.get(d, 0.0)) / z if z > 0 else 0.0 for d in domains}
-    else:
-        p_dom = {d: dom_n[d] / total for d in domains}
-    out = {}
-    for (d, lang), n in sorted(counts.items()):
-        if language_weights:
-            z = sum(float(language_weights.get(ll, 0.0)) for dd, ll in counts if dd == d)
-            p_lang = float(language_weights.get(lang, 0.0)) / z if z > 0 else 0.0
-        else:
-            p_lang = n / dom_n[d]
-        out[(d, lang)] = p_dom[d] * p_lang
-    z = sum(out.values())
-    if z <= 0:
-        raise ValueError(
-            f"data.domain_weights={domain_weights} / data.language_weights={language_weights} "
-            f"give every group weight 0; the corpus has (domain, language) groups "
-            f"{sorted(counts)}. Name at least one of them with a positive weight."
-        )
-    return {k: v / z for k, v in out.items()}
-
-
-def _mixture(corpus: Any, split: str, data_cfg: Any, seed: int) -> grain.MapDataset | None:
+def _mixture(
+    corpus: Corpus, split: str, data_cfg: ml_collections.ConfigDict, seed: int
+) -> grain.MapDataset | None:
     """A deterministic weighted mixture by domain and language, or None when not needed.
 
     Needed when language weights are set, or domain weights name several domains or leave
-    out a domain the corpus has. The weights come from the prepared corpus
-    (`PreparedCorpus.mixture`, byte-share weights from its manifest) when it has them, else
-    from `mixture_weights` over a scan of the records. Each group is shuffled (reshuffled
+    out a domain the corpus has. The weights are `corpus.mixture` (byte-share weights from
+    the group statistics, `data.corpus.mixture_weights`). Each group is shuffled (reshuffled
     every epoch) and repeated; `MapDataset.mix` interleaves them by index (no stateful RNG).
     """
     source = corpus.source(split)
-    dom_w = dict(_cfg_get(data_cfg, "domain_weights", {}) or {})
-    lang_w = dict(_cfg_get(data_cfg, "language_weights", {}) or {})
-    present_domains: set[str] | None = None
-    if hasattr(corpus, "groups"):
-        present_domains = {g.split("/", 1)[0] for g in corpus.groups(split)[0]}
-    if not lang_w and len(dom_w) <= 1 and (not dom_w or present_domains in (None, set(dom_w))):
+    dom_w = dict(data_cfg.domain_weights or {})
+    lang_w = dict(data_cfg.language_weights or {})
+    present_domains = {g.split("/", 1)[0] for g in corpus.groups(split)[0]}
+    if not lang_w and len(dom_w) <= 1 and (not dom_w or present_domains == set(dom_w)):
         return None
-    if hasattr(corpus, "mixture"):
-        mix = corpus.mixture(data_cfg, split)
-        keep = [(g, idx, w) for g, idx, w in zip(mix.groups, mix.indices, mix.weights) if w > 0]
-    else:
-        groups: dict[tuple[str, str], list[int]] = {}
-        for i in range(len(source)):
-            rec = _decode(source[i])
-            key = (rec.get("domain", "code"), rec.get("language", ""))
-            groups.setdefault(key, []).append(i)
-        weights = mixture_weights({k: len(v) for k, v in groups.items()}, dom_w, lang_w)
-        keep = [("/".join(k), groups[k], w) for k, w in weights.items() if w > 0]
+    mix = corpus.mixture(data_cfg, split)
+    keep = [(g, idx, w) for g, idx, w in zip(mix.groups, mix.indices, mix.weights) if w > 0]
     parts = [
         shuffled(np.asarray(idx, dtype=np.int64), (seed + j) % 2**32, None).map(_Lookup(source))
         for j, (_, idx, _) in enumerate(keep)
@@ -246,7 +199,7 @@ def _mixture(corpus: Any, split: str, data_cfg: Any, seed: int) -> grain.MapData
 class _Lookup:
     """Record index -> record (picklable)."""
 
-    def __init__(self, source: Any):
+    def __init__(self, source: Sequence[Any]):
         self.source = source
 
     def __call__(self, i: Any) -> Any:
@@ -254,8 +207,8 @@ class _Lookup:
 
 
 def build_dataset(
-    corpus: Any,
-    config: Any,
+    corpus: Corpus,
+    config: ml_collections.ConfigDict,
     *,
     split: str = TRAIN_SPLIT,
     seq_len: int | None = None,
@@ -268,14 +221,14 @@ def build_dataset(
     mode: str | None = None,
     read_threads: int = 0,
 ) -> grain.IterDataset:
-    """The pipeline as a Grain IterDataset (see the module docstring for the order)."""
+    """The pipeline as a Grain IterDataset of `Batch` (see the module docstring)."""
     data_cfg = config.data
     seq_len = int(seq_len or config.train.seq_len)
     if batch_size is None:
         batch_size = int(config.train.global_batch_size) // shard_count
     seed = int(config.seed if seed is None else seed) % 2**32
-    mode = mode or _cfg_get(data_cfg, "mode", "file")
-    workers = int(_cfg_get(data_cfg, "num_workers", 0) if num_workers is None else num_workers)
+    mode = mode or data_cfg.mode
+    workers = int(data_cfg.num_workers if num_workers is None else num_workers)
     _check_args(split, mode, seq_len, batch_size, shard_index, shard_count)
     train = split == TRAIN_SPLIT
     tok = corpus.tokenizer
@@ -319,18 +272,20 @@ def build_dataset(
         _ensure_absl_flags_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
     rows = max(batch_size, MIN_PACKING_ROWS)
-    return PackIterDataset(
+    packed = PackIterDataset(
         it,
         seq_len=seq_len,
         batch_size=batch_size,
         batches_per_group=-(-rows // batch_size),
         pad_id=int(tok.pad_id),
     )
+    # A map keeps the packer's checkpoint state as it is (grain forwards get/set_state).
+    return packed.map(Batch.from_mapping)
 
 
 def make_dataset(
-    corpus: Any,
-    config: Any,
+    corpus: Corpus,
+    config: ml_collections.ConfigDict,
     *,
     split: str = TRAIN_SPLIT,
     seq_len: int | None = None,
@@ -343,7 +298,7 @@ def make_dataset(
     mode: str | None = None,
     read_threads: int = 0,
 ) -> grain.DatasetIterator:
-    """A checkpointable iterator of per-host batches (the batch contract in `packing`).
+    """A checkpointable iterator of per-host `Batch`es (the contract in `data/batch.py`).
 
     `batch_size` is per host (default: train.global_batch_size // shard_count). split='train'
     shuffles, applies FIM and repeats forever (or `num_epochs`); split='heldout' reads the
@@ -370,16 +325,14 @@ def make_dataset(
     )
 
 
-def make_eval_dataset(corpus: Any, config: Any, **kwargs: Any) -> grain.DatasetIterator:
+def make_eval_dataset(
+    corpus: Corpus, config: ml_collections.ConfigDict, **kwargs: Any
+) -> grain.DatasetIterator:
     """One ordered pass over the held-out split without FIM (for held-out loss)."""
-    return make_dataset(corpus, config, split="heldout", **kwargs)
+    return make_dataset(corpus, config, split=HELDOUT_SPLIT, **kwargs)
 
 
 def _ensure_absl_flags_parsed() -> None:
     """Grain's worker processes read absl flags; mark them parsed when no absl app ran."""
-    try:
-        from absl import flags
-    except ImportError:  # pragma: no cover - absl is a grain dependency
-        return
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()

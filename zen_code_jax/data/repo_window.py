@@ -1,6 +1,6 @@
 """Documents to token segments: file pieces, repository windows, and FIM after windowing.
 
-Repository format (report section 2.3, DESIGN.md): each file of one repository is written as
+Repository format (report section 2.3; the contract in docs/architecture.md): each file of one repository is written as
 `# File: {path}\\n{content}\\n`, dependencies before their users (`import_graph`), and the
 stream is cut into windows of at most `seq_len` tokens that end at file boundaries. A file
 longer than a window is split (at line ends where possible) into pieces that each fit; every
@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from zen_code_jax.data.fim import draw_mode, fim_prompt_tokens, fim_tokens, split_text
+from zen_code_jax.data.tokenizer import Tokenizer
 
 # Tokens reserved in every piece for FIM: 3 sentinels + <|endoftext|> + re-encoding growth.
 FIM_RESERVE = 16
@@ -122,20 +123,18 @@ def split_to_budget(
 _SURFACE_CACHE: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
 
-def token_surfaces(tok: Any) -> tuple[np.ndarray, np.ndarray] | None:
+def token_surfaces(tok: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
     """Per id: UTF-8 byte length of its text, and whether that text ends with a newline.
 
-    None when the tokenizer cannot say (no `id_to_piece`); callers then split by text.
+    Computed once per tokenizer: `split_ids` cuts encodings with it instead of re-encoding.
     """
     key = id(tok)
     if key in _SURFACE_CACHE:
         return _SURFACE_CACHE[key]
-    if not hasattr(tok, "id_to_piece"):
-        return None
-    n = int(getattr(tok, "sp_vocab_size", tok.vocab_size))
+    n = int(tok.sp_vocab_size)
     lens = np.zeros(max(n, tok.vocab_size), dtype=np.int64)
     ends_nl = np.zeros(max(n, tok.vocab_size), dtype=bool)
-    special = set(getattr(tok, "special_ids", ()))
+    special = set(tok.special_ids)
     for i in range(n):
         piece = tok.id_to_piece(i)
         if i in special:
@@ -155,7 +154,7 @@ def split_ids(
     text: str,
     ids: Sequence[int],
     max_tokens: int,
-    tok: Any,
+    tok: Tokenizer,
     *,
     first_budget: int | None = None,
 ) -> list[tuple[str, list[int]]] | None:
@@ -166,10 +165,7 @@ def split_ids(
     piece ids to `ids`, so unsplit and split files have exactly the same tokens. Returns
     None when the tokens do not map back onto the text (then split by text instead).
     """
-    surf = token_surfaces(tok)
-    if surf is None:
-        return None
-    lens, ends_nl = surf
+    lens, ends_nl = token_surfaces(tok)
     if len(ids) == 0:
         return [] if not text else None
     arr = np.asarray(ids, dtype=np.int64)
@@ -208,7 +204,7 @@ def _fit_fim(
     m: list[int],
     s: list[int],
     mode: str,
-    tok: Any,
+    tok: Tokenizer,
     seq_len: int,
 ) -> list[int]:
     """FIM sequence of at most seq_len tokens: trim context front, then suffix end, then prefix."""
@@ -229,7 +225,7 @@ def _fit_fim(
 
 def file_segments(
     content: str,
-    tok: Any,
+    tok: Tokenizer,
     rng: np.random.Generator | None,
     seq_len: int,
     *,
@@ -271,7 +267,7 @@ class Piece:
     ids: list[int]  # tokens of header + text
 
 
-def repo_pieces(files: Sequence[tuple[str, str]], tok: Any, max_tokens: int) -> list[Piece]:
+def repo_pieces(files: Sequence[tuple[str, str]], tok: Tokenizer, max_tokens: int) -> list[Piece]:
     """Files [(path, content)] (already in dependency order) as pieces of <= max_tokens.
 
     An unsplit file has exactly the tokens of `context_ids` for it (one encoding of its
@@ -308,7 +304,7 @@ def repo_pieces(files: Sequence[tuple[str, str]], tok: Any, max_tokens: int) -> 
 
 def repo_windows(
     files: Sequence[tuple[str, str]],
-    tok: Any,
+    tok: Tokenizer,
     rng: np.random.Generator | None,
     seq_len: int,
     *,

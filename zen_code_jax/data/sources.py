@@ -347,7 +347,7 @@ def list_corpus(data_cfg: Any) -> Listing:
             files += list_distributions(exclude_tests, skips)
             files += list_headers(Path("/usr/include"), exclude_tests, skips)
     files.sort(key=lambda f: (f.repo, f.path))
-    max_files = int(getattr(data_cfg, "max_files", 0) or 0)
+    max_files = int(data_cfg.max_files or 0)
     if max_files and len(files) > max_files:
         # A deterministic sample across repositories: the files with the smallest hash.
         ranked = sorted(files, key=lambda f: hashlib.sha256(f"{f.repo}/{f.path}".encode()).digest())

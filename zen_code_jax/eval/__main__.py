@@ -1,20 +1,28 @@
 """Command line: export a task's problems, or score a run's checkpoint.
 
 python -m zen_code_jax.eval --export=humaneval > humaneval.jsonl
-python -m zen_code_jax.eval --export=heldout_fim --workdir=RUN   # needs the run's corpus
-python -m zen_code_jax.eval --workdir=RUN --tasks=humaneval,heldout_loss [--limit=20]
+python -m zen_code_jax.eval --export=heldout_fim --run_dir=RUN   # needs the run's corpus
+python -m zen_code_jax.eval --run_dir=RUN --tasks=humaneval,heldout_loss [--limit=20]
 python -m zen_code_jax.eval --list
+
+RUN is one run directory, WORKDIR/<experiment>/<arm>; --workdir is the WORKDIR (the root of
+many runs, holding cache/), by default the run's own. The same vocabulary as
+experiments/run.py and `python -m zen_code_jax.infer`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from pathlib import Path
 from typing import Any
 
-from zen_code_jax.eval.tasks import EvalContext, get_task, registry
+from zen_code_jax.config import apply_overrides, base_config, config_from_dict, model_config_from
+from zen_code_jax.eval.base import EvalContext
+from zen_code_jax.eval.registry import get_task, registry
+from zen_code_jax.eval.runner import corpus_loader, score_checkpoint
+from zen_code_jax.rundir import RunDir
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -24,14 +32,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--export", help="print TASK's problems as JSONL to stdout")
-    ap.add_argument("--workdir", help="run directory WORKDIR/<experiment>/<arm>")
+    ap.add_argument("--run_dir", help="one run directory WORKDIR/<experiment>/<arm>")
+    ap.add_argument("--workdir", help="WORKDIR holding cache/ (default: RUN/../..)")
     ap.add_argument("--tasks", help="comma-separated task names (default: config.eval.tasks)")
     ap.add_argument("--limit", type=int, help="problems per task (0 = all)")
     ap.add_argument("--num_samples", type=int, help="samples per problem")
     ap.add_argument("--temperature", type=float)
     ap.add_argument("--max_new_tokens", type=int)
     ap.add_argument("--data", help="JSONL for mbpp / multipl_e (sets eval.<task>_path)")
-    ap.add_argument("--data_workdir", help="WORKDIR holding cache/ (default: RUN/../..)")
     ap.add_argument("--list", action="store_true", help="list the tasks")
     return ap.parse_args(argv)
 
@@ -49,35 +57,25 @@ def _overrides(a: argparse.Namespace, names: list[str]) -> dict[str, Any]:
 
 
 def _export(a: argparse.Namespace) -> int:
-    from zen_code_jax.eval.runner import apply_overrides, corpus_loader, data_workdir
-
     task = get_task(a.export)
     corpus = None
-    if a.workdir:
-        config = json.loads((Path(a.workdir) / "config.json").read_text())
-        from zen_code_jax.config import config_from_dict
-
-        cfg = config_from_dict(config)
-        from zen_code_jax.config import model_config_from
-
+    if a.run_dir:
+        run = RunDir(a.run_dir)
+        cfg = config_from_dict(run.read_config())
         vocab = model_config_from(cfg.model).vocab_size
-        corpus = corpus_loader(cfg, vocab, a.data_workdir or data_workdir(a.workdir))
+        corpus = corpus_loader(cfg, vocab, a.workdir or run.workdir)
     else:
-        from zen_code_jax.config import base_config
-
         cfg = base_config()
     apply_overrides(cfg, _overrides(a, [a.export]))
     ctx = EvalContext(config=cfg, corpus=corpus)
     if task.needs_corpus and corpus is None:
-        raise SystemExit(f"--export={a.export} needs --workdir=RUN (held-out files of its corpus).")
+        raise SystemExit(f"--export={a.export} needs --run_dir=RUN (held-out files of its corpus).")
     out = sys.stdout
     try:
         for p in task.problems(ctx):
             out.write(json.dumps(p) + "\n")
         out.flush()
     except BrokenPipeError:  # e.g. piped into `head`
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
@@ -90,13 +88,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.export:
         return _export(a)
-    if not a.workdir:
-        raise SystemExit("Give --export=TASK, or --workdir=RUN to score a run (see --help).")
-    from zen_code_jax.eval.runner import evaluate_run
-
+    if not a.run_dir:
+        raise SystemExit(
+            "Give --export=TASK, or --run_dir=WORKDIR/<experiment>/<arm> to score a run "
+            "(--workdir is the root of many runs, not one run; see --help)."
+        )
     names = [t for t in (a.tasks or "").split(",") if t]
-    summaries = evaluate_run(
-        a.workdir, names or None, overrides=_overrides(a, names), workdir=a.data_workdir
+    summaries = score_checkpoint(
+        a.run_dir, names or None, overrides=_overrides(a, names), workdir=a.workdir
     )
     print(json.dumps(summaries, indent=2, sort_keys=True))
     return 0

@@ -8,9 +8,10 @@
     ignored) - at CPU scale this stays near zero long after the loss moves;
   * middle loss in bits per byte: -sum log2 p(middle tokens) / UTF-8 bytes of the middle,
     teacher forced, under the FIM prompt (`data.fim.fim_prompt_tokens`, exactly the training
-    format) and, for comparison, under a prefix-only prompt (plain left-to-right). The
-    <|endoftext|> that ends a FIM middle is not counted, so both numbers cover the same
-    bytes. Micro-averaged (total bits / total bytes).
+    format), under the other FIM layout (`middle_bpb_spm` when eval.fim_mode is psm, and
+    vice versa; the FIM ablation compares both) and, for comparison, under a prefix-only
+    prompt (plain left-to-right). The <|endoftext|> that ends a FIM middle is not counted,
+    so all numbers cover the same bytes. Micro-averaged (total bits / total bytes).
 - `heldout_loss`: left-to-right loss (nats/token) and bits per byte of whole held-out files,
   conditioned on <|endoftext|> as in packed training; files longer than the context are
   scored in chunks with half a context of history.
@@ -28,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from zen_code_jax.data.fim import fim_prompt_tokens
+from zen_code_jax.eval.base import EvalContext, Task, TaskResult
 from zen_code_jax.eval.infilling import normalize
-from zen_code_jax.eval.tasks import EvalContext, Task, TaskResult, register
 
 LN2 = math.log(2.0)
 DEFAULT_SAMPLES = 100  # per kind when eval.limit is 0
@@ -160,8 +162,6 @@ class HeldoutFimTask(Task):
         )
 
     def evaluate(self, ctx: EvalContext) -> TaskResult:
-        from zen_code_jax.data.fim import fim_prompt_tokens
-
         engine = ctx.need_engine()
         tok = ctx.tokenizer
         mode = str(ctx.eval_cfg.fim_mode)
@@ -170,10 +170,12 @@ class HeldoutFimTask(Task):
         records: list[dict[str, Any]] = []
         metrics: dict[str, float] = {}
         src = _heldout(ctx)
+        scored: dict[str, list[dict[str, Any]]] = {}
         for kind in ("single", "multi"):
             exs = sample_fim_examples(src, kind, self._n(ctx), ctx.seed)
             if not exs:
                 continue
+            scored[kind] = exs
             gen_budget = budget - kw["max_new_tokens"]
             fitted = [fit_fim(e, tok, gen_budget, with_middle=False) for e in exs]
             gens = engine.infill(
@@ -217,7 +219,37 @@ class HeldoutFimTask(Task):
             metrics[f"{kind}/middle_bpb_fim"] = bits_per_byte(tot_fim, int(tot_bytes))
             metrics[f"{kind}/middle_bpb_prefix_only"] = bits_per_byte(tot_pre, int(tot_bytes))
             metrics[f"{kind}/num_samples"] = float(len(exs))
+        metrics.update(other_layout_middle_bpb(ctx, scored))
         return TaskResult(metrics, records)
+
+
+def other_layout(mode: str) -> str:
+    """The FIM layout heldout_fim did not score: SPM for PSM, PSM otherwise."""
+    return "spm" if str(mode) == "psm" else "psm"
+
+
+def other_layout_middle_bpb(
+    ctx: EvalContext, examples: dict[str, list[dict[str, Any]]]
+) -> dict[str, float]:
+    """`{kind}/middle_bpb_{other}`: middle loss (bits/byte) of the same held-out examples
+    under the FIM layout `eval.fim_mode` did not use.
+
+    The FIM ablation compares both layouts on identical bytes, so this teacher-forces the
+    task's own samples, trimmed exactly as for the main layout (`fit_fim(with_middle=True)`),
+    without generating (cheap). `examples` maps kind -> that kind's sampled examples.
+    """
+    engine = ctx.need_engine()
+    mode = other_layout(str(ctx.eval_cfg.fim_mode))
+    tok, budget = ctx.tokenizer, ctx.context_tokens()
+    out: dict[str, float] = {}
+    for kind, exs in examples.items():
+        fitted = [fit_fim(e, tok, budget, with_middle=True) for e in exs]
+        contexts = [fim_prompt_tokens(p, s, mode, tok) for p, s in fitted]
+        mids = [tok.encode(e["canonical_solution"]) for e in exs]
+        nats = sum(-float(np.sum(lp)) for lp in engine.token_logprobs(contexts, mids))
+        nbytes = sum(len(e["canonical_solution"].encode("utf-8")) for e in exs)
+        out[f"{kind}/middle_bpb_{mode}"] = bits_per_byte(nats, nbytes)
+    return out
 
 
 def sample_files(n_files: int, limit: int, seed: int) -> list[int]:
@@ -308,5 +340,4 @@ class HeldoutLossTask(Task):
         return TaskResult(metrics, records)
 
 
-register(HeldoutFimTask())
-register(HeldoutLossTask())
+TASKS = (HeldoutFimTask(), HeldoutLossTask())

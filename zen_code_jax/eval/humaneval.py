@@ -16,17 +16,16 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from zen_code_jax.eval.passk import mean_pass_at_k
-from zen_code_jax.eval.sandbox import Program, SandboxLimits, make_token, run_programs
-from zen_code_jax.eval.tasks import (
+from zen_code_jax.eval.base import (
     EvalContext,
     Task,
     TaskResult,
     apply_limit,
-    register,
     sample_many,
     truncate_at_stops,
 )
+from zen_code_jax.eval.passk import mean_pass_at_k
+from zen_code_jax.eval.sandbox import Program, SandboxLimits, make_token, run_programs
 
 STOP_SEQUENCES: tuple[str, ...] = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
 PASS_KS: tuple[int, ...] = (1, 10, 100)
@@ -167,4 +166,4 @@ class HumanEvalTask(Task):
         return score_completions(probs, comps, limits=ctx.sandbox_limits(), workers=ctx.workers)
 
 
-register(HumanEvalTask())
+TASKS = (HumanEvalTask(),)

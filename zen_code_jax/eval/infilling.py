@@ -27,16 +27,15 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-from zen_code_jax.eval.humaneval import load_problems, python_job, score_programs
-from zen_code_jax.eval.sandbox import SandboxLimits
-from zen_code_jax.eval.tasks import (
+from zen_code_jax.eval.base import (
     EvalContext,
     Task,
     TaskResult,
     apply_limit,
-    register,
     sample_many,
 )
+from zen_code_jax.eval.humaneval import load_problems, python_job, score_programs
+from zen_code_jax.eval.sandbox import SandboxLimits
 
 SINGLE, MULTI = "single", "multi"
 EXPECTED_COUNTS = {SINGLE: 1033, MULTI: 5815}
@@ -192,5 +191,4 @@ class InfillingTask(Task):
         return score_infills(tasks, gens, limits=ctx.sandbox_limits(), workers=ctx.workers)
 
 
-register(InfillingTask(SINGLE))
-register(InfillingTask(MULTI))
+TASKS = (InfillingTask(SINGLE), InfillingTask(MULTI))

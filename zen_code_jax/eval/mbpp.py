@@ -20,17 +20,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from zen_code_jax.eval.humaneval import python_job, score_programs
-from zen_code_jax.eval.sandbox import SandboxLimits
-from zen_code_jax.eval.tasks import (
+from zen_code_jax.eval.base import (
     EvalContext,
     Task,
     TaskResult,
     apply_limit,
-    register,
     sample_many,
     truncate_at_stops,
 )
+from zen_code_jax.eval.humaneval import python_job, score_programs
+from zen_code_jax.eval.sandbox import SandboxLimits
 
 STOP_SEQUENCES: tuple[str, ...] = ("\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n```")
 
@@ -134,4 +133,4 @@ class MbppTask(Task):
         return score_completions(probs, comps, limits=ctx.sandbox_limits(), workers=ctx.workers)
 
 
-register(MbppTask())
+TASKS = (MbppTask(),)

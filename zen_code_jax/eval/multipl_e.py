@@ -13,18 +13,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from zen_code_jax.eval.humaneval import score_programs
-from zen_code_jax.eval.mbpp import read_jsonl
-from zen_code_jax.eval.sandbox import LANGUAGES, Program, SandboxLimits
-from zen_code_jax.eval.tasks import (
+from zen_code_jax.eval.base import (
     EvalContext,
     Task,
     TaskResult,
     apply_limit,
-    register,
     sample_many,
     truncate_at_stops,
 )
+from zen_code_jax.eval.humaneval import score_programs
+from zen_code_jax.eval.mbpp import read_jsonl
+from zen_code_jax.eval.sandbox import LANGUAGES, Program, SandboxLimits
 
 # MultiPL-E language codes -> sandbox languages.
 LANGUAGE_CODES = {
@@ -119,4 +118,4 @@ class MultiplETask(Task):
         return score_completions(probs, comps, limits=ctx.sandbox_limits(), workers=ctx.workers)
 
 
-register(MultiplETask())
+TASKS = (MultiplETask(),)

@@ -26,8 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from zen_code_jax.data.import_graph import order_files
+from zen_code_jax.data.repo_window import file_block, file_header
+from zen_code_jax.eval.base import EvalContext, Task, TaskResult
 from zen_code_jax.eval.heldout import _STREAMS, DEFAULT_SAMPLES, split_lines, trim_left
-from zen_code_jax.eval.tasks import EvalContext, Task, TaskResult, register
 
 SETTINGS = ("cross_file_first", "in_file")
 
@@ -54,24 +56,15 @@ def edit_similarity(pred: str, target: str) -> float:
 
 
 def _header(path: str) -> str:
-    from zen_code_jax.data.repo_window import file_header
-
     return file_header(path)
 
 
 def _block(path: str, content: str) -> str:
-    from zen_code_jax.data.repo_window import file_block
-
     return file_block(path, content)
 
 
 def _order(files: Sequence[tuple[str, str]]) -> list[str]:
-    try:
-        from zen_code_jax.data.import_graph import order_files
-
-        return list(order_files(list(files)))
-    except ImportError:  # pragma: no cover - data part always ships it
-        return sorted(p for p, _ in files)
+    return list(order_files(list(files)))
 
 
 def sample_examples(corpus: Any, n: int, seed: int) -> list[dict[str, Any]]:
@@ -189,4 +182,4 @@ class RepoCompletionTask(Task):
         return TaskResult(metrics, records)
 
 
-register(RepoCompletionTask())
+TASKS = (RepoCompletionTask(),)

@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from zen_code_jax.checkpoint import restore_for_inference
 from zen_code_jax.data.fim import fim_prompt_tokens
 from zen_code_jax.data.repo_window import context_ids as repo_context_ids
 from zen_code_jax.data.repo_window import repo_fim_prompt_tokens
@@ -75,7 +76,7 @@ def _check_sampling(temperature: float, top_p: float) -> None:
 def random_params(cfg: ModelConfig, seed: int = 0, scale: float | None = None) -> Any:
     """Unboxed random parameters of the model's exact tree, drawn with numpy.
 
-    For tests and `--random-preset` serving: normal(0, scale or cfg.initializer_range)
+    For tests and `--random_preset` serving: normal(0, scale or cfg.initializer_range)
     weights, unit norm scales, zero biases. Numpy avoids compiling the model's init (the
     threefry draws for every weight take seconds of XLA compile on CPU).
     """
@@ -140,8 +141,6 @@ class InferenceEngine:
         cls, run_dir: str, mesh: jax.sharding.Mesh | None = None, **kwargs: Any
     ) -> InferenceEngine:
         """Load the latest checkpoint of a run (WORKDIR/<experiment>/<arm>/) for decoding."""
-        from zen_code_jax.train.checkpoint import restore_for_inference
-
         params, model_cfg, tokenizer, _ = restore_for_inference(run_dir)
         return cls(params, model_cfg, tokenizer, mesh, **kwargs)
 

@@ -30,11 +30,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from zen_code_jax.data.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 from zen_code_jax.infer.engine import Completion, CompletionRequest, InferenceEngine
 
-FIM_PREFIX = "<|fim_prefix|>"
-FIM_SUFFIX = "<|fim_suffix|>"
-FIM_MIDDLE = "<|fim_middle|>"
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
@@ -254,7 +252,7 @@ class CompletionServer:
             raise RequestError(
                 f"`max_tokens`={max_tokens} exceeds this server's limit of "
                 f"{self.max_tokens_limit}; lower it, or restart the server with "
-                "--max-tokens-limit.",
+                "--max_tokens_limit.",
                 "max_tokens",
             )
         temperature = float(

@@ -146,7 +146,7 @@ PRESETS: dict[str, ModelConfig] = {
         remat_policy="none",
         attention_block_size=64,
     ),
-    # CPU ablations: ~7M parameters (as measured in shared/NOTES.md).
+    # CPU ablations: ~7M parameters, what 2 cores train usefully in minutes.
     "cpu_small": ModelConfig(
         vocab_size=8192,
         hidden_size=256,
@@ -159,6 +159,20 @@ PRESETS: dict[str, ModelConfig] = {
         dtype="bfloat16",
         remat_policy="none",
         attention_block_size=256,
+    ),
+    # One-accelerator ablations: ~40M parameters (the gpu scale of the experiment files).
+    "gpu_small": ModelConfig(
+        vocab_size=16_384,
+        hidden_size=512,
+        num_layers=8,
+        num_heads=8,
+        num_kv_heads=4,
+        intermediate_size=1536,
+        rope_theta=1_000_000.0,
+        max_position_embeddings=4096,
+        dtype="bfloat16",
+        remat_policy="none",
+        attention_block_size=512,
     ),
     # One-accelerator research preset (~1.1B with the paper vocabulary).
     "zen_code_1b": ModelConfig(

@@ -17,9 +17,11 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
 log = logging.getLogger(__name__)
@@ -88,28 +90,20 @@ def is_primary() -> bool:
 _barrier_count = 0
 
 
-def barrier(name: str, timeout_s: float = 6 * 3600) -> None:
+def barrier(name: str) -> None:
     """Wait until every process reaches this point (no-op with one process).
 
-    Uses the distributed runtime's coordination-service barrier, which waits up to
-    `timeout_s` without holding a device collective open: one process may spend an hour
-    evaluating while the others wait here. Every process must call the same barriers in
-    the same order (the name gets a sequence number, as barrier ids are single-use).
+    A device collective through jax's public `sync_global_devices` (the coordination
+    service's own barrier, which waits without a collective, is not public API). It waits
+    as long as the backend's collective timeout allows, so keep the work one process does
+    while the others wait (process-0 evaluation at ablation scale) within minutes. Every
+    process must call the same barriers in the same order.
     """
     global _barrier_count
     if jax.process_count() == 1:
         return
     _barrier_count += 1
-    from jax._src import distributed
-
-    client = distributed.global_state.client
-    key = f"zen_code_jax:{name}:{_barrier_count}"
-    if client is None:  # a runtime started some other way: a device collective instead
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(key)
-        return
-    client.wait_at_barrier(key, int(timeout_s * 1000))
+    multihost_utils.sync_global_devices(f"zen_code_jax:{name}:{_barrier_count}")
 
 
 def preemption_sync_available() -> bool:
@@ -118,17 +112,13 @@ def preemption_sync_available() -> bool:
     It catches SIGTERM on any host and picks one step at which every host stops, so a
     checkpoint save never waits on a host that is still training (a per-process signal
     flag would deadlock when only one host is told)."""
-    if jax.process_count() == 1:
-        return False
-    from jax._src import distributed
-
-    return distributed.global_state.preemption_sync_manager is not None
+    # jax.distributed.initialize starts the manager with the runtime (the default), and
+    # only a multi-process runtime needs an agreed step.
+    return jax.process_count() > 1 and jax.distributed.is_initialized()
 
 
 def reached_preemption(step: int) -> bool:
     """True at the agreed step after any host got SIGTERM; call at every step, on every host."""
-    from jax.experimental import multihost_utils
-
     return bool(multihost_utils.reached_preemption_sync_point(int(step)))
 
 
@@ -154,19 +144,18 @@ def host_local_copy(tree):
     """
     if jax.process_count() == 1:
         return tree
-    from jax.experimental import multihost_utils
-
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def global_from_full(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict:
-    """Global arrays from a batch every process holds in full (e.g. fixed held-out batches):
-    each process contributes the slices its devices own."""
-    out = {}
-    for k, v in batch.items():
+def global_from_full(batch: Any, sharding: NamedSharding) -> Any:
+    """Global arrays from a batch (any pytree of arrays) every process holds in full (e.g.
+    fixed held-out batches): each process contributes the slices its devices own."""
+
+    def one(v: Any) -> jax.Array:
         v = np.asarray(v)
-        out[k] = jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx])
-    return out
+        return jax.make_array_from_callback(v.shape, sharding, lambda idx: v[idx])
+
+    return jax.tree.map(one, batch)
 
 
 def process_batch_slice(global_batch_size: int) -> slice:
@@ -185,70 +174,17 @@ def process_batch_slice(global_batch_size: int) -> slice:
     return slice(i * per, (i + 1) * per)
 
 
-def make_global_batch(
-    local_batch: Mapping[str, np.ndarray], sharding: NamedSharding, global_batch_size: int
-) -> dict[str, jax.Array]:
+def make_global_batch(local_batch: Any, sharding: NamedSharding, global_batch_size: int) -> Any:
     """Assemble per-process numpy rows into global jax.Arrays with `sharding`.
 
-    `local_batch[k]` holds this process's rows ([global_batch_size / process_count, S]).
-    With one process this is a sharded `device_put`.
+    Every leaf of `local_batch` (a `Batch` or any pytree) holds this process's rows
+    ([global_batch_size / process_count, S]). With one process this is a sharded
+    `device_put`.
     """
-    out = {}
-    for k, v in local_batch.items():
+
+    def one(v: Any) -> jax.Array:
         v = np.asarray(v)
         global_shape = (global_batch_size, *v.shape[1:])
-        out[k] = jax.make_array_from_process_local_data(sharding, v, global_shape)
-    return out
+        return jax.make_array_from_process_local_data(sharding, v, global_shape)
 
-
-def selftest_losses(multiprocess: bool, steps: int = 2) -> list[float]:
-    """Losses of `steps` data-parallel steps of the tiny model on a fixed batch.
-
-    multiprocess=True: a (data=all devices) mesh over every process, each feeding its
-    rows through `make_global_batch`. False: one local device, the whole batch. The two
-    must agree (tests/test_parallel.py runs the first in 2 processes with Gloo).
-    """
-    from zen_code_jax.config import base_config, model_config_from, model_group
-    from zen_code_jax.parallel.mesh import make_mesh
-    from zen_code_jax.parallel.rules import batch_sharding
-    from zen_code_jax.train.state import create_train_state
-    from zen_code_jax.train.step import make_train_step
-
-    cfg = base_config()
-    with cfg.unlocked():
-        cfg.model = model_group("tiny")
-    cfg.train.seq_len, cfg.train.global_batch_size = 16, 4
-    cfg.optimizer.warmup_steps = 0
-    mcfg = model_config_from(cfg.model)
-    gbs, s = cfg.train.global_batch_size, cfg.train.seq_len
-    toks = np.random.default_rng(0).integers(0, mcfg.vocab_size, (gbs, s + 1)).astype(np.int32)
-    full = {
-        "inputs": toks[:, :-1],
-        "targets": toks[:, 1:],
-        "segment_ids": np.ones((gbs, s), np.int32),
-        "positions": np.tile(np.arange(s, dtype=np.int32), (gbs, 1)),
-        "loss_mask": np.ones((gbs, s), np.int32),
-    }
-    if multiprocess:
-        mesh = make_mesh({"data": -1})
-        rows = process_batch_slice(gbs)
-        batch = make_global_batch({k: v[rows] for k, v in full.items()}, batch_sharding(mesh), gbs)
-    else:
-        mesh = make_mesh({"data": 1}, devices=jax.local_devices()[:1])
-        batch = full
-    fast = {"xla_backend_optimization_level": 0}
-    state, sh = create_train_state(mcfg, cfg, mesh, jax.random.key(0), compiler_options=fast)
-    step = make_train_step(mcfg, cfg, mesh, sh, compiler_options=fast)
-    losses = []
-    for _ in range(steps):
-        state, m = step(state, batch)
-        losses.append(float(m["loss"]))
-    return losses
-
-
-if __name__ == "__main__":
-    # launch/local_multiprocess.sh 2 python -m zen_code_jax.parallel.multihost
-    import json
-
-    initialize()
-    print("LOSSES " + json.dumps(selftest_losses(multiprocess=True)), flush=True)
+    return jax.tree.map(one, local_batch)

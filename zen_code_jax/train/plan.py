@@ -1,14 +1,14 @@
 """Paper-scale memory/FLOP plan: compile the real train step for a big mesh on CPU.
 
     python -m zen_code_jax.train.plan --preset zen_code_14b --devices 64 \\
-        --mesh fsdp=-1 --seq-len 8192 --global-batch-tokens 4194304
+        --mesh fsdp=-1 --seq_len 8192 --global_batch_tokens 4194304
 
 It simulates `--devices` CPU devices (XLA_FLAGS, set here before jax is imported),
 builds the mesh, derives the state shardings from the model's logical annotations,
 AOT-compiles the *full* train step (gradient accumulation, chunked loss, AdamW) with
 `jit(step).lower(abstract inputs).compile()`, and reads `memory_analysis()`. Nothing is
 allocated. It searches the largest micro-batch whose compiled per-device memory fits
-`--hbm-gb` (default 80), and prints parameters, bytes of params + optimizer state per
+`--hbm_gb` (default 80), and prints parameters, bytes of params + optimizer state per
 device, compiled memory, FLOPs per step and the chosen micro-batch.
 
 It asserts the shardings it expects: the compiled executable's input shardings equal
@@ -127,12 +127,13 @@ def compile_step(
     import jax
     import jax.numpy as jnp
 
+    # local import: `python -m ...plan` sets XLA_FLAGS (--devices) before jax is imported.
     from zen_code_jax.parallel.rules import DEFAULT_RULES
-    from zen_code_jax.train.step import BATCH_KEYS, batch_shardings, jit_train_step
+    from zen_code_jax.train.step import batch_shardings, jit_train_step
 
     gbs, seq = int(config.train.global_batch_size), int(config.train.seq_len)
     bsh = batch_shardings(mesh)
-    batch = {k: jax.ShapeDtypeStruct((gbs, seq), jnp.int32, sharding=bsh[k]) for k in BATCH_KEYS}
+    batch = jax.tree.map(lambda s: jax.ShapeDtypeStruct((gbs, seq), jnp.int32, sharding=s), bsh)
     state = jax.tree_util.tree_map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
         abstract_state,
@@ -182,6 +183,7 @@ def run_plan(
     """Plan one configuration on the current jax devices; returns a JSON-able dict."""
     import jax
 
+    # local import: `python -m ...plan` sets XLA_FLAGS (--devices) before jax is imported.
     from zen_code_jax.config import base_config, model_config_from, model_group
     from zen_code_jax.model.config import param_count
     from zen_code_jax.parallel.mesh import make_mesh, mesh_shape_str
@@ -192,7 +194,7 @@ def run_plan(
     if global_batch_tokens % seq_len:
         raise ValueError(
             f"global batch of {global_batch_tokens} tokens is not a multiple of seq_len "
-            f"{seq_len}; pick --global-batch-tokens = sequences x seq_len."
+            f"{seq_len}; pick --global_batch_tokens = sequences x seq_len."
         )
     gbs = global_batch_tokens // seq_len
     cfg = base_config()
@@ -217,11 +219,11 @@ def run_plan(
     abstract, shardings = train_state_shardings(mcfg, cfg, mesh)
     check_state_shardings(abstract, shardings, mesh)
     n_params = param_count(mcfg)
-    counted = sum(int(math.prod(x.shape)) for x in jax.tree_util.tree_leaves(abstract["params"]))
+    counted = sum(int(math.prod(x.shape)) for x in jax.tree_util.tree_leaves(abstract.params))
     if counted != n_params:
         raise AssertionError(f"model has {counted} params, param_count() says {n_params}")
     state_bytes = _shard_bytes(abstract, shardings)
-    params_bytes = _shard_bytes(abstract["params"], shardings["params"])
+    params_bytes = _shard_bytes(abstract.params, shardings.params)
     result: dict[str, Any] = {
         "preset": preset,
         "devices": jax.device_count(),
@@ -249,7 +251,7 @@ def run_plan(
     if micro_batch:
         if micro_batch not in candidates:
             raise ValueError(
-                f"--micro-batch {micro_batch} must divide {gbs} and be a multiple of "
+                f"--micro_batch {micro_batch} must divide {gbs} and be a multiple of "
                 f"data*fsdp={shards}; valid: {candidates}"
             )
         order = [micro_batch]
@@ -306,11 +308,11 @@ def main(argv: list[str] | None = None) -> int:
         default=["fsdp=-1"],
         help="axis=size for data/fsdp/tensor/sequence; -1 fills (default fsdp=-1)",
     )
-    p.add_argument("--seq-len", type=int, default=8192)
-    p.add_argument("--global-batch-tokens", type=int, default=4 * 1024 * 1024)
-    p.add_argument("--hbm-gb", type=float, default=80.0, help="per-device budget, GB (1e9)")
-    p.add_argument("--micro-batch", type=int, default=0, help="fix instead of searching")
-    p.add_argument("--loss-chunk", type=int, default=1024, help="positions per loss chunk")
+    p.add_argument("--seq_len", type=int, default=8192)
+    p.add_argument("--global_batch_tokens", type=int, default=4 * 1024 * 1024)
+    p.add_argument("--hbm_gb", type=float, default=80.0, help="per-device budget, GB (1e9)")
+    p.add_argument("--micro_batch", type=int, default=0, help="fix instead of searching")
+    p.add_argument("--loss_chunk", type=int, default=1024, help="positions per loss chunk")
     p.add_argument(
         "--set", nargs="*", default=[], help="ModelConfig overrides, e.g. attention_impl=chunked"
     )

@@ -1,7 +1,7 @@
 """Train state created directly in its sharded layout.
 
-The state is a plain dict pytree `{'step', 'params', 'opt_state'}` of unboxed arrays
-(easy to checkpoint with Orbax and to pass through jit). Its shardings come from the
+The state is a typed `TrainState` (a `flax.struct` dataclass, so a pytree that Orbax
+checkpoints and jit passes like a dict) of unboxed arrays. Its shardings come from the
 model's logical annotations: `jax.eval_shape` of the boxed init gives
 `nn.LogicallyPartitioned` leaves, `nn.get_partition_spec` turns them into logical
 PartitionSpecs and `nn.logical_to_mesh_sharding` maps those through `DEFAULT_RULES`.
@@ -16,14 +16,23 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import struct
 from flax.core import meta
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from zen_code_jax.model.config import ModelConfig
+from zen_code_jax.model.transformer import Transformer
 from zen_code_jax.parallel.rules import DEFAULT_RULES, Rules
 from zen_code_jax.train.optimizer import make_optimizer
 
-TrainState = dict[str, Any]
+
+@struct.dataclass
+class TrainState:
+    """What one optimizer step reads and writes: the update count, params, AdamW state."""
+
+    step: Any
+    params: Any
+    opt_state: Any
 
 
 def unbox(tree: Any) -> Any:
@@ -51,8 +60,6 @@ def _init_inputs(model_cfg: ModelConfig, mesh: Mesh | None, seq_len: int):
 
 
 def _boxed_init_fn(model_cfg: ModelConfig, config: Any, mesh: Mesh | None):
-    from zen_code_jax.model.transformer import Transformer
-
     model = Transformer(model_cfg)
     tx, _ = make_optimizer(config)
     seq_len = int(config.train.seq_len)
@@ -60,12 +67,12 @@ def _boxed_init_fn(model_cfg: ModelConfig, config: Any, mesh: Mesh | None):
     def init(rng: jax.Array) -> TrainState:
         variables = model.init(rng, *_init_inputs(model_cfg, mesh, seq_len))
         params = variables["params"]
-        return {
-            "step": jnp.zeros((), jnp.int32),
-            "params": params,
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
             # tx.init maps over the boxes, so Adam moments inherit the params' axes.
-            "opt_state": tx.init(params),
-        }
+            opt_state=tx.init(params),
+        )
 
     return init
 

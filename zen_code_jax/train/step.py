@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from zen_code_jax.data.batch import FIELDS, Batch
+from zen_code_jax.model import transformer as tm
 from zen_code_jax.model.config import ModelConfig
 from zen_code_jax.parallel.rules import DEFAULT_RULES, Rules, batch_sharding
 from zen_code_jax.train.loss import (
@@ -31,8 +33,6 @@ from zen_code_jax.train.loss import (
 )
 from zen_code_jax.train.optimizer import global_norm, make_optimizer
 from zen_code_jax.train.state import TrainState
-
-BATCH_KEYS = ("inputs", "targets", "segment_ids", "positions", "loss_mask")
 
 
 def micro_batching(config: Any, mesh: Mesh) -> tuple[int, int]:
@@ -59,23 +59,21 @@ def micro_batching(config: Any, mesh: Mesh) -> tuple[int, int]:
     return micro, global_bs // micro
 
 
-def make_loss_fn(model_cfg: ModelConfig, config: Any) -> Callable[[Any, dict], LossSums]:
+def make_loss_fn(model_cfg: ModelConfig, config: Any) -> Callable[[Any, Batch], LossSums]:
     """(params, batch) -> loss sums; chunked over positions when train.loss_chunk_size>0."""
-    from zen_code_jax.model import transformer as tm
-
     model = tm.Transformer(model_cfg)
     chunk = int(config.train.loss_chunk_size)
 
-    def loss_sums(params: Any, batch: dict) -> LossSums:
-        args = (batch["inputs"], batch["positions"], batch["segment_ids"])
+    def loss_sums(params: Any, batch: Batch) -> LossSums:
+        args = (batch.inputs, batch.positions, batch.segment_ids)
         if chunk > 0:
             hidden = model.apply({"params": params}, *args, return_hidden=True)
             kernel = tm.lm_head_kernel(params, model_cfg)
             return chunked_loss_sums(
-                hidden, kernel, batch["targets"], batch["loss_mask"], chunk, model_cfg.dtype
+                hidden, kernel, batch.targets, batch.loss_mask, chunk, model_cfg.dtype
             )
         logits = model.apply({"params": params}, *args)
-        return loss_sums_from_logits(logits, batch["targets"], batch["loss_mask"])
+        return loss_sums_from_logits(logits, batch.targets, batch.loss_mask)
 
     return loss_sums
 
@@ -86,16 +84,16 @@ def _tree_add(a: Any, b: Any) -> Any:
 
 def build_train_step(
     model_cfg: ModelConfig, config: Any, mesh: Mesh, state_shardings: TrainState
-) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
     """The un-jitted step function (the plan lowers it with abstract inputs)."""
     tx, schedule = make_optimizer(config)
     micro, n_micro = micro_batching(config, mesh)
     z_coef = float(config.optimizer.z_loss)
     loss_sums = make_loss_fn(model_cfg, config)
-    param_shardings = state_shardings["params"]
+    param_shardings = state_shardings.params
     mb_spec = batch_sharding(mesh).spec  # P(('data','fsdp'), 'sequence')
 
-    def grad_fn(params: Any, mb: dict) -> tuple[Any, LossSums]:
+    def grad_fn(params: Any, mb: Batch) -> tuple[Any, LossSums]:
         def f(p):
             sums = loss_sums(p, mb)
             return objective(sums, z_coef), sums
@@ -103,8 +101,8 @@ def build_train_step(
         grads, sums = jax.grad(f, has_aux=True)(params)
         return grads, sums
 
-    def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        params = state["params"]
+    def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
+        params = state.params
         if n_micro == 1:
             grads, sums = grad_fn(params, batch)
         else:
@@ -115,7 +113,7 @@ def build_train_step(
                     x, NamedSharding(mesh, PartitionSpec(None, *mb_spec))
                 )
 
-            mbs = {k: split(batch[k]) for k in BATCH_KEYS}
+            mbs = jax.tree.map(split, batch)
             zeros = jax.tree_util.tree_map(
                 lambda p, s: jax.lax.with_sharding_constraint(jnp.zeros(p.shape, jnp.float32), s),
                 params,
@@ -138,24 +136,26 @@ def build_train_step(
         denom = jnp.maximum(count, 1.0)
         grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
         grad_norm = global_norm(grads)
-        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        updates, opt_state = tx.update(grads, state.opt_state, params)
         new_params = optax.apply_updates(params, updates)
         metrics = {
             "loss": sums["ce_sum"] / denom,
             "z_loss": sums["z_sum"] / denom,
             "grad_norm": grad_norm,
-            "lr": schedule(state["step"]),
+            "lr": schedule(state.step),
             "tokens": count,
         }
-        new_state = {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state}
+        new_state = TrainState(step=state.step + 1, params=new_params, opt_state=opt_state)
         return new_state, metrics
 
     return step
 
 
-def batch_shardings(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> dict[str, NamedSharding]:
+def batch_shardings(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Batch:
+    """Every field of the batch sharded the same way: rows over (data, fsdp), length over
+    sequence."""
     s = batch_sharding(mesh, rules)
-    return {k: s for k in BATCH_KEYS}
+    return Batch(**{k: s for k in FIELDS})
 
 
 def jit_train_step(
@@ -187,10 +187,10 @@ def make_train_step(
     rules: Rules = DEFAULT_RULES,
     donate: bool = True,
     compiler_options: dict[str, Any] | None = None,
-) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
     """step_fn(state, batch) -> (state, metrics); jitted, sharded, state donated.
 
-    `batch` may be numpy arrays (single process; jit shards them) or global jax.Arrays
+    `batch` is a `Batch` of numpy arrays (single process; jit shards them) or global jax.Arrays
     from `zen_code_jax.parallel.multihost.make_global_batch` (multi-host).
     Metrics (replicated scalars): loss (mean CE over loss tokens), z_loss (mean
     logsumexp^2), grad_norm (before clipping), lr (used for this update), tokens.
@@ -201,8 +201,7 @@ def make_train_step(
         model_cfg, config, mesh, state_shardings, rules, donate, compiler_options
     )
 
-    def step_fn(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        batch = {k: batch[k] for k in BATCH_KEYS}
+    def step_fn(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
         with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
             return jitted(state, batch)
 
@@ -216,14 +215,13 @@ def make_eval_step(
     mesh: Mesh,
     rules: Rules = DEFAULT_RULES,
     compiler_options: dict[str, Any] | None = None,
-) -> Callable[[Any, dict], dict]:
+) -> Callable[[Any, Batch], dict]:
     """fn(params, batch) -> {'loss_sum', 'tokens'} (sums, so callers can average over
     many batches exactly). Params keep their sharding; the batch is sharded on entry."""
     loss_sums = make_loss_fn(model_cfg, config)
     replicated = NamedSharding(mesh, PartitionSpec())
 
-    def eval_fn(params: Any, batch: dict) -> dict:
-        batch = {k: batch[k] for k in BATCH_KEYS}
+    def eval_fn(params: Any, batch: Batch) -> dict:
         sums = loss_sums(params, batch)
         return {"loss_sum": sums["ce_sum"], "tokens": sums["count"]}
 
@@ -234,8 +232,7 @@ def make_eval_step(
         compiler_options=compiler_options,
     )
 
-    def wrapped(params: Any, batch: dict) -> dict:
-        batch = {k: batch[k] for k in BATCH_KEYS}
+    def wrapped(params: Any, batch: Batch) -> dict:
         with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
             return jitted(params, batch)
 

@@ -364,3 +364,21 @@ def restore_for_inference(run_dir: str | Path) -> tuple[Any, Any, Any, Any]:
         )
     tokenizer.check_compatible(model_cfg)
     return params, model_cfg, tokenizer, config
+
+
+def latest_step(run_dir: str | Path) -> int | None:
+    """Newest finished checkpoint step of a run dir (or of its checkpoints/ dir).
+
+    The one place that answers "which step is this run at" (eval labels its scalars with
+    it, resuming and `--mode=eval` read it). None when the run has no checkpoints/ folder
+    or no finished step in it yet.
+    """
+    try:
+        directory = find_checkpoint_dir(run_dir)
+    except CheckpointError:
+        return None
+    ckpt = Checkpointer(directory, async_save=False)
+    try:
+        return ckpt.latest_step()
+    finally:
+        ckpt.close()

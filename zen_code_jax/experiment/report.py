@@ -15,6 +15,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from zen_code_jax.config import model_config_from
+from zen_code_jax.model.config import param_count
+
 # The report's Table 7 (FIM rate) and Table 8 (repository fine-tuning).
 PAPER_TABLE7 = {  # arm: (HumanEval pass@1 %, single-line FIM exact match %)
     "fim0": (86.8, 41.2),
@@ -206,15 +209,23 @@ def _plot(path: Path, arms: list[str], data: dict[str, dict], bar_keys: list[str
     plt.close(fig)
 
 
-def _budget(config: Any) -> str:
-    """'a 7.2M-parameter model, 0.52M tokens per arm', from the config the arms ran."""
-    from zen_code_jax.config import model_config_from
-    from zen_code_jax.model.config import param_count
-
+def _budget(config: Any, arm_configs: list[dict[str, Any]]) -> str:
+    """'a 7.2M-parameter model, 0.52M tokens per arm', from the configs the arms ran with
+    (their config.json holds the resolved step count, e.g. epochs x batches for SFT)."""
     params = param_count(model_config_from(config.model))
-    t = config.train
-    tokens = int(t.steps) * int(t.global_batch_size) * int(t.seq_len)
+    t = dict(config.train)
+    ran = [c["train"] for c in arm_configs if "steps" in c.get("train", {})]
+    if ran:
+        t = ran[0]
+    tokens = int(t["steps"]) * int(t["global_batch_size"]) * int(t["seq_len"])
     return f"a {params / 1e6:.1f}M-parameter model, {tokens / 1e6:.2f}M tokens per arm"
+
+
+# report.tables -> (heading, table builder). Chosen by the config, never by the name.
+TABLES = {
+    "fim_rate": ("Table 7 (FIM rate), ours beside the paper's", _fim_table),
+    "repo_ft": ("Table 8 (repository fine-tuning), ours beside the paper's", _repo_table),
+}
 
 
 def write_report(experiment_dir: str | Path, config: Any) -> tuple[Path, Path]:
@@ -230,13 +241,16 @@ def write_report(experiment_dir: str | Path, config: Any) -> tuple[Path, Path]:
     data = {arm: _load_arm(experiment_dir / arm) for arm in arms}
     name = str(config.name)
     scale = str(config.scale)
-    note = SCALE_NOTES.get(scale, "").replace("{budget}", _budget(config))
+    budget = _budget(config, [data[a]["config"] for a in arms])
+    note = SCALE_NOTES.get(scale, "").replace("{budget}", budget)
     lines = [f"# {name}: ablation report", "", note, ""]
-    if name == "fim_ablation":
-        lines += ["## Table 7 (FIM rate), ours beside the paper's", ""] + _fim_table(arms, data)
-    elif name == "repo_ft_ablation":
-        lines += ["## Table 8 (repository fine-tuning), ours beside the paper's", ""]
-        lines += _repo_table(arms, data)
+    for table in config.report.tables:
+        if table not in TABLES:
+            raise ValueError(
+                f"Unknown report.tables entry {table!r}; valid tables: {sorted(TABLES)}."
+            )
+        heading, builder = TABLES[table]
+        lines += [f"## {heading}", ""] + builder(arms, data)
     lines += ["", "## Every final metric", ""] + _generic_table(arms, data)
     lines += ["", "## Training", ""]
     for arm in arms:

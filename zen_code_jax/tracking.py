@@ -1,13 +1,10 @@
-"""TensorBoard scalars and hparams without TensorFlow, and metrics fetched one step late.
+"""TensorBoard scalars and hparams without TensorFlow, and the same scalars as metrics.jsonl.
 
 The event files are written with `tensorboard`'s own pure-Python writer and protos, so the
 package never imports TensorFlow. `SummaryWriter.hparams` writes the HParams plugin's
 session-start record; `tensorboard --logdir WORKDIR/<experiment>` then lists one session per
 arm with its overrides and final metrics in the HParams dashboard (the plugin infers the
 experiment from the sessions, so arms need not share their hparam keys).
-
-`LazyMetrics` keeps the device arrays of the last step and only converts them to numbers
-when the next step has been dispatched, so logging never stalls the device pipeline.
 """
 
 from __future__ import annotations
@@ -19,7 +16,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 from tensorboard.plugins.hparams import metadata as hp_metadata
@@ -123,30 +119,6 @@ class NullWriter:
 
 def _json_float(v: float) -> float | str:
     return v if math.isfinite(v) else str(v)
-
-
-class LazyMetrics:
-    """Hold one step's device metrics; hand them over as floats one step later.
-
-    `push(step, metrics)` stores the new (still computing) arrays and returns the previous
-    step's values converted to Python floats, by which time the device has finished them.
-    `flush()` blocks for the pending step (used before checkpoints and at the end).
-    """
-
-    def __init__(self) -> None:
-        self._pending: tuple[int, Mapping[str, Any]] | None = None
-
-    def push(self, step: int, metrics: Mapping[str, Any]) -> tuple[int, dict[str, float]] | None:
-        ready = self.flush()
-        self._pending = (step, metrics)
-        return ready
-
-    def flush(self) -> tuple[int, dict[str, float]] | None:
-        if self._pending is None:
-            return None
-        step, metrics = self._pending
-        self._pending = None
-        return step, {k: float(np.asarray(v)) for k, v in metrics.items()}
 
 
 def read_scalars(path: str | Path) -> list[dict[str, Any]]:

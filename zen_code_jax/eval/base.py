@@ -1,4 +1,5 @@
-"""The task registry and what every evaluation task shares.
+"""What every evaluation task shares: the engine protocol, the context, the result, the base
+class and the text helpers. The registry (`zen_code_jax.eval.registry`) finds tasks by name.
 
 A task can (1) export its problems as JSON-able dicts (`python -m zen_code_jax.eval
 --export=TASK`) and (2) score a model given an `EvalContext` (an engine with the
@@ -7,7 +8,8 @@ config; the prepared corpus for held-out tasks). Scoring returns per-sample reco
 to `RUN/eval/<task>.jsonl`) and summary scalars (written to TensorBoard).
 
 Tasks never load a checkpoint themselves, so tests drive them with fake completers and
-canonical solutions, and the same code scores any model behind the engine interface.
+canonical solutions, and the same code scores any model behind the engine interface. Task
+modules import this module only, never the registry, so there is no import cycle.
 """
 
 from __future__ import annotations
@@ -59,14 +61,14 @@ class EvalContext:
         if self.corpus is None:
             raise ValueError(
                 "This task needs the prepared corpus (held-out repositories); run it with "
-                "--workdir=RUN so the run's data config can be prepared, or pass corpus=."
+                "--run_dir=RUN so the run's data config can be prepared, or pass corpus=."
             )
         return self.corpus
 
     def need_engine(self) -> Completer:
         if self.engine is None:
             raise ValueError(
-                "Scoring needs a model: pass --workdir=RUN (a run with a checkpoint), or an "
+                "Scoring needs a model: pass --run_dir=RUN (a run with a checkpoint), or an "
                 "engine to EvalContext."
             )
         return self.engine
@@ -151,45 +153,3 @@ def sample_many(
         for i, t in zip(idx, texts):
             out[i].append(t)
     return out
-
-
-# --------------------------------------------------------------------------------------
-# Registry
-# --------------------------------------------------------------------------------------
-_REGISTRY: dict[str, Task] = {}
-
-
-def register(task: Task) -> Task:
-    if not task.name:
-        raise ValueError(f"{type(task).__name__} has no name")
-    _REGISTRY[task.name] = task
-    return task
-
-
-def _load_builtin() -> None:
-    # Imported here (not at module top) so task modules can import this module.
-    from zen_code_jax.eval import (  # noqa: F401
-        heldout,
-        humaneval,
-        infilling,
-        mbpp,
-        multipl_e,
-        repo_completion,
-    )
-
-
-def registry() -> dict[str, Task]:
-    """name -> task, for every built-in task."""
-    _load_builtin()
-    return dict(_REGISTRY)
-
-
-def task_names() -> list[str]:
-    return sorted(registry())
-
-
-def get_task(name: str) -> Task:
-    reg = registry()
-    if name not in reg:
-        raise ValueError(f"Unknown eval task {name!r}. Valid tasks: {', '.join(sorted(reg))}.")
-    return reg[name]

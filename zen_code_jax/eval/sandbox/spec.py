@@ -1,0 +1,136 @@
+"""What a sandbox run is made of: limits, results, programs, statuses and languages.
+
+Kept apart from the process machinery (`run.py`) so tasks can describe jobs and read
+results without caring how they are run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from typing import Any
+
+PASSED, FAILED, TIMEOUT, CRASHED = "passed", "failed", "timeout", "crashed"
+STATUSES = (PASSED, FAILED, TIMEOUT, CRASHED)
+
+# Stdlib modules the launcher may import before dropping privileges, so programs can use
+# them even when the sandbox uid cannot read the interpreter's library directory. Only
+# those the program's source names in an import statement are loaded (startup cost).
+PRELOAD_MODULES: tuple[str, ...] = (
+    "abc",
+    "array",
+    "ast",
+    "bisect",
+    "builtins",
+    "cmath",
+    "collections",
+    "collections.abc",
+    "copy",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "enum",
+    "fractions",
+    "functools",
+    "hashlib",
+    "heapq",
+    "io",
+    "itertools",
+    "json",
+    "math",
+    "numbers",
+    "operator",
+    "pathlib",
+    "random",
+    "re",
+    "shutil",
+    "signal",
+    "socket",
+    "statistics",
+    "string",
+    "struct",
+    "subprocess",
+    "sys",
+    "tempfile",
+    "textwrap",
+    "threading",
+    "time",
+    "traceback",
+    "typing",
+    "unicodedata",
+    "unittest",
+)
+
+# language -> (file name, argv template or None for in-process Python)
+LANGUAGES: dict[str, tuple[str, tuple[str, ...] | None]] = {
+    "python": ("program.py", None),
+    "javascript": ("program.js", ("node", "{file}")),
+    "shell": ("program.sh", ("bash", "{file}")),
+    "perl": ("program.pl", ("perl", "{file}")),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SandboxLimits:
+    """Resource limits for one program. Defaults suit HumanEval-style unit tests."""
+
+    timeout_s: float = 10.0  # wall clock, enforced by the parent
+    cpu_s: int | None = None  # RLIMIT_CPU; None = ceil(timeout_s)
+    memory_mb: int = 1024  # RLIMIT_AS (virtual address space)
+    max_processes: int = 16  # RLIMIT_NPROC for the sandbox uid (root mode only)
+    max_output_bytes: int = 1 << 20  # per stream; the program is killed past this
+    max_file_bytes: int = 16 << 20  # RLIMIT_FSIZE
+    max_open_files: int = 256  # RLIMIT_NOFILE
+    max_disk_mb: int = 64  # size of the private /tmp tmpfs holding the work dir (root mode)
+
+    def __post_init__(self) -> None:
+        if self.timeout_s <= 0 or self.memory_mb <= 0 or self.max_processes <= 0:
+            raise ValueError(
+                f"SandboxLimits need positive timeout_s, memory_mb and max_processes, got {self}; "
+                "pass values > 0."
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class SandboxResult:
+    """How one program ended: status is one of passed, failed, timeout, crashed."""
+
+    status: str
+    reason: str
+    exit_code: int | None = None
+    signal: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    wall_s: float = 0.0
+    isolation: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.status == PASSED
+
+    def to_dict(self, max_chars: int = 2000) -> dict[str, Any]:
+        """A JSON-friendly summary (output truncated) for per-sample records."""
+        return {
+            "status": self.status,
+            "reason": self.reason,
+            "exit_code": self.exit_code,
+            "signal": self.signal,
+            "wall_s": round(self.wall_s, 4),
+            "stdout": self.stdout[-max_chars:],
+            "stderr": self.stderr[-max_chars:],
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """One job for `run_programs`."""
+
+    source: str
+    language: str = "python"
+    files: dict[str, str] | None = None
+    success_token: str | None = None
+
+
+def make_token() -> str:
+    """A fresh random success token (see run_program)."""
+    return "__ZCJ_TESTS_DONE_" + secrets.token_hex(8) + "__"
