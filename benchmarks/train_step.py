@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from zen_code_jax.config import base_config, model_config_from, model_group
+from zen_code_jax.data.batch import Batch
 from zen_code_jax.parallel import make_mesh
 from zen_code_jax.train import create_train_state, make_train_step
 from zen_code_jax.train.flops import flops_per_token, peak_flops_per_device
@@ -33,16 +34,16 @@ BATCH, SEQ = 8, 512
 TORCH_MODES = ("eager_f32", "eager_bf16", "compile_f32", "compile_bf16")
 
 
-def make_batch(vocab: int, seed: int) -> dict[str, np.ndarray]:
+def make_batch(vocab: int, seed: int) -> Batch:
     rng = np.random.default_rng(seed)
     toks = rng.integers(0, vocab, (BATCH, SEQ + 1)).astype(np.int32)
-    return {
-        "inputs": toks[:, :-1],
-        "targets": toks[:, 1:],
-        "segment_ids": np.ones((BATCH, SEQ), np.int32),
-        "positions": np.tile(np.arange(SEQ, dtype=np.int32), (BATCH, 1)),
-        "loss_mask": np.ones((BATCH, SEQ), np.int32),
-    }
+    return Batch(
+        inputs=toks[:, :-1],
+        targets=toks[:, 1:],
+        segment_ids=np.ones((BATCH, SEQ), np.int32),
+        positions=np.tile(np.arange(SEQ, dtype=np.int32), (BATCH, 1)),
+        loss_mask=np.ones((BATCH, SEQ), np.int32),
+    )
 
 
 def config_for(dtype: str):
@@ -112,8 +113,8 @@ def bench_torch(mode: str, steps: int) -> tuple[float, float]:
     data = [make_batch(mcfg.vocab_size, i) for i in range(steps + 1)]
     data = [
         (
-            torch.from_numpy(b["inputs"].astype(np.int64)),
-            torch.from_numpy(b["targets"].astype(np.int64)),
+            torch.from_numpy(b.inputs.astype(np.int64)),
+            torch.from_numpy(b.targets.astype(np.int64)),
         )
         for b in data
     ]

@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from zen_code_jax.config import apply_overrides
+from zen_code_jax.data.batch import Batch
 from zen_code_jax.experiment.setup import Scale, start_config
 
 PROMPT = "### Instruction:\n{instruction}\n### Response:\n"
@@ -171,7 +172,9 @@ class SFTIterator:
         order = self._order()
         take = order[self.index * self.batch_size : (self.index + 1) * self.batch_size]
         self.index += 1
-        return {k: np.stack([self.rows[i][k] for i in take]) for k in self.rows[0]}
+        return Batch.from_mapping(
+            {k: np.stack([self.rows[i][k] for i in take]) for k in self.rows[0]}
+        )
 
     def get_state(self) -> dict[str, int]:
         return {"epoch": self.epoch, "index": self.index}

@@ -3,7 +3,7 @@
 # multi-host code on one machine, or the recipe for hosts without a scheduler
 # (set ZEN_COORDINATOR_ADDRESS to host0:port and ZEN_PROCESS_ID per host).
 #
-#   launch/local_multiprocess.sh 2 python -m zen_code_jax.parallel.multihost
+#   launch/local_multiprocess.sh 2 python tests/multihost_selftest.py
 set -euo pipefail
 N=$1; shift
 PORT=${PORT:-$((20000 + RANDOM % 20000))}

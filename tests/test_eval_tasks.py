@@ -10,6 +10,7 @@ import types
 
 import numpy as np
 import pytest
+from conftest import FakeCorpus
 
 from zen_code_jax.config import base_config
 from zen_code_jax.eval import heldout, humaneval, infilling, mbpp, multipl_e, repo_completion
@@ -217,40 +218,6 @@ class CharTokenizer:
         return "".join(chr(i - 5) for i in ids if i >= 5)
 
 
-class FakeCorpus:
-    def __init__(self, n_repos=4, n_files=3, n_lines=30):
-        recs = []
-        for r in range(n_repos):
-            for f in range(n_files):
-                lines = [f"# module {f} of repo {r}\n"]
-                for k in range(n_lines):
-                    lines.append(f"value_{r}_{f}_{k} = compute({k}, {r * 7 + f})\n")
-                    if k % 7 == 3:
-                        lines.append("\n")
-                recs.append(
-                    {
-                        "repo": f"repo{r}",
-                        "path": f"pkg/mod{f}.py",
-                        "content": "".join(lines),
-                        "language": "python",
-                        "domain": "code",
-                    }
-                )
-        self.records = sorted(recs, key=lambda d: (d["repo"], d["path"]))
-        self._repos = []
-        for i, rec in enumerate(self.records):
-            if not self._repos or self._repos[-1][0] != rec["repo"]:
-                self._repos.append([rec["repo"], i, i])
-            self._repos[-1][2] = i + 1
-
-    def source(self, split):
-        assert split == "heldout"
-        return self.records
-
-    def repos(self, split):
-        return [tuple(r) for r in self._repos]
-
-
 class OracleCorpusEngine:
     """Knows the corpus: infills/next lines are right (or wrong if `wrong`); log-probs are
     log(1/2) per token under a FIM prompt and log(1/4) otherwise."""
@@ -295,7 +262,7 @@ class OracleCorpusEngine:
 
 
 def test_heldout_fim_exact_match_and_middle_bpb():
-    corpus, tok = FakeCorpus(), CharTokenizer()
+    corpus, tok = FakeCorpus.synthetic(), CharTokenizer()
     c = cfg(limit=12, context_tokens=400)
     engine = OracleCorpusEngine(corpus, tok)
     ctx = EvalContext(config=c, engine=engine, tokenizer=tok, corpus=lambda: corpus)
@@ -359,7 +326,7 @@ def _other_mode_reference(ctx):
 def test_heldout_fim_reports_the_other_layout_too(mode, other):
     """heldout_fim's summary holds both FIM layouts' middle loss, bit for bit the numbers
     of an independent computation, and the other layout really is scored differently."""
-    corpus, tok = FakeCorpus(), CharTokenizer()
+    corpus, tok = FakeCorpus.synthetic(), CharTokenizer()
     c = cfg(limit=6, context_tokens=300, fim_mode=mode)
     ctx = EvalContext(config=c, engine=LayoutEngine(corpus, tok), tokenizer=tok, corpus=corpus)
     m = get_task("heldout_fim").evaluate(ctx).metrics
@@ -375,7 +342,7 @@ def test_heldout_fim_reports_the_other_layout_too(mode, other):
 
 
 def test_heldout_sampling_is_deterministic_and_line_aligned():
-    corpus = FakeCorpus()
+    corpus = FakeCorpus.synthetic()
     a = heldout.sample_fim_examples(corpus.records, "multi", 20, seed=3)
     b = heldout.sample_fim_examples(corpus.records, "multi", 20, seed=3)
     d = heldout.sample_fim_examples(corpus.records, "multi", 20, seed=4)
@@ -387,7 +354,7 @@ def test_heldout_sampling_is_deterministic_and_line_aligned():
 
 
 def test_heldout_loss_counts_every_token_once():
-    corpus, tok = FakeCorpus(n_repos=2), CharTokenizer()
+    corpus, tok = FakeCorpus.synthetic(n_repos=2), CharTokenizer()
     c = cfg(context_tokens=64)
     res = get_task("heldout_loss").evaluate(
         EvalContext(config=c, engine=OracleCorpusEngine(corpus, tok), tokenizer=tok, corpus=corpus)
@@ -413,7 +380,7 @@ def test_heldout_loss_counts_every_token_once():
 
 
 def test_repo_completion_settings_and_scores():
-    corpus, tok = FakeCorpus(), CharTokenizer()
+    corpus, tok = FakeCorpus.synthetic(), CharTokenizer()
     c = cfg(limit=10, context_tokens=400)
     engine = OracleCorpusEngine(corpus, tok)
     ctx = EvalContext(config=c, engine=engine, tokenizer=tok, corpus=corpus)
@@ -575,7 +542,7 @@ def test_registry_and_unknown_task_error():
 def test_run_tasks_writes_records_summary_and_tensorboard(tmp_path, problems):
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-    corpus, tok = FakeCorpus(n_repos=2), CharTokenizer()
+    corpus, tok = FakeCorpus.synthetic(n_repos=2), CharTokenizer()
     c = cfg(limit=2, context_tokens=128)
 
     class Both(OracleCorpusEngine):
@@ -632,7 +599,7 @@ def test_score_checkpoint_and_cli_wiring(tmp_path, monkeypatch, capsys):
     class FakeEngine(OracleCorpusEngine):
         def __init__(self, params, model_cfg, tokenizer, mesh=None, *, max_batch_size=16):
             seen["engine"] = (params, model_cfg, tokenizer, max_batch_size)
-            super().__init__(FakeCorpus(n_repos=2), tokenizer)
+            super().__init__(FakeCorpus.synthetic(n_repos=2), tokenizer)
 
     mc = types.SimpleNamespace(vocab_size=512)
     monkeypatch.setattr(runner, "restore_for_inference", lambda d: ("P", mc, tok, config))

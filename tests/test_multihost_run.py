@@ -59,9 +59,11 @@ def run_two(
             **(env or {}),
             **((env1 or {}) if rank == 1 else {}),
         }
+        # A fault to inject runs that process through tests/fault_run.py (same flags).
+        script = "tests/fault_run.py" if "ZEN_TEST_FAULT" in full_env else cmd[1]
         procs.append(
             subprocess.Popen(
-                cmd,
+                [cmd[0], script, *cmd[2:]],
                 cwd=ROOT,
                 env=full_env,
                 stdout=subprocess.PIPE,
@@ -125,13 +127,13 @@ def test_two_process_run_trains_evaluates_and_reports(reference):
 def test_two_process_preemption_and_sigkill_then_rerun_is_bitwise_identical(workdir, reference):
     run_dir = workdir / "mh_kill" / "main"
     # SIGTERM reaches process 1 only, after step 2: both save one agreed step and exit 0.
-    term = run_two(workdir, "mh_kill", "--mode=train", env1={"ZEN_CODE_FAULT": "2:SIGTERM"})
+    term = run_two(workdir, "mh_kill", "--mode=train", env1={"ZEN_TEST_FAULT": "2:SIGTERM"})
     out0, _ = ok_both(term)
     assert "SIGTERM: saved step" in out0 and "Preempted" in out0
     saved = max(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
     assert 2 <= saved < 7
     # Then both are SIGKILLed after step 7, and the same command finishes the run.
-    killed = run_two(workdir, "mh_kill", "--mode=train", env={"ZEN_CODE_FAULT": "7:SIGKILL"})
+    killed = run_two(workdir, "mh_kill", "--mode=train", env={"ZEN_TEST_FAULT": "7:SIGKILL"})
     # Process 0 dies by its SIGKILL; process 1 by its own, or first by losing process 0
     # (the coordination service lives there): either way it must not exit 0.
     assert killed[0][0] == -signal.SIGKILL and killed[1][0] != 0, killed[0][2][-2000:]

@@ -7,6 +7,8 @@ tensor 2), with parameters and Adam moments sharded as the rules say.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jax
 import numpy as np
 import optax
@@ -14,6 +16,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from zen_code_jax.config import base_config, model_config_from, model_group
+from zen_code_jax.data.batch import Batch
 from zen_code_jax.model import Transformer
 from zen_code_jax.parallel import DEFAULT_RULES, make_mesh, resolve_mesh_shape
 from zen_code_jax.parallel.multihost import make_global_batch
@@ -96,7 +99,7 @@ def make_config(**train):
     return cfg
 
 
-def make_batch(vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
+def make_batch(vocab: int, seed: int = 0) -> Batch:
     """Packed rows: two documents per row, then padding (segment 0, no loss)."""
     rng = np.random.default_rng(seed)
     toks = rng.integers(0, vocab, (BATCH, SEQ)).astype(np.int32)
@@ -110,7 +113,7 @@ def make_batch(vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
     targets = np.roll(toks, -1, axis=1)
     mask = (seg != 0) & (np.roll(seg, -1, axis=1) == seg)
     mask[:, -1] = False
-    return dict(
+    return Batch(
         inputs=toks,
         targets=targets,
         segment_ids=seg,
@@ -125,13 +128,13 @@ def run_steps(mesh_cfg, devices=None, steps=STEPS, **train):
     mcfg = model_config_from(cfg.model)
     mesh = make_mesh(mesh_cfg, devices)
     state, shardings = create_train_state(mcfg, cfg, mesh, jax.random.key(0), compiler_options=FAST)
-    out = {"init": jax.tree_util.tree_map(np.asarray, state["params"]), "metrics": []}
+    out = {"init": jax.tree_util.tree_map(np.asarray, state.params), "metrics": []}
     step = make_train_step(mcfg, cfg, mesh, shardings, compiler_options=FAST)
     for i in range(steps):
         state, metrics = step(state, make_batch(mcfg.vocab_size, seed=i))
         out["metrics"].append({k: float(v) for k, v in metrics.items()})
         if i < 2:
-            out[f"params{i + 1}"] = jax.tree_util.tree_map(np.asarray, state["params"])
+            out[f"params{i + 1}"] = jax.tree_util.tree_map(np.asarray, state.params)
     out["losses"] = [m["loss"] for m in out["metrics"]]
     out["state"], out["mesh"], out["cfg"], out["mcfg"] = state, mesh, cfg, mcfg
     return out
@@ -198,12 +201,12 @@ def test_same_losses_on_every_mesh(reference, mesh_cfg, train):
         ("layers", "mlp", "gate_proj", "kernel"): (None, fs, tp),
         ("layers", "mlp", "down_proj", "kernel"): (None, tp, fs),
     }
-    adam = state["opt_state"][1][0]  # chain(clip, adamw): adamw's ScaleByAdamState
+    adam = state.opt_state[1][0]  # chain(clip, adamw): adamw's ScaleByAdamState
     for path, want in expected.items():
         want = tuple(want)
         while want and want[-1] is None:
             want = want[:-1]
-        assert norm(_specs(state["params"], path)) == want, path
+        assert norm(_specs(state.params, path)) == want, path
         assert norm(_specs(adam.mu, path)) == want, path
         assert norm(_specs(adam.nu, path)) == want, path
 
@@ -241,7 +244,7 @@ def test_step_metrics_and_update_match_direct_computation(reference):
     model = Transformer(mcfg)
 
     def logits_fn(p):
-        return model.apply({"params": p}, batch["inputs"], batch["positions"], batch["segment_ids"])
+        return model.apply({"params": p}, batch.inputs, batch.positions, batch.segment_ids)
 
     def objective(p):
         s = loss_sums_from_logits(logits_fn(p), batch["targets"], batch["loss_mask"])
@@ -251,9 +254,7 @@ def test_step_metrics_and_update_match_direct_computation(reference):
 
     def objective1(p):
         s = loss_sums_from_logits(
-            model.apply(
-                {"params": p}, batch1["inputs"], batch1["positions"], batch1["segment_ids"]
-            ),
+            model.apply({"params": p}, batch1.inputs, batch1.positions, batch1.segment_ids),
             batch1["targets"],
             batch1["loss_mask"],
         )
@@ -304,7 +305,7 @@ def test_two_processes_data_parallel_equals_one_device():
     import subprocess
     import sys
 
-    from zen_code_jax.parallel.multihost import selftest_losses
+    from multihost_selftest import selftest_losses
 
     with socket.socket() as sock:
         sock.bind(("localhost", 0))
@@ -316,7 +317,7 @@ def test_two_processes_data_parallel_equals_one_device():
                    XLA_FLAGS="--xla_force_host_platform_device_count=1")  # fmt: skip
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "zen_code_jax.parallel.multihost"],
+                [sys.executable, str(Path(__file__).parent / "multihost_selftest.py")],
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,

@@ -7,7 +7,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from zen_code_jax.report import write_report
+from zen_code_jax.experiment.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 

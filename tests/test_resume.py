@@ -71,7 +71,7 @@ def test_sigkill_then_rerun_is_bitwise_identical(workdir, reference):
     # Killed at step 4 (the async save of step 3 may not have committed yet), then at step
     # 7 (step 3 has committed: Orbax finishes one save before starting the next, at 6).
     for kill_at in (4, 7):
-        proc = train(workdir, "resume_kill", env={"ZEN_CODE_FAULT": f"{kill_at}:SIGKILL"})
+        proc = train(workdir, "resume_kill", env={"ZEN_TEST_FAULT": f"{kill_at}:SIGKILL"})
         assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
         assert max(checkpoints(run_dir), default=0) < kill_at
     assert 3 in checkpoints(run_dir)
@@ -86,7 +86,7 @@ def test_sigkill_then_rerun_on_8_devices_is_bitwise_identical(workdir):
     ok(train(workdir, "resume_ref8", devices=8))
     ref = losses(workdir / "resume_ref8" / "main")
     run_dir = workdir / "resume_kill8" / "main"
-    proc = train(workdir, "resume_kill8", env={"ZEN_CODE_FAULT": "7:SIGKILL"}, devices=8)
+    proc = train(workdir, "resume_kill8", env={"ZEN_TEST_FAULT": "7:SIGKILL"}, devices=8)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     out = ok(train(workdir, "resume_kill8", devices=8))
     assert "resumed from" in out
@@ -95,7 +95,8 @@ def test_sigkill_then_rerun_on_8_devices_is_bitwise_identical(workdir):
 
 def test_sigterm_saves_at_the_step_boundary_and_exits_0(workdir, reference):
     run_dir = workdir / "resume_term" / "main"
-    out = ok(train(workdir, "resume_term", env={"ZEN_CODE_FAULT": "4:SIGTERM"}))
+    # The notice arrives during step 3's hooks; the run stops at the next boundary, 4.
+    out = ok(train(workdir, "resume_term", env={"ZEN_TEST_FAULT": "3:SIGTERM"}))
     assert "SIGTERM: saved step 4" in out and "Preempted" in out
     assert checkpoints(run_dir)[-1] == 4
     out = ok(train(workdir, "resume_term"))
@@ -118,9 +119,9 @@ def test_non_finite_loss_stops_naming_step_and_last_good_checkpoint(workdir):
 
 
 def test_restore_for_inference(workdir, reference):
+    from zen_code_jax.checkpoint import restore_for_inference
     from zen_code_jax.data.tokenizer import Tokenizer
     from zen_code_jax.model.config import get_preset
-    from zen_code_jax.checkpoint import restore_for_inference
 
     run_dir = workdir / "resume_ref" / "main"
     params, model_cfg, tokenizer, config = restore_for_inference(run_dir)

@@ -57,7 +57,7 @@ def tiny():
     cfg = make_config()
     mcfg = model_config_from(cfg.model)
     batch = make_batch(mcfg.vocab_size)
-    args = (batch["inputs"], batch["positions"], batch["segment_ids"])
+    args = (batch.inputs, batch.positions, batch.segment_ids)
     params = jax.jit(Transformer(mcfg).init, compiler_options=FAST)(jax.random.key(1), *args)[
         "params"
     ]

@@ -34,6 +34,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from zen_code_jax.config import config_from_dict, model_config_from
+from zen_code_jax.data.tokenizer import Tokenizer
+
 log = logging.getLogger(__name__)
 
 
@@ -81,7 +84,6 @@ def tokenizer_to_json(tokenizer: Any) -> dict[str, Any]:
 
 
 def tokenizer_from_json(data: Mapping[str, Any]) -> Any:
-    from zen_code_jax.data.tokenizer import Tokenizer
 
     with tempfile.TemporaryDirectory() as d:
         for name, b64 in data["files"].items():
@@ -347,7 +349,6 @@ def restore_for_inference(run_dir: str | Path) -> tuple[Any, Any, Any, Any]:
     The tokenizer comes from the checkpoint itself and is checked against the model's
     vocabulary, so eval and serving can never pair weights with the wrong tokenizer.
     """
-    from zen_code_jax.config import config_from_dict, model_config_from
 
     params, meta, tok_json = restore_params(run_dir)
     config = config_from_dict(meta["config"])
@@ -355,8 +356,6 @@ def restore_for_inference(run_dir: str | Path) -> tuple[Any, Any, Any, Any]:
     if tok_json:
         tokenizer = tokenizer_from_json(tok_json)
     else:
-        from zen_code_jax.data.tokenizer import Tokenizer
-
         tokenizer = Tokenizer.load(Path(run_dir) / "tokenizer")
     if tokenizer.fingerprint() != meta.get("identity", {}).get("tokenizer_fingerprint"):
         raise CheckpointMismatchError(

@@ -34,9 +34,13 @@ from flax import linen as nn
 from zen_code_jax.infer.sampling import row_keys, sample_tokens
 from zen_code_jax.model.config import ModelConfig
 from zen_code_jax.model.layers import as_dtype, matmul
-from zen_code_jax.model.transformer import Transformer, init_kv_cache, lm_head_kernel
+from zen_code_jax.model.transformer import (
+    KV_CACHE_AXES,
+    Transformer,
+    init_kv_cache,
+    lm_head_kernel,
+)
 
-CACHE_AXES = ("layers", "batch", "length", "kv_heads", "head_dim")
 MAX_STOP_IDS = 16  # fixed width of the stop-id array so it never changes the compiled shape
 MIN_LENGTH_BUCKET = 16
 LOGPROB_CHUNK = 256  # positions per chunk of [chunk, V] logits when scoring
@@ -104,7 +108,7 @@ def cast_for_inference(params: Any, cfg: ModelConfig) -> Any:
 
 def constrain_cache(cache: dict[str, jax.Array]) -> dict[str, jax.Array]:
     """Shard the cache by the logical rules in scope (no-op without a mesh and rules)."""
-    return {name: nn.with_logical_constraint(x, CACHE_AXES) for name, x in cache.items()}
+    return {name: nn.with_logical_constraint(x, KV_CACHE_AXES) for name, x in cache.items()}
 
 
 # XLA:CPU runs [M, D] @ [D, V] with small M > 1 as a slow GEMM (measured: M=4 took 23x the

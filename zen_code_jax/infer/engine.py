@@ -31,6 +31,8 @@ from zen_code_jax.data.repo_window import context_ids as repo_context_ids
 from zen_code_jax.data.repo_window import repo_fim_prompt_tokens
 from zen_code_jax.infer import decode as dec
 from zen_code_jax.model.config import ModelConfig
+from zen_code_jax.model.transformer import Transformer
+from zen_code_jax.parallel.rules import DEFAULT_RULES
 
 FIM_MODES = ("psm", "spm")
 
@@ -80,7 +82,6 @@ def random_params(cfg: ModelConfig, seed: int = 0, scale: float | None = None) -
     weights, unit norm scales, zero biases. Numpy avoids compiling the model's init (the
     threefry draws for every weight take seconds of XLA compile on CPU).
     """
-    from zen_code_jax.model.transformer import Transformer
 
     dummy = np.zeros((1, 1), np.int32)
     abstract = nn.unbox(
@@ -122,8 +123,6 @@ class InferenceEngine:
         self.mesh = mesh
         self.max_batch_size = int(max_batch_size)
         if rules is None:
-            from zen_code_jax.parallel.rules import DEFAULT_RULES
-
             rules = DEFAULT_RULES
         self.rules = tuple(rules)
         self.batch_multiple = dec.bucket(min_batch_bucket)
@@ -156,8 +155,6 @@ class InferenceEngine:
             specs = nn.get_partition_spec(params)
             params = nn.unbox(params)
         else:
-            from zen_code_jax.model.transformer import Transformer
-
             cfg = self.model_cfg
             dummy = np.zeros((1, 1), np.int32)
             abstract = jax.eval_shape(
