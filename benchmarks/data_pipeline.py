@@ -147,11 +147,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="per pipeline measurement")
     ap.add_argument("--workdir", default="", help="prepared-corpus cache (default: a temp dir)")
     ap.add_argument("--workers", type=int, default=0, help="grain worker processes")
-    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--seq_len", type=int, default=512)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--dedup-files", type=int, default=300)
-    ap.add_argument("--train-steps", type=int, default=5)
-    ap.add_argument("--skip-prepare-timing", action="store_true", help="reuse a cached corpus")
+    ap.add_argument("--dedup_files", type=int, default=300)
+    ap.add_argument("--train_steps", type=int, default=5)
+    ap.add_argument("--skip_prepare_timing", action="store_true", help="reuse a cached corpus")
     args = ap.parse_args()
     from zen_code_jax.config import base_config
 

@@ -8,7 +8,7 @@ greedy workload, in one process, interleaved repeats:
   - the ratios ours / HF (the issue asks >= 2x on CPU), and how many greedy tokens agree.
 
     python benchmarks/decode.py [--preset cpu_small] [--dtype float32] [--batch 4]
-                                [--prompt-len 128] [--new-tokens 128] [--repeats 3] [--cores 1]
+                                [--prompt_len 128] [--new_tokens 128] [--repeats 3] [--cores 1]
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ def main() -> None:
     ap.add_argument("--preset", default="cpu_small")
     ap.add_argument("--dtype", default="float32", help="compute dtype for both (float32|bfloat16)")
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--prompt-len", type=int, default=128)
-    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--prompt_len", type=int, default=128)
+    ap.add_argument("--new_tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument(
         "--cores",

@@ -59,7 +59,7 @@ def datasketch_sigs(texts: list[str], num_perm: int) -> tuple[list, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--files", type=int, default=400)
-    ap.add_argument("--num-perm", type=int, default=128)
+    ap.add_argument("--num_perm", type=int, default=128)
     args = ap.parse_args()
     texts = load_texts(args.files)
     # Plant near-duplicates: copies of 50 files with every 15th line dropped.

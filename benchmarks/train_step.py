@@ -3,7 +3,7 @@
 Same model (hidden 256, 4 layers, 8 query / 2 KV heads, FFN 768, vocab 8192), same
 batch (8 x 512 tokens), same work per step: forward, masked next-token cross-entropy,
 backward, global-norm clipping and AdamW. Runs in one process and prints tokens/s, MFU
-(6N + causal attention FLOPs per token, against --peak-flops) and the ratios:
+(6N + causal attention FLOPs per token, against --peak_flops) and the ratios:
 
     python benchmarks/train_step.py [--steps 5] [--torch eager_f32,eager_bf16,compile_f32]
 
@@ -137,7 +137,7 @@ def main() -> None:
         default="eager_f32,eager_bf16,compile_f32,compile_bf16",
         help="comma-separated torch modes: eager_f32, eager_bf16, compile_f32, compile_bf16",
     )
-    p.add_argument("--peak-flops", type=float, default=0.0, help="per-device peak; 0 = table")
+    p.add_argument("--peak_flops", type=float, default=0.0, help="per-device peak; 0 = table")
     a = p.parse_args()
     mcfg = model_config_from(config_for("bfloat16").model)
     fpt = flops_per_token(mcfg, SEQ)

@@ -5,7 +5,7 @@ The loss counts response tokens only. Data is a JSONL file of
 by default, a built-in offline source derived from the prepared corpus: every documented
 Python function becomes one pair (instruction: its signature and docstring; response:
 the implementation). Held-out pairs come from the corpus's held-out repositories (or,
-for a JSONL file, every 20th pair) and give `eval/heldout_loss` on responses.
+for a JSONL file, every 20th pair) and give `eval/heldout_batches/loss` on responses.
 
 The model starts from the pretraining experiment's newest checkpoint at the same scale
 (`WORKDIR/pretrain/main`), so run `experiments/pretrain.py` first at that scale, or set

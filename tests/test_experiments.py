@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE_PACKAGES = ("json", "http", "logging", "urllib", "html", "wsgiref", "concurrent")
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 from test_experiments import ROOT, smoke_workdir
 
+pytestmark = [pytest.mark.e2e, pytest.mark.multiprocess, pytest.mark.slow]
+
 CONFIG = "experiments/pretrain.py:smoke"
 STEPS = 8
 

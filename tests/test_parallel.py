@@ -216,7 +216,7 @@ def test_accumulation_equals_large_batch(reference):
     run = run_steps({"data": 1}, devices=jax.devices()[:1], steps=1, micro_batch_size=2,
                     loss_chunk_size=8)  # fmt: skip
     m_acc, m_full = run["metrics"][0], reference["metrics"][0]
-    assert m_acc["tokens"] == m_full["tokens"] == make_batch(512, 0)["loss_mask"].sum()
+    assert m_acc["tokens"] == m_full["tokens"] == make_batch(512, 0).loss_mask.sum()
     for k in ("loss", "z_loss", "grad_norm"):
         np.testing.assert_allclose(m_acc[k], m_full[k], rtol=2e-6, err_msg=k)
     jax.tree_util.tree_map(
@@ -247,7 +247,7 @@ def test_step_metrics_and_update_match_direct_computation(reference):
         return model.apply({"params": p}, batch.inputs, batch.positions, batch.segment_ids)
 
     def objective(p):
-        s = loss_sums_from_logits(logits_fn(p), batch["targets"], batch["loss_mask"])
+        s = loss_sums_from_logits(logits_fn(p), batch.targets, batch.loss_mask)
         return (s["ce_sum"] + cfg.optimizer.z_loss * s["z_sum"]) / s["count"]
 
     batch1 = make_batch(mcfg.vocab_size, 1)
@@ -255,8 +255,8 @@ def test_step_metrics_and_update_match_direct_computation(reference):
     def objective1(p):
         s = loss_sums_from_logits(
             model.apply({"params": p}, batch1.inputs, batch1.positions, batch1.segment_ids),
-            batch1["targets"],
-            batch1["loss_mask"],
+            batch1.targets,
+            batch1.loss_mask,
         )
         return (s["ce_sum"] + cfg.optimizer.z_loss * s["z_sum"]) / s["count"]
 
@@ -270,7 +270,7 @@ def test_step_metrics_and_update_match_direct_computation(reference):
         return logits_fn(p), g0, p1, optax.apply_updates(p1, u1), st[1][0].nu
 
     logits, g, p1, p2, nu = jax.jit(direct, compiler_options=FAST)(p0)
-    ce, z, n = np_loss_reference(logits, batch["targets"], batch["loss_mask"])
+    ce, z, n = np_loss_reference(logits, batch.targets, batch.loss_mask)
     np.testing.assert_allclose(m["loss"], ce, rtol=1e-6)
     np.testing.assert_allclose(m["z_loss"], z, rtol=1e-6)
     assert m["tokens"] == n
@@ -296,6 +296,7 @@ def test_step_metrics_and_update_match_direct_computation(reference):
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_processes_data_parallel_equals_one_device():
     """Two local CPU processes (jax.distributed, Gloo), one device each, feeding their own
     rows via make_global_batch: same losses as the whole batch on one device."""

@@ -59,3 +59,27 @@ def test_fim_report_from_logs(tmp_path):
     assert "| 2.0 / " in text  # 2% infilling exact match, as a percentage beside the paper's
     assert "fim25" not in text  # arms without a directory are left out
     assert png.stat().st_size > 10_000
+
+
+def test_a_forked_experiment_file_keeps_the_report_tables(tmp_path):
+    """Copy fim_ablation.py to a new name, change one field: the same Table 7 (tables are
+    chosen by `report.tables`, never by the experiment's name)."""
+    source = (ROOT / "experiments/fim_ablation.py").read_text()
+    forked = source.replace('start_config("fim_ablation"', 'start_config("my_fim_fork"')
+    forked = forked.replace("c.fim.spm_rate = 0.5", "c.fim.spm_rate = 0.25")
+    assert forked.count("my_fim_fork") == 1 and "spm_rate = 0.25" in forked
+    path = tmp_path / "my_fim_fork.py"
+    path.write_text(forked)
+    spec = importlib.util.spec_from_file_location("my_fim_fork", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tables = {}
+    for name, config in [("orig", fim_config("cpu")), ("fork", module.get_config("cpu"))]:
+        exp = tmp_path / name / config.name
+        write_arm(exp, "fim0", 0.0, 2.432, 2.555)
+        write_arm(exp, "fim50", 0.5, 2.431, 2.430)
+        md, _ = write_report(exp, config)
+        text = md.read_text()
+        assert "## Table 7" in text
+        tables[name] = text.split("\n", 1)[1]  # everything below the title line
+    assert tables["fork"] == tables["orig"]

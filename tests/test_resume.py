@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from test_experiments import ok, run_cli, smoke_workdir
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
 CONFIG = "experiments/pretrain.py:smoke"
 STEPS = 8
 

@@ -10,13 +10,14 @@ The paper's numbers sit beside ours for reference only: they come from a 14B mod
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from zen_code_jax.config import model_config_from
 from zen_code_jax.model.config import param_count
+from zen_code_jax.rundir import RunDir
+from zen_code_jax.tracking import read_scalars
 
 # The report's Table 7 (FIM rate) and Table 8 (repository fine-tuning).
 PAPER_TABLE7 = {  # arm: (HumanEval pass@1 %, single-line FIM exact match %)
@@ -61,26 +62,20 @@ SCALE_NOTES = {
 }
 
 
-def _load_arm(run_dir: Path) -> dict[str, Any]:
-    curve: dict[int, float] = {}
-    metrics_file = run_dir / "metrics.jsonl"
-    if metrics_file.exists():
-        for line in metrics_file.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            if "train/loss" in rec:
-                curve[int(rec["step"])] = float(rec["train/loss"])
-    summary_file = run_dir / "eval" / "summary.json"
+def _load_arm(path: Path) -> dict[str, Any]:
+    """One arm's loss curve (metrics.jsonl), final metrics (eval/summary.json) and config."""
+    run_dir = RunDir(path)
+    curve = {
+        int(r["step"]): float(r["train/loss"])
+        for r in read_scalars(run_dir.metrics)
+        if "train/loss" in r
+    }
     metrics: dict[str, float] = {}
-    if summary_file.exists():  # the eval runner's layout: {task: {metric: value, "step": n}}
-        for task, values in json.loads(summary_file.read_text()).items():
-            for key, value in values.items():
-                if key != "step" and isinstance(value, int | float):
-                    metrics[f"{task}/{key}"] = float(value)
-    config = {}
-    if (run_dir / "config.json").exists():
-        config = json.loads((run_dir / "config.json").read_text())
+    for task, values in run_dir.read_summary().items():  # {task: {metric: value, "step": n}}
+        for key, value in values.items():
+            if key != "step" and isinstance(value, int | float):
+                metrics[f"{task}/{key}"] = float(value)
+    config = run_dir.read_config() if run_dir.config_json.exists() else {}
     return {"curve": sorted(curve.items()), "metrics": metrics, "config": config}
 
 

@@ -29,7 +29,8 @@ def matmul(x: jax.Array, w: jax.Array, dtype: Dtype) -> jax.Array:
     """`x[..., K] @ w[K, ...]` with inputs cast to `dtype` and a float32 result.
 
     Leading dimensions of `x` are flattened into one row dimension first: XLA:CPU runs a
-    plain 2-D GEMM much faster than a dot with several free dimensions (NOTES.md). The
+    plain 2-D GEMM much faster than a dot with several free dimensions (measured: it halved
+    the MLP's forward and backward time on a small Qwen2-style step). The
     backward pass also multiplies in `dtype` with float32 accumulation (see `_mm`).
     """
     lead = x.shape[:-1]
@@ -227,5 +228,5 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
 
 
 def logical_axes(*names: str | None) -> Sequence[str | None]:
-    """Small helper so call sites read like the contract in DESIGN.md."""
+    """Small helper so call sites read like the batch contract (docs/architecture.md)."""
     return tuple(names)

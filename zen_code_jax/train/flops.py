@@ -50,8 +50,8 @@ def cpu_peak_flops(cpuinfo: str | None = None, cores: int | None = None) -> floa
 
     cores x clock x FLOPs per cycle per core, with two FMA units per core: 32 for AVX2+FMA
     (8 f32 lanes), 64 for AVX-512, 1024 with AMX-BF16 tiles (the bf16 path XLA uses there).
-    A fixed number would be wrong by 10x between machines: the AMX dev machine of
-    shared/NOTES.md reached ~1.5 TFLOP/s in bf16, this project's AVX2 CI machine ~50 GFLOP/s.
+    A fixed number would be wrong by 10x between machines: an AMX machine reached ~1.5 TFLOP/s
+    in bf16, this project's AVX2 CI machine ~50 GFLOP/s (docs/measurements.md).
     Set train.peak_flops_per_device to override.
     """
     if cpuinfo is None:
