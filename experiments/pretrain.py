@@ -50,8 +50,8 @@ DOMAIN_WEIGHTS = {
     "formal": 0.03,
     "synthetic": 0.02,
 }
-# Table 3: share of code tokens per language (the "other 70+ languages" 13% has no single
-# name in the mixture; those languages are sampled at weight 0 unless added here).
+# Table 3: share of code tokens per language. "Other" (the report's 70+ other languages,
+# 13%) is one share, divided among the unnamed languages by their bytes (corpus.py).
 LANGUAGE_WEIGHTS = {
     "Python": 0.24,
     "JavaScript": 0.16,
@@ -63,6 +63,7 @@ LANGUAGE_WEIGHTS = {
     "Ruby": 0.03,
     "PHP": 0.03,
     "Shell": 0.03,
+    "Other": 0.13,
 }
 # data, fsdp, tensor, sequence. 14B params + AdamW moments in f32 are ~200 GB, so the state
 # is sharded over fsdp; data parallelism takes the remaining devices.

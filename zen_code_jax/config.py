@@ -74,10 +74,21 @@ def base_config() -> ml_collections.ConfigDict:
             language_weights={},  # empty: natural frequencies
             exclude_tests=False,
             max_files=0,  # 0 = all files; N = a deterministic hash-ranked sample (tests)
+            # --- issue 10a: batches and repository formats (docs/data_pipeline.md) ---
+            row_shuffle_window=64,  # rows per packing group, shuffled together; 0 = fill order
+            repo_format="report",  # repo mode layout: report | qwen2.5 | starcoder2
         )
     )
 
-    c.fim = ml_collections.ConfigDict(dict(rate=0.5, spm_rate=0.5))
+    c.fim = ml_collections.ConfigDict(
+        dict(
+            rate=0.5,  # share of FIM units: files (document level) or packed fragments
+            spm_rate=0.5,
+            # --- issue 10a: FIM unit and domains (docs/data_pipeline.md) ---
+            level="document",  # document: per file, before packing | context: per fragment
+            domains=("code",),  # domains whose records may become FIM (report: code samples)
+        )
+    )
 
     c.optimizer = ml_collections.ConfigDict(
         dict(

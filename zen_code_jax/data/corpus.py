@@ -283,6 +283,21 @@ def _as_dict(x: Any) -> dict[str, float]:
     return {str(k): float(v) for k, v in dict(x).items()}
 
 
+def _language_shares(
+    members: Sequence[str], lw: Mapping[str, float], bytes_of: Mapping[str, int]
+) -> dict[str, float]:
+    """Unnormalized weight per "code/<language>" group: a named language gets its weight,
+    the unnamed ones share the "Other" weight in proportion to their bytes."""
+    lang = {m: m.split("/", 1)[1] for m in members}
+    others = [m for m in members if lang[m] not in lw]
+    other_bytes = sum(bytes_of[m] for m in others)
+    other_w = lw.get("Other", 0.0)
+    w = {m: lw[lang[m]] for m in members if lang[m] in lw}
+    for m in others:
+        w[m] = other_w * bytes_of[m] / other_bytes if other_bytes else 0.0
+    return w
+
+
 def mixture_weights(corpus: Corpus, data_cfg: Any, split: str = TRAIN_SPLIT) -> Mixture:
     """Deterministic group weights for a split (see `Mixture`).
 
@@ -292,6 +307,9 @@ def mixture_weights(corpus: Corpus, data_cfg: Any, split: str = TRAIN_SPLIT) -> 
     missing from the dict gets the "Other" weight (0 if none), an empty dict means natural
     frequencies. Configured domains/languages absent from the corpus are listed (and their
     mass goes to the rest), as are present groups dropped by a zero weight.
+
+    "Other" is *one* share (Table 3's "Other: 13%"), divided among the languages the dict
+    does not name in proportion to their bytes; it is never given in full to each of them.
     """
     names, gid = corpus.groups(split)
     if not names:
@@ -331,7 +349,7 @@ def mixture_weights(corpus: Corpus, data_cfg: Any, split: str = TRAIN_SPLIT) -> 
     for d in present_domains:
         members = [names[g] for g in by_domain[d]]
         if d == "code" and lw:
-            w = {m: lw.get(m.split("/", 1)[1], lw.get("Other", 0.0)) for m in members}
+            w = _language_shares(members, lw, bytes_of)
             if dom_mass[d] > 0 and sum(w.values()) <= 0:
                 raise CorpusError(
                     f"data.language_weights={lw} gives no weight to any language present in "

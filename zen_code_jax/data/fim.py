@@ -14,13 +14,19 @@ Why the details matter:
 - The three parts are encoded separately. Inference (`fim_prompt_tokens`) encodes the
   user's prefix and suffix the same way, so the prompt is token-for-token what the model
   saw in training up to the point where the middle starts.
-- The random draw comes from a generator that the caller seeds from (seed, record index)
-  only (`record_rng`, or Grain's `MapDataset.random_map`), so it never depends on read
-  order or on the number of worker processes.
+- Every unit (a file at `fim.level="document"`, a packed fragment at "context") gets one
+  `FimDraw` keyed only by (seed, unit identity) (`unit_draw`): four uniforms, always all
+  drawn, so the decision is `u < rate` and the split points do not depend on it. Arms that
+  differ in `fim.rate` see common random numbers and their FIM sets are nested; nothing
+  depends on read order, worker processes or restarts.
+- Context level (Bavarian et al. 2022 section 4; bigcode Megatron) applies FIM after
+  packing, to each fragment of a row, restoring its length (`fim_fragment`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -121,60 +127,105 @@ def fim_prompt_tokens(
     )
 
 
-def split_points(n: int, rng: np.random.Generator) -> tuple[int, int]:
-    """Two sorted uniform draws over the n+1 cut positions of an n-character text."""
-    a, b = rng.integers(0, n + 1, size=2)
-    return (int(a), int(b)) if a <= b else (int(b), int(a))
+LEVELS: tuple[str, ...] = ("document", "context")
 
 
-def split_text(text: str, rng: np.random.Generator) -> tuple[str, str, str]:
-    """Character-level (prefix, middle, suffix) with prefix + middle + suffix == text."""
-    a, b = split_points(len(text), rng)
-    return text[:a], text[a:b], text[b:]
-
-
-def draw_mode(rng: np.random.Generator, rate: float, spm_rate: float) -> str | None:
-    """None (plain document) with probability 1 - rate, else 'spm' w.p. spm_rate, else 'psm'.
-
-    Always consumes two uniforms so later draws do not depend on the outcome.
-    """
+def check_rates(rate: float, spm_rate: float) -> None:
+    """Raise a one-line error unless both rates are probabilities."""
     if not (0.0 <= rate <= 1.0 and 0.0 <= spm_rate <= 1.0):
         raise ValueError(
             f"fim.rate={rate} and fim.spm_rate={spm_rate} must both be in [0, 1]; "
             "fix the `fim` group of the config."
         )
-    u_fim, u_spm = rng.random(2)
-    if u_fim >= rate:
-        return None
-    return "spm" if u_spm < spm_rate else "psm"
+
+
+@dataclasses.dataclass(frozen=True)
+class FimDraw:
+    """Every random number one FIM unit (a file, or a packed fragment) can need.
+
+    All four uniforms are always drawn, whatever the rate and the outcome (common random
+    numbers): the decision is `u < rate`, the order `u_spm < spm_rate`, the split points
+    come from `a` and `b`. Two arms that differ only in `fim.rate` therefore make the same
+    choice for every unit they both turn into FIM, with the same split, and
+    FIM(25%) is a subset of FIM(50%) is a subset of FIM(75%) unit by unit.
+    """
+
+    u: float
+    u_spm: float
+    a: float
+    b: float
+
+    def mode(self, rate: float, spm_rate: float) -> str | None:
+        """None (plain) when u >= rate, else 'spm' when u_spm < spm_rate, else 'psm'."""
+        check_rates(rate, spm_rate)
+        if self.u >= rate:
+            return None
+        return "spm" if self.u_spm < spm_rate else "psm"
+
+    def points(self, n: int) -> tuple[int, int]:
+        """Two sorted cut positions, each uniform over the n + 1 cuts of an n-item text."""
+        a, b = (min(n, int(x * (n + 1))) for x in (self.a, self.b))
+        return (a, b) if a <= b else (b, a)
+
+    def split(self, text: str) -> tuple[str, str, str]:
+        """Character-level (prefix, middle, suffix) with prefix + middle + suffix == text."""
+        a, b = self.points(len(text))
+        return text[:a], text[a:b], text[b:]
+
+
+def draw_fim(rng: np.random.Generator) -> FimDraw:
+    """The four uniforms of one unit (always all four: see `FimDraw`)."""
+    u, u_spm, a, b = (float(x) for x in rng.random(4))
+    return FimDraw(u, u_spm, a, b)
+
+
+def unit_key(*parts: str | bytes) -> int:
+    """A stable 64-bit key of a unit's identity (e.g. repository and path of a file)."""
+    h = hashlib.blake2b(digest_size=8)
+    for p in parts:
+        b = p.encode("utf-8") if isinstance(p, str) else bytes(p)
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return int.from_bytes(h.digest(), "little")
+
+
+def unit_draw(seed: int, *parts: str | bytes) -> FimDraw:
+    """The draw of one unit, keyed only by (seed, unit identity): the same in every arm,
+    whatever the read order, worker count or restart."""
+    return draw_fim(record_rng(seed, unit_key(*parts), stream=1))
+
+
+def split_text(text: str, rng: np.random.Generator) -> tuple[str, str, str]:
+    """Character-level (prefix, middle, suffix) from a fresh draw (tests and tools)."""
+    return draw_fim(rng).split(text)
 
 
 def fim_parts(
     text: str,
     tok: FimTokenizer,
-    rng: np.random.Generator,
+    draw: FimDraw,
     rate: float,
     spm_rate: float,
     *,
     context_text: str = "",
 ) -> tuple[str | None, list[int], list[int], list[int]]:
-    """Draw the FIM decision for one document and encode its parts separately.
+    """The FIM decision for one document and its parts, encoded separately.
 
     Returns (mode, prefix_ids, middle_ids, suffix_ids); mode None means a plain document whose
-    ids are all in `prefix_ids`. `context_text` (e.g. the target file's `# File:` header) is
+    ids are all in `prefix_ids`. `context_text` (e.g. the target file's header) is
     encoded together with the prefix: it always precedes the split.
     """
-    mode = draw_mode(rng, rate, spm_rate)
+    mode = draw.mode(rate, spm_rate)
     if mode is None:
         return None, tok.encode(context_text + text), [], []
-    prefix, middle, suffix = split_text(text, rng)
+    prefix, middle, suffix = draw.split(text)
     return mode, tok.encode(context_text + prefix), tok.encode(middle), tok.encode(suffix)
 
 
 def apply_fim(
     text: str,
     tok: FimTokenizer,
-    rng: np.random.Generator,
+    draw: FimDraw,
     rate: float,
     spm_rate: float,
     *,
@@ -185,12 +236,54 @@ def apply_fim(
 
     `context_ids` are tokens that precede `text` (repository files before the target file);
     `context_text` is text that precedes `text` inside the same encoding call (the target
-    file's `# File:` header). Both belong to the FIM prefix, as in the report's listing.
+    file's header). Both belong to the FIM prefix.
     """
-    mode, p, m, s = fim_parts(text, tok, rng, rate, spm_rate, context_text=context_text)
+    mode, p, m, s = fim_parts(text, tok, draw, rate, spm_rate, context_text=context_text)
     if mode is None:
         return [*context_ids, *p, tok.eot_id], None
     return fim_tokens([*context_ids, *p], m, s, mode, tok), mode
+
+
+def fim_fragment(
+    ids: Sequence[int], tok: Any, draw: FimDraw, rate: float, spm_rate: float
+) -> list[int] | None:
+    """Context-level FIM of one packed fragment, length preserved (bigcode Megatron's
+    `permute` with `truncate_or_pad`): None when it stays plain.
+
+    The fragment is decoded, split at characters, its parts re-encoded and laid out with
+    the sentinels; a trailing <|endoftext|> stays last. The result has exactly len(ids)
+    tokens: a longer one drops tokens from the end of the suffix (when the suffix has too
+    few, the fragment stays plain, as in bigcode), a shorter one is padded with
+    <|fim_pad|> after the suffix; the pipeline masks every target that is <|fim_pad|>.
+    """
+    mode = draw.mode(rate, spm_rate)
+    if mode is None or len(ids) < 2:
+        return None
+    ids = list(ids)
+    eot = ids[-1] == tok.eot_id
+    body = ids[:-1] if eot else ids
+    text = tok.decode(body)
+    prefix, middle, suffix = draw.split(text)
+    p, m, s = tok.encode(prefix), tok.encode(middle), tok.encode(suffix)
+    diff = len(p) + len(m) + len(s) + 3 + int(eot) - len(ids)
+    if diff > 0:
+        if len(s) <= diff:
+            return None
+        s = s[: len(s) - diff]
+    elif diff < 0:
+        s = s + [tok.fim_pad_id] * (-diff)
+    out = arrange(
+        p,
+        m,
+        s,
+        mode,
+        fim_prefix=tok.fim_prefix_id,
+        fim_middle=tok.fim_middle_id,
+        fim_suffix=tok.fim_suffix_id,
+        eot=tok.eot_id if eot else None,
+    )
+    assert len(out) == len(ids)
+    return out
 
 
 def record_rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:

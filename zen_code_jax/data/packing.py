@@ -2,10 +2,18 @@
 
 Why our own packer (not grain.experimental.FirstFitPackIterDataset): one record (a file or a
 repository) yields a *list* of segments, a segment longer than a row must be split rather
-than truncated, and we want the output to be the finished batch so nothing downstream can
-reorder rows. The algorithm is grain's: fill `num_rows` bins, placing each segment in the
-first bin with room; when a segment fits nowhere, the group is complete and is emitted as
-`num_rows / batch_size` batches; the segment that did not fit opens the next group.
+than truncated (grain's truncates), the output is the finished batch in the contract's
+fields (grain's emits its own segment/position keys per row), and context-level FIM needs
+each segment's eligibility carried into the batch. The algorithm is grain's: fill
+`num_rows` bins, placing each segment in the first bin with room; when a segment fits
+nowhere, the group is complete and is emitted as `num_rows / batch_size` batches; the
+segment that did not fit opens the next group.
+
+Row shuffle: like grain's packer (which shuffles bins by default), the rows of a group are
+permuted before they are cut into batches (`shuffle_seed`), so one long file's pieces,
+which first-fit puts into consecutive rows, spread over the group's batches instead of
+filling one batch after another. The window is the group (`data.row_shuffle_window` rows),
+and the permutation is keyed by (seed, the group's tokens), so it needs no state.
 
 Checkpointing: the iterator state is (parent state before the record that opened the
 current group, how many of that record's segments earlier groups consumed, how many batches
@@ -18,6 +26,7 @@ each batch in `Batch`).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -52,16 +61,28 @@ class RowPacker:
         self.seq_len = seq_len
         self.num_rows = num_rows
         self.rows: list[list[np.ndarray]] = [[] for _ in range(num_rows)]
+        self.flags: list[list[bool]] = [[] for _ in range(num_rows)]
         self.free = [seq_len] * num_rows
 
-    def try_add(self, seg: np.ndarray) -> bool:
+    def try_add(self, seg: np.ndarray, flag: bool = False) -> bool:
         n = len(seg)
         for r in range(self.num_rows):
             if self.free[r] >= n:
                 self.rows[r].append(seg)
+                self.flags[r].append(flag)
                 self.free[r] -= n
                 return True
         return False
+
+    def flag_array(self) -> np.ndarray:
+        """int32 [num_rows, seq_len]: 1 on the tokens of segments added with flag=True."""
+        out = np.zeros((self.num_rows, self.seq_len), dtype=np.int32)
+        for r, (row, flags) in enumerate(zip(self.rows, self.flags)):
+            at = 0
+            for seg, flag in zip(row, flags):
+                out[r, at : at + len(seg)] = int(flag)
+                at += len(seg)
+        return out
 
     @property
     def empty(self) -> bool:
@@ -104,6 +125,18 @@ def pack_segments(
     return list(it)
 
 
+def shuffle_rows(arrays: Sequence[np.ndarray], n_rows: int, seed: int) -> list[np.ndarray]:
+    """Permute the first `n_rows` rows of every array the same way.
+
+    The permutation is keyed by (seed, the group's tokens), so it is the same on every
+    run, worker count and restore (a restore re-packs the same group), with no state.
+    """
+    digest = hashlib.blake2b(arrays[0][:n_rows].tobytes(), digest_size=8).digest()
+    key = np.array([seed & 0xFFFFFFFFFFFFFFFF, int.from_bytes(digest, "little")], np.uint64)
+    perm = np.random.Generator(np.random.Philox(key=key)).permutation(n_rows)
+    return [np.concatenate([a[:n_rows][perm], a[n_rows:]]) for a in arrays]
+
+
 class PackIterDataset(grain.IterDataset):
     """Packs records (each a list of int32 token segments) into finished batches."""
 
@@ -115,7 +148,12 @@ class PackIterDataset(grain.IterDataset):
         batch_size: int,
         batches_per_group: int = 1,
         pad_id: int = 0,
+        shuffle_seed: int | None = None,
+        flags: bool = False,
     ):
+        """shuffle_seed: permute each group's rows (None keeps fill order); flags: records
+        may be {"segments": [...], "flag": bool} and batches gain a "fim_ok" field (1 on
+        the tokens of flagged segments) for `data/fim_context.py`."""
         super().__init__(parent)
         if seq_len < 2 or batch_size < 1 or batches_per_group < 1:
             raise ValueError(
@@ -126,10 +164,18 @@ class PackIterDataset(grain.IterDataset):
         self._batch_size = batch_size
         self._bpg = batches_per_group
         self._pad_id = pad_id
+        self._shuffle_seed = shuffle_seed
+        self._flags = flags
 
     def __iter__(self) -> _PackIterator:
         return _PackIterator(
-            self._parent.__iter__(), self._seq_len, self._batch_size, self._bpg, self._pad_id
+            self._parent.__iter__(),
+            self._seq_len,
+            self._batch_size,
+            self._bpg,
+            self._pad_id,
+            self._shuffle_seed,
+            self._flags,
         )
 
     def __str__(self) -> str:
@@ -165,16 +211,21 @@ class _PackIterator(grain.DatasetIterator):
         batch_size: int,
         batches_per_group: int,
         pad_id: int,
+        shuffle_seed: int | None = None,
+        flags: bool = False,
     ):
         super().__init__(parent)
         self._seq_len = seq_len
         self._batch_size = batch_size
         self._bpg = batches_per_group
         self._pad_id = pad_id
+        self._shuffle_seed = shuffle_seed
+        self._flags = flags
         self._reset()
 
     def _reset(self) -> None:
         self._pending: list[np.ndarray] = []  # unplaced segments of the current record
+        self._pending_flag = False  # the current record's flag (see PackIterDataset)
         self._pending_state: Any = None  # parent state before the current record
         self._pending_skip = 0  # segments of the current record consumed so far
         self._restore_skip = 0  # one-shot: segments to drop from the next record read
@@ -194,7 +245,11 @@ class _PackIterator(grain.DatasetIterator):
             except StopIteration:
                 self._exhausted = True
                 return False
+            flag = False
+            if isinstance(rec, dict):
+                rec, flag = rec["segments"], bool(rec["flag"])
             segs = [c for s in rec if len(s) >= 2 for c in chunk_segment(s, self._seq_len)]
+            self._pending_flag = flag
             skip, self._restore_skip = self._restore_skip, 0
             self._pending, self._pending_state, self._pending_skip = segs[skip:], state, skip
             if self._pending:
@@ -210,17 +265,24 @@ class _PackIterator(grain.DatasetIterator):
         while True:
             if not self._pending and (self._exhausted or not self._next_record()):
                 break
-            if not packer.try_add(self._pending[0]):
+            if not packer.try_add(self._pending[0], self._pending_flag):
                 break
             self._pending.pop(0)
             self._pending_skip += 1
         if packer.empty:
             return False
         tokens, segs, pos = packer.arrays(self._pad_id)
+        flags = packer.flag_array()
         used = segs.any(axis=1)
         n_rows = int(used.sum())  # rows fill in order; only the final group has empty rows
         n_batches = -(-n_rows // self._batch_size)
+        if self._shuffle_seed is not None:
+            tokens, segs, pos, flags = shuffle_rows(
+                [tokens, segs, pos, flags], n_rows, self._shuffle_seed
+            )
         batch = make_batch(tokens, segs, pos)
+        if self._flags:
+            batch["fim_ok"] = flags
         b = self._batch_size
         self._queue = [
             {k: v[i * b : (i + 1) * b] for k, v in batch.items()} for i in range(n_batches)

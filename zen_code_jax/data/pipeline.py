@@ -5,18 +5,23 @@ Order of operations and why:
   shuffled(records or repositories)      global shuffle by seed, reshuffled every epoch
                                          (train only; held-out: fixed order, one pass)
     | or MapDataset.mix(shuffled groups) domain / language weights (train, file mode)
-    .random_map(to_segments, seed)       windows, FIM, tokenize: Philox keyed by (seed, index)
+    .map(to_segments)                    windows, document-level FIM, tokenize
     [shard_index::shard_count]           this host's disjoint, balanced share
     .to_iter_dataset()
     [.mp_prefetch(workers)]              worker processes do the per-record work above
-    PackIterDataset                      first-fit packing into finished [batch, seq_len] batches
+    PackIterDataset                      first-fit packing into finished [batch, seq_len]
+                                         batches, rows shuffled within each group of
+                                         `data.row_shuffle_window` rows
+    [.map(ContextFim)]                   fim.level="context": FIM per packed fragment
     .map(Batch.from_mapping)             the typed batch contract (data/batch.py)
 
-Every random choice happens on the MapDataset side, keyed by the element's index in the
-global (shuffled, repeated) stream, so it never depends on read order, threads or worker
-processes. Packing runs after the worker processes, in the host process, so its input order
-(and hence every batch) is identical with 0 or N workers. Worker processes read disjoint
-slices and Grain re-interleaves them in the original order.
+Every random choice is keyed by what it is about, never by a counter: the shuffle by
+(seed, epoch), a file's FIM draw by (seed, repository, path), a window's by (seed,
+repository, window index), a packed fragment's by (seed, its tokens), a group's row
+permutation by (seed, the group's tokens). So nothing depends on read order, threads,
+worker processes or restarts, and arms that differ only in `fim.rate` share every draw
+(their FIM sets are nested). Packing runs after the worker processes, in the host process,
+so its input order (and hence every batch) is identical with 0 or N workers.
 
 `make_dataset` returns a Grain DatasetIterator: `get_state()`/`set_state()` (JSON-able dicts)
 checkpoint it, e.g. with `grain.checkpoint.CheckpointSave` inside Orbax's Composite.
@@ -36,8 +41,11 @@ from absl import flags
 
 from zen_code_jax.data.batch import Batch
 from zen_code_jax.data.corpus import HELDOUT_SPLIT, SPLITS, TRAIN_SPLIT, Corpus
+from zen_code_jax.data.fim import LEVELS, check_rates, unit_draw
+from zen_code_jax.data.fim_context import ContextFim
 from zen_code_jax.data.import_graph import order_files
 from zen_code_jax.data.packing import PackIterDataset
+from zen_code_jax.data.repo_format import RepoFormat, check_format
 from zen_code_jax.data.repo_window import file_segments, repo_windows
 from zen_code_jax.data.tokenizer import Tokenizer
 
@@ -48,17 +56,45 @@ MODES = ("file", "repo")
 MIN_PACKING_ROWS = 64
 
 
+def _fim_key(record: dict) -> tuple[str, ...]:
+    """A file's identity for its FIM draw: (repository, path), or its content if it has none."""
+    if record.get("path"):
+        return ("file", str(record.get("repo", "")), str(record["path"]))
+    return ("content", str(record.get("content", "")))
+
+
 class FileToSegments:
-    """Per-record transform for file mode (picklable for worker processes)."""
+    """Per-record transform for file mode (picklable for worker processes).
 
-    def __init__(self, tok: Tokenizer, seq_len: int, fim_rate: float, spm_rate: float):
+    `seed=None`: no FIM (held-out). At level "document" the FIM draw is keyed by
+    (seed, repository, path), so it is one draw per file, common to every arm; at level
+    "context" the pieces stay plain and are flagged for `fim_context.ContextFim`. Records
+    whose domain is not in `domains` are never FIM'd.
+    """
+
+    def __init__(
+        self,
+        tok: Tokenizer,
+        seq_len: int,
+        fim_rate: float,
+        spm_rate: float,
+        seed: int | None = None,
+        level: str = "document",
+        domains: Sequence[str] = ("code",),
+    ):
         self.tok, self.seq_len, self.fim_rate, self.spm_rate = tok, seq_len, fim_rate, spm_rate
+        self.seed, self.level, self.domains = seed, level, frozenset(domains)
 
-    def __call__(self, record: dict, rng: np.random.Generator | None = None) -> list[np.ndarray]:
+    def __call__(self, record: dict, rng: Any = None) -> Any:
+        eligible = self.seed is not None and record.get("domain", "code") in self.domains
+        if self.level == "context":
+            segs = file_segments(record["content"], self.tok, None, self.seq_len)
+            return {"segments": segs, "flag": eligible} if self.seed is not None else segs
+        draw = unit_draw(self.seed, *_fim_key(record)) if eligible else None
         return file_segments(
             record["content"],
             self.tok,
-            rng,
+            draw,
             self.seq_len,
             fim_rate=self.fim_rate,
             spm_rate=self.spm_rate,
@@ -69,20 +105,39 @@ class RepoToWindows:
     """Per-repository transform for repo mode: read files, order by imports, window, FIM."""
 
     def __init__(
-        self, source: Sequence[Any], tok: Tokenizer, seq_len: int, fim_rate: float, spm_rate: float
+        self,
+        source: Sequence[Any],
+        tok: Tokenizer,
+        seq_len: int,
+        fim_rate: float,
+        spm_rate: float,
+        seed: int | None = None,
+        repo_format: str = "report",
+        domains: Sequence[str] = ("code",),
     ):
         self.source = source
         self.tok, self.seq_len, self.fim_rate, self.spm_rate = tok, seq_len, fim_rate, spm_rate
+        self.seed, self.fmt, self.domains = seed, RepoFormat(repo_format), frozenset(domains)
 
-    def __call__(self, repo: Sequence, rng: np.random.Generator | None = None) -> list[np.ndarray]:
-        _, start, end = repo
-        files = {}
+    def __call__(self, repo: Sequence, rng: Any = None) -> list[np.ndarray]:
+        name, start, end = repo
+        files, fim_paths = {}, set()
         for i in range(int(start), int(end)):
             rec = _decode(self.source[i])
             files[rec["path"]] = rec["content"]
+            if rec.get("domain", "code") in self.domains:
+                fim_paths.add(rec["path"])
         ordered = [(p, files[p]) for p in order_files(files)]
         return repo_windows(
-            ordered, self.tok, rng, self.seq_len, fim_rate=self.fim_rate, spm_rate=self.spm_rate
+            ordered,
+            self.tok,
+            self.seed,
+            self.seq_len,
+            fim_rate=self.fim_rate,
+            spm_rate=self.spm_rate,
+            fmt=self.fmt,
+            repo=str(name),
+            fim_paths=fim_paths,
         )
 
 
@@ -168,22 +223,30 @@ class _Range:
         return int(i)
 
 
-def _mixture(
-    corpus: Corpus, split: str, data_cfg: ml_collections.ConfigDict, seed: int
-) -> grain.MapDataset | None:
-    """A deterministic weighted mixture by domain and language, or None when not needed.
-
-    Needed when language weights are set, or domain weights name several domains or leave
-    out a domain the corpus has. The weights are `corpus.mixture` (byte-share weights from
-    the group statistics, `data.corpus.mixture_weights`). Each group is shuffled (reshuffled
-    every epoch) and repeated; `MapDataset.mix` interleaves them by index (no stateful RNG).
-    """
-    source = corpus.source(split)
+def _needs_mixture(corpus: Corpus, split: str, data_cfg: ml_collections.ConfigDict) -> bool:
+    """Language weights set, or domain weights naming several domains or leaving one out."""
     dom_w = dict(data_cfg.domain_weights or {})
     lang_w = dict(data_cfg.language_weights or {})
     present_domains = {g.split("/", 1)[0] for g in corpus.groups(split)[0]}
-    if not lang_w and len(dom_w) <= 1 and (not dom_w or present_domains == set(dom_w)):
+    return bool(lang_w) or len(dom_w) > 1 or (bool(dom_w) and present_domains != set(dom_w))
+
+
+def _mix(parts: list[grain.MapDataset], weights: list[float]) -> grain.MapDataset:
+    return parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
+
+
+def _mixture(
+    corpus: Corpus, split: str, data_cfg: ml_collections.ConfigDict, seed: int
+) -> grain.MapDataset | None:
+    """A deterministic weighted mixture of records by domain and language, or None.
+
+    The weights are `corpus.mixture` (byte-share weights from the group statistics,
+    `data.corpus.mixture_weights`). Each group is shuffled (reshuffled every epoch) and
+    repeated; `MapDataset.mix` interleaves them by index (no stateful RNG).
+    """
+    if not _needs_mixture(corpus, split, data_cfg):
         return None
+    source = corpus.source(split)
     mix = corpus.mixture(data_cfg, split)
     keep = [(g, idx, w) for g, idx, w in zip(mix.groups, mix.indices, mix.weights) if w > 0]
     parts = [
@@ -191,9 +254,62 @@ def _mixture(
         for j, (_, idx, _) in enumerate(keep)
     ]
     log.info("Mixing %s", {g: round(w, 4) for g, _, w in keep})
-    if len(parts) == 1:  # the weights only drop groups
-        return parts[0]
-    return grain.MapDataset.mix(parts, [w for _, _, w in keep])
+    return _mix(parts, [w for _, _, w in keep])
+
+
+def repo_mixture_weights(
+    corpus: Corpus, data_cfg: Any, split: str, repos: Sequence[tuple[str, int, int]]
+) -> tuple[list[str], list[list[int]], list[float]]:
+    """Repo mode's mixture: each repository joins the group holding most of its bytes
+    (estimated from the group's mean record size); a group's repositories are drawn with
+    probability byte_share / mean repository bytes, so the expected byte shares follow
+    `corpus.mixture` as closely as whole repositories allow. Returns (groups, repository
+    indices per group, weights) for groups with weight and repositories."""
+    mix = corpus.mixture(data_cfg, split)
+    names, gid = corpus.groups(split)
+    stats = corpus.group_stats(split)
+    avg = np.array([stats[n]["bytes"] / max(1, stats[n]["records"]) for n in names])
+    members: dict[int, list[int]] = {}
+    est: dict[int, float] = {}
+    for j, (_, start, end) in enumerate(repos):
+        g_of = gid[int(start) : int(end)]
+        by_g = np.bincount(g_of, weights=avg[g_of], minlength=len(names))
+        g = int(np.argmax(by_g))
+        members.setdefault(g, []).append(j)
+        est[g] = est.get(g, 0.0) + float(by_g.sum())
+    groups, idx, weights = [], [], []
+    for g, n in enumerate(names):
+        share = mix.byte_shares[g]
+        if share > 0 and g in members:
+            groups.append(n)
+            idx.append(members[g])
+            weights.append(share / (est[g] / len(members[g])))
+    if not groups:
+        raise ValueError(
+            f"No repository of the {split!r} split falls in a group with weight; check "
+            "data.domain_weights / data.language_weights."
+        )
+    z = sum(weights)
+    return groups, idx, [w / z for w in weights]
+
+
+def _repo_mixture(
+    corpus: Corpus,
+    split: str,
+    data_cfg: ml_collections.ConfigDict,
+    seed: int,
+    repos: list[tuple[str, int, int]],
+) -> grain.MapDataset | None:
+    """The weighted mixture over repositories (see `repo_mixture_weights`), or None."""
+    if not _needs_mixture(corpus, split, data_cfg):
+        return None
+    groups, idx, weights = repo_mixture_weights(corpus, data_cfg, split, repos)
+    parts = [
+        shuffled(np.asarray(ix, dtype=np.int64), (seed + j) % 2**32, None).map(_Lookup(repos))
+        for j, ix in enumerate(idx)
+    ]
+    log.info("Mixing repositories %s", {g: round(w, 4) for g, w in zip(groups, weights)})
+    return _mix(parts, weights)
 
 
 class _Lookup:
@@ -203,7 +319,8 @@ class _Lookup:
         self.source = source
 
     def __call__(self, i: Any) -> Any:
-        return self.source[int(i)]
+        item = self.source[int(i)]
+        return tuple(item) if isinstance(item, list) else item
 
 
 def build_dataset(
@@ -232,31 +349,48 @@ def build_dataset(
     _check_args(split, mode, seq_len, batch_size, shard_index, shard_count)
     train = split == TRAIN_SPLIT
     tok = corpus.tokenizer
-    fim_rate = float(config.fim.rate) if train else 0.0
-    spm_rate = float(config.fim.spm_rate) if train else 0.0
+    fim_cfg = config.fim
+    fim_rate = float(fim_cfg.rate) if train else 0.0
+    spm_rate = float(fim_cfg.spm_rate) if train else 0.0
+    check_rates(fim_rate, spm_rate)
+    level = str(fim_cfg.get("level", "document"))
+    domains = tuple(fim_cfg.get("domains", ("code",)))
+    repo_format = check_format(str(data_cfg.get("repo_format", "report")))
+    window = int(data_cfg.get("row_shuffle_window", 0))
+    if level not in LEVELS:
+        raise ValueError(f"Unknown fim.level {level!r}; set fim.level to one of {LEVELS}.")
+    if level == "context" and mode == "repo":
+        raise ValueError(
+            "fim.level='context' applies to data.mode='file' (repository windows put FIM "
+            "inside the target file); use fim.level='document' with data.mode='repo'."
+        )
+    fim_seed = seed if train else None
     source = corpus.source(split)
 
     if mode == "file":
         ds = grain.MapDataset.source(source)
         if len(ds) == 0:
             raise ValueError(f"The {split!r} split has no records; check data.source and filters.")
-        fn = FileToSegments(tok, seq_len, fim_rate, spm_rate)
+        fn = FileToSegments(tok, seq_len, fim_rate, spm_rate, fim_seed, level, domains)
     else:
         repos = [tuple(r) for r in corpus.repos(split)]
         if not repos:
             raise ValueError(f"The {split!r} split has no repositories; check data.source.")
         ds = grain.MapDataset.source(repos)
-        fn = RepoToWindows(source, tok, seq_len, fim_rate, spm_rate)
+        fn = RepoToWindows(source, tok, seq_len, fim_rate, spm_rate, fim_seed, repo_format, domains)
 
     if train:
-        mixed = _mixture(corpus, split, data_cfg, seed) if mode == "file" else None
+        if mode == "file":
+            mixed = _mixture(corpus, split, data_cfg, seed)
+        else:
+            mixed = _repo_mixture(corpus, split, data_cfg, seed, repos)
         if mixed is not None:
             if num_epochs is not None:
                 log.warning("num_epochs is ignored with a weighted mixture (it repeats forever).")
             ds = mixed
         else:
             ds = shuffled(source if mode == "file" else repos, seed, num_epochs)
-        ds = (ds.map(_decode) if mode == "file" else ds).random_map(fn, seed=seed)
+        ds = (ds.map(_decode) if mode == "file" else ds).map(fn)
     else:  # held-out: fixed order, no FIM, one pass
         ds = ds.map(_decode).map(fn) if mode == "file" else ds.map(fn)
     if shard_count > 1:
@@ -271,14 +405,19 @@ def build_dataset(
     if workers > 0:
         _ensure_absl_flags_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
-    rows = max(batch_size, MIN_PACKING_ROWS)
+    rows = max(batch_size, MIN_PACKING_ROWS, window)
+    context = train and level == "context"
     packed = PackIterDataset(
         it,
         seq_len=seq_len,
         batch_size=batch_size,
         batches_per_group=-(-rows // batch_size),
         pad_id=int(tok.pad_id),
+        shuffle_seed=seed if train and window > 0 else None,
+        flags=context,
     )
+    if context:
+        packed = packed.map(ContextFim(tok, seed, fim_rate, spm_rate))
     # A map keeps the packer's checkpoint state as it is (grain forwards get/set_state).
     return packed.map(Batch.from_mapping)
 

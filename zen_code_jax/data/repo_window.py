@@ -1,35 +1,42 @@
-"""Documents to token segments: file pieces, repository windows, and FIM after windowing.
+"""Documents to token segments: file pieces, repository windows, and FIM.
 
-Repository format (report section 2.3; the contract in docs/architecture.md): each file of one repository is written as
-`# File: {path}\\n{content}\\n`, dependencies before their users (`import_graph`), and the
-stream is cut into windows of at most `seq_len` tokens that end at file boundaries. A file
-longer than a window is split (at line ends where possible) into pieces that each fit; every
-piece keeps the `# File:` header so the model always knows where it is.
+File mode (pretraining, `fim.level="document"`): the FIM decision and split are drawn once
+per *file* (`fim.FimDraw`, keyed by the file), applied to the whole file, and the FIM'd
+token sequence is then cut into pieces of at most `seq_len - 1 - FIM_RESERVE` tokens, so a
+long file's pieces share one decision and one pair of split points (the paper's unit at
+64K, whatever our sequence length). A plain file is cut the same way. Only the last piece
+of a file ends with <|endoftext|>. At `fim.level="context"` pieces stay plain here and FIM
+is applied after packing, per fragment (`data/fim_context.py`).
 
-FIM is applied *after* windowing, to the last file (piece) of each window, with the files
-before it in the FIM prefix (the report's listing). Because the window already fits, the
-FIM sequence is complete: a middle is never cut from its sentinels. Re-encoding the three
-parts separately can add a few tokens; the window then drops context tokens from its start
-(then suffix tokens from its end) so it still fits.
+Repository mode (report section 2.3): the files of one repository, dependencies first
+(`import_graph`), in the chosen `data/repo_format.py` layout, cut into windows of at most
+`seq_len` tokens that end at file boundaries; each window starts with the repository
+opening (`<|repo_name|>...` in the qwen2.5 / starcoder2 formats). A file longer than a
+window is split (at line ends where possible) into pieces that each fit; every piece
+repeats the file's header so the model always knows where it is.
 
-File mode (pretraining) is the same machinery with one file and no header: a long file is
-split into pieces of at most `seq_len` tokens and FIM is drawn per piece (Bavarian et al.'s
-"context-level" FIM). Only the last piece of a document ends with <|endoftext|>; a FIM
-piece always ends with it (it marks the end of the middle).
+Repository FIM is applied to the last file (piece) of a window, *inside* it: the context
+files stay plain text, the target's header follows, and only the target's content is
+rearranged (see `repo_format`), so SPM never moves the repository after the suffix.
+Because the window already fits, the FIM sequence is complete: a middle is never cut from
+its sentinels. Re-encoding the three parts can add a few tokens; the window then drops
+context tokens from its start (then suffix tokens from its end) so it still fits. The draw
+is keyed by (seed, repository, window index).
 
-Everything random comes from the generator passed in, seeded per record by the pipeline.
+Everything random comes from `fim.FimDraw`s keyed by unit identity (common random numbers).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import Any
 
 import numpy as np
 
-from zen_code_jax.data.fim import draw_mode, fim_prompt_tokens, fim_tokens, split_text
+from zen_code_jax.data.fim import FimDraw, fim_tokens, unit_draw
+from zen_code_jax.data.repo_format import RepoFormat, comment_header
 from zen_code_jax.data.tokenizer import Tokenizer
 
 # Tokens reserved in every piece for FIM: 3 sentinels + <|endoftext|> + re-encoding growth.
@@ -37,25 +44,22 @@ FIM_RESERVE = 16
 _CHARS_PER_TOKEN_GUESS = 2.5  # conservative (code is ~3.4 bytes/token): pieces rarely overflow
 
 
+_REPORT = RepoFormat("report")
+
+
 def file_header(path: str) -> str:
-    """The header line that introduces a file in a repository window."""
-    return f"# File: {path}\n"
+    """The report format's header line of a file (its language's comment syntax)."""
+    return comment_header(path)
 
 
 def file_block(path: str, content: str) -> str:
-    """`# File: {path}\\n{content}\\n`: one file of a repository window."""
+    """`{comment} File: {path}\n{content}\n`: one file of a report-format window (text)."""
     return f"{file_header(path)}{content}\n"
 
 
 def context_ids(contexts: Sequence[tuple[str, str]], tok: Any) -> list[int]:
-    """Tokens of repository files [(path, content), ...] placed before a target file.
-
-    Each block is encoded on its own, exactly as training encodes the files of a window.
-    """
-    out: list[int] = []
-    for path, content in contexts:
-        out.extend(tok.encode(file_block(path, content)))
-    return out
+    """Tokens of repository files [(path, content), ...] before a target (report format)."""
+    return _REPORT.context_ids(contexts, tok)
 
 
 def repo_fim_prompt_tokens(
@@ -66,13 +70,9 @@ def repo_fim_prompt_tokens(
     mode: str,
     tok: Any,
 ) -> list[int]:
-    """Inference prompt for infilling file `path` with repository context, as in training.
-
-    The target file's header is encoded together with its prefix (training does the same).
-    """
-    return fim_prompt_tokens(
-        file_header(path) + prefix, suffix, mode, tok, context_ids=context_ids(contexts, tok)
-    )
+    """Inference prompt for infilling file `path` with repository context (report format;
+    `RepoFormat(name).fim_prompt_ids` for the others)."""
+    return _REPORT.fim_prompt_ids(contexts, path, prefix, suffix, mode, tok)
 
 
 def _cut_points(text: str, n: int) -> list[int]:
@@ -199,19 +199,22 @@ def split_ids(
 
 
 def _fit_fim(
-    ctx: list[int],
+    n_ctx: int,
     p: list[int],
     m: list[int],
     s: list[int],
     mode: str,
     tok: Tokenizer,
     seq_len: int,
-) -> list[int]:
-    """FIM sequence of at most seq_len tokens: trim context front, then suffix end, then prefix."""
-    excess = len(ctx) + len(p) + len(m) + len(s) + 4 - seq_len
+) -> tuple[int, list[int]]:
+    """Fit context + FIM in seq_len: trim context front, then suffix end, then prefix front.
+
+    Returns (how many context tokens to keep, from its end; the FIM tokens).
+    """
+    excess = n_ctx + len(p) + len(m) + len(s) + 4 - seq_len
     if excess > 0:
-        cut = min(excess, len(ctx))
-        ctx, excess = ctx[cut:], excess - cut
+        cut = min(excess, n_ctx)
+        n_ctx, excess = n_ctx - cut, excess - cut
     if excess > 0:
         cut = min(excess, len(s))
         s, excess = s[: len(s) - cut], excess - cut
@@ -220,42 +223,50 @@ def _fit_fim(
         p, excess = p[cut:], excess - cut
     if excess > 0:  # a middle longer than the window cannot happen with FIM_RESERVE; be safe
         m = m[: len(m) - excess]
-    return fim_tokens([*ctx, *p], m, s, mode, tok)
+    return n_ctx, fim_tokens(p, m, s, mode, tok)
+
+
+def _pieces(text: str, ids: list[int], tok: Tokenizer, budget: int) -> list[list[int]]:
+    """`ids` (whose surfaces spell `text`) cut into pieces of <= budget, at line ends."""
+    if len(ids) <= budget:
+        return [ids]
+    cut = split_ids(text, ids, budget, tok)
+    if cut is not None:
+        return [p for _, p in cut]
+    if tok.decode(ids) == text:  # no sentinels: cut by text (exact but re-encoded)
+        return [p for _, p in split_to_budget(text, tok.encode, budget)]
+    return [ids[i : i + budget] for i in range(0, len(ids), budget)]
 
 
 def file_segments(
     content: str,
     tok: Tokenizer,
-    rng: np.random.Generator | None,
+    draw: FimDraw | None,
     seq_len: int,
     *,
     fim_rate: float = 0.0,
     spm_rate: float = 0.0,
 ) -> list[np.ndarray]:
-    """Token segments (each <= seq_len) of one file for pretraining, FIM drawn per piece.
+    """Token segments (each < seq_len) of one file for pretraining; FIM drawn per file.
 
-    With `rng=None` no FIM is applied (evaluation).
+    With `draw=None` no FIM is applied (evaluation, `fim.level="context"`, a domain that
+    `fim.domains` leaves out). A FIM file is rearranged whole, then cut into pieces.
     """
     if not content:
         return []
     budget = seq_len - 1 - FIM_RESERVE
-    ids = tok.encode(content)
-    pieces = [(content, ids)] if len(ids) <= budget else split_ids(content, ids, budget, tok)
-    if pieces is None:
-        pieces = split_to_budget(content, tok.encode, budget)
-    out: list[np.ndarray] = []
-    for k, (text, ids) in enumerate(pieces):
-        last = k == len(pieces) - 1
-        mode = draw_mode(rng, fim_rate, spm_rate) if rng is not None else None
-        if mode is None:
-            seq = [*ids, tok.eot_id] if last else list(ids)
-        else:
-            pre, mid, suf = split_text(text, rng)
-            seq = _fit_fim(
-                [], tok.encode(pre), tok.encode(mid), tok.encode(suf), mode, tok, seq_len
-            )
-        out.append(np.asarray(seq, dtype=np.int32))
-    return out
+    mode = draw.mode(fim_rate, spm_rate) if draw is not None else None
+    if mode is None:
+        ids = tok.encode(content)
+        pieces = _pieces(content, ids, tok, budget)
+        pieces[-1] = [*pieces[-1], tok.eot_id]
+    else:
+        pre, mid, suf = draw.split(content)
+        p, m, s = tok.encode(pre), tok.encode(mid), tok.encode(suf)
+        seq = fim_tokens(p, m, s, mode, tok)  # ends with <|endoftext|>
+        ordered = pre + suf + mid if mode == "psm" else suf + pre + mid
+        pieces = _pieces(ordered, seq, tok, budget + 1)
+    return [np.asarray(x, dtype=np.int32) for x in pieces]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,69 +274,77 @@ class Piece:
     """One file (or a piece of a long file) in a repository stream."""
 
     path: str
-    text: str  # content of this piece (the last piece includes the block's trailing "\n")
-    ids: list[int]  # tokens of header + text
+    text: str  # content of this piece (the last piece includes the format's trailer)
+    header: list[int]  # the file's header tokens (repeated on every piece)
+    body: list[int]  # tokens of `text`
+
+    @property
+    def ids(self) -> list[int]:
+        return [*self.header, *self.body]
 
 
-def repo_pieces(files: Sequence[tuple[str, str]], tok: Tokenizer, max_tokens: int) -> list[Piece]:
+def repo_pieces(
+    files: Sequence[tuple[str, str]],
+    tok: Tokenizer,
+    max_tokens: int,
+    fmt: RepoFormat = _REPORT,
+) -> list[Piece]:
     """Files [(path, content)] (already in dependency order) as pieces of <= max_tokens.
 
-    An unsplit file has exactly the tokens of `context_ids` for it (one encoding of its
-    block). Continuation pieces of a long file start with the file's header again.
+    An unsplit file has exactly the tokens of `fmt.file_ids` for it, which is what a
+    serving prompt puts before a target. Continuation pieces repeat the file's header.
     """
     out: list[Piece] = []
     for path, content in files:
-        header = file_header(path)
-        block = header + content + "\n"
-        ids = tok.encode(block)
-        if len(ids) <= max_tokens:
-            out.append(Piece(path, content + "\n", ids))
-            continue
-        hdr_ids = tok.encode(header)
-        if len(hdr_ids) >= max_tokens // 2:
+        header = fmt.header_ids(path, tok)
+        if len(header) >= max_tokens // 2:
             raise ValueError(
-                f"The header of {path!r} takes {len(hdr_ids)} tokens of a {max_tokens}-token "
+                f"The header of {path!r} takes {len(header)} tokens of a {max_tokens}-token "
                 "piece; raise seq_len."
             )
-        cut = split_ids(block, ids, max_tokens - len(hdr_ids), tok, first_budget=max_tokens)
-        if cut is not None and cut[0][0].startswith(header):
-            for k, (text, pids) in enumerate(cut):
-                if k == 0:
-                    out.append(Piece(path, text[len(header) :], pids))
-                else:
-                    out.append(Piece(path, text, hdr_ids + pids))
+        text = content + fmt.trailer()
+        body = tok.encode(text)
+        budget = max_tokens - len(header)
+        if len(body) <= budget:
+            out.append(Piece(path, text, header, body))
             continue
-        for text, pids in split_to_budget(
-            content + "\n", tok.encode, max_tokens, wrap=lambda t, h=header: h + t
-        ):
-            out.append(Piece(path, text, pids))
+        cut = split_ids(text, body, budget, tok)
+        if cut is None:
+            cut = split_to_budget(text, tok.encode, budget)
+        out.extend(Piece(path, t, header, ids) for t, ids in cut)
     return out
 
 
 def repo_windows(
     files: Sequence[tuple[str, str]],
     tok: Tokenizer,
-    rng: np.random.Generator | None,
+    seed: int | None,
     seq_len: int,
     *,
     fim_rate: float = 0.0,
     spm_rate: float = 0.0,
+    fmt: RepoFormat = _REPORT,
+    repo: str = "",
+    fim_paths: Container[str] | None = None,
 ) -> list[np.ndarray]:
     """Windows (each <= seq_len tokens) of one repository whose files are in the given order.
 
-    Windows end at file (piece) boundaries. In FIM mode the last piece of a window is the
-    target: `<|fim_prefix|>{earlier files}# File: t\\n{prefix}<|fim_suffix|>...` (PSM) or
-    the SPM layout with the same prefix. The repository's last window ends with
+    Windows end at file (piece) boundaries and start with `fmt.repo_ids(repo)`. In FIM mode
+    the last piece of a window is the target (when `fim_paths` is None or holds its path):
+    `{repo}{earlier files}{target header}<|fim_prefix|>{prefix}<|fim_suffix|>...` (PSM) or
+    the SPM layout after the same header. The draw of window g is `unit_draw(seed, repo,
+    g)`; `seed=None` means no FIM (evaluation). The repository's last window ends with
     <|endoftext|>; FIM windows always do.
     """
-    pieces = repo_pieces(files, tok, seq_len - 1 - FIM_RESERVE)
+    opening = fmt.repo_ids(repo, tok)
+    pieces = repo_pieces(files, tok, seq_len - 1 - FIM_RESERVE - len(opening), fmt)
     groups: list[list[Piece]] = []
     cur: list[Piece] = []
-    n = 0
+    n = len(opening)
     for pc in pieces:
         if cur and n + len(pc.ids) > seq_len - 1:
             groups.append(cur)
-            cur, n = [], 0
+            cur, n = [], len(opening)
         cur.append(pc)
         n += len(pc.ids)
     if cur:
@@ -333,21 +352,20 @@ def repo_windows(
     out: list[np.ndarray] = []
     for g, group in enumerate(groups):
         last = g == len(groups) - 1
-        ctx = [t for pc in group[:-1] for t in pc.ids]
         target = group[-1]
-        mode = draw_mode(rng, fim_rate, spm_rate) if rng is not None else None
+        ctx = [*opening, *(t for pc in group[:-1] for t in pc.ids), *target.header]
+        mode = None
+        if seed is not None:
+            draw = unit_draw(seed, "repo", repo, str(g))
+            if fim_paths is None or target.path in fim_paths:
+                mode = draw.mode(fim_rate, spm_rate)
         if mode is None:
-            seq = [*ctx, *target.ids] + ([tok.eot_id] if last else [])
+            seq = [*ctx, *target.body] + ([tok.eot_id] if last else [])
         else:
-            pre, mid, suf = split_text(target.text, rng)
-            seq = _fit_fim(
-                ctx,
-                tok.encode(file_header(target.path) + pre),
-                tok.encode(mid),
-                tok.encode(suf),
-                mode,
-                tok,
-                seq_len,
+            pre, mid, suf = draw.split(target.text)
+            fim = _fit_fim(
+                len(ctx), tok.encode(pre), tok.encode(mid), tok.encode(suf), mode, tok, seq_len
             )
+            seq = [*ctx[len(ctx) - fim[0] :], *fim[1]]
         out.append(np.asarray(seq[:seq_len], dtype=np.int32))
     return out

@@ -6,7 +6,8 @@ whitespace-only pieces (indentation) are allowed, digits are split, and byte fal
 every character that is not in the vocabulary.
 
 Special tokens (`<|endoftext|>`, `<|fim_prefix|>`, `<|fim_middle|>`, `<|fim_suffix|>`,
-`<|fim_pad|>`) are SentencePiece *control* symbols: they own ids, but encoding raw text never
+`<|fim_pad|>`, and the repository-format tokens `<|repo_name|>`, `<|file_sep|>`) are
+SentencePiece *control* symbols: they own ids, but encoding raw text never
 produces them (user-defined symbols would be matched inside text). A literal "<|fim_prefix|>"
 in a source file therefore encodes as ordinary pieces; the pipeline inserts sentinel ids
 directly.
@@ -39,13 +40,18 @@ FIM_PREFIX = "<|fim_prefix|>"
 FIM_MIDDLE = "<|fim_middle|>"
 FIM_SUFFIX = "<|fim_suffix|>"
 FIM_PAD = "<|fim_pad|>"
-SPECIAL_TOKENS = (ENDOFTEXT, FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX, FIM_PAD)
+REPO_NAME = "<|repo_name|>"  # repository formats (data/repo_format.py): Qwen2.5-Coder's
+FILE_SEP = "<|file_sep|>"  # spellings; StarCoder2's <repo_name>/<file_sep> play the same roles
+SPECIAL_TOKENS = (ENDOFTEXT, FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX, FIM_PAD, REPO_NAME, FILE_SEP)
+# A tokenizer trained before the repository tokens existed still loads (file mode needs only
+# these); asking it for a repository token raises, naming the fix (re-prepare).
+REQUIRED_TOKENS = SPECIAL_TOKENS[:5]
 
 MODEL_FILE = "tokenizer.model"
 META_FILE = "tokenizer.json"
 _FORMAT_VERSION = 1
 
-# unk, pad, 5 specials, 256 byte pieces: the smallest vocabulary that can hold anything.
+# unk, pad, the specials, 256 byte pieces: the smallest vocabulary that can hold anything.
 MIN_VOCAB_SIZE = 2 + len(SPECIAL_TOKENS) + 256 + 8
 _META_SPACE = "\u2581"
 # Training chunks: SentencePiece trains on "sentences"; long files are cut at line ends into
@@ -112,6 +118,8 @@ class Tokenizer:
         for tok in SPECIAL_TOKENS:
             i = self._sp.piece_to_id(tok)
             if i == self._sp.unk_id() or not self._sp.is_control(i):
+                if tok not in REQUIRED_TOKENS:
+                    continue
                 raise TokenizerError(
                     f"SentencePiece model has no control symbol {tok!r}; train it with "
                     "Tokenizer.train so the FIM sentinels exist as atomic ids."
@@ -122,14 +130,32 @@ class Tokenizer:
         self.fim_middle_id: int = ids[FIM_MIDDLE]
         self.fim_suffix_id: int = ids[FIM_SUFFIX]
         self.fim_pad_id: int = ids[FIM_PAD]
+        self._ids = dict(ids)
         self.pad_id: int = self._sp.pad_id() if self._sp.pad_id() >= 0 else self.fim_pad_id
         self.unk_id: int = self._sp.unk_id()
-        self.special_ids: tuple[int, ...] = tuple(ids[t] for t in SPECIAL_TOKENS)
+        self.special_ids: tuple[int, ...] = tuple(ids[t] for t in SPECIAL_TOKENS if t in ids)
         self._id_to_special = {i: t for t, i in ids.items()}
         # Ids that decode to nothing: unk, pad (the pad id is never produced by encode).
         self._silent_ids = {self.unk_id, self._sp.pad_id()} - {-1}
         meta_bytes = [self._sp.piece_to_id(f"<0x{b:02X}>") for b in _META_SPACE.encode("utf-8")]
         self._meta_space_ids = meta_bytes
+
+    def special_id(self, token: str) -> int:
+        """The atomic id of a special token (e.g. `FILE_SEP`); raises naming the fix."""
+        if token not in self._ids:
+            raise TokenizerError(
+                f"This tokenizer has no {token!r} id (trained before it existed); re-prepare "
+                "the corpus (delete WORKDIR/cache/<key>/) so the tokenizer is retrained."
+            )
+        return self._ids[token]
+
+    @property
+    def repo_name_id(self) -> int:
+        return self.special_id(REPO_NAME)
+
+    @property
+    def file_sep_id(self) -> int:
+        return self.special_id(FILE_SEP)
 
     # ------------------------------------------------------------------ training / IO
     @classmethod
@@ -209,7 +235,7 @@ class Tokenizer:
             "type": "sentencepiece-bpe",
             "vocab_size": self.vocab_size,
             "sp_vocab_size": self.sp_vocab_size,
-            "special_tokens": {t: i for t, i in zip(SPECIAL_TOKENS, self.special_ids)},
+            "special_tokens": dict(self._ids),
             "pad_id": self.pad_id,
             "fingerprint": self.fingerprint(),
         }

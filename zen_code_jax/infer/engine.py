@@ -2,8 +2,10 @@
 
 It owns the tokenizer-facing rules that must match training exactly:
 - FIM prompts are built by `zen_code_jax.data.fim.fim_prompt_tokens` (sentinels inserted as
-  ids, never by encoding their spelling), with repository context files laid out by
-  `zen_code_jax.data.repo_window.file_header` before the target file, inside the prefix.
+  ids, never by encoding their spelling); with repository context they are built by
+  `zen_code_jax.data.repo_format.RepoFormat`, the same code that lays out training windows
+  (`repo_format` = the run's `data.repo_format`): context files, the target's header, then
+  the FIM sentinels inside the target file.
 - Generation stops at any special id (`<|endoftext|>` and the FIM sentinels: a model trained on
   the FIM format ends a middle with `<|endoftext|>`; a sentinel in the output means it has
   left the document). User stop strings are applied to the detokenized text.
@@ -27,8 +29,7 @@ import numpy as np
 
 from zen_code_jax.checkpoint import restore_for_inference
 from zen_code_jax.data.fim import fim_prompt_tokens
-from zen_code_jax.data.repo_window import context_ids as repo_context_ids
-from zen_code_jax.data.repo_window import repo_fim_prompt_tokens
+from zen_code_jax.data.repo_format import RepoFormat
 from zen_code_jax.infer import decode as dec
 from zen_code_jax.model.config import ModelConfig
 from zen_code_jax.model.transformer import Transformer
@@ -114,10 +115,13 @@ class InferenceEngine:
         max_batch_size: int = 16,
         min_batch_bucket: int = 1,
         rules: Any = None,
+        repo_format: str = "report",
     ):
         """max_batch_size: rows decoded together; min_batch_bucket: smallest padded batch
-        (a server that pads every batch to the same size compiles fewer shapes)."""
+        (a server that pads every batch to the same size compiles fewer shapes);
+        repo_format: the training run's `data.repo_format` (repository prompts)."""
         tokenizer.check_compatible(model_cfg)
+        self.repo_format = RepoFormat(repo_format)
         self.model_cfg = model_cfg
         self.tokenizer = tokenizer
         self.mesh = mesh
@@ -140,7 +144,8 @@ class InferenceEngine:
         cls, run_dir: str, mesh: jax.sharding.Mesh | None = None, **kwargs: Any
     ) -> InferenceEngine:
         """Load the latest checkpoint of a run (WORKDIR/<experiment>/<arm>/) for decoding."""
-        params, model_cfg, tokenizer, _ = restore_for_inference(run_dir)
+        params, model_cfg, tokenizer, config = restore_for_inference(run_dir)
+        kwargs.setdefault("repo_format", str(config.data.get("repo_format", "report")))
         return cls(params, model_cfg, tokenizer, mesh, **kwargs)
 
     def _place_params(self, params: Any) -> Any:
@@ -180,23 +185,29 @@ class InferenceEngine:
         mode: str = "psm",
         context: Sequence[tuple[str, str]] | None = None,
         path: str | None = None,
+        repo: str | None = None,
     ) -> list[int]:
         """Token ids of the FIM prompt in the training format (ends where the middle starts).
 
-        Repository context files come first, each as `# File: {path}\\n{content}\\n` encoded
-        on its own, then the target file's header (when `path` is given) encoded together
-        with the prefix, all inside the FIM prefix: exactly `data.repo_window`'s training
-        layout (the target file's prefix carries the files before it).
+        Without `path`: the file-mode prompt (`fim_prompt_tokens`). With `path`: the
+        repository prompt of `self.repo_format` (`RepoFormat.fim_prompt_ids`, the layout of
+        training windows): the repository opening (`repo`, in the qwen2.5 / starcoder2
+        formats), the context files [(path, content), ...], the target's header, then the
+        FIM sentinels around the target's prefix and suffix.
         """
         if mode not in FIM_MODES:
             raise ValueError(f"FIM mode {mode!r} is unknown; use 'psm' or 'spm'.")
         tok = self.tokenizer
-        if path is not None:
-            return list(
-                repo_fim_prompt_tokens(list(context or ()), path, prefix, suffix, mode, tok)
+        if path is None and context:
+            raise ValueError(
+                "fim_prompt_ids got repository context without the target's path; pass "
+                "path= (training always puts the target file's header before its FIM)."
             )
-        ctx = repo_context_ids(list(context), tok) if context else []
-        return list(fim_prompt_tokens(prefix, suffix, mode, tok, context_ids=ctx))
+        if path is None:
+            return list(fim_prompt_tokens(prefix, suffix, mode, tok))
+        return self.repo_format.fim_prompt_ids(
+            list(context or ()), path, prefix, suffix, mode, tok, repo
+        )
 
     # ------------------------------------------------------------------ decoding
     def complete(self, requests: Sequence[CompletionRequest]) -> list[Completion]:
