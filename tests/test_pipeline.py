@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from zen_code_jax.config import base_config
 from zen_code_jax.data.batch import FIELDS, Batch
 from zen_code_jax.data.corpus import Corpus, mixture_weights
-from zen_code_jax.data.fim import record_rng, unfim
+from zen_code_jax.data.fim import draw_fim, record_rng, unfim
 from zen_code_jax.data.pipeline import make_dataset
 from zen_code_jax.data.prepare import prepare_corpus
 from zen_code_jax.data.repo_window import file_segments, split_ids
@@ -91,21 +91,26 @@ def test_contract_determinism_and_restore(corpus, tok, mode: str) -> None:
 
 
 def test_fim_segments_are_complete(corpus, tok) -> None:
-    """Every FIM segment has each sentinel once and ends with <|endoftext|> (never cut)."""
-    for mode in ("file", "repo"):
-        it = make_dataset(corpus, _cfg(rate=1.0, mode=mode), seq_len=SEQ, batch_size=4, seed=0)
-        n_fim = 0
-        for b in _take(it, 8):
-            for seg in _segments(b):
-                if seg[0] != tok.fim_prefix_id:
-                    assert tok.fim_prefix_id not in seg
-                    continue
-                n_fim += 1
-                assert seg[-1] == tok.eot_id
-                for s in (tok.fim_prefix_id, tok.fim_suffix_id, tok.fim_middle_id):
-                    assert seg.count(s) == 1
-                unfim(seg, tok)  # well formed
-        assert n_fim > 10
+    """File mode: a FIM file's pieces start with <|fim_prefix|> (first piece) and only the
+    last ends with <|endoftext|>. Repo mode: a FIM window has each sentinel once, inside
+    the target file (after the context), and ends with <|endoftext|> (never cut)."""
+    it = make_dataset(corpus, _cfg(rate=1.0, mode="file"), seq_len=SEQ, batch_size=4, seed=0)
+    segs = [seg for b in _take(it, 24) for seg in _segments(b)]
+    assert sum(seg[0] == tok.fim_prefix_id for seg in segs) >= 2
+    for seg in segs:
+        assert seg.count(tok.fim_prefix_id) <= 1 and tok.eot_id not in seg[:-1]
+    it = make_dataset(corpus, _cfg(rate=1.0, mode="repo"), seq_len=SEQ, batch_size=4, seed=0)
+    n_fim = 0
+    for b in _take(it, 8):
+        for seg in _segments(b):
+            if tok.fim_prefix_id not in seg:
+                continue
+            n_fim += 1
+            assert seg[-1] == tok.eot_id
+            for s in (tok.fim_prefix_id, tok.fim_suffix_id, tok.fim_middle_id):
+                assert seg.count(s) == 1
+            unfim(seg[seg.index(tok.fim_prefix_id) :], tok)  # well formed
+    assert n_fim > 10
 
 
 def test_heldout_single_pass_in_order_without_fim(corpus, tok, stdlib_records) -> None:
@@ -280,16 +285,21 @@ def test_split_ids_is_exact(tok, text: str, budget: int) -> None:
 
 @pytest.mark.parametrize("rate", [0.0, 1.0])
 def test_long_file_segments(tok, stdlib_records, rate: float) -> None:
-    """Long files become pieces that fit; without FIM they are exactly the file's tokens."""
+    """Long files become pieces that fit; FIM is drawn once per file and the FIM'd sequence
+    is re-cut, so the pieces concatenate to one FIM document that rebuilds the file."""
     content = max((r["content"] for r in stdlib_records), key=len)
-    segs = file_segments(content, tok, record_rng(0, 0), SEQ, fim_rate=rate, spm_rate=0.5)
+    draw = draw_fim(record_rng(0, 0))
+    segs = file_segments(content, tok, draw, SEQ, fim_rate=rate, spm_rate=0.5)
     assert len(segs) > 10 and all(len(s) <= SEQ for s in segs)
+    assert all(tok.eot_id not in s[:-1] for s in segs) and segs[-1][-1] == tok.eot_id
+    whole = np.concatenate(segs).tolist()
     if rate == 0.0:
-        assert np.concatenate(segs).tolist() == tok.encode(content) + [tok.eot_id]
+        assert whole == tok.encode(content) + [tok.eot_id]
     else:
-        pieces = []
-        for s in segs:
-            p, m, sfx, _ = unfim(s.tolist(), tok)
-            assert s[-1] == tok.eot_id
-            pieces.append(tok.decode(p + m + sfx))
-        assert "".join(pieces) == content
+        p, m, sfx, mode = unfim(whole, tok)
+        assert mode == draw.mode(1.0, 0.5) and whole[0] == tok.fim_prefix_id
+        assert tok.decode(p + m + sfx) == content
+        pre, mid, suf = draw.split(content)
+        # SPM: the prefix/middle boundary is unmarked, so unfim returns them together.
+        assert tok.decode(m) == (mid if mode == "psm" else pre + mid)
+        assert tok.decode(sfx) == suf

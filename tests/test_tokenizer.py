@@ -9,12 +9,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from zen_code_jax.data import tokenizer as tokenizer_mod
 from zen_code_jax.data.tokenizer import (
     ENDOFTEXT,
+    FILE_SEP,
     FIM_MIDDLE,
     FIM_PAD,
     FIM_PREFIX,
     FIM_SUFFIX,
+    MIN_VOCAB_SIZE,
+    REPO_NAME,
     SPECIAL_TOKENS,
     Tokenizer,
     TokenizerError,
@@ -95,7 +99,8 @@ def test_roundtrip_stdlib_file(tok: Tokenizer) -> None:
 def test_sentinels_are_atomic(tok: Tokenizer) -> None:
     ids = {ENDOFTEXT: tok.eot_id, FIM_PREFIX: tok.fim_prefix_id, FIM_MIDDLE: tok.fim_middle_id}
     ids.update({FIM_SUFFIX: tok.fim_suffix_id, FIM_PAD: tok.fim_pad_id})
-    assert len(set(ids.values())) == 5
+    ids.update({REPO_NAME: tok.repo_name_id, FILE_SEP: tok.file_sep_id})
+    assert len(set(ids.values())) == 7
     assert tuple(ids[t] for t in SPECIAL_TOKENS) == tok.special_ids
     for spelling, i in ids.items():
         # Decoding the id gives its spelling; encoding the spelling gives ordinary pieces.
@@ -109,6 +114,18 @@ def test_sentinels_are_atomic(tok: Tokenizer) -> None:
     assert tok.decode(seq) == f"{FIM_PREFIX}x = 1\n{FIM_SUFFIX}y = 2\n{FIM_MIDDLE}{ENDOFTEXT}"
     assert tok.decode(seq, skip_special=True) == "x = 1\ny = 2\n"
     assert tok.pad_id not in tok.special_ids or tok.pad_id == tok.fim_pad_id
+
+
+def test_tokenizer_without_repo_tokens_loads_and_names_the_fix(monkeypatch, tmp_path) -> None:
+    """A tokenizer trained before <|repo_name|>/<|file_sep|> existed (a cached corpus) still
+    loads for file mode; asking it for a repository token raises, naming the fix."""
+    monkeypatch.setattr(tokenizer_mod, "SPECIAL_TOKENS", tokenizer_mod.REQUIRED_TOKENS)
+    old = Tokenizer.train(["def f(x):\n    return x\n"] * 50, MIN_VOCAB_SIZE + 20, tmp_path)
+    monkeypatch.undo()
+    loaded = Tokenizer.load(tmp_path)
+    assert loaded.fim_pad_id == old.fim_pad_id and len(loaded.special_ids) == 5
+    with pytest.raises(TokenizerError, match="re-prepare"):
+        _ = loaded.file_sep_id
 
 
 def test_encode_batch_matches_encode(tok: Tokenizer) -> None:
