@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zen_code_jax.data.fim import fim_tokens
-from zen_code_jax.data.repo_window import file_block, repo_windows
+from zen_code_jax.data.fim import fim_tokens, unit_draw
+from zen_code_jax.data.repo_format import REPO_FORMATS, RepoFormat
+from zen_code_jax.data.repo_window import repo_windows
 from zen_code_jax.data.tokenizer import Tokenizer
 from zen_code_jax.infer import decode as dec
 from zen_code_jax.infer.engine import (
@@ -213,23 +214,33 @@ def test_fim_prompt_is_training_format(engine, tok):
     assert lit.count(tok.fim_suffix_id) == 1
 
 
-def test_repository_fim_prompt_matches_repo_windows(engine, tok):
-    """With context files, the prompt is the training window up to the middle."""
+@pytest.mark.parametrize("fmt", REPO_FORMATS)
+def test_repository_fim_prompt_matches_repo_windows(engine, tok, fmt):
+    """With context files, the engine's prompt is the training window up to the middle,
+    in each repository format (one implementation: `data/repo_format.py`)."""
     files = [("pkg/util.py", "def helper():\n    return 1\n"), ("pkg/main.py", "x = helper()\n")]
-    (window,) = repo_windows(files, tok, None, 256)  # no FIM: the plain window
-    target = files[-1][1] + "\n"
-    prefix, suffix = target[:4], target[4:]
-    prompt = engine.fim_prompt_ids(prefix, suffix, "psm", context=files[:1], path=files[-1][0])
-    ctx = tok.encode(file_block(*files[0]))
-    assert window.tolist()[: len(ctx)] == ctx
-    assert prompt == [
-        tok.fim_prefix_id,
-        *ctx,
-        *tok.encode("# File: pkg/main.py\n" + prefix),
-        tok.fim_suffix_id,
-        *tok.encode(suffix),
-        tok.fim_middle_id,
-    ]
+    f = RepoFormat(fmt)
+    engine.repo_format = f
+    try:
+        (window,) = repo_windows(files, tok, 5, 256, fim_rate=1.0, fmt=f, repo="o/pkg")
+        draw = unit_draw(5, "repo", "o/pkg", "0")
+        target = files[-1][1]
+        a, b = draw.points(len(target))  # cuts inside the content (not in the trailer)
+        prefix, suffix = target[:a], target[b:]
+        mode = draw.mode(1.0, 0.5)
+        split = draw.split(target + f.trailer())
+        if split[0] != prefix or split[2] != suffix + f.trailer():
+            pytest.skip("the draw cut inside the trailer")  # not the case for seed 5
+        prompt = engine.fim_prompt_ids(
+            prefix, suffix, mode, context=files[:1], path="pkg/main.py", repo="o/pkg"
+        )
+        assert window.tolist()[: len(prompt)] == prompt
+        head = f.context_ids(files[:1], tok, "o/pkg") + f.header_ids("pkg/main.py", tok)
+        assert prompt[: len(head)] == head and prompt[len(head)] == tok.fim_prefix_id
+    finally:
+        engine.repo_format = RepoFormat("report")
+    with pytest.raises(ValueError, match="path="):
+        engine.fim_prompt_ids("a", "b", "psm", context=files[:1])
 
 
 def test_infill_returns_greedy_middle(engine, tok):

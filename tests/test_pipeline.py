@@ -69,9 +69,10 @@ def test_fake_corpus_is_a_corpus(corpus) -> None:
         corpus.source("validation")
 
 
-@pytest.mark.parametrize("mode", ["file", "repo"])
+@pytest.mark.parametrize("mode", ["file", "repo", "context"])
 def test_contract_determinism_and_restore(corpus, tok, mode: str) -> None:
-    cfg = _cfg(mode=mode)
+    cfg = _cfg(mode="file" if mode == "context" else mode)
+    cfg.fim.level = "context" if mode == "context" else "document"
     it = make_dataset(corpus, cfg, seq_len=SEQ, batch_size=4, seed=3)
     first = _take(it, 6)
     for b in first:
@@ -217,15 +218,154 @@ def test_bad_arguments_name_the_fix(corpus) -> None:
         make_dataset(corpus, _cfg(mode="window"), seq_len=SEQ, batch_size=1, seed=0)
 
 
-def test_worker_processes_give_identical_batches(corpus) -> None:
-    """0 and 2 Grain worker processes give the same batches (restore is tested in-process:
-    a restore restarts the workers, which is slow to spawn)."""
+@pytest.mark.parametrize("level", ["document", "context"])
+def test_worker_processes_give_identical_batches(corpus, level: str) -> None:
+    """0 and 2 Grain worker processes give the same batches, rows shuffled and FIM at either
+    level (restore is tested in-process: a restore restarts the workers, slow to spawn)."""
     cfg = _cfg()
+    cfg.fim.level = level
     ref = _take(make_dataset(corpus, cfg, seq_len=SEQ, batch_size=2, seed=5, num_workers=0), 6)
     it = make_dataset(corpus, cfg, seq_len=SEQ, batch_size=2, seed=5, num_workers=2)
     assert _same(_take(it, 6), ref)
     json.dumps(it.get_state())
     del it
+
+
+def _files_per_batch(tok, corpus, cfg, n: int) -> list[int]:
+    """Distinct files per batch, attributing each segment by its first tokens (rate 0)."""
+    owner = {}
+    for r in corpus.source("train"):
+        for seg in file_segments(r["content"], tok, None, SEQ):
+            owner.setdefault(tuple(seg[:24].tolist()), r["path"])
+    it = make_dataset(corpus, cfg, seq_len=SEQ, batch_size=4, seed=0)
+    return [len({owner[tuple(s[:24])] for s in _segments(b)}) for b in _take(it, n)]
+
+
+def test_row_shuffle_mixes_files(corpus, tok) -> None:
+    """First-fit puts a long file's pieces in consecutive rows; the row shuffle spreads
+    them, so batches mix files (the cpu-scale figure is in docs/measurements.md)."""
+    cfg = _cfg(rate=0.0)
+    cfg.data.row_shuffle_window = 0
+    before = _files_per_batch(tok, corpus, cfg, 32)
+    cfg.data.row_shuffle_window = 64
+    after = _files_per_batch(tok, corpus, cfg, 32)
+    assert sum(d == 1 for d in after) < sum(d == 1 for d in before)
+    assert np.mean(after) > np.mean(before) + 0.5
+    # The same tokens, only in other rows: shuffling reorders, never drops or adds.
+    cfg.data.row_shuffle_window = 0
+    a = sorted(map(tuple, (s for b in _take(make_dataset(corpus, cfg, seq_len=SEQ, batch_size=4,
+               seed=0), 64) for s in _segments(b))))  # fmt: skip
+    cfg.data.row_shuffle_window = 64
+    b = sorted(map(tuple, (s for b in _take(make_dataset(corpus, cfg, seq_len=SEQ, batch_size=4,
+               seed=0), 64) for s in _segments(b))))  # fmt: skip
+    assert a == b
+
+
+def test_context_level_fim(corpus, tok) -> None:
+    """Context level: FIM per packed fragment after packing; layout (segments, positions)
+    as packed without FIM, lengths restored, <|fim_pad|> never a target in the loss."""
+    plain = _take(make_dataset(corpus, _cfg(rate=0.0), seq_len=SEQ, batch_size=4, seed=2), 12)
+    cfg = _cfg(rate=0.9)
+    cfg.fim.level = "context"
+    fimd = _take(make_dataset(corpus, cfg, seq_len=SEQ, batch_size=4, seed=2), 12)
+    n_fim = n_pad = 0
+    for a, b in zip(plain, fimd):
+        assert np.array_equal(a.segment_ids, b.segment_ids)
+        assert np.array_equal(a.positions, b.positions)
+        assert (b.loss_mask[b.targets == tok.fim_pad_id] == 0).all()
+        n_pad += int((b.inputs == tok.fim_pad_id).sum())
+        for sa, sb in zip(_segments(a), _segments(b)):
+            assert len(sa) == len(sb) and (sa[-1] == tok.eot_id) == (sb[-1] == tok.eot_id)
+            if sb[0] == tok.fim_prefix_id:
+                n_fim += 1
+                unfim([t for t in sb if t != tok.fim_pad_id], tok)
+            else:
+                assert sa == sb
+    assert n_fim > 20
+    cfg.data.mode = "repo"
+    with pytest.raises(ValueError, match="fim.level"):
+        make_dataset(corpus, cfg, seq_len=SEQ, batch_size=4, seed=2)
+
+
+def test_fim_only_in_configured_domains(tok) -> None:
+    """fim.domains (default: code, as the report's "50% of code samples"): docs stay plain."""
+    recs = [_rec("r", f"p{i}.py", f"p{i} = {i} + q{i}\n" * 6) for i in range(20)]
+    recs += [_rec("d", f"d{i}.md", f"# Doc {i}\n", "Markdown", "docs") for i in range(20)]
+    corpus = FakeCorpus(tok, recs)
+    for level in ("document", "context"):
+        cfg = _cfg(rate=1.0)
+        cfg.fim.level = level
+        cfg.data.domain_weights = {"code": 0.5, "docs": 0.5}
+        segs = [s for b in _take(make_dataset(corpus, cfg, seq_len=64, batch_size=4, seed=0), 10)
+                for s in _segments(b)]  # fmt: skip
+        docs = [s for s in segs if "Doc" in tok.decode(s)]
+        code = [s for s in segs if "Doc" not in tok.decode(s)]
+        assert docs and code
+        assert all(tok.fim_prefix_id not in s for s in docs)
+        # Context level leaves a fragment plain when its suffix cannot absorb the growth.
+        fim_share = np.mean([s[0] == tok.fim_prefix_id for s in code])
+        assert fim_share == 1.0 if level == "document" else fim_share > 0.6
+
+
+def test_other_share_is_divided_among_unnamed_languages(tok) -> None:
+    """Table 3: "Other" is one share split among the unnamed languages by bytes (never the
+    full share to each); the realized byte shares through the pipeline's mixture match
+    within 1 percentage point."""
+    from zen_code_jax.data.pipeline import _mixture
+
+    sizes = {"Python": 30, "JavaScript": 20, "Go": 10, "Lua": 5, "Haskell": 15, "Perl": 40,
+             "Zig": 8, "Julia": 12, "OCaml": 6, "Elixir": 9, "Nim": 4}  # fmt: skip
+    recs = [
+        _rec("r", f"{lang}{i:03d}", "x" * (size + i % 7) + "\n", language=lang)
+        for lang, size in sizes.items()
+        for i in range(40)
+    ]
+    corpus = FakeCorpus(tok, recs)
+    cfg = _cfg().data
+    cfg.language_weights = {"python": 0.24, "javascript": 0.16, "go": 0.05, "other": 0.55}
+    mix = mixture_weights(corpus, cfg, "train")
+    share = dict(zip(mix.groups, mix.byte_shares))
+    assert share["code/Python"] == pytest.approx(0.24)
+    others = [g for g in share if g.split("/")[1] not in ("Python", "JavaScript", "Go")]
+    stats = corpus.group_stats("train")
+    other_bytes = sum(stats[g]["bytes"] for g in others)
+    for g in others:
+        assert share[g] == pytest.approx(0.55 * stats[g]["bytes"] / other_bytes)
+    ds = _mixture(corpus, "train", cfg, 0)
+    got: dict[str, int] = {}
+    for i in range(30_000):
+        r = ds[i]
+        got[r["language"]] = got.get(r["language"], 0) + len(r["content"].encode())
+    total = sum(got.values())
+    for g, want in share.items():
+        assert abs(got.get(g.split("/")[1], 0) / total - want) < 0.01, g
+
+
+def test_repo_mode_mixture(tok) -> None:
+    """The weighted mixture applies in repo mode: repositories drawn by their main group."""
+    from zen_code_jax.data.pipeline import _repo_mixture, repo_mixture_weights
+
+    recs = [_rec(f"py{r}", f"m{i}.py", f"v{i} = {r}\n") for r in range(30) for i in range(3)]
+    recs += [_rec(f"c{r}", f"m{i}.c", f"int v{i}_{r};\n", language="C/C++") for r in range(6)
+             for i in range(3)]  # fmt: skip
+    corpus = FakeCorpus(tok, recs)
+    cfg = _cfg(mode="repo").data
+    cfg.language_weights = {"python": 0.5, "c": 0.5}
+    repos = corpus.repos("train")
+    groups, _, weights = repo_mixture_weights(corpus, cfg, "train", repos)
+    assert set(groups) == {"code/Python", "code/C/C++"}
+    ds = _repo_mixture(corpus, "train", cfg, 0, repos)
+    repo_bytes: dict[str, int] = {}
+    for r in recs:
+        repo_bytes[r["repo"]] = repo_bytes.get(r["repo"], 0) + len(r["content"])
+    drawn = [repo_bytes[ds[i][0]] * ds[i][0].startswith("c") for i in range(4000)]
+    total = sum(repo_bytes[ds[i][0]] for i in range(4000))
+    assert abs(sum(drawn) / total - 0.5) < 0.01  # natural byte share: ~0.24
+    full = _cfg(rate=0.0, mode="repo")
+    full.data.language_weights = {"python": 0.5, "c": 0.5}
+    it = make_dataset(corpus, full, seq_len=SEQ, batch_size=2, seed=0)
+    texts = [tok.decode(s) for b in _take(it, 20) for s in _segments(b)]
+    assert 0.3 < sum("int v" in t for t in texts) / len(texts) < 0.7
 
 
 def test_real_prepared_corpus(tmp_path) -> None:
