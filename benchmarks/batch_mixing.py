@@ -20,10 +20,9 @@ import collections
 
 import numpy as np
 
+import experiments.fim_ablation as fim_ablation  # noqa: E402  (run from the repository root)
 from zen_code_jax.data import pipeline
 from zen_code_jax.data.corpus import PreparedCorpus
-
-import experiments.fim_ablation as fim_ablation  # noqa: E402  (run from the repository root)
 
 
 def main() -> None:
@@ -59,9 +58,9 @@ def main() -> None:
                 files.add(owner.get(b.inputs[r][seg == k].astype(np.int32).tobytes(), "?"))
         distinct.append(len(files))
         single += len(files) == 1
-        run = collections.Counter({f: run[f] + 1 for f in files if f in prev}) + collections.Counter(
-            {f: 1 for f in files if f not in prev}
-        )
+        run = collections.Counter(
+            {f: run[f] + 1 for f in files if f in prev}
+        ) + collections.Counter({f: 1 for f in files if f not in prev})
         longest = max(longest, max(run.values()))
         prev = files
     unknown = sum(1 for d in distinct if d == 0)

@@ -1,12 +1,19 @@
 """FIM-rate ablation: the report's Table 7 (section 5, "Effect of FIM rate").
 
-Four arms, identical except for the share of training files turned into fill-in-the-middle
-examples (half of those in SPM order, as in pretraining):
+Four arms, identical except for the share of training code files turned into
+fill-in-the-middle examples (half of those in SPM order, as in pretraining):
 
     fim0 (0%), fim25 (25%), fim50 (50%), fim75 (75%)
 
-The FIM decision is drawn per piece of a file: a file longer than one sequence is cut
-into pieces first (docs/data_pipeline.md), so at seq 512 the rate is a share of pieces. Metrics as in Table 7: HumanEval pass@1
+What the rate applies to (`fim.level="document"`, the default): the share of *files* of
+the `fim.domains` domains (default code only). The decision and split points are drawn
+once per file over its whole text, and the rearranged file is then cut into sequence-sized
+pieces, so at seq 512 a long file's pieces all share it, as one 64K sequence would. The
+draws are common to all arms (one set of uniforms per (seed, file), split points always
+drawn), so FIM(25%) ⊂ FIM(50%) ⊂ FIM(75%) file by file and the arms differ only in the
+rate. `fim.level="context"` instead applies the rate to packed fragments after packing
+(Bavarian et al.'s context-level FIM). Rows are shuffled within 64-row packing groups, so
+a batch mixes ~2.8 files instead of 1.5 (docs/measurements.md). Metrics as in Table 7: HumanEval pass@1
 (left-to-right ability) and HumanEval-Infilling single-line exact match. Because a CPU-sized
 model scores 0 on both, the cpu scale also reports held-out signals that move long before
 exact match does: left-to-right bits per byte, the loss of the masked middle under PSM /

@@ -296,7 +296,7 @@ def test_fim_only_in_configured_domains(tok) -> None:
         cfg = _cfg(rate=1.0)
         cfg.fim.level = level
         cfg.data.domain_weights = {"code": 0.5, "docs": 0.5}
-        segs = [s for b in _take(make_dataset(corpus, cfg, seq_len=64, batch_size=4, seed=0), 10)
+        segs = [s for b in _take(make_dataset(corpus, cfg, seq_len=SEQ, batch_size=4, seed=0), 6)
                 for s in _segments(b)]  # fmt: skip
         docs = [s for s in segs if "Doc" in tok.decode(s)]
         code = [s for s in segs if "Doc" not in tok.decode(s)]
