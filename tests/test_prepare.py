@@ -272,5 +272,7 @@ def test_stdlib_subset_default_source(tmp_path) -> None:
 def test_workdir_and_config_errors(repos_dir) -> None:
     with pytest.raises(ValueError, match="needs a workdir"):
         prepare_corpus(_data_cfg(repos_dir), VOCAB, "")
-    with pytest.raises(ValueError, match="set minhash_num_perm to 64"):
+    with pytest.raises(ValueError, match="set minhash_num_perm to 40"):
         prepare_corpus(_data_cfg(repos_dir, minhash_num_perm=100, minhash_bands=8), VOCAB, "/tmp")
+    with pytest.raises(ValueError, match="valid: local, beam"):
+        prepare_corpus(_data_cfg(repos_dir, prepare_runner="spark"), VOCAB, "/tmp")
