@@ -47,7 +47,7 @@ def synth(root: Path, n: int, seed: int = 0) -> None:
         p = root / f"repo{i // 100:05d}" / f"mod{i % 100:03d}.py"
         p.parent.mkdir(parents=True, exist_ok=True)
         lines = [f"# module {i}", "import os", ""]
-        for f in range(8):
+        for _ in range(8):
             name = f"{rng.choice(words)}_{rng.randrange(10**9)}"
             lines += [
                 f"def {name}(a, b={rng.randrange(100)}):",
