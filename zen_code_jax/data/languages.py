@@ -4,13 +4,14 @@ Language names follow the report's Table 3 for its top ten (Python, JavaScript, 
 Java, C/C++, Rust, Go, Ruby, PHP, Shell) so `data.language_weights` keys read like the table;
 C and C++ share one name as in the table. Domains follow Table 2 where a file can tell:
 `code` for programming and configuration languages, `docs` for technical documentation,
-`formal` for formal specifications (Lean, TLA+, Isabelle). Other domains (Q&A, papers, web,
+`formal` for formal specifications (Lean, TLA+, Isabelle, Coq). Other domains (Q&A, papers, web,
 synthetic tests) only come from JSONL/Parquet rows that carry a `domain` field.
 """
 
 from __future__ import annotations
 
 import posixpath
+import re
 
 TOP_TEN = (
     "Python",
@@ -66,7 +67,7 @@ _add("Zig", ".zig")
 _add("Nim", ".nim")
 _add("Fortran", ".f", ".f90", ".f95", ".f03", ".for")
 _add("Assembly", ".s", ".S", ".asm")
-_add("Verilog", ".v", ".sv", ".svh")
+_add("Verilog", ".sv", ".svh")  # `.v` is Verilog or Coq: decided from the content below
 _add("VHDL", ".vhd", ".vhdl")
 _add("SQL", ".sql")
 _add("PowerShell", ".ps1", ".psm1")
@@ -111,7 +112,19 @@ _FILENAMES = {
 _add("Starlark", ".bzl", ".star")
 
 _DOCS = {"Markdown", "reStructuredText", "AsciiDoc", "TeX"}
-_FORMAL = {"Lean", "TLA+", "Isabelle"}
+_FORMAL = {"Lean", "TLA+", "Isabelle", "Coq"}
+# `.v` is shared by Verilog and Coq. Coq vernacular starts sentences with these commands and
+# ends proofs with `Qed.`; Verilog has `module`/`endmodule`, `always`, `assign`, `wire`.
+_COQ = re.compile(
+    r"^\s*(?:Require|From\s+\S+\s+Require|Theorem|Lemma|Proof\.|Qed\.|Definition|Fixpoint"
+    r"|Inductive|Module\s+Type|Section|Set\s+Implicit|Open\s+Scope|Ltac|Notation)\b",
+    re.MULTILINE,
+)
+_VERILOG = re.compile(
+    r"^\s*(?:module|endmodule|always|assign|wire|reg|input|output|`timescale)\b", re.M
+)
+AMBIGUOUS_EXTENSIONS = frozenset({".v"})
+HEAD_CHARS = 4096  # how much of a file detection looks at (shebang: the first line only)
 
 _SHEBANG = {
     "python": "Python",
@@ -155,6 +168,7 @@ _ALIASES = {
     "protocol-buffer": "Protocol Buffer",
     "restructuredtext": "reStructuredText",
     "jupyter-notebook": "Jupyter Notebook",
+    "coq": "Coq",
 }
 _CANON = {name.lower(): name for name in set(_EXT.values()) | set(_FILENAMES.values())}
 
@@ -171,6 +185,8 @@ def language_of(path: str, head: str | bytes = "") -> str | None:
     if base in _FILENAMES:
         return _FILENAMES[base]
     stem, ext = posixpath.splitext(base)
+    if ext in AMBIGUOUS_EXTENSIONS:
+        return _coq_or_verilog(head) if head else None
     if ext:
         lang = _EXT.get(ext) or _EXT.get(ext.lower())
         if lang:
@@ -185,6 +201,19 @@ def language_of(path: str, head: str | bytes = "") -> str | None:
                 prog = words[1]
             return _SHEBANG.get(prog.rstrip("0123456789.") or prog) or _SHEBANG.get(prog)
     return None
+
+
+def _coq_or_verilog(head: str | bytes) -> str:
+    if isinstance(head, bytes):
+        head = head[:HEAD_CHARS].decode("utf-8", "replace")
+    head = head[:HEAD_CHARS]
+    coq, verilog = len(_COQ.findall(head)), len(_VERILOG.findall(head))
+    return "Coq" if coq > verilog else "Verilog"
+
+
+def needs_content(path: str) -> bool:
+    """True when the extension alone cannot tell the language (`.v`: Coq or Verilog)."""
+    return posixpath.splitext(path)[1] in AMBIGUOUS_EXTENSIONS
 
 
 def domain_of(language: str) -> str:

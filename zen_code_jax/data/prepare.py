@@ -1,25 +1,27 @@
 """Prepare a corpus once: read, filter, dedup, split by repository, train the tokenizer, and
 write ArrayRecord shards with a manifest, cached under `WORKDIR/cache/<hash>/`.
 
-Stages (docs/data_prepare.md maps each onto a distributed engine), each a function that
-returns a small dataclass, composed by `build_corpus`:
+Stages (docs/data_prepare.md; `data.prepare_runner` picks who runs them):
 1. list      (sources.list_corpus; names and stat only, main process)
-2. read      (prepare_read.read_corpus; worker processes read, filter, exact key and
-             MinHash signature per file)
-3. dedup     (`dedup_records`: exact SHA-256 of normalized content, first in
-             (repo, path) order kept; then MinHash LSH, bands x rows, confirmed by
-             estimated Jaccard, union-find)
-4. split     (`split_records`: held-out iff sha256("split:" + repo) / 2^64 <
-             heldout_fraction)
-5. tokenizer (`train_tokenizer`: SentencePiece BPE on the training split)
-6. write     (`write_splits`: ArrayRecord shards of JSON records sorted by (repo, path);
-             `make_manifest` then manifest.json, last)
+2. read      (prepare_read.iter_read; workers read, filter, decontaminate, exact key, MinHash
+             -> LSH band keys and the shard's JSON blob, per file)
+3. dedup     (prepare_stages: exact SHA-256 of normalized content, first in (repo, path)
+             order kept; LSH candidates confirmed by exact Jaccard, union-find)
+4. plan      (prepare_stages.make_plan: split by repository, tokenizer sample, repo-FT
+             filter, shard assignment)
+5. tokenizer (SentencePiece BPE on the sample)
+6. write     (ArrayRecord shards sorted by (repo, path); manifest.json last)
 
-The read side (`PreparedCorpus`, `Corpus`, `Manifest`, mixtures) lives in `data/corpus.py`.
+The `local` runner (default) streams: each file's JSON blob goes to a spill ArrayRecord in
+the build folder as it is read, and only metadata (~300 bytes a file) stays in memory;
+contents come back from the spill for candidate pairs, the tokenizer sample and the write.
+The `beam` runner (`beam_prepare.py`) runs the same stage functions as an Apache Beam
+pipeline and writes the same files.
 
 The cache key is sha256 of the corpus listing (every name, size and mtime) and the data
-fields that change the output (`PREPARE_FIELDS` + vocab_size + CACHE_VERSION); fields that
-only steer reading (weights, workers, mode) are left out, so changing them reuses the cache.
+fields that change the output (`PREPARE_FIELDS` + vocab_size + the benchmark n-grams'
+fingerprint + CACHE_VERSION); fields that only steer reading or running (weights, workers,
+mode, runner) are left out, so changing them reuses the cache.
 """
 
 from __future__ import annotations
@@ -31,20 +33,24 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from zen_code_jax.data import dedup, sources
+from zen_code_jax.data import decontaminate, dedup, prepare_stages, sources
 from zen_code_jax.data.corpus import SPLITS, TRAIN_SPLIT, Manifest, PreparedCorpus, mixture_weights
 from zen_code_jax.data.languages import DOMAINS
-from zen_code_jax.data.prepare_read import ReadParams, ReadResult, read_corpus
+from zen_code_jax.data.prepare_read import RECORD_FIELDS, ReadParams, iter_read
+from zen_code_jax.data.prepare_stages import Plan, assign_splits, meta_of, order_key, split_of
 from zen_code_jax.data.sources import CorpusError
 from zen_code_jax.data.tokenizer import Tokenizer
 
-CACHE_VERSION = 1
+__all__ = ["assign_splits", "split_of", "prepare_corpus", "summarize_split", "RECORD_FIELDS"]
+
+CACHE_VERSION = 2
+RUNNERS = ("local", "beam")
 PREPARE_FIELDS = (
     "source",
     "path",
@@ -57,10 +63,12 @@ PREPARE_FIELDS = (
     "shingle_size",
     "exclude_tests",
     "max_files",
+    "decontaminate",
+    "mbpp_path",
+    "min_repo_files",
+    "min_repo_lines",
 )
-SHARD_BYTES = 64 << 20
-RECORD_FIELDS = ("repo", "path", "content", "language", "domain")
-_SPLIT_SALT = "split:"
+SPILL = "contents.spill.array_record"
 _EXACT_NORMALIZATION = "CRLF/CR->LF, trailing whitespace per line and outer blank lines removed"
 
 
@@ -68,9 +76,12 @@ _EXACT_NORMALIZATION = "CRLF/CR->LF, trailing whitespace per line and outer blan
 def prepare_config(data_cfg: Any, vocab_size: int) -> dict[str, Any]:
     """The data fields that change the prepared output (part of the cache key)."""
     d = {k: getattr(data_cfg, k) for k in PREPARE_FIELDS}
-    d["path"] = str(Path(str(d["path"])).expanduser().resolve()) if d["path"] else ""
+    for k in ("path", "mbpp_path"):
+        d[k] = str(Path(str(d[k])).expanduser().resolve()) if d[k] else ""
     d["vocab_size"] = int(vocab_size)
     d["cache_version"] = CACHE_VERSION
+    if d["decontaminate"]:  # the benchmark n-grams themselves, so a new MBPP file re-prepares
+        d["decontamination_ngrams"] = decontaminate.benchmark_ngrams(d["mbpp_path"])[1]
     return d
 
 
@@ -97,104 +108,56 @@ def read_params(cfg: dict[str, Any]) -> ReadParams:
         num_perm=num_perm,
         exclude_tests=bool(cfg["exclude_tests"]),
         max_rows=int(cfg["max_files"] or 0),
+        bands=bands,
+        rows=rows,
+        decontaminate=bool(cfg["decontaminate"]),
+        mbpp_path=str(cfg["mbpp_path"]),
     )
 
 
-# --------------------------------------------------------------------------- dedup
-@dataclasses.dataclass
-class DedupResult:
-    """Records left after exact then near dedup, sorted by (repo, path), and the counts."""
+def tokenizer_chunks(vocab_size: int) -> int:
+    """Chunks the tokenizer trains on: on the stdlib, 4,096 chunks gave 3.646 held-out
+    bytes/token against 3.654 with all 14,881, at 40% of the time; a large vocabulary needs
+    more text, hence vocab_size // 2."""
+    return max(4096, vocab_size // 2)
 
-    records: list[dict[str, Any]]
-    bytes_in: int  # UTF-8 bytes of content before dedup
+
+def tokenizer_budget(vocab_size: int) -> int:
+    """Bytes of training-split text the tokenizer sample holds (`make_plan`)."""
+    return tokenizer_chunks(vocab_size) * prepare_stages.TOKENIZER_BYTES_PER_CHUNK
+
+
+# --------------------------------------------------------------------------- outcome
+@dataclasses.dataclass
+class Outcome:
+    """What a runner hands to the manifest: counts, dedup statistics and the plan."""
+
+    n_seen: int
+    skips: collections.Counter
+    bytes_in: int  # UTF-8 bytes after filters, before dedup
     exact_removed: int
-    near: dedup.NearDupResult
+    near: dict[str, int]  # dedup.NearDupResult.stats()
     near_removed_bytes: int
+    metas: list[dict[str, Any]]  # deduped, in corpus order
+    plan: Plan
+
+
+def check_nonempty(kind: str, n_seen: int, skips: collections.Counter, kept: int) -> None:
+    if not kept:
+        raise CorpusError(
+            f"The {kind!r} corpus has no usable files after filtering: {n_seen} read, skipped "
+            f"{dict(skips)}. Point data.path at source code, or relax data.max_file_bytes / "
+            "data.exclude_tests."
+        )
+
+
+# --------------------------------------------------------------------------- summaries
+def _file_stats() -> collections.defaultdict:
+    return collections.defaultdict(lambda: {"files": 0, "bytes": 0})
 
 
 def _nbytes(r: dict[str, Any]) -> int:
-    return len(r["content"].encode("utf-8"))
-
-
-def dedup_records(
-    records: list[dict[str, Any]], bands: int, rows: int, threshold: float
-) -> DedupResult:
-    """Stage 3: sort by (repo, path), drop exact then near duplicates (first one kept)."""
-    recs = sorted(records, key=lambda r: (r["repo"], r["path"], r["key"]))
-    bytes_in = sum(map(_nbytes, recs))
-    keep = dedup.exact_duplicates([r["key"] for r in recs])
-    exact_removed = int((~keep).sum())
-    recs = [r for r, k in zip(recs, keep) if k]
-    sigs = np.stack([r["sig"] for r in recs])
-    near = dedup.near_duplicates(sigs, bands, rows, threshold)
-    near_removed_bytes = sum(_nbytes(r) for r, k in zip(recs, near.keep) if not k)
-    recs = [r for r, k in zip(recs, near.keep) if k]
-    return DedupResult(recs, bytes_in, exact_removed, near, near_removed_bytes)
-
-
-# --------------------------------------------------------------------------- split
-def split_of(repo: str, heldout_fraction: float) -> str:
-    """'heldout' iff the repository's hash falls below the fraction (independent per repo)."""
-    u = int.from_bytes(hashlib.sha256((_SPLIT_SALT + repo).encode()).digest()[:8], "big") / 2**64
-    return "heldout" if u < heldout_fraction else "train"
-
-
-def assign_splits(repos: Sequence[str], heldout_fraction: float) -> dict[str, str]:
-    """Split repositories by hash; with >= 2 repos and a fraction in (0, 1), both splits get
-    at least one repository (the one with the smallest / largest hash moves over). A single
-    repository always trains."""
-    names = sorted(set(repos))
-    if len(names) == 1:  # one repository cannot be split: it trains, nothing is held out
-        return {names[0]: "train"}
-    out = {r: split_of(r, heldout_fraction) for r in names}
-    if len(names) >= 2 and 0 < heldout_fraction < 1:
-        by_hash = sorted(names, key=lambda r: hashlib.sha256((_SPLIT_SALT + r).encode()).digest())
-        if "heldout" not in out.values():
-            out[by_hash[0]] = "heldout"
-        if "train" not in out.values():
-            out[by_hash[-1]] = "train"
-    return out
-
-
-@dataclasses.dataclass
-class SplitResult:
-    """Records per split (each still in (repo, path) order)."""
-
-    by_split: dict[str, list[dict[str, Any]]]
-    n_repos: int
-
-
-def split_records(records: list[dict[str, Any]], heldout_fraction: float) -> SplitResult:
-    """Stage 4: whole repositories go to one split; the training split must not be empty."""
-    split_of_repo = assign_splits([r["repo"] for r in records], heldout_fraction)
-    by_split = {s: [r for r in records if split_of_repo[r["repo"]] == s] for s in SPLITS}
-    if not by_split[TRAIN_SPLIT]:
-        raise CorpusError(
-            f"The training split is empty ({len(records)} files in {len(split_of_repo)} "
-            f"repositories, all held out). Lower data.heldout_fraction "
-            f"(now {heldout_fraction}) or add repositories."
-        )
-    return SplitResult(by_split, len(split_of_repo))
-
-
-# --------------------------------------------------------------------------- tokenizer
-def train_tokenizer(
-    train_records: Sequence[dict[str, Any]], vocab_size: int, out_dir: Path
-) -> Tokenizer:
-    """Stage 5: SentencePiece BPE on the training split, saved to `out_dir/tokenizer`."""
-    # ~8 MB of sampled text per 4,096 chunks: on the stdlib, 4,096 chunks gave 3.646 held-out
-    # bytes/token against 3.654 with all 14,881, at 40% of the time; a large vocabulary
-    # needs more text, hence vocab_size // 2 chunks.
-    tok = Tokenizer.train(
-        (r["content"] for r in train_records), vocab_size, max_chunks=max(4096, vocab_size // 2)
-    )
-    tok.save(out_dir / "tokenizer")
-    return tok
-
-
-# --------------------------------------------------------------------------- write
-def _file_stats() -> collections.defaultdict:
-    return collections.defaultdict(lambda: {"files": 0, "bytes": 0})
+    return int(r["bytes"]) if "bytes" in r else len(r["content"].encode("utf-8"))
 
 
 @dataclasses.dataclass
@@ -209,7 +172,8 @@ class SplitSummary:
 def summarize_split(records: Sequence[dict[str, Any]]) -> SplitSummary:
     """Per-language, per-domain and per-group counts of records sorted by (repo, path).
 
-    Pure (no files), so an in-memory corpus computes its groups exactly as a prepared one.
+    Takes records or their metadata (`bytes` instead of `content`); pure (no files), so an
+    in-memory corpus computes its groups exactly as a prepared one.
     """
     repos: list[list[Any]] = []
     for i, r in enumerate(records):
@@ -244,58 +208,38 @@ def summarize_split(records: Sequence[dict[str, Any]]) -> SplitSummary:
     return SplitSummary(info, repos, gid)
 
 
-def _write_shards(
-    out_dir: Path, split: str, records: Sequence[dict[str, Any]]
-) -> tuple[list[str], int]:
-    """ArrayRecord shards of about SHARD_BYTES of JSON records; (names, total JSON bytes)."""
-    # local import: array_record is only needed when writing (and is slow to import)
-    from array_record.python.array_record_module import ArrayRecordWriter
-
-    blobs = [
-        json.dumps({k: r[k] for k in RECORD_FIELDS}, ensure_ascii=False).encode("utf-8")
-        for r in records
-    ]
-    total = sum(map(len, blobs))
-    n_shards = max(1, -(-total // SHARD_BYTES))
-    per = -(-len(blobs) // n_shards) if blobs else 0
-    shards = []
-    for s in range(n_shards):
-        name = f"{split}-{s:05d}-of-{n_shards:05d}.array_record"
-        w = ArrayRecordWriter(str(out_dir / name), "group_size:1")
-        for b in blobs[s * per : (s + 1) * per]:
-            w.write(b)
-        w.close()
-        shards.append(name)
-    return shards, total
-
-
-@dataclasses.dataclass
-class WriteResult:
-    """Each split's manifest entry and repository ranges, as written."""
-
-    split_info: dict[str, dict[str, Any]]
-    repo_ranges: dict[str, list[list[Any]]]
-
-
-def write_splits(out_dir: Path, by_split: dict[str, list[dict[str, Any]]]) -> WriteResult:
-    """Stage 6: shards and `{split}.groups.npy` per split, plus their manifest entries."""
+def write_summaries(out_dir: Path, outcome: Outcome) -> tuple[dict, dict]:
+    """`{split}.groups.npy` per split; (split manifest entries, repo ranges)."""
     split_info, repo_ranges = {}, {}
     for split in SPLITS:
-        records = by_split[split]
-        shards, json_bytes = _write_shards(out_dir, split, records)
-        summary = summarize_split(records)
+        metas = [outcome.metas[i] for i in outcome.plan.by_split[split]]
+        summary = summarize_split(metas)
         np.save(out_dir / f"{split}.groups.npy", summary.group_ids)
         info = summary.info
         split_info[split] = {
             "records": info["records"],
             "bytes": info["bytes"],
-            "json_bytes": json_bytes,
+            "json_bytes": int(sum(m["json_bytes"] for m in metas)),
             "repos": info["repos"],
-            "shards": shards,
+            "shards": outcome.plan.shard_names(split),
             **{k: info[k] for k in ("languages", "domains", "groups", "group_stats")},
         }
         repo_ranges[split] = summary.repo_ranges
-    return WriteResult(split_info, repo_ranges)
+    return split_info, repo_ranges
+
+
+def write_shard(path: Path, blobs: Iterable[bytes]) -> None:
+    """One ArrayRecord shard (`group_size:1`, as array_record.beam's sink), written to a
+    temporary name and renamed."""
+    # local import: array_record is only needed when writing (and is slow to import)
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    tmp = path.with_name(path.name + ".tmp")
+    w = ArrayRecordWriter(str(tmp), "group_size:1")
+    for b in blobs:
+        w.write(b)
+    w.close()
+    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- manifest
@@ -317,27 +261,28 @@ def make_manifest(
     cfg: dict[str, Any],
     key: str,
     params: ReadParams,
-    read: ReadResult,
-    dd: DedupResult,
-    written: WriteResult,
+    outcome: Outcome,
+    split_info: dict[str, Any],
+    repo_ranges: dict[str, Any],
     tok: Tokenizer,
     timings: dict[str, float],
     processes: int,
 ) -> Manifest:
-    """Stage 6 (last): the manifest from the stages' results."""
+    """The manifest from the stages' results (the same for every runner)."""
     languages, domains = _file_stats(), _file_stats()
     for s in SPLITS:
-        for lang, v in written.split_info[s]["languages"].items():
+        for lang, v in split_info[s]["languages"].items():
             languages[lang]["files"] += v["files"]
             languages[lang]["bytes"] += v["bytes"]
-        for d, v in written.split_info[s]["domains"].items():
+        for d, v in split_info[s]["domains"].items():
             domains[d]["files"] += v["files"]
             domains[d]["bytes"] += v["bytes"]
-    n_seen = read.n_seen
+    n_seen = outcome.n_seen
     listing_skips = sum(listing.path_skips.values())
-    after_filters = n_seen - (sum(read.skips.values()) - listing_skips)
+    after_filters = n_seen - (sum(outcome.skips.values()) - listing_skips)
     bands, rows = int(cfg["minhash_bands"]), int(cfg["minhash_rows"])
     threshold = float(cfg["minhash_threshold"])
+    after_dedup = len(outcome.metas)
     return Manifest(
         format="zen-code-jax prepared corpus",
         cache_version=CACHE_VERSION,
@@ -348,48 +293,226 @@ def make_manifest(
         counts={
             "listed": len(listing.files) + listing_skips if listing.files else n_seen,
             "read": n_seen,
+            "contaminated": int(outcome.skips.get("contaminated", 0)),
             "after_filters": after_filters,
-            "after_exact_dedup": after_filters - dd.exact_removed,
-            "kept": len(dd.records),
-            "bytes_after_filters": dd.bytes_in,
+            "after_exact_dedup": after_filters - outcome.exact_removed,
+            "after_near_dedup": after_dedup,
+            "repo_filter_removed": outcome.plan.repo_filter["files_removed"],
+            "kept": sum(split_info[s]["records"] for s in SPLITS),
+            "bytes_after_filters": outcome.bytes_in,
             "bytes_kept": sum(v["bytes"] for v in languages.values()),
         },
-        skipped=dict(sorted(read.skips.items())),
+        skipped=dict(sorted(outcome.skips.items())),
         dedup={
             "exact_normalization": _EXACT_NORMALIZATION,
-            "exact_removed": dd.exact_removed,
+            "exact_removed": outcome.exact_removed,
             "near": {
-                **dd.near.stats(),
-                "removed_bytes": dd.near_removed_bytes,
+                **outcome.near,
+                "removed_bytes": outcome.near_removed_bytes,
                 "num_perm": params.num_perm,
                 "bands": bands,
                 "rows": rows,
                 "threshold": threshold,
                 "shingle_size": params.shingle_size,
-                "candidate_probability_at_threshold": dedup.lsh_candidate_probability(
-                    threshold, bands, rows
-                ),
+                "confirmed_by": "exact Jaccard of the 64-bit shingle sets",
+                "candidate_probability": {
+                    f"{j:.2f}": round(dedup.lsh_candidate_probability(j, bands, rows), 4)
+                    for j in (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+                },
+                "measured_recall": dedup.MEASURED_RECALL,
             },
+            "decontamination": {
+                "enabled": bool(cfg["decontaminate"]),
+                "ngram": decontaminate.NGRAM,
+                "benchmarks": ["humaneval"] + (["mbpp"] if cfg["mbpp_path"] else []),
+                "removed": int(outcome.skips.get("contaminated", 0)),
+            },
+            "repo_filter": outcome.plan.repo_filter,
         },
         languages=dict(sorted(languages.items(), key=lambda kv: -kv[1]["bytes"])),
         domains=dict(sorted(domains.items())),
         domains_absent=[d for d in DOMAINS if d not in domains],
         note=_language_note(domains, languages),
-        splits=written.split_info,
-        repos=written.repo_ranges,
+        splits=split_info,
+        repos=repo_ranges,
         tokenizer={
             "dir": "tokenizer",
             "vocab_size": tok.vocab_size,
             "sp_vocab_size": tok.sp_vocab_size,
             "fingerprint": tok.fingerprint(),
-            "trained_on": "train split",
+            "trained_on": (
+                f"{len(outcome.plan.tokenizer_sample)} training-split files (hash sample, "
+                "before the repo filter)"
+            ),
         },
         timings={k: round(v, 3) for k, v in timings.items()},
         processes=processes,
     )
 
 
-# --------------------------------------------------------------------------- orchestration
+def finish(
+    out_dir: Path,
+    *,
+    listing: sources.Listing,
+    cfg: dict[str, Any],
+    key: str,
+    outcome: Outcome,
+    sample_texts: Iterable[str],
+    vocab_size: int,
+    timings: dict[str, float],
+    processes: int,
+    runner: str,
+) -> Manifest:
+    """Tokenizer, groups and manifest (written last), after a runner wrote the shards."""
+    t = time.perf_counter()
+    tok = Tokenizer.train(sample_texts, vocab_size, max_chunks=tokenizer_chunks(vocab_size))
+    tok.save(out_dir / "tokenizer")
+    timings["tokenizer_s"] = time.perf_counter() - t
+    split_info, repo_ranges = write_summaries(out_dir, outcome)
+    manifest = make_manifest(
+        listing=listing,
+        cfg=cfg,
+        key=key,
+        params=read_params(cfg),
+        outcome=outcome,
+        split_info=split_info,
+        repo_ranges=repo_ranges,
+        tok=tok,
+        timings={**timings, f"runner_{runner}": 1.0},
+        processes=processes,
+    )
+    manifest.write(out_dir / "manifest.json")
+    return manifest
+
+
+# --------------------------------------------------------------------------- local runner
+class _Spill:
+    """The read stage's JSON blobs, in read order, on disk (so memory holds no contents)."""
+
+    def __init__(self, path: Path):
+        # local import: array_record is only needed when preparing (and is slow to import)
+        from array_record.python.array_record_module import ArrayRecordWriter
+
+        self.path, self.n = path, 0
+        self._w: Any = ArrayRecordWriter(str(path), "group_size:1")
+        self._r: Any = None
+
+    def append(self, blob: bytes) -> int:
+        self._w.write(blob)
+        self.n += 1
+        return self.n - 1
+
+    def close_writer(self) -> None:
+        self._w.close()
+
+    def blobs(self, idx: Sequence[int]) -> list[bytes]:
+        if self._r is None:
+            # local import: see __init__
+            from array_record.python.array_record_data_source import ArrayRecordDataSource
+
+            self._r = ArrayRecordDataSource([str(self.path)])
+        return list(self._r.__getitems__(list(idx))) if len(idx) else []
+
+    def contents(self, idx: Sequence[int]) -> list[str]:
+        return [json.loads(b)["content"] for b in self.blobs(idx)]
+
+
+def build_local(
+    listing: sources.Listing,
+    data_cfg: Any,
+    cfg: dict[str, Any],
+    key: str,
+    vocab_size: int,
+    out_dir: Path,
+) -> Manifest:
+    """The local runner: stages 2-6 into `out_dir`, streaming (see the module docstring)."""
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    params = read_params(cfg)
+    procs = max(1, int(data_cfg.num_prepare_processes or 1))
+    skips = collections.Counter(listing.path_skips)
+    spill = _Spill(out_dir / SPILL)
+    metas: list[dict[str, Any]] = []
+    bands: list[np.ndarray] = []
+    slot: list[int] = []
+    n_seen = 0
+    for r in iter_read(listing, params, procs):
+        n_seen += 1
+        if isinstance(r, str):
+            skips[r] += 1
+            continue
+        slot.append(spill.append(r["blob"]))
+        metas.append(meta_of(r))
+        bands.append(r["bands"])
+    spill.close_writer()
+    timings["read_filter_minhash_s"] = time.perf_counter() - t0
+    check_nonempty(listing.kind, n_seen, skips, len(metas))
+    t1 = time.perf_counter()
+    order = sorted(range(len(metas)), key=lambda i: order_key(metas[i]))
+    bytes_in = sum(m["bytes"] for m in metas)
+    keep = prepare_stages.exact_dedup([metas[i] for i in order])
+    order = [i for i, k in zip(order, keep) if k]
+    keys = np.stack([bands[i] for i in order]) if order else np.zeros((0, params.bands), np.uint64)
+    del bands
+    pi, pj = dedup.candidate_pairs(keys)
+    jac = prepare_stages.confirm_pairs(
+        pi, pj, lambda idx: spill.contents([slot[order[i]] for i in idx]), params.shingle_size
+    )
+    near = dedup.cluster_result(len(order), pi, pj, jac >= float(cfg["minhash_threshold"]))
+    near_removed_bytes = sum(metas[i]["bytes"] for i, k in zip(order, near.keep) if not k)
+    order = [i for i, k in zip(order, near.keep) if k]
+    timings["dedup_s"] = time.perf_counter() - t1
+    kept_metas = [metas[i] for i in order]
+    plan = prepare_stages.make_plan(
+        kept_metas,
+        float(cfg["heldout_fraction"]),
+        tokenizer_budget(vocab_size),
+        int(cfg["min_repo_files"]),
+        int(cfg["min_repo_lines"]),
+    )
+    outcome = Outcome(
+        n_seen,
+        skips,
+        bytes_in,
+        int((~keep).sum()),
+        near.stats(),
+        near_removed_bytes,
+        kept_metas,
+        plan,
+    )
+    t3 = time.perf_counter()
+    for split in SPLITS:
+        for name, shard in zip(plan.shard_names(split), plan.shards[split]):
+            write_shard(out_dir / name, _batched_blobs(spill, [slot[order[i]] for i in shard]))
+    timings["write_s"] = time.perf_counter() - t3
+    sample = _batched_contents(spill, [slot[order[i]] for i in plan.tokenizer_sample])
+    manifest = finish(
+        out_dir,
+        listing=listing,
+        cfg=cfg,
+        key=key,
+        outcome=outcome,
+        sample_texts=sample,
+        vocab_size=vocab_size,
+        timings=timings,
+        processes=procs,
+        runner="local",
+    )
+    os.remove(spill.path)
+    return manifest
+
+
+def _batched_blobs(spill: _Spill, idx: Sequence[int], step: int = 256) -> Iterator[bytes]:
+    for s in range(0, len(idx), step):
+        yield from spill.blobs(idx[s : s + step])
+
+
+def _batched_contents(spill: _Spill, idx: Sequence[int]) -> Iterator[str]:
+    for b in _batched_blobs(spill, idx):
+        yield json.loads(b)["content"]
+
+
+# --------------------------------------------------------------------------- entry point
 def build_corpus(
     listing: sources.Listing,
     data_cfg: Any,
@@ -398,49 +521,16 @@ def build_corpus(
     vocab_size: int,
     out_dir: Path,
 ) -> Manifest:
-    """Run stages 2-6 into `out_dir` (manifest.json written last) and return the manifest."""
-    t0 = time.perf_counter()
-    timings: dict[str, float] = {}
-    params = read_params(cfg)
-    procs = max(1, int(data_cfg.num_prepare_processes or 1))
-    read = read_corpus(listing, params, procs)
-    timings["read_filter_minhash_s"] = time.perf_counter() - t0
-    if not read.records:
-        raise CorpusError(
-            f"The {listing.kind!r} corpus has no usable files after filtering: "
-            f"{read.n_seen} read, skipped {dict(read.skips)}. Point data.path at source code, "
-            "or relax data.max_file_bytes / data.exclude_tests."
-        )
-    t1 = time.perf_counter()
-    dd = dedup_records(
-        read.records,
-        int(cfg["minhash_bands"]),
-        int(cfg["minhash_rows"]),
-        float(cfg["minhash_threshold"]),
-    )
-    timings["dedup_s"] = time.perf_counter() - t1
-    split = split_records(dd.records, float(cfg["heldout_fraction"]))
-    t2 = time.perf_counter()
-    tok = train_tokenizer(split.by_split[TRAIN_SPLIT], vocab_size, out_dir)
-    timings["tokenizer_s"] = time.perf_counter() - t2
-    t3 = time.perf_counter()
-    written = write_splits(out_dir, split.by_split)
-    timings["write_s"] = time.perf_counter() - t3
-    timings["total_s"] = time.perf_counter() - t0
-    manifest = make_manifest(
-        listing=listing,
-        cfg=cfg,
-        key=key,
-        params=params,
-        read=read,
-        dd=dd,
-        written=written,
-        tok=tok,
-        timings=timings,
-        processes=procs,
-    )
-    manifest.write(out_dir / "manifest.json")
-    return manifest
+    """Run stages 2-6 into `out_dir` with `data.prepare_runner` (manifest.json last)."""
+    runner = str(getattr(data_cfg, "prepare_runner", "local"))
+    if runner not in RUNNERS:
+        raise ValueError(f"Unknown data.prepare_runner {runner!r}; valid: {', '.join(RUNNERS)}.")
+    if runner == "beam":
+        # local import: apache-beam is an optional extra, loaded only for this runner
+        from zen_code_jax.data import beam_prepare
+
+        return beam_prepare.build_beam(listing, data_cfg, cfg, key, vocab_size, out_dir)
+    return build_local(listing, data_cfg, cfg, key, vocab_size, out_dir)
 
 
 def prepare_corpus(data_cfg: Any, vocab_size: int, workdir: str | os.PathLike) -> PreparedCorpus:

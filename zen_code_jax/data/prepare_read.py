@@ -4,20 +4,21 @@ Reading, filtering and the MinHash signature are one per-file step because they 
 only per-file CPU work of preparation: fusing them ships each file's text to a worker once
 and back only when it is kept. Workers are forked and use only numpy, re and hashlib, so
 they never touch JAX. The result order is the listing order whatever the process count, so
-the prepared corpus does not depend on `data.num_prepare_processes`.
+the prepared corpus does not depend on `data.num_prepare_processes`. Both runners (local and
+Beam) call `process_file` / `process_rows`, so they filter and hash identically.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
+import json
 import multiprocessing
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from zen_code_jax.data import dedup, filters, sources
-from zen_code_jax.data.languages import domain_of, language_of
+from zen_code_jax.data import decontaminate, dedup, filters, sources
+from zen_code_jax.data.languages import HEAD_CHARS, domain_of, language_of
 from zen_code_jax.data.sources import FileRef
 
 # Rows per work item for JSONL / Parquet inputs (amortizes the pickling per item).
@@ -26,6 +27,7 @@ _ROW_BATCH = 256
 _MIN_FILES_FOR_POOL = 64
 
 _HASHERS: dict[int, dedup.MinHasher] = {}
+RECORD_FIELDS = ("repo", "path", "content", "language", "domain")
 
 
 def _hasher(num_perm: int) -> dedup.MinHasher:
@@ -44,29 +46,40 @@ class ReadParams:
     num_perm: int
     exclude_tests: bool = False
     max_rows: int = 0  # row sources: stop after this many rows (0 = all)
+    bands: int = 20
+    rows: int = 5
+    decontaminate: bool = False
+    mbpp_path: str = ""
 
 
-@dataclasses.dataclass
-class ReadResult:
-    """Kept records (in listing order) and why the others were skipped."""
-
-    records: list[dict[str, Any]]  # repo, path, content, language, domain, key, sig
-    skips: collections.Counter  # reason -> files; includes the listing's path-only skips
-    n_seen: int  # files (or rows) read, kept or not
+def record_blob(r: dict[str, Any]) -> bytes:
+    """The JSON bytes a shard stores for a record (the one place this encoding is made)."""
+    return json.dumps({k: r[k] for k in RECORD_FIELDS}, ensure_ascii=False).encode("utf-8")
 
 
 def _finish(
     repo: str, path: str, text: str, lang: str, domain: str, p: ReadParams
-) -> dict[str, Any]:
+) -> dict[str, Any] | str:
+    """The kept record: metadata, exact key, LSH band keys and the shard blob; or the
+    `contaminated` reason (checked last: it is the costliest filter)."""
+    if p.decontaminate and decontaminate.is_contaminated(
+        text, decontaminate.benchmark_ngrams(p.mbpp_path)[0]
+    ):
+        return "contaminated"
     sig = _hasher(p.num_perm).signature(text, p.shingle_size)
+    r = {"repo": repo, "path": path, "content": text, "language": lang, "domain": domain}
+    blob = record_blob(r)
     return {
         "repo": repo,
         "path": path,
-        "content": text,
         "language": lang,
         "domain": domain,
-        "key": dedup.exact_key(text),
-        "sig": sig,
+        "key": dedup.exact_key(text).hex(),
+        "bands": dedup.band_keys(sig, p.bands, p.rows)[0],
+        "bytes": len(text.encode("utf-8")),
+        "lines": text.count("\n") + (not text.endswith("\n")),
+        "json_bytes": len(blob),
+        "blob": blob,
     }
 
 
@@ -82,13 +95,17 @@ def process_file(args: tuple[FileRef, ReadParams]) -> dict[str, Any] | str:
         return "unreadable"
     if len(data) > p.max_file_bytes:
         return "oversized"
-    reason, text = filters.content_reason(ref.path, data)
+    reason, text = filters.decode(data)
     if reason:
         return reason
-    lang = ref.language or language_of(ref.path, text[:200])
+    lang = ref.language or language_of(ref.path, text[:HEAD_CHARS])
     if lang is None:
         return "unsupported_language"
-    return _finish(ref.repo, ref.path, text, lang, domain_of(lang), p)
+    domain = domain_of(lang)
+    reason = filters.text_reason(ref.path, text, domain)
+    if reason:
+        return reason
+    return _finish(ref.repo, ref.path, text, lang, domain, p)
 
 
 def process_rows(args: tuple[list[dict[str, Any]], ReadParams]) -> list[dict[str, Any] | str]:
@@ -100,6 +117,8 @@ def process_rows(args: tuple[list[dict[str, Any]], ReadParams]) -> list[dict[str
         if text is None or not filters.is_utf8_encodable(text):
             out.append("non_utf8")
             continue
+        text = filters.normalize_text(text)
+        row = {**row, "content": text}
         reason = filters.path_reason(row["path"], p.exclude_tests)
         if reason:
             out.append(reason)
@@ -107,19 +126,20 @@ def process_rows(args: tuple[list[dict[str, Any]], ReadParams]) -> list[dict[str
         if len(text.encode("utf-8")) > p.max_file_bytes:
             out.append("oversized")
             continue
-        reason = filters.text_reason(row["path"], text)
-        if reason:
-            out.append(reason)
-            continue
         lang, domain = sources.row_language(row)
         if lang is None:
             out.append("unsupported_language")
+            continue
+        reason = filters.text_reason(row["path"], text, domain)
+        if reason:
+            out.append(reason)
             continue
         out.append(_finish(row["repo"], row["path"], text, lang, domain, p))
     return out
 
 
-def _row_batches(inputs: Sequence[str], max_rows: int) -> Iterator[list[dict[str, Any]]]:
+def row_batches(inputs: Sequence[str], max_rows: int) -> Iterator[list[dict[str, Any]]]:
+    """Rows of the input files in batches of _ROW_BATCH, at most `max_rows` (0 = all)."""
     batch: list[dict[str, Any]] = []
     count = 0
     for path in inputs:
@@ -148,24 +168,17 @@ def parallel_map(fn: Callable[[Any], Any], items: Iterable[Any], processes: int)
             yield from pool.imap(fn, items, chunksize=8)
 
 
-def read_corpus(listing: sources.Listing, params: ReadParams, processes: int) -> ReadResult:
-    """Stage 2, read: every listed file (or row) read, filtered and MinHashed, in order."""
-    skips = collections.Counter(listing.path_skips)
-    records: list[dict[str, Any]] = []
+def iter_read(listing: sources.Listing, params: ReadParams, processes: int) -> Iterator[Any]:
+    """Stage 2, read: per listed file (or row), in listing order, its record or skip reason.
+
+    A generator over an ordered `imap`, so at most a few chunks of contents are in flight:
+    the caller decides what to keep (the local runner spills each blob to disk at once).
+    """
     if listing.kind in ("jsonl", "parquet"):
-        batches = ((b, params) for b in _row_batches(listing.row_inputs, params.max_rows))
-        results: Iterable[Any] = (
-            r for batch in parallel_map(process_rows, batches, processes) for r in batch
-        )
+        batches = ((b, params) for b in row_batches(listing.row_inputs, params.max_rows))
+        for batch in parallel_map(process_rows, batches, processes):
+            yield from batch
     else:
-        items = [(f, params) for f in listing.files]
-        pool = processes if len(items) >= _MIN_FILES_FOR_POOL else 1
-        results = parallel_map(process_file, items, pool)
-    n_seen = 0
-    for r in results:
-        n_seen += 1
-        if isinstance(r, str):
-            skips[r] += 1
-        else:
-            records.append(r)
-    return ReadResult(records, skips, n_seen)
+        items = ((f, params) for f in listing.files)
+        pool = processes if len(listing.files) >= _MIN_FILES_FOR_POOL else 1
+        yield from parallel_map(process_file, items, pool)

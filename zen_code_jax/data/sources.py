@@ -15,7 +15,8 @@ Four kinds (`data.source`):
 - `dir` (`data.path`): each subfolder is one repository; files directly in the folder form
   the repository `_root`.
 - `jsonl` / `parquet` (`data.path`, a file or a folder of `*.jsonl[.gz]` / `*.parquet`):
-  rows in The Stack's layout: `max_stars_repo_name` or `repo_name` (or `repo`),
+  rows in The Stack's layout: `max_stars_repo_name` or `repo_name` (or `repo`; a row
+  without one is its own repository `_norepo/<hash of path and content>`),
   `max_stars_repo_path` or `path`, `content`, optional `lang` and `domain`.
 
 Listing is cheap (names and `stat` only); reading and filtering happen in worker processes in
@@ -41,7 +42,13 @@ from pathlib import Path
 from typing import Any
 
 from zen_code_jax.data import filters
-from zen_code_jax.data.languages import domain_of, language_of, normalize_language
+from zen_code_jax.data.languages import (
+    HEAD_CHARS,
+    domain_of,
+    language_of,
+    needs_content,
+    normalize_language,
+)
 
 SOURCE_KINDS = ("stdlib", "local", "dir", "jsonl", "parquet")
 
@@ -157,6 +164,8 @@ def _classify_path(
         skips[reason] += 1
         return False, None
     lang = language_of(rel)
+    if lang is None and needs_content(rel) and languages is None:
+        return True, None  # `.v`: Coq or Verilog, decided after reading
     if lang is None and "." in os.path.basename(rel):
         skips["unsupported_language"] += 1
         return False, None
@@ -377,9 +386,7 @@ def _pick(row: dict, keys: tuple[str, ...]) -> Any:
 
 
 def _check_columns(columns: list[str], source: str) -> None:
-    missing = []
-    if not any(k in columns for k in _REPO_KEYS):
-        missing.append("/".join(_REPO_KEYS))
+    missing = []  # a repository column is optional: rows without one are their own repos
     if not any(k in columns for k in _PATH_KEYS):
         missing.append("/".join(_PATH_KEYS))
     if "content" not in columns:
@@ -432,13 +439,23 @@ def iter_rows(input_path: str) -> Iterator[dict[str, Any]]:
             yield _normalize_row(row)
 
 
+def norepo_name(path: str, content: str | None) -> str:
+    """A row without a repository is its own repository, named by a hash of path + content
+    (stable under any row order; exact copies share it, and exact dedup keeps one)."""
+    h = hashlib.sha256(f"{path}\0{content or ''}".encode("utf-8", "surrogatepass")).hexdigest()
+    return f"_norepo/{h[:16]}"
+
+
 def _normalize_row(row: dict[str, Any]) -> dict[str, Any]:
     content = row.get("content")
     lang = row.get("lang")
+    path = str(_pick(row, _PATH_KEYS) or "")
+    content = content if isinstance(content, str) else None
+    repo = _pick(row, _REPO_KEYS)
     return {
-        "repo": str(_pick(row, _REPO_KEYS) or "_unknown"),
-        "path": str(_pick(row, _PATH_KEYS) or ""),
-        "content": content if isinstance(content, str) else None,
+        "repo": str(repo) if repo not in (None, "") else norepo_name(path, content),
+        "path": path,
+        "content": content,
         "lang": normalize_language(lang) if isinstance(lang, str) and lang else None,
         "domain": row.get("domain") if isinstance(row.get("domain"), str) else None,
     }
@@ -446,6 +463,6 @@ def _normalize_row(row: dict[str, Any]) -> dict[str, Any]:
 
 def row_language(row: dict[str, Any]) -> tuple[str | None, str]:
     """(language, domain) of a row: its own fields first, else from the path."""
-    lang = row["lang"] or language_of(row["path"], (row["content"] or "")[:200])
+    lang = row["lang"] or language_of(row["path"], (row["content"] or "")[:HEAD_CHARS])
     domain = row["domain"] or (domain_of(lang) if lang else "code")
     return lang, domain
