@@ -317,6 +317,10 @@ if pid == 0 and iso["pid_ns"]:
     # kernel kills everything left in the namespace.
     libc.prctl(1, SIGKILL)  # (it shares the launcher's process group, too)
     init_pid = os.getpid()
+    if iso["mount_ns"]:
+        # A /proc of this PID namespace only: the program cannot list or read the host's
+        # processes (their command lines may hold secrets). Best effort: the host's stays.
+        mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | 8, None)
     try:
         pid = os.fork()
     except BaseException as e:
