@@ -212,6 +212,14 @@ try:
     if spec["uid"] is not None and is_root:
         iso["uid"] = spec["uid"]
     report(isolation=iso)
+    host_procs = 0  # this user's processes, counted on the host's /proc (before init's)
+    if not is_root:
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                try:
+                    host_procs += os.stat("/proc/" + name).st_uid == os.getuid()
+                except OSError:
+                    pass
     libc.prctl(4, 0)  # PR_SET_DUMPABLE 0: a same-uid program cannot read our memory or fds
     launcher_pid = os.getpid()
     epilogue_key = os.urandom(16)
@@ -267,14 +275,7 @@ def run_child(parent_pid):
             # Best effort without root: RLIMIT_NPROC counts all of this user's processes,
             # so allow what exists now plus the program's share.
             try:
-                mine = 0
-                for name in os.listdir("/proc"):
-                    if name.isdigit():
-                        try:
-                            mine += os.stat("/proc/" + name).st_uid == os.getuid()
-                        except OSError:
-                            pass
-                cap = mine + lim["processes"]
+                cap = host_procs + lim["processes"]
                 R.setrlimit(R.RLIMIT_NPROC, (cap, cap))
             except (OSError, ValueError):
                 pass
