@@ -353,3 +353,20 @@ def test_verdict_needs_top_level_code_to_return():
     assert late.status == FAILED and late.verdict and late.exit_code == 3  # exit 0 still needed
     with pytest.raises(ValueError, match="verdict"):
         run_program("exit 0", language="shell", verdict=True)
+
+
+def test_no_forge_route_scores_a_pass_for_an_ordinary_user_either():
+    """Same uid as the launcher here: it must still be unreadable (not dumpable)."""
+    comps = {n: c for n, c in _forging_completions().items() if "os._exit(0) (module" in n}
+    code = (
+        "import json\n"
+        "from zen_code_jax.eval import humaneval\n"
+        "from zen_code_jax.eval.sandbox import SandboxLimits\n"
+        "he0 = humaneval.load_problems()[0]\n"
+        f"res = humaneval.score_completions([he0], {{he0['task_id']: {list(comps.values())!r}}},"
+        " limits=SandboxLimits(timeout_s=60.0), workers=2, ks=(1,), truncate=False)\n"
+        "print(json.dumps([r['reason'] for r in res.records]))\n"
+    )
+    reasons = json.loads(run_as_ordinary_user(code).strip().splitlines()[-1])
+    assert len(reasons) == len(comps)
+    assert all("no trusted verdict" in r for r in reasons), dict(zip(comps, reasons))
