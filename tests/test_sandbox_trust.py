@@ -370,3 +370,13 @@ def test_no_forge_route_scores_a_pass_for_an_ordinary_user_either():
     reasons = json.loads(run_as_ordinary_user(code).strip().splitlines()[-1])
     assert len(reasons) == len(comps)
     assert all("no trusted verdict" in r for r in reasons), dict(zip(comps, reasons))
+
+
+def test_eval_config_carries_the_package_list():
+    from zen_code_jax.config import apply_overrides, base_config
+    from zen_code_jax.eval.base import EvalContext
+
+    c = base_config()
+    assert EvalContext(config=c).sandbox_limits().packages == ()
+    apply_overrides(c, {"eval.sandbox_packages": '("numpy",)'})
+    assert EvalContext(config=c).sandbox_limits().packages == ("numpy",)
