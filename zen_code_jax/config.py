@@ -146,6 +146,9 @@ def base_config() -> ml_collections.ConfigDict:
             sandbox_timeout_s=10.0,
             sandbox_memory_mb=1024,
             sandbox_workers=2,
+            # site-packages (import names) sandboxed programs may import, e.g. ("numpy",);
+            # the whole stdlib always imports, nothing else of the host's Python does.
+            sandbox_packages=(),
             fim_mode="psm",  # eval: FIM prompt layout for infilling tasks (psm | spm)
             context_tokens=0,  # eval: prompt+generation token budget; 0 = train.seq_len
             mbpp_path="",  # eval: user-supplied MBPP JSONL (published format)

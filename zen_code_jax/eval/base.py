@@ -76,7 +76,9 @@ class EvalContext:
     def sandbox_limits(self) -> SandboxLimits:
         e = self.eval_cfg
         return SandboxLimits(
-            timeout_s=float(e.sandbox_timeout_s), memory_mb=int(e.sandbox_memory_mb)
+            timeout_s=float(e.sandbox_timeout_s),
+            memory_mb=int(e.sandbox_memory_mb),
+            packages=tuple(e.sandbox_packages),
         )
 
     @property

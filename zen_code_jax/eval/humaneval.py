@@ -25,7 +25,7 @@ from zen_code_jax.eval.base import (
     truncate_at_stops,
 )
 from zen_code_jax.eval.passk import mean_pass_at_k
-from zen_code_jax.eval.sandbox import Program, SandboxLimits, make_token, run_programs
+from zen_code_jax.eval.sandbox import Program, SandboxLimits, run_programs
 
 STOP_SEQUENCES: tuple[str, ...] = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
 PASS_KS: tuple[int, ...] = (1, 10, 100)
@@ -73,10 +73,10 @@ def build_program(problem: dict[str, Any], completion: str) -> str:
 
 
 def python_job(source: str) -> Program:
-    """A Python test program that must also reach its last line: it prints a fresh random
-    token after the tests, and only exit 0 *with* the token counts as passed."""
-    token = make_token()
-    return Program(source + f"\nprint({token!r})\n", success_token=token)
+    """A Python test program scored by the trusted verdict: exit 0 passes only if the
+    program's top-level code (the tests) returned and the sandbox's epilogue ran. Nothing
+    is appended to the source, so no secret is in it (see sandbox.run_program)."""
+    return Program(source, verdict=True)
 
 
 def default_ks(by_key: dict[str, list[bool]]) -> tuple[int, ...]:

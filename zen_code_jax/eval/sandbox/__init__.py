@@ -9,6 +9,7 @@ commented out, so everything "passes"). Here every program gets:
 - an address-space limit (RLIMIT_AS), a file-size limit (RLIMIT_FSIZE), an open-file limit,
   no core dumps, and a process-count limit (RLIMIT_NPROC);
 - a fresh temporary working directory, deleted afterwards;
+- the whole standard library (read-only) and only the opted-in site-packages;
 - stdout and stderr read with a byte cap; the program is killed when it exceeds it.
 
 When the evaluator runs as root (CI and the dev machines here) it also:
@@ -26,14 +27,16 @@ unprivileged user namespaces) and otherwise runs with the rlimits only (best eff
 result records the isolation it actually got in `SandboxResult.isolation`.
 
 Implementation: the parent (`run.py`) starts the small trusted launcher (`launcher.py`, run as
-`python -I -S launcher.py SPEC`, stdlib only) in a new session. The launcher reads the
-program, pre-imports a list of stdlib modules (the sandbox uid may not be able to read the
-interpreter's directory, e.g. a pyenv under /root), unshares namespaces, forks; the child
-sets rlimits, drops privileges, asks for SIGKILL when the launcher dies (PR_SET_PDEATHSIG)
-and runs the program (in-process for Python, `execve` for other languages). The launcher
-reports what it did and how the child ended on a status pipe. No `preexec_fn` is used, so
-launching from many threads is safe. The dedicated uids (`uids.py`) are allocated lazily, on
-the first root-mode run. What programs and results look like is in `spec.py`.
+`python -I -S launcher.py SPEC`, stdlib only) in a new session. The launcher unshares
+namespaces, builds the program's read-only view of the interpreter (`view.py`: the whole
+stdlib, only the site-packages listed in `SandboxLimits.packages`, nothing else of the
+interpreter's home), forks; the child sets rlimits, drops privileges, asks for SIGKILL when
+the launcher dies (PR_SET_PDEATHSIG) and runs the program (in-process for Python, `execve`
+for other languages). The launcher reports what it did, how the child ended and, for
+Python, the trusted verdict (the program's top-level code returned; a token the program
+never sees) on a status pipe. No `preexec_fn` is used, so launching from many threads is
+safe. The dedicated uids (`uids.py`) are allocated lazily, on the first root-mode run. What
+programs and results look like is in `spec.py`.
 """
 
 from zen_code_jax.eval.sandbox.run import LAUNCHER, isolation_report, run_program, run_programs

@@ -34,8 +34,10 @@ from zen_code_jax.eval.sandbox.spec import (
     Program,
     SandboxLimits,
     SandboxResult,
+    make_token,
 )
 from zen_code_jax.eval.sandbox.uids import SLOTS, acquire_uid, is_root, release_uid, sweep_uid
+from zen_code_jax.eval.sandbox.view import python_view
 
 # The trusted launcher script (stdlib only; runs before the program, partly as root).
 LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launcher.py")
@@ -83,13 +85,18 @@ def run_program(
     files: dict[str, str] | None = None,
     namespaces: bool = True,
     success_token: str | None = None,
+    verdict: bool = False,
 ) -> SandboxResult:
     """Run one untrusted program to completion in the sandbox; never raises for its behaviour.
 
-    `files` are extra files written into the working directory (relative names). With
-    `success_token`, exit code 0 counts as passed only if the token appears on stdout: the
-    harness prints it after the tests, so a program that exits early (`os._exit(0)`,
-    `sys.exit()` in the completion) before the tests ran fails instead of "passing".
+    `files` are extra files written into the working directory (relative names).
+    With `verdict` (Python only; what test harnesses use), exit code 0 counts as passed only
+    with the trusted epilogue's verdict: the launcher's epilogue runs when the program's
+    top-level code has returned, and the waiting process, outside the program's reach, then
+    reports a fresh token that never enters the program's source, argv, environment, files
+    or memory. A program that ends early (`os._exit(0)`, `sys.exit()`, an exception) or
+    prints a look-alike fails. What an adversarial program can still do: docs/eval.md.
+    `success_token` is the older, forgeable check (the token must appear on stdout).
     """
     limits = limits or SandboxLimits()
     if language not in LANGUAGES:
@@ -98,20 +105,31 @@ def run_program(
             "Add an entry to zen_code_jax.eval.sandbox.LANGUAGES for a new interpreter."
         )
     fname, argv_t = LANGUAGES[language]
+    if verdict and argv_t is not None:
+        raise ValueError(
+            f"verdict=True needs the in-process Python epilogue; {language!r} programs are "
+            "scored by exit code (pass verdict=False)."
+        )
+    token = make_token()
     root = is_root()
     uid = acquire_uid() if root else None
     # Under /tmp when root: the launcher re-creates the same path inside its private /tmp.
     workdir = tempfile.mkdtemp(prefix="zcj-sandbox-", dir="/tmp" if root else None)
     try:
-        res = _run_in(
-            source, fname, argv_t, limits, files or {}, workdir, uid, namespaces=namespaces
-        )
+        res = _run_in(source, fname, argv_t, limits, files or {}, workdir, uid, namespaces, token)
     finally:
         if uid is not None:
             sweep_uid(uid)
         _rmtree(workdir)
         if uid is not None:
             release_uid(uid)
+    if res.status == PASSED and verdict and not res.verdict:
+        return dataclasses.replace(
+            res,
+            status=FAILED,
+            reason="exited with 0 before its top-level code finished (no trusted verdict: "
+            "os._exit, sys.exit or a forged pass)",
+        )
     if res.status == PASSED and success_token is not None and success_token not in res.stdout:
         return dataclasses.replace(
             res, status=FAILED, reason="exited with 0 before the tests finished (no success token)"
@@ -127,8 +145,8 @@ def _run_in(
     files: dict[str, str],
     workdir: str,
     uid: int | None,
-    *,
     namespaces: bool,
+    token: str,
 ) -> SandboxResult:
     path = os.path.join(workdir, fname)
     with open(path, "w", encoding="utf-8") as f:
@@ -159,6 +177,10 @@ def _run_in(
     cpu_s = limits.cpu_s if limits.cpu_s is not None else max(1, int(-(-limits.timeout_s // 1)))
     as_bytes = limits.memory_mb << 20
     status_r, status_w = os.pipe()
+    # The verdict token waits in a pipe only the launcher holds (never argv, env or files).
+    secret_r, secret_w = os.pipe()
+    os.write(secret_w, token.encode())
+    os.close(secret_w)
     spec = {
         "workdir": workdir,
         "file": path,
@@ -170,6 +192,8 @@ def _run_in(
         "uid": uid,
         "gid": uid,
         "status_fd": status_w,
+        "secret_fd": secret_r,
+        "view": python_view(tuple(limits.packages)) if argv_t is None else None,
         "limits": {
             "cpu_s": cpu_s,
             "as_bytes": as_bytes,
@@ -188,10 +212,11 @@ def _run_in(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
-            pass_fds=(status_w,),
+            pass_fds=(status_w, secret_r),
         )
     finally:
         os.close(status_w)
+        os.close(secret_r)
     out = {"stdout": bytearray(), "stderr": bytearray()}
     overflow = None
     timed_out = False
@@ -253,7 +278,10 @@ def _run_in(
     stderr = out["stderr"].decode("utf-8", errors="replace")
     isolation = dict(info.get("isolation") or {})
     isolation["root"] = uid is not None
-    common = dict(stdout=stdout, stderr=stderr, wall_s=wall, isolation=isolation)
+    got_verdict = info.get("verdict") == token
+    common = dict(
+        stdout=stdout, stderr=stderr, wall_s=wall, isolation=isolation, verdict=got_verdict
+    )
     if overflow:
         return SandboxResult(
             CRASHED,
@@ -316,6 +344,7 @@ def run_programs(
             files=p.files,
             namespaces=namespaces,
             success_token=p.success_token,
+            verdict=p.verdict,
         )
 
     if workers == 1 or len(jobs) <= 1:

@@ -13,9 +13,10 @@ from typing import Any
 PASSED, FAILED, TIMEOUT, CRASHED = "passed", "failed", "timeout", "crashed"
 STATUSES = (PASSED, FAILED, TIMEOUT, CRASHED)
 
-# Stdlib modules the launcher may import before dropping privileges, so programs can use
-# them even when the sandbox uid cannot read the interpreter's library directory. Only
-# those the program's source names in an import statement are loaded (startup cost).
+# Fallback only (no mount namespace, so no view of the interpreter, see view.py): stdlib
+# modules the launcher imports before dropping privileges, so programs can use them even
+# when the sandbox uid cannot read the interpreter's library directory. Only those the
+# program's source names in an import statement are loaded (startup cost).
 PRELOAD_MODULES: tuple[str, ...] = (
     "abc",
     "array",
@@ -82,6 +83,9 @@ class SandboxLimits:
     max_file_bytes: int = 16 << 20  # RLIMIT_FSIZE
     max_open_files: int = 256  # RLIMIT_NOFILE
     max_disk_mb: int = 64  # size of the private /tmp tmpfs holding the work dir (root mode)
+    # Import names of site-packages the program may import (eval.sandbox_packages), each
+    # with its distribution's files; their own dependencies must be listed too.
+    packages: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.timeout_s <= 0 or self.memory_mb <= 0 or self.max_processes <= 0:
@@ -103,6 +107,7 @@ class SandboxResult:
     stderr: str = ""
     wall_s: float = 0.0
     isolation: dict[str, Any] = dataclasses.field(default_factory=dict)
+    verdict: bool = False  # the trusted epilogue ran (Python: top-level code returned)
 
     @property
     def passed(self) -> bool:
@@ -116,6 +121,7 @@ class SandboxResult:
             "exit_code": self.exit_code,
             "signal": self.signal,
             "wall_s": round(self.wall_s, 4),
+            "verdict": self.verdict,
             "stdout": self.stdout[-max_chars:],
             "stderr": self.stderr[-max_chars:],
         }
@@ -128,9 +134,12 @@ class Program:
     source: str
     language: str = "python"
     files: dict[str, str] | None = None
-    success_token: str | None = None
+    success_token: str | None = None  # legacy stdout check; prefer verdict=True
+    # Python only: passed needs the trusted epilogue's verdict (the program's top-level
+    # code returned) on top of exit code 0. See run_program.
+    verdict: bool = False
 
 
 def make_token() -> str:
-    """A fresh random success token (see run_program)."""
+    """A fresh random token (the verdict token, or a legacy stdout success token)."""
     return "__ZCJ_TESTS_DONE_" + secrets.token_hex(8) + "__"
