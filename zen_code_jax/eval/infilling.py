@@ -211,9 +211,6 @@ class InfillingTask(Task):
         return score_infills(tasks, gens, limits=ctx.sandbox_limits(), workers=ctx.workers)
 
 
-TASKS_CLASSIC = (InfillingTask(SINGLE), InfillingTask(MULTI))
-
-
 # ----------------------------------------------------------------------------- conventions
 # The official files of openai/human-eval-infilling (data/), by benchmark name.
 OFFICIAL_FILES = {
@@ -304,8 +301,6 @@ def load_benchmark(benchmark: str, folder: str = "") -> tuple[list[dict[str, Any
             f"{path} has {len(rows)} tasks; the official {benchmark} file has "
             f"{OFFICIAL_COUNTS[benchmark]}. Use the unmodified file (eval.limit takes a subset)."
         )
-    for r in rows:
-        r.setdefault("num_lines", r["canonical_solution"].count("\n") or 1)
     return rows, str(path)
 
 
@@ -475,20 +470,30 @@ class OpenAIInfillingTask(Task):
         gens, settings = _generate(ctx, tasks, self.decoding)
         settings["source"] = source
         settings["sandbox_timeout_s"] = float(ctx.eval_cfg.sandbox_timeout_s)
-        keys, progs, comps = [], [], []
-        for t, samples in zip(tasks, gens):
-            for g in samples:
-                keys.append(t["task_id"])
-                comps.append(g)
-                progs.append(python_job(openai_program(t, g)))
-        res = score_programs(
-            keys, progs, comps, limits=ctx.sandbox_limits(), workers=ctx.workers, ks=(1,)
-        )
-        for r in res.records:
-            r["decoding"] = settings
-        metrics = {"pass@1": res.metrics["pass@1"], "num_tasks": float(len(tasks))}
-        return TaskResult(metrics, res.records)
+        return score_openai(tasks, gens, settings, ctx.sandbox_limits(), ctx.workers)
+
+
+def score_openai(
+    tasks: Sequence[dict[str, Any]],
+    generations: Sequence[Sequence[str]],
+    settings: dict[str, Any],
+    limits: SandboxLimits,
+    workers: int,
+) -> TaskResult:
+    """pass@1 of [task][sample] completions, each used as generated (`openai_program`)."""
+    keys, progs, comps = [], [], []
+    for t, samples in zip(tasks, generations):
+        for g in samples:
+            keys.append(t["task_id"])
+            comps.append(g)
+            progs.append(python_job(openai_program(t, g)))
+    res = score_programs(keys, progs, comps, limits=limits, workers=workers, ks=(1,))
+    for r in res.records:
+        r["decoding"] = settings
+    return TaskResult(
+        {"pass@1": res.metrics["pass@1"], "num_tasks": float(len(tasks))}, res.records
+    )
 
 
 CONVENTION_TASKS = (QwenFimTask(),) + tuple(OpenAIInfillingTask(b) for b in OFFICIAL_FILES)
-TASKS = TASKS_CLASSIC + CONVENTION_TASKS
+TASKS = (InfillingTask(SINGLE), InfillingTask(MULTI)) + CONVENTION_TASKS
