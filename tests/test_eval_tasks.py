@@ -1,6 +1,7 @@
 """Evaluation tasks scored without a trained model: canonical solutions, fake completers, a
 fake corpus. Honesty checks: canonical -> 1.0, empty/wrong -> fail."""
 
+import gzip
 import json
 import math
 import os
@@ -203,6 +204,209 @@ def test_infilling_task_with_a_fake_engine(multi):
     res = get_task("humaneval_infill_multi").evaluate(EvalContext(config=c, engine=engine))
     assert res.metrics["exact_match"] == 1.0 and res.metrics["functional"] == 1.0
     assert engine.calls == [("spm", ())]
+
+
+class ConventionEngine:
+    """Answers from a table keyed by the exact (prefix, suffix) the task sends; records the
+    decoding arguments of every call."""
+
+    def __init__(self, answers):
+        self.answers, self.calls = answers, []
+
+    def infill(self, prefixes, suffixes, *, mode, stop, seed, max_new_tokens, temperature, top_p):
+        self.calls.append(
+            dict(
+                mode=mode,
+                stop=tuple(stop),
+                seed=seed,
+                n=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+            )
+        )
+        return [self.answers[(p, s)] for p, s in zip(prefixes, suffixes)]
+
+
+def test_qwen_postprocessing_matches_its_rules():
+    assert infilling.qwen_prediction("  x = 1  \ny = 2") == "x = 1"
+    assert infilling.qwen_prediction("\n    x = 1\n") == "x = 1"  # starts with "\n": line 2
+    assert infilling.qwen_prediction(" \n    x = 1") == "x = 1"  # starts with " \n": line 2
+    assert infilling.qwen_prediction("\n\nx = 1") == ""  # only the second line is looked at
+    assert infilling.qwen_prediction("") == ""
+
+
+def test_humaneval_fim_qwen_oracle_passes_wrong_fails_settings_recorded(single):
+    c = cfg(limit=6, temperature=0.7, max_new_tokens=5, fim_mode="spm")  # all ignored: pinned
+    tasks = single[:6]
+    # The oracle answers with Qwen-style noise the post-processing must remove: a leading
+    # newline and further lines after the answer.
+    oracle = ConventionEngine(
+        {(t["prompt"], t["suffix"]): "\n" + t["canonical_solution"] + "more\n" for t in tasks}
+    )
+    res = get_task("humaneval_fim_qwen").evaluate(EvalContext(config=c, engine=oracle))
+    assert res.metrics == {"exact_match": 1.0, "num_tasks": 6.0}
+    assert oracle.calls == [
+        dict(mode="psm", stop=(), seed=c.seed, n=64, temperature=0.0, top_p=1.0)
+    ]
+    dec = res.records[0]["decoding"]
+    assert (dec["max_new_tokens"], dec["temperature"], dec["num_samples"], dec["fim_mode"]) == (
+        64,
+        0.0,
+        1,
+        "psm",
+    )
+    assert dec["stop"] == () and "Qwen2.5-Coder" in dec["convention"] and dec["limit"] == 6
+    assert dec["source"] == "derived from HumanEval"
+    # Wrong: the right line one indentation level off still matches (stripped, as Qwen does),
+    # a different line does not.
+    answers = {(t["prompt"], t["suffix"]): "    " + t["canonical_solution"] for t in tasks}
+    answers[(tasks[0]["prompt"], tasks[0]["suffix"])] = "    return None\n"
+    res = get_task("humaneval_fim_qwen").evaluate(
+        EvalContext(config=c, engine=ConventionEngine(answers))
+    )
+    assert res.metrics["exact_match"] == pytest.approx(5 / 6)
+    assert [r["exact_match"] for r in res.records] == [False] + [True] * 5
+
+
+def test_qwen_truncation_budget_and_token_cut():
+    ctx = EvalContext(config=cfg())  # train.seq_len 256
+    assert infilling.context_budget(ctx, 64) == {
+        "max_seq_length": 256,
+        "left_context_tokens": 256 - 64 - 64 - 3,
+        "right_context_tokens": 64,
+    }
+    big = cfg(context_tokens=4096)
+    # At >= 2048 tokens: exactly Qwen's 2048 - 64 - 512 (less the 3 FIM sentinels).
+    assert infilling.context_budget(EvalContext(config=big), 64) == {
+        "max_seq_length": 2048,
+        "left_context_tokens": 1469,
+        "right_context_tokens": 512,
+    }
+    tok = CharTokenizer()
+    assert infilling.truncate_context("abcdef", "uvwxyz", tok, 2, 3) == ("ef", "uvw", True)
+    assert infilling.truncate_context("ab", "uv", tok, 2, 3) == ("ab", "uv", False)
+
+
+def test_humaneval_infilling_openai_oracle_passes_wrong_fails(single, multi):
+    c = cfg(limit=3, temperature=0.9)
+    for name, tasks in (
+        ("humaneval_infilling_openai_single", single),
+        ("humaneval_infilling_openai_multi", multi),
+    ):
+        oracle = ConventionEngine(
+            {(t["prompt"], t["suffix"]): t["canonical_solution"] for t in tasks[:3]}
+        )
+        ctx = EvalContext(config=c, engine=oracle)
+        res = get_task(name).evaluate(ctx)
+        assert res.metrics == {"pass@1": 1.0, "num_tasks": 3.0}, name
+        want = 128 if name.endswith("single") else 256
+        assert oracle.calls == [
+            dict(mode="psm", stop=(), seed=c.seed, n=want, temperature=0.0, top_p=1.0)
+        ]
+        assert res.records[0]["decoding"]["postprocess"].startswith("none")
+    # Used as generated: a right line followed by more text is not cut (unlike
+    # humaneval_infill_single), so it fails; a plain wrong line fails too.
+    t = {x["task_id"]: x for x in single}["SingleLineInfilling/HumanEval/9/L7"]
+    kept_going = t["canonical_solution"] + "        return []\n"  # right line, then more
+    for answers, want in (
+        ([t["canonical_solution"]], 1.0),
+        ([kept_going], 0.0),
+        (["            pass\n"], 0.0),
+        ([t["canonical_solution"], "x"], 0.5),
+    ):
+        res = infilling.score_openai([t], [answers], {"k": 1}, LIMITS, 1)
+        assert res.metrics["pass@1"] == want, answers
+        assert res.records[0]["decoding"] == {"k": 1}
+
+
+def write_official(folder, benchmark, rows, gz=True):
+    path = folder / (infilling.OFFICIAL_FILES[benchmark] + (".jsonl.gz" if gz else ".jsonl"))
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+def test_random_span_needs_the_official_files(tmp_path, single, monkeypatch):
+    c = cfg(limit=2)
+    with pytest.raises(FileNotFoundError, match="cannot be derived.*humaneval_infill_dir"):
+        get_task("humaneval_infilling_openai_random_span").problems(EvalContext(config=c))
+    # An official-format file (here: 164 rows built from single-line tasks, ids renamed) is
+    # read from eval.humaneval_infill_dir; its count is checked.
+    rows = [
+        dict(
+            {k: t[k] for k in ("prompt", "suffix", "canonical_solution", "test", "entry_point")},
+            task_id=f"RandomSpanInfillingLight/{i}",
+        )
+        for i, t in enumerate(single[:164])
+    ]
+    write_official(tmp_path, "random-span-light", rows)
+    c.eval.humaneval_infill_dir = str(tmp_path)
+    task = get_task("humaneval_infilling_openai_random_span_light")
+    assert [p["task_id"] for p in task.problems(EvalContext(config=c))] == [
+        "RandomSpanInfillingLight/0",
+        "RandomSpanInfillingLight/1",
+    ]
+    oracle = ConventionEngine({(r["prompt"], r["suffix"]): r["canonical_solution"] for r in rows})
+    res = task.evaluate(EvalContext(config=c, engine=oracle))
+    assert res.metrics["pass@1"] == 1.0
+    assert res.records[0]["decoding"]["source"].endswith(
+        "HumanEval-RandomSpanInfillingLight.jsonl.gz"
+    )
+    write_official(tmp_path, "random-span", rows[:10], gz=False)
+    with pytest.raises(ValueError, match="has 10 tasks; the official random-span file has 1640"):
+        get_task("humaneval_infilling_openai_random_span").problems(EvalContext(config=c))
+    c.eval.humaneval_infill_dir = str(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        task.problems(EvalContext(config=c))
+
+
+def test_recipes_pin_their_settings_and_refuse_conflicts(tmp_path, monkeypatch, capsys):
+    from zen_code_jax.eval import recipes
+
+    assert recipes.resolve("humaneval_fim_qwen", [], {}) == ["humaneval_fim_qwen"]
+    assert recipes.resolve(None, ["humaneval_infill_single"], {"temperature": 0.2}) == [
+        "humaneval_infill_single"
+    ]  # the classic task follows config.eval
+    for flags, msg in (
+        (
+            {"temperature": 0.2},
+            r"--temperature=0.2 \(task humaneval_fim_qwen "
+            r"pins temperature=0.0\)",
+        ),
+        ({"max_new_tokens": 32}, "pins max_new_tokens=64"),
+        ({"num_samples": 5}, "pins num_samples=1"),
+        ({"tasks": "humaneval"}, "fixes its tasks.*drop --tasks"),
+    ):
+        with pytest.raises(ValueError, match=msg):
+            recipes.resolve("humaneval_fim_qwen", [], flags)
+    with pytest.raises(ValueError, match="Valid recipes: humaneval_fim_qwen"):
+        recipes.resolve("qwen", [], {})
+    with pytest.raises(ValueError, match="pins temperature"):  # the task name alone pins too
+        recipes.resolve(None, ["humaneval_fim_qwen"], {"temperature": 0.2})
+    with pytest.raises(SystemExit, match="pins max_new_tokens=64"):
+        cli_main([f"--run_dir={tmp_path}", "--recipe=humaneval_fim_both", "--max_new_tokens=8"])
+    # The CLI hands the recipe's tasks to the runner.
+    from zen_code_jax.eval import __main__ as cli
+
+    seen = {}
+    monkeypatch.setattr(
+        cli,
+        "score_checkpoint",
+        lambda run, names, overrides, workdir: seen.update(names=names, o=overrides) or {},
+    )
+    cli_main(
+        [
+            f"--run_dir={tmp_path}",
+            "--recipe=humaneval_infilling_openai",
+            "--limit=3",
+            f"--humaneval_infill_dir={tmp_path}",
+        ]
+    )
+    capsys.readouterr()
+    assert seen == {
+        "names": ["humaneval_infilling_openai_single", "humaneval_infilling_openai_multi"],
+        "o": {"eval.limit": 3, "eval.humaneval_infill_dir": str(tmp_path)},
+    }
 
 
 # ----------------------------------------------------------------------------- held-out
@@ -529,6 +733,11 @@ def test_registry_and_unknown_task_error():
         "humaneval",
         "humaneval_infill_single",
         "humaneval_infill_multi",
+        "humaneval_fim_qwen",
+        "humaneval_infilling_openai_single",
+        "humaneval_infilling_openai_multi",
+        "humaneval_infilling_openai_random_span",
+        "humaneval_infilling_openai_random_span_light",
         "heldout_fim",
         "heldout_loss",
         "repo_completion",

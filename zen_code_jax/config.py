@@ -153,6 +153,9 @@ def base_config() -> ml_collections.ConfigDict:
             context_tokens=0,  # eval: prompt+generation token budget; 0 = train.seq_len
             mbpp_path="",  # eval: user-supplied MBPP JSONL (published format)
             multipl_e_path="",  # eval: user-supplied MultiPL-E JSONL (published format)
+            # eval: folder with OpenAI's official HumanEval-*Infilling.jsonl[.gz] files;
+            # needed for random-span(-light) (random draws, not derivable from HumanEval)
+            humaneval_infill_dir="",
         )
     )
 

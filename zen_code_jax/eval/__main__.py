@@ -3,7 +3,8 @@
 python -m zen_code_jax.eval --export=humaneval > humaneval.jsonl
 python -m zen_code_jax.eval --export=heldout_fim --run_dir=RUN   # needs the run's corpus
 python -m zen_code_jax.eval --run_dir=RUN --tasks=humaneval,heldout_loss [--limit=20]
-python -m zen_code_jax.eval --list
+python -m zen_code_jax.eval --recipe=humaneval_fim_qwen --run_dir=RUN   # a pinned convention
+python -m zen_code_jax.eval --list                                       # tasks and recipes
 
 RUN is one run directory, WORKDIR/<experiment>/<arm>; --workdir is the WORKDIR (the root of
 many runs, holding cache/), by default the run's own. The same vocabulary as
@@ -20,6 +21,7 @@ from typing import Any
 
 from zen_code_jax.config import apply_overrides, base_config, config_from_dict, model_config_from
 from zen_code_jax.eval.base import EvalContext
+from zen_code_jax.eval.recipes import RECIPES, resolve
 from zen_code_jax.eval.registry import get_task, registry
 from zen_code_jax.eval.runner import corpus_loader, score_checkpoint
 from zen_code_jax.rundir import RunDir
@@ -40,6 +42,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--temperature", type=float)
     ap.add_argument("--max_new_tokens", type=int)
     ap.add_argument("--data", help="JSONL for mbpp / multipl_e (sets eval.<task>_path)")
+    ap.add_argument(
+        "--recipe", help="a pinned convention (tasks + decoding); see --list and docs/eval.md"
+    )
+    ap.add_argument(
+        "--humaneval_infill_dir",
+        help="folder with OpenAI's official HumanEval-*Infilling.jsonl[.gz] files",
+    )
     ap.add_argument("--list", action="store_true", help="list the tasks")
     return ap.parse_args(argv)
 
@@ -49,6 +58,8 @@ def _overrides(a: argparse.Namespace, names: list[str]) -> dict[str, Any]:
     for k in ("limit", "num_samples", "temperature", "max_new_tokens"):
         if getattr(a, k) is not None:
             o[f"eval.{k}"] = getattr(a, k)
+    if a.humaneval_infill_dir:
+        o["eval.humaneval_infill_dir"] = a.humaneval_infill_dir
     if a.data:
         for n in names:
             if n in ("mbpp", "multipl_e"):
@@ -84,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     a = _parse(argv)
     if a.list:
         for name, t in sorted(registry().items()):
-            print(f"{name:28s} {t.description}")
+            print(f"{name:44s} {t.description}")
+        print("\nrecipes (--recipe=NAME):")
+        for name, r in RECIPES.items():
+            print(f"{name:44s} {', '.join(r.tasks)}: {r.description}")
         return 0
     if a.export:
         return _export(a)
@@ -94,6 +108,13 @@ def main(argv: list[str] | None = None) -> int:
             "(--workdir is the root of many runs, not one run; see --help)."
         )
     names = [t for t in (a.tasks or "").split(",") if t]
+    flags = {k: getattr(a, k) for k in ("tasks", "data", "temperature", "max_new_tokens")}
+    flags["num_samples"] = a.num_samples
+    if a.recipe is not None or names:
+        try:
+            names = resolve(a.recipe, names, flags)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
     summaries = score_checkpoint(
         a.run_dir, names or None, overrides=_overrides(a, names), workdir=a.workdir
     )

@@ -11,7 +11,9 @@
     format), under the other FIM layout (`middle_bpb_spm` when eval.fim_mode is psm, and
     vice versa; the FIM ablation compares both) and, for comparison, under a prefix-only
     prompt (plain left-to-right). The <|endoftext|> that ends a FIM middle is not counted,
-    so all numbers cover the same bytes. Micro-averaged (total bits / total bytes).
+    so all numbers cover the same bytes. Micro-averaged (total bits / total bytes). Each
+  record keeps its `kind`, `bytes` and nats per prompt (`nats_psm`, `nats_spm`,
+  `nats_prefix_only`), so the report can bootstrap standard errors over examples.
 - `heldout_loss`: left-to-right loss (nats/token) and bits per byte of whole held-out files,
   conditioned on <|endoftext|> as in packed training; files longer than the context are
   scored in chunks with half a context of history.
@@ -206,11 +208,15 @@ class HeldoutFimTask(Task):
                 records.append(
                     {
                         "task_id": e["task_id"],
+                        "kind": kind,
                         "repo": e["repo"],
                         "path": e["path"],
                         "target": e["canonical_solution"],
                         "generation": g,
                         "exact_match": ok,
+                        "bytes": nbytes,
+                        f"nats_{mode}": nf,
+                        "nats_prefix_only": npre,
                         "middle_bpb_fim": bits_per_byte(nf, nbytes),
                         "middle_bpb_prefix_only": bits_per_byte(npre, nbytes),
                     }
@@ -219,7 +225,13 @@ class HeldoutFimTask(Task):
             metrics[f"{kind}/middle_bpb_fim"] = bits_per_byte(tot_fim, int(tot_bytes))
             metrics[f"{kind}/middle_bpb_prefix_only"] = bits_per_byte(tot_pre, int(tot_bytes))
             metrics[f"{kind}/num_samples"] = float(len(exs))
-        metrics.update(other_layout_middle_bpb(ctx, scored))
+        other = other_layout(mode)
+        by_id = {r["task_id"]: r for r in records}
+        for kind, nats in other_layout_nats(ctx, scored).items():
+            nbytes = sum(len(e["canonical_solution"].encode("utf-8")) for e in scored[kind])
+            metrics[f"{kind}/middle_bpb_{other}"] = bits_per_byte(sum(nats), nbytes)
+            for e, n in zip(scored[kind], nats):
+                by_id[e["task_id"]][f"nats_{other}"] = n
         return TaskResult(metrics, records)
 
 
@@ -228,11 +240,11 @@ def other_layout(mode: str) -> str:
     return "spm" if str(mode) == "psm" else "psm"
 
 
-def other_layout_middle_bpb(
+def other_layout_nats(
     ctx: EvalContext, examples: dict[str, list[dict[str, Any]]]
-) -> dict[str, float]:
-    """`{kind}/middle_bpb_{other}`: middle loss (bits/byte) of the same held-out examples
-    under the FIM layout `eval.fim_mode` did not use.
+) -> dict[str, list[float]]:
+    """Per example, the middle's nats under the FIM layout `eval.fim_mode` did not use
+    (`nats_{other}` in the records; summed into `{kind}/middle_bpb_{other}`).
 
     The FIM ablation compares both layouts on identical bytes, so this teacher-forces the
     task's own samples, trimmed exactly as for the main layout (`fit_fim(with_middle=True)`),
@@ -241,14 +253,12 @@ def other_layout_middle_bpb(
     engine = ctx.need_engine()
     mode = other_layout(str(ctx.eval_cfg.fim_mode))
     tok, budget = ctx.tokenizer, ctx.context_tokens()
-    out: dict[str, float] = {}
+    out: dict[str, list[float]] = {}
     for kind, exs in examples.items():
         fitted = [fit_fim(e, tok, budget, with_middle=True) for e in exs]
         contexts = [fim_prompt_tokens(p, s, mode, tok) for p, s in fitted]
         mids = [tok.encode(e["canonical_solution"]) for e in exs]
-        nats = sum(-float(np.sum(lp)) for lp in engine.token_logprobs(contexts, mids))
-        nbytes = sum(len(e["canonical_solution"].encode("utf-8")) for e in exs)
-        out[f"{kind}/middle_bpb_{mode}"] = bits_per_byte(nats, nbytes)
+        out[kind] = [-float(np.sum(lp)) for lp in engine.token_logprobs(contexts, mids)]
     return out
 
 

@@ -19,12 +19,32 @@ SingleLineInfilling examples character for character; one published MultiLineInf
 Scores: exact match (lines compared with trailing whitespace stripped, trailing blank lines
 ignored) and functional correctness (prompt + infill + suffix passes the tests in the sandbox).
 For single-line tasks the generation is cut at its first newline (the task is one line).
+
+Two published conventions, each a task of its own whose settings are pinned (never read from
+`config.eval`'s decoding fields), because papers mix them and their numbers differ:
+
+- `humaneval_fim_qwen`: Qwen2.5-Coder's "HumanEval-FIM" (QwenLM qwencoder-eval,
+  `fim-bench/hm_fim`): the single-line tasks, PSM prompt, greedy, 64 new tokens, no stop
+  words; the prediction is the generation's first line (its second when the generation
+  starts with "\n" or " \n"), stripped, compared with the stripped target: exact match.
+- `humaneval_infilling_openai_{single,multi,random_span,random_span_light}`: OpenAI's
+  HumanEval-Infilling (Bavarian et al. 2022): the completion as generated (no stop words, no
+  post-processing) runs as `prompt + completion + suffix + "\n" + test + "\n" +
+  check(entry_point)`; functional pass@1. Single and multi are derived as above unless
+  `eval.humaneval_infill_dir` holds the official files; random-span(-light) spans are random
+  draws, so they exist only as the official files in that folder.
+
+Each record carries `decoding`, the exact settings it was scored with.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import gzip
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from zen_code_jax.eval.base import (
@@ -191,4 +211,289 @@ class InfillingTask(Task):
         return score_infills(tasks, gens, limits=ctx.sandbox_limits(), workers=ctx.workers)
 
 
-TASKS = (InfillingTask(SINGLE), InfillingTask(MULTI))
+# ----------------------------------------------------------------------------- conventions
+# The official files of openai/human-eval-infilling (data/), by benchmark name.
+OFFICIAL_FILES = {
+    "single-line": "HumanEval-SingleLineInfilling",
+    "multi-line": "HumanEval-MultiLineInfilling",
+    "random-span": "HumanEval-RandomSpanInfilling",
+    "random-span-light": "HumanEval-RandomSpanInfillingLight",
+}
+OFFICIAL_COUNTS = {
+    "single-line": 1033,
+    "multi-line": 5815,
+    "random-span": 1640,
+    "random-span-light": 164,
+}
+DERIVED = {"single-line": SINGLE, "multi-line": MULTI}
+# Qwen's fim-bench truncation (utils.prepare_prompt, codelm_leftright_context): the left
+# context keeps its last (max_seq_length - gen_length - right_context_length) tokens, the
+# right context its first right_context_length tokens.
+QWEN_MAX_SEQ_LENGTH, QWEN_RIGHT_CONTEXT = 2048, 512
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoding:
+    """What a convention pins: decoding, prompt layout, stop words and post-processing.
+
+    Recorded verbatim in every record (`decoding`), so a number can always be traced to the
+    settings that produced it; `recipes.py` refuses command-line flags that contradict it.
+    """
+
+    convention: str
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    num_samples: int = 1
+    fim_mode: str = "psm"
+    stop: tuple[str, ...] = ()
+    postprocess: str = ""
+
+    def fields(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def official_path(folder: str, benchmark: str) -> Path | None:
+    """The official file for `benchmark` in `folder` (.jsonl.gz or .jsonl), or None."""
+    if not folder:
+        return None
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"eval.humaneval_infill_dir={folder!r} is not a folder; point it at the data/ "
+            "folder of github.com/openai/human-eval-infilling."
+        )
+    for ext in (".jsonl.gz", ".jsonl"):
+        path = root / (OFFICIAL_FILES[benchmark] + ext)
+        if path.is_file():
+            return path
+    return None
+
+
+def load_benchmark(benchmark: str, folder: str = "") -> tuple[list[dict[str, Any]], str]:
+    """(tasks, source) for an OpenAI HumanEval-Infilling benchmark: the official file from
+    `folder` when it is there, else (single/multi only) the tasks derived from HumanEval.
+
+    Random-span spans are random draws (Bavarian et al. 2022), so they cannot be derived;
+    without the official file this raises with where to get it.
+    """
+    if benchmark not in OFFICIAL_FILES:
+        raise ValueError(f"Unknown benchmark {benchmark!r}; use one of {sorted(OFFICIAL_FILES)}.")
+    path = official_path(folder, benchmark)
+    if path is None:
+        if benchmark not in DERIVED:
+            raise FileNotFoundError(
+                f"HumanEval-Infilling {benchmark} cannot be derived from HumanEval (its spans "
+                f"are random draws): download {OFFICIAL_FILES[benchmark]}.jsonl.gz from "
+                "github.com/openai/human-eval-infilling (data/) and set "
+                "eval.humaneval_infill_dir (or --humaneval_infill_dir) to its folder."
+            )
+        return load_infilling(DERIVED[benchmark]), "derived from HumanEval"
+    raw = path.read_bytes()
+    text = (gzip.decompress(raw) if path.suffix == ".gz" else raw).decode("utf-8")
+    rows = [json.loads(ln) for ln in text.splitlines() if ln.strip()]
+    need = {"task_id", "prompt", "suffix", "canonical_solution", "test", "entry_point"}
+    for r in rows:
+        if need - set(r):
+            raise ValueError(f"{path}: row {r.get('task_id', '?')} lacks {sorted(need - set(r))}.")
+    if len(rows) != OFFICIAL_COUNTS[benchmark]:
+        raise ValueError(
+            f"{path} has {len(rows)} tasks; the official {benchmark} file has "
+            f"{OFFICIAL_COUNTS[benchmark]}. Use the unmodified file (eval.limit takes a subset)."
+        )
+    return rows, str(path)
+
+
+def truncate_context(
+    prefix: str, suffix: str, tok: Any, left_tokens: int, right_tokens: int
+) -> tuple[str, str, bool]:
+    """Qwen's token-level truncation: the prefix's last `left_tokens` tokens and the suffix's
+    first `right_tokens` (decoded back to text). No tokenizer: unchanged."""
+    if tok is None:
+        return prefix, suffix, False
+    cut = False
+    ids = tok.encode(prefix)
+    if len(ids) > left_tokens:
+        prefix, cut = (tok.decode(ids[-left_tokens:]) if left_tokens > 0 else ""), True
+    ids = tok.encode(suffix)
+    if len(ids) > right_tokens:
+        suffix, cut = (tok.decode(ids[:right_tokens]) if right_tokens > 0 else ""), True
+    return prefix, suffix, cut
+
+
+def context_budget(ctx: EvalContext, max_new_tokens: int) -> dict[str, int]:
+    """Token budgets of the prompt: Qwen's (2048 total, 512 right context) scaled down to the
+    model's context (`eval.context_tokens`, default `train.seq_len`), less 3 FIM sentinels."""
+    seq = min(QWEN_MAX_SEQ_LENGTH, ctx.context_tokens())
+    right = QWEN_RIGHT_CONTEXT * seq // QWEN_MAX_SEQ_LENGTH
+    left = max(0, seq - max_new_tokens - right - 3)
+    return {"max_seq_length": seq, "left_context_tokens": left, "right_context_tokens": right}
+
+
+def qwen_prediction(generation: str) -> str:
+    """Qwen's hm_fim post-processing: the first line, or the second when the generation
+    starts with "\\n" or " \\n"; stripped."""
+    parts = generation.split("\n")
+    start = generation.startswith("\n") or generation.startswith(" \n")
+    return (parts[1] if start else parts[0]).strip()
+
+
+def _generate(ctx: EvalContext, tasks: list[dict[str, Any]], dec: Decoding) -> tuple[list, dict]:
+    """[task][sample] generations under `dec`, prompts truncated to the context budget;
+    returns them and the settings to record."""
+    engine = ctx.need_engine()
+    budget = context_budget(ctx, dec.max_new_tokens)
+    fitted = [
+        truncate_context(
+            t["prompt"],
+            t["suffix"],
+            ctx.tokenizer,
+            budget["left_context_tokens"],
+            budget["right_context_tokens"],
+        )
+        for t in tasks
+    ]
+    out: list[list[str]] = [[] for _ in tasks]
+    for j in range(dec.num_samples):
+        texts = engine.infill(
+            [p for p, _, _ in fitted],
+            [s for _, s, _ in fitted],
+            mode=dec.fim_mode,
+            stop=dec.stop,
+            seed=ctx.seed + j,
+            max_new_tokens=dec.max_new_tokens,
+            temperature=dec.temperature,
+            top_p=dec.top_p,
+        )
+        if len(texts) != len(tasks):
+            raise RuntimeError(f"completer returned {len(texts)} texts for {len(tasks)} prompts")
+        for row, text in zip(out, texts):
+            row.append(text)
+    settings = {
+        **dec.fields(),
+        **budget,
+        "seed": ctx.seed,
+        "limit": ctx.limit,
+        "truncated": sum(c for _, _, c in fitted),
+    }
+    return out, settings
+
+
+QWEN_FIM = Decoding(
+    convention="Qwen2.5-Coder HumanEval-FIM (qwencoder-eval fim-bench/hm_fim)",
+    max_new_tokens=64,
+    postprocess="first line (second if the generation starts with '\\n' or ' \\n'), "
+    "stripped; exact match against the stripped target",
+)
+
+
+class QwenFimTask(Task):
+    name = "humaneval_fim_qwen"
+    description = (
+        "HumanEval-FIM as Qwen2.5-Coder reports it: 1,033 single-line tasks, greedy, 64 new "
+        "tokens, first-line exact match"
+    )
+    decoding = QWEN_FIM
+
+    def problems(self, ctx: EvalContext) -> list[dict[str, Any]]:
+        tasks, _ = load_benchmark("single-line", str(ctx.eval_cfg.humaneval_infill_dir))
+        return apply_limit(tasks, ctx.limit)
+
+    def evaluate(self, ctx: EvalContext) -> TaskResult:
+        tasks = self.problems(ctx)
+        _, source = load_benchmark("single-line", str(ctx.eval_cfg.humaneval_infill_dir))
+        gens, settings = _generate(ctx, tasks, self.decoding)
+        settings["source"] = source
+        records, hits = [], []
+        for t, samples in zip(tasks, gens):
+            for g in samples:
+                pred = qwen_prediction(g)
+                ok = pred == t["canonical_solution"].strip()
+                hits.append(ok)
+                records.append(
+                    {
+                        "task_id": t["task_id"],
+                        "generation": g,
+                        "prediction": pred,
+                        "target": t["canonical_solution"],
+                        "exact_match": ok,
+                        "decoding": settings,
+                    }
+                )
+        metrics = {"exact_match": sum(hits) / max(1, len(hits)), "num_tasks": float(len(tasks))}
+        return TaskResult(metrics, records)
+
+
+def openai_program(task: dict[str, Any], completion: str) -> str:
+    """The program human-eval-infilling's `check_correctness` runs."""
+    return (
+        task["prompt"]
+        + completion
+        + task["suffix"]
+        + "\n"
+        + task["test"]
+        + "\n"
+        + f"check({task['entry_point']})"
+    )
+
+
+OPENAI_MAX_NEW_TOKENS = {
+    "single-line": 128,
+    "multi-line": 256,
+    "random-span": 256,
+    "random-span-light": 256,
+}
+
+
+class OpenAIInfillingTask(Task):
+    def __init__(self, benchmark: str):
+        self.benchmark = benchmark
+        self.name = "humaneval_infilling_openai_" + benchmark.replace("-line", "").replace("-", "_")
+        self.description = (
+            f"OpenAI HumanEval-Infilling {benchmark} ({OFFICIAL_COUNTS[benchmark]} tasks): "
+            "functional pass@1, greedy, completion used as generated"
+        )
+        self.decoding = Decoding(
+            convention=f"OpenAI HumanEval-Infilling {benchmark} (openai/human-eval-infilling)",
+            max_new_tokens=OPENAI_MAX_NEW_TOKENS[benchmark],
+            postprocess="none: prompt + completion + suffix + '\\n' + test + '\\n' + "
+            "check(entry_point) runs in the sandbox; pass@1",
+        )
+
+    def problems(self, ctx: EvalContext) -> list[dict[str, Any]]:
+        tasks, _ = load_benchmark(self.benchmark, str(ctx.eval_cfg.humaneval_infill_dir))
+        return apply_limit(tasks, ctx.limit)
+
+    def evaluate(self, ctx: EvalContext) -> TaskResult:
+        tasks = self.problems(ctx)
+        _, source = load_benchmark(self.benchmark, str(ctx.eval_cfg.humaneval_infill_dir))
+        gens, settings = _generate(ctx, tasks, self.decoding)
+        settings["source"] = source
+        settings["sandbox_timeout_s"] = float(ctx.eval_cfg.sandbox_timeout_s)
+        return score_openai(tasks, gens, settings, ctx.sandbox_limits(), ctx.workers)
+
+
+def score_openai(
+    tasks: Sequence[dict[str, Any]],
+    generations: Sequence[Sequence[str]],
+    settings: dict[str, Any],
+    limits: SandboxLimits,
+    workers: int,
+) -> TaskResult:
+    """pass@1 of [task][sample] completions, each used as generated (`openai_program`)."""
+    keys, progs, comps = [], [], []
+    for t, samples in zip(tasks, generations):
+        for g in samples:
+            keys.append(t["task_id"])
+            comps.append(g)
+            progs.append(python_job(openai_program(t, g)))
+    res = score_programs(keys, progs, comps, limits=limits, workers=workers, ks=(1,))
+    for r in res.records:
+        r["decoding"] = settings
+    return TaskResult(
+        {"pass@1": res.metrics["pass@1"], "num_tasks": float(len(tasks))}, res.records
+    )
+
+
+CONVENTION_TASKS = (QwenFimTask(),) + tuple(OpenAIInfillingTask(b) for b in OFFICIAL_FILES)
+TASKS = (InfillingTask(SINGLE), InfillingTask(MULTI)) + CONVENTION_TASKS

@@ -1,8 +1,10 @@
 """The ablation report: report.md (a table shaped like the report's own) and report.png.
 
-Everything is rebuilt from the arms' logs (`<arm>/metrics.jsonl` for loss curves and
-`<arm>/eval/summary.json`, written by the eval runner, for final metrics), so `run.py --mode=report` works on a
-finished, partly finished or copied experiment directory without a model.
+Everything is rebuilt from the arms' logs (`<arm>/metrics.jsonl` for loss curves,
+`<arm>/eval/summary.json`, written by the eval runner, for final metrics, and
+`<arm>/eval/<task>.jsonl` for their standard errors: `report_stats.py`), so `run.py
+--mode=report` works on a finished, partly finished or copied experiment directory without
+a model. The figure is `report_plot.py`.
 
 The paper's numbers sit beside ours for reference only: they come from a 14B model and
 ~2T tokens; a CPU-scale run cannot reproduce them, and the report says so in plain words.
@@ -10,13 +12,16 @@ The paper's numbers sit beside ours for reference only: they come from a 14B mod
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
 
 from zen_code_jax.config import model_config_from
+from zen_code_jax.experiment.report_plot import fim_panels, plot, repo_panels, repo_x
+from zen_code_jax.experiment.report_stats import derived_metrics, task_standard_errors
 from zen_code_jax.model.config import param_count
-from zen_code_jax.rundir import RunDir
+from zen_code_jax.rundir import RunDir, write_text_atomic
 from zen_code_jax.tracking import read_scalars
 
 # The report's Table 7 (FIM rate) and Table 8 (repository fine-tuning).
@@ -62,71 +67,96 @@ SCALE_NOTES = {
 }
 
 
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+
+
 def _load_arm(path: Path) -> dict[str, Any]:
-    """One arm's loss curve (metrics.jsonl), final metrics (eval/summary.json) and config."""
+    """One arm's loss curve (metrics.jsonl), final metrics (eval/summary.json), their
+    standard errors (from eval/<task>.jsonl) and config."""
     run_dir = RunDir(path)
     curve = {
         int(r["step"]): float(r["train/loss"])
         for r in read_scalars(run_dir.metrics)
         if "train/loss" in r
     }
+    config = run_dir.read_config() if run_dir.config_json.exists() else {}
+    mode = str(config.get("eval", {}).get("fim_mode", "psm"))
     metrics: dict[str, float] = {}
+    se: dict[str, float] = {}
     for task, values in run_dir.read_summary().items():  # {task: {metric: value, "step": n}}
         for key, value in values.items():
             if key != "step" and isinstance(value, int | float):
                 metrics[f"{task}/{key}"] = float(value)
-    config = run_dir.read_config() if run_dir.config_json.exists() else {}
-    return {"curve": sorted(curve.items()), "metrics": metrics, "config": config}
+        for key, value in task_standard_errors(
+            task, _read_records(run_dir.records(task)), mode
+        ).items():
+            se[f"{task}/{key}"] = value
+    metrics.update(derived_metrics(metrics))
+    # The main FIM layout's middle loss also under its layout's name, so PSM and SPM columns
+    # read the same keys whichever layout eval.fim_mode scored first.
+    for store in (metrics, se):
+        for key in [k for k in store if k.endswith("/middle_bpb_fim")]:
+            store.setdefault(key.replace("/middle_bpb_fim", f"/middle_bpb_{mode}"), store[key])
+    return {"curve": sorted(curve.items()), "metrics": metrics, "se": se, "config": config}
 
 
-def _find(metrics: dict[str, float], task: str, *names: str) -> float | None:
-    """The first metric `task/name` present (tasks may name the same thing differently)."""
-    for name in names:
-        key = f"{task}/{name}"
-        if key in metrics:
-            return float(metrics[key])
-    return None
-
-
-def _fmt(value: float | None, pct: bool = False, digits: int = 3) -> str:
+def _fmt(value: float | None, pct: bool = False, digits: int = 3, se: float | None = None) -> str:
+    """A value (in % if pct), with ' ± SE' when its standard error is known."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    return f"{100 * value:.1f}" if pct else f"{value:.{digits}f}"
+    scale = 100.0 if pct else 1.0
+    text = f"{scale * value:.1f}" if pct else f"{value:.{digits}f}"
+    if se is not None and not math.isnan(se):
+        text += f" ± {scale * se:.1f}" if pct else f" ± {se:.{digits}f}"
+    return text
+
+
+def _cell(arm: dict[str, Any], key: str, pct: bool = False) -> str:
+    return _fmt(arm["metrics"].get(key), pct=pct, se=arm["se"].get(key))
+
+
+def _paper_cell(value: float | None) -> str:
+    return "–" if value is None else str(value)
 
 
 def _fim_table(arms: list[str], data: dict[str, dict]) -> list[str]:
     head = (
-        "| arm | FIM rate | HumanEval pass@1 (ours / paper) | FIM EM single-line, "
-        "HumanEval-Infilling (ours / paper) | held-out L2R bits/byte | middle loss PSM | "
-        "middle loss SPM | middle loss prefix-only | held-out single-line EM |"
+        "| arm | FIM rate | HumanEval pass@1 (ours / paper) | HumanEval-FIM EM, Qwen "
+        "convention (ours / paper) | HumanEval-Infilling single-line pass@1, OpenAI "
+        "convention | held-out L2R bits/byte | middle loss PSM | middle loss SPM | middle "
+        "loss prefix-only | gap prefix-only − FIM | held-out single-line EM |"
     )
-    lines = [head, "|" + "---|" * 9]
+    lines = [head, "|" + "---|" * 11]
     for arm in arms:
-        m = data[arm]["metrics"]
-        rate = data[arm]["config"].get("fim", {}).get("rate")
+        d = data[arm]
+        rate = d["config"].get("fim", {}).get("rate")
         paper = PAPER_TABLE7.get(arm, (None, None))
-        he = _find(m, "humaneval", "pass@1")
-        em = _find(m, "humaneval_infill_single", "exact_match")
-        mode = data[arm]["config"].get("eval", {}).get("fim_mode", "psm")
-        other = "spm" if mode == "psm" else "psm"
-        by_mode = {
-            mode: _find(m, "heldout_fim", "single/middle_bpb_fim"),
-            other: _find(m, "heldout_fim", f"single/middle_bpb_{other}"),
-        }
         lines.append(
             f"| {arm} | {rate if rate is not None else '–'} "
-            f"| {_fmt(he, pct=True)} / {paper[0] if paper[0] is not None else '–'} "
-            f"| {_fmt(em, pct=True)} / {paper[1] if paper[1] is not None else '–'} "
-            f"| {_fmt(_find(m, 'heldout_loss', 'bits_per_byte'))} "
-            f"| {_fmt(by_mode['psm'])} | {_fmt(by_mode['spm'])} "
-            f"| {_fmt(_find(m, 'heldout_fim', 'single/middle_bpb_prefix_only'))} "
-            f"| {_fmt(_find(m, 'heldout_fim', 'single/exact_match'), pct=True)} |"
+            f"| {_cell(d, 'humaneval/pass@1', True)} / {_paper_cell(paper[0])} "
+            f"| {_cell(d, 'humaneval_fim_qwen/exact_match', True)} / {_paper_cell(paper[1])} "
+            f"| {_cell(d, 'humaneval_infilling_openai_single/pass@1', True)} "
+            f"| {_cell(d, 'heldout_loss/bits_per_byte')} "
+            f"| {_cell(d, 'heldout_fim/single/middle_bpb_psm')} "
+            f"| {_cell(d, 'heldout_fim/single/middle_bpb_spm')} "
+            f"| {_cell(d, 'heldout_fim/single/middle_bpb_prefix_only')} "
+            f"| {_cell(d, 'heldout_fim/single/middle_gap')} "
+            f"| {_cell(d, 'heldout_fim/single/exact_match', True)} |"
         )
     lines.append("")
     lines.append(
         "Paper columns: the report's Table 7 (14B model). Percentages for pass@1 and exact "
-        "match. Middle loss: bits per byte of the masked held-out line, teacher forced, "
-        "under a PSM, an SPM and a prefix-only prompt (lower is better)."
+        "match. HumanEval-FIM EM follows Qwen2.5-Coder (greedy, 64 new tokens, first line "
+        "exact match); HumanEval-Infilling pass@1 follows OpenAI (completion run as "
+        "generated); docs/eval.md gives both recipes. Middle loss: bits per byte of the "
+        "masked held-out line, teacher forced, under a PSM, an SPM and a prefix-only prompt "
+        "(lower is better); the gap is prefix-only minus the FIM prompt's (what the suffix "
+        "buys). ± is one bootstrap standard error over held-out files, examples or tasks "
+        "(2,000 resamples); arms whose difference is within about two of them do not differ "
+        "beyond noise."
     )
     return lines
 
@@ -139,30 +169,25 @@ def _repo_table(arms: list[str], data: dict[str, dict]) -> list[str]:
     )
     lines = [head, "|" + "---|" * 9]
     for arm in arms:
-        m = data[arm]["metrics"]
-        cfg = data[arm]["config"]
-        window = (
-            cfg.get("train", {}).get("seq_len")
-            if cfg.get("data", {}).get("mode") == "repo"
-            else None
-        )
+        d = data[arm]
+        window = int(repo_x(d["config"])) or None
         paper = PAPER_TABLE8.get(arm, (None, None))
         lines.append(
             f"| {arm} | {window or '– (no repo FT)'} "
-            f"| {_fmt(_find(m, 'repo_completion', 'cross_file_first/exact_match'), pct=True)} "
-            f"| {_fmt(_find(m, 'repo_completion', 'cross_file_first/edit_similarity'))} "
-            f"| {_fmt(_find(m, 'repo_completion', 'in_file/exact_match'), pct=True)} "
-            f"| {_fmt(_find(m, 'repo_completion', 'in_file/edit_similarity'))} "
-            f"| {paper[0] if paper[0] is not None else '–'} "
-            f"| {paper[1] if paper[1] is not None else '–'} "
-            f"| {_fmt(_find(m, 'heldout_loss', 'bits_per_byte'))} |"
+            f"| {_cell(d, 'repo_completion/cross_file_first/exact_match', True)} "
+            f"| {_cell(d, 'repo_completion/cross_file_first/edit_similarity')} "
+            f"| {_cell(d, 'repo_completion/in_file/exact_match', True)} "
+            f"| {_cell(d, 'repo_completion/in_file/edit_similarity')} "
+            f"| {_paper_cell(paper[0])} | {_paper_cell(paper[1])} "
+            f"| {_cell(d, 'heldout_loss/bits_per_byte')} |"
         )
     lines.append("")
     lines.append(
         "Ours: RepoBench-style next-line completion on held-out repositories (EM in %, edit "
         "similarity in [0, 1]), with cross-file context first or in-file context only. Paper "
         "columns: the report's Table 8 (14B model, 64K windows, 50B tokens); SWE-bench is not "
-        "run by this codebase (it needs the SWE-bench harness and network access)."
+        "run by this codebase (it needs the SWE-bench harness and network access). ± is one "
+        "bootstrap standard error over examples or files."
     )
     return lines
 
@@ -174,34 +199,6 @@ def _generic_table(arms: list[str], data: dict[str, dict]) -> list[str]:
         m = data[arm]["metrics"]
         lines.append(f"| {arm} | " + " | ".join(_fmt(m.get(k), digits=4) for k in keys) + " |")
     return lines
-
-
-def _plot(path: Path, arms: list[str], data: dict[str, dict], bar_keys: list[str]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5.5))
-    for arm in arms:
-        curve = data[arm]["curve"]
-        if curve:
-            ax1.plot([s for s, _ in curve], [v for _, v in curve], label=arm)
-    ax1.set_xlabel("step")
-    ax1.set_ylabel("train loss (nats/token)")
-    ax1.set_title("Training loss")
-    ax1.legend()
-    width = 0.8 / max(1, len(arms))
-    for i, arm in enumerate(arms):
-        values = [data[arm]["metrics"].get(k, float("nan")) for k in bar_keys]
-        ax2.bar([j + i * width for j in range(len(bar_keys))], values, width, label=arm)
-    ax2.set_xticks([j + 0.4 - width / 2 for j in range(len(bar_keys))])
-    ax2.set_xticklabels(bar_keys, fontsize=7, rotation=30, ha="right")
-    ax2.set_title("Final metrics")
-    ax2.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _budget(config: Any, arm_configs: list[dict[str, Any]]) -> str:
@@ -216,10 +213,21 @@ def _budget(config: Any, arm_configs: list[dict[str, Any]]) -> str:
     return f"a {params / 1e6:.1f}M-parameter model, {tokens / 1e6:.2f}M tokens per arm"
 
 
-# report.tables -> (heading, table builder). Chosen by the config, never by the name.
+# report.tables -> (heading, table builder, figure panels, paper values). Chosen by the
+# config, never by the experiment's name.
 TABLES = {
-    "fim_rate": ("Table 7 (FIM rate), ours beside the paper's", _fim_table),
-    "repo_ft": ("Table 8 (repository fine-tuning), ours beside the paper's", _repo_table),
+    "fim_rate": (
+        "Table 7 (FIM rate), ours beside the paper's",
+        _fim_table,
+        fim_panels,
+        PAPER_TABLE7,
+    ),
+    "repo_ft": (
+        "Table 8 (repository fine-tuning), ours beside the paper's",
+        _repo_table,
+        repo_panels,
+        PAPER_TABLE8,
+    ),
 }
 
 
@@ -239,13 +247,15 @@ def write_report(experiment_dir: str | Path, config: Any) -> tuple[Path, Path]:
     budget = _budget(config, [data[a]["config"] for a in arms])
     note = SCALE_NOTES.get(scale, "").replace("{budget}", budget)
     lines = [f"# {name}: ablation report", "", note, ""]
+    panels = []
     for table in config.report.tables:
         if table not in TABLES:
             raise ValueError(
                 f"Unknown report.tables entry {table!r}; valid tables: {sorted(TABLES)}."
             )
-        heading, builder = TABLES[table]
+        heading, builder, make_panels, paper = TABLES[table]
         lines += [f"## {heading}", ""] + builder(arms, data)
+        panels += make_panels(arms, data, paper)
     lines += ["", "## Every final metric", ""] + _generic_table(arms, data)
     lines += ["", "## Training", ""]
     for arm in arms:
@@ -253,13 +263,9 @@ def write_report(experiment_dir: str | Path, config: Any) -> tuple[Path, Path]:
         last = f"final train loss {curve[-1][1]:.4f} at step {curve[-1][0]}" if curve else "no log"
         missing = "" if data[arm]["metrics"] else " (not evaluated yet)"
         lines.append(f"- {arm}: {last}{missing}")
-    lines += ["", "![loss curves and metrics](report.png)", ""]
+    lines += ["", "![loss curves and metrics against the ablated setting](report.png)", ""]
     md = experiment_dir / "report.md"
-    md.write_text("\n".join(lines), encoding="utf-8")
-    all_keys = sorted({k for a in arms for k in data[a]["metrics"]})
-    wanted = ("loss", "bits", "bpb", "exact", "pass", "edit")
-    preferred = [k for k in all_keys if any(w in k for w in wanted) and "seconds" not in k]
-    bar_keys = (preferred or all_keys)[:8]
+    write_text_atomic(md, "\n".join(lines))
     png = experiment_dir / "report.png"
-    _plot(png, arms, data, bar_keys)
+    plot(png, arms, data, panels)
     return md, png
