@@ -74,6 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
             language_weights={},  # empty: natural frequencies
             exclude_tests=False,
             max_files=0,  # 0 = all files; N = a deterministic hash-ranked sample (tests)
+            max_bytes=0,  # 0 = no cap; N = hash-ranked files up to N bytes (sized runs)
         )
     )
 
