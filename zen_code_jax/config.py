@@ -74,6 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
             language_weights={},  # empty: natural frequencies
             exclude_tests=False,
             max_files=0,  # 0 = all files; N = a deterministic hash-ranked sample (tests)
+            max_bytes=0,  # 0 = no cap; N = hash-ranked files up to N bytes (sized runs)
             # --- issue 10a: batches and repository formats (docs/data_pipeline.md) ---
             row_shuffle_window=64,  # rows per packing group, shuffled together; 0 = fill order
             repo_format="report",  # repo mode layout: report | qwen2.5 | starcoder2

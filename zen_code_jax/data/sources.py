@@ -363,6 +363,19 @@ def list_corpus(data_cfg: Any) -> Listing:
         chosen = {(f.repo, f.path) for f in ranked[:max_files]}
         skips["max_files"] += len(files) - max_files
         files = [f for f in files if (f.repo, f.path) in chosen]
+    max_bytes = int(getattr(data_cfg, "max_bytes", 0) or 0)
+    if max_bytes and sum(f.size for f in files) > max_bytes:
+        # Same hash ranking, cut where the running size would pass the cap: a corpus sized
+        # to a time budget (the gpu scale), still a deterministic sample across repositories.
+        ranked = sorted(files, key=lambda f: hashlib.sha256(f"{f.repo}/{f.path}".encode()).digest())
+        chosen, total = set(), 0
+        for f in ranked:
+            if total + f.size > max_bytes:
+                continue
+            chosen.add((f.repo, f.path))
+            total += f.size
+        skips["max_bytes"] += len(files) - len(chosen)
+        files = [f for f in files if (f.repo, f.path) in chosen]
     if not files and not rows:
         where = f" at {data_cfg.path!r}" if str(data_cfg.path) else ""
         raise CorpusError(

@@ -20,17 +20,32 @@ Implementations (`impl`):
   custom VJP that recomputes blocks in the backward pass, so memory is O(length x block)
   in both passes. In index mode it skips key blocks entirely above the causal diagonal.
   Queries use the grouped layout `[B, KV, block*G, Dh]`, one GEMM per KV head.
-* `cudnn`: `jax.nn.dot_product_attention(implementation='cudnn')` (NVIDIA GPUs).
+* `cudnn`: cuDNN flash attention (NVIDIA GPUs, bf16/f16), the kernel behind
+  `jax.nn.dot_product_attention(implementation='cudnn')`. The public function takes only
+  one length per row (`query_seq_lengths`, shape `[B]`), which cannot express packing, so
+  we call its packed ("THD") form in `jax._src.cudnn.fused_attention_stablehlo` (same
+  signature in jax 0.10.2 and 0.11.2): per row, the start offset and length of each
+  segment (`[B, M+1]`, `[B, M]`, -1 filled), O(S) per row instead of a dense `[B,1,S,S]`
+  mask. A row with more than `max_segments` segments falls back to `chunked` at run time.
 * `splash`: the Pallas splash-attention kernel (TPUs).
-* `auto`: splash on TPU, cudnn on GPU, else chunked when the sequence is longer than
-  one block and xla otherwise. The fused kernels only implement index mode, so position
-  mode (decoding) always resolves to xla/chunked.
+* `auto`: splash on TPU; on GPU cudnn for bf16/f16 *only if* cuDNN was verified to honour
+  segments (`cudnn_segments_verified()`), else chunked; elsewhere chunked when the
+  sequence is longer than one block and xla otherwise. The fused kernels only implement
+  index mode, so position mode (decoding) always resolves to xla/chunked.
+
+Why `auto` needs the verification: MaxText's `cudnn_flash_jax` silently ignored segment
+ids (issue #4476), letting packed documents attend to each other, and no run here has yet
+checked cuDNN on a GPU. `launch/gpu_check.sh`'s attention stage compares it with `xla` on
+packed rows and records `cudnn_segments_ok`; the stages after it run with
+`ZEN_CUDNN_SEGMENTS=1` only when that passed. Once a lending has recorded a pass (in
+docs/measurements.md), set `CUDNN_SEGMENTS_VERIFIED = True` below.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import Any
 
 import jax
@@ -40,6 +55,22 @@ import numpy as np
 IMPLEMENTATIONS = ("auto", "xla", "chunked", "cudnn", "splash")
 _NEG = -1e30  # finite "minus infinity": keeps fully masked rows NaN-free
 
+# Whether cuDNN's packed attention was seen honouring segments on a GPU (see the module
+# docstring). False until a lending of launch/gpu_check.sh records a pass.
+CUDNN_SEGMENTS_VERIFIED = False
+CUDNN_SEGMENTS_ENV = "ZEN_CUDNN_SEGMENTS"  # "1"/"0" overrides the constant for one process
+CUDNN_MAX_SEGMENTS = 64  # static segments per row of the packed cuDNN call
+
+
+def cudnn_segments_verified() -> bool:
+    """True when `auto` may use cuDNN: the env override if set, else the recorded result."""
+    env = os.environ.get(CUDNN_SEGMENTS_ENV, "").strip()
+    if env in ("0", "1"):
+        return env == "1"
+    if env:
+        raise ValueError(f"{CUDNN_SEGMENTS_ENV}={env!r}; set it to 1 or 0, or unset it.")
+    return CUDNN_SEGMENTS_VERIFIED
+
 
 def resolve_impl(
     impl: str, *, position_mode: bool, q_len: int, block_size: int, dtype: Any = None
@@ -47,7 +78,8 @@ def resolve_impl(
     """Map `impl` (maybe 'auto') to a concrete implementation for this call.
 
     `dtype` (of q): on GPU, `auto` uses cuDNN only for bfloat16/float16, which is all
-    cuDNN flash attention supports; float32 models fall back to `chunked`.
+    cuDNN flash attention supports, and only once `cudnn_segments_verified()`; otherwise
+    it falls back to `chunked`.
     """
     if impl not in IMPLEMENTATIONS:
         raise ValueError(
@@ -66,7 +98,7 @@ def resolve_impl(
         return "splash"
     if backend == "gpu":
         half = dtype is None or jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
-        return "cudnn" if half else "chunked"
+        return "cudnn" if half and cudnn_segments_verified() else "chunked"
     return "xla" if small else "chunked"
 
 
@@ -153,7 +185,9 @@ def dot_product_attention(
             causal_skip=not position_mode,
         )
     if chosen == "cudnn":
-        return _cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids, scale)
+        return _cudnn_attention(
+            q, k, v, q_segment_ids, kv_segment_ids, scale=scale, block_size=block_size
+        )
     if chosen == "splash":
         return _splash_attention(q, k, v, q_segment_ids, kv_segment_ids, scale, block_size)
     raise AssertionError(chosen)
@@ -395,7 +429,70 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 # ---------------------------------------------------------------- fused kernels
 
 
-def _cudnn_attention(q, k, v, q_seg, kv_seg, scale):
+def segment_offsets(seg: jax.Array, max_segments: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Packed-row layout of `seg [B, S]` for cuDNN: `(offsets [B, M+1], lengths [B, M], n)`.
+
+    A segment is a maximal run of one non-zero id (0 = padding, in no segment). Row b's
+    runs, left to right, get `offsets[b, m]` (first index) and `lengths[b, m]`; unused
+    entries are -1, and `offsets[b, n_b]` is the end of the last run (cuDNN's M+1-th
+    offset). `n [B]` counts the runs, so callers can detect rows with more than M.
+    O(S) per row: no [S, S] mask is formed.
+    """
+    b, s = seg.shape
+    prev = jnp.pad(seg[:, :-1], ((0, 0), (1, 0)))
+    nxt = jnp.pad(seg[:, 1:], ((0, 0), (0, 1)))
+    starts = (seg != 0) & (seg != prev)
+    ends = (seg != 0) & (seg != nxt)
+    idx = jnp.arange(s, dtype=jnp.int32)
+
+    def first_m(flags):  # indices of the first M set flags per row, -1 filled
+        key = jnp.where(flags, idx, s)
+        got = jnp.sort(key, axis=-1)[:, :max_segments] if max_segments < s else jnp.sort(key)
+        if got.shape[1] < max_segments:
+            got = jnp.pad(got, ((0, 0), (0, max_segments - got.shape[1])), constant_values=s)
+        return jnp.where(got < s, got, -1).astype(jnp.int32)
+
+    st, en = first_m(starts), first_m(ends)
+    used = st >= 0
+    lengths = jnp.where(used, en - st + 1, -1).astype(jnp.int32)
+    n = starts.sum(-1).astype(jnp.int32)
+    last_end = jnp.max(jnp.where(used, en + 1, -1), axis=-1, keepdims=True)
+    offsets = jnp.concatenate([st, jnp.full((b, 1), -1, jnp.int32)], axis=-1)
+    # The M+1-th offset closes the last used segment: place it right after the used ones.
+    m_used = jnp.minimum(n, max_segments)[:, None]
+    col = jnp.arange(max_segments + 1, dtype=jnp.int32)[None, :]
+    offsets = jnp.where(col == m_used, last_end, offsets).astype(jnp.int32)
+    return offsets, lengths, n
+
+
+def _cudnn_packed_call(q, k, v, offsets, lengths, scale):
+    try:
+        from jax._src.cudnn import fused_attention_stablehlo as fa
+    except ImportError as e:  # private module: name the jax versions we know it in
+        raise RuntimeError(
+            "attention impl 'cudnn' needs jax._src.cudnn.fused_attention_stablehlo (present "
+            f"in jax 0.10.2 and 0.11.2), which this jax {jax.__version__} lacks; set "
+            "model.attention_impl='chunked'."
+        ) from e
+    return fa.dot_product_attention(
+        q,
+        k,
+        v,
+        None,
+        None,
+        lengths,
+        lengths,
+        offsets,
+        offsets,
+        scale=scale,
+        mask_type=fa.MaskType.PADDING_CAUSAL,
+        qkv_layout="BTNH",
+    )
+
+
+def _cudnn_attention(
+    q, k, v, q_seg, kv_seg, *, scale, block_size=512, max_segments=CUDNN_MAX_SEGMENTS
+):
     if jax.default_backend() != "gpu":
         raise RuntimeError(
             "attention impl 'cudnn' needs an NVIDIA GPU (jax[cuda12]), but the JAX backend "
@@ -406,12 +503,31 @@ def _cudnn_attention(q, k, v, q_seg, kv_seg, scale):
             f"attention impl 'cudnn' needs bfloat16 or float16 inputs, got {q.dtype}; set "
             "model.dtype='bfloat16' or model.attention_impl='chunked'."
         )
-    # cuDNN takes the causal mask natively; packed segments come in as a boolean mask.
-    seg_mask = (q_seg[:, :, None] == kv_seg[:, None, :])[:, None]
-    out = jax.nn.dot_product_attention(
-        q, k, v, mask=seg_mask, scale=scale, is_causal=True, implementation="cudnn"
-    )
-    return jnp.where((q_seg != 0)[:, :, None, None], out, 0).astype(q.dtype)
+    # Index mode: queries and keys share the row, so one segment table serves both; causal
+    # masking is per segment (each run is its own sequence in cuDNN's packed layout).
+    m = min(max_segments, q.shape[1])
+    offsets, lengths, n = segment_offsets(q_seg, m)
+
+    def fused(q, k, v):
+        out = _cudnn_packed_call(q, k, v, offsets, lengths, scale)
+        return jnp.where((q_seg != 0)[:, :, None, None], out, 0).astype(q.dtype)
+
+    def fallback(q, k, v):  # a row packs more than M segments: exact, slower
+        pos = jnp.broadcast_to(jnp.arange(q.shape[1], dtype=jnp.int32), q_seg.shape)
+        return _chunked_attention(
+            q,
+            k,
+            v,
+            q_seg,
+            kv_seg,
+            pos,
+            pos,
+            scale=scale,
+            block_size=block_size,
+            causal_skip=True,
+        )
+
+    return jax.lax.cond(jnp.all(n <= m), fused, fallback, q, k, v)
 
 
 def _splash_attention(q, k, v, q_seg, kv_seg, scale, block_size, interpret=False):
