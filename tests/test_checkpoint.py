@@ -189,8 +189,6 @@ def test_restore_params_only_at_step_sharded_and_cast(tmp_path):
     assert step == 1
     assert all(x.dtype == jnp.float32 and x.sharding == sharding for x in jax.tree.leaves(params))
     np.testing.assert_array_equal(np.asarray(params["w"]), np.asarray(want["w"]))
-    np.testing.assert_array_equal(
-        np.asarray(params["b"]), np.asarray(want["b"]).astype(np.float32)
-    )
+    np.testing.assert_array_equal(np.asarray(params["b"]), np.asarray(want["b"]).astype(np.float32))
     with pytest.raises(CheckpointError, match=r"available steps: \[1, 2\]"):
         restore_params_only(tmp_path, step=7)
