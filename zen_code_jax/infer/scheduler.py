@@ -19,7 +19,7 @@ import collections
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,8 +63,11 @@ class Event:
 class Job:
     """The rows of one request and the queue of their events (read by the HTTP thread)."""
 
-    def __init__(self, rows: Sequence[Row]):
+    def __init__(self, rows: Sequence[Row], alive: Callable[[], bool] | None = None):
+        """alive: polled by the scheduler every turn (False = the client went away), so a
+        disconnect frees the slots at the next step whatever the HTTP thread is doing."""
         self.rows = list(rows)
+        self.alive = alive
         self.events: queue.Queue[Event] = queue.Queue()
         self.cancelled = threading.Event()
         self.submitted = time.monotonic()
@@ -162,6 +165,9 @@ class Scheduler:
         return bool(self.waiting) or self.busy_slots > 0
 
     def _drop_cancelled(self) -> None:
+        for job in {id(e[0]): e[0] for e in filter(None, self.slot_rows)}.values():
+            if job.alive is not None and not job.cancelled.is_set() and not job.alive():
+                job.cancel()
         self.waiting = collections.deque(
             (j, i) for j, i in self.waiting if not j.cancelled.is_set()
         )

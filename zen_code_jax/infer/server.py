@@ -68,7 +68,7 @@ class CompletionServer:
             rules=engine.rules,
         )
         self.decoder.warm_up()
-        self.compiles_at_start = COMPILES["count"]
+        self.compiles_at_start = COMPILES["scheduler"]
         self.scheduler = Scheduler(
             self.decoder,
             engine.tokenizer,
@@ -97,7 +97,7 @@ class CompletionServer:
     @property
     def compiles_since_start(self) -> int:
         """XLA compilations after warm-up (must stay 0: no request compiles)."""
-        return COMPILES["count"] - self.compiles_at_start
+        return COMPILES["scheduler"] - self.compiles_at_start
 
     def start(self) -> CompletionServer:
         self.scheduler.start()
@@ -166,8 +166,8 @@ class CompletionServer:
         lines.append(f"zen_time_to_first_token_seconds_count {len(ttft)}")
         return "\n".join(lines) + "\n"
 
-    def submit(self, parsed: Parsed) -> tuple[str, Job]:
-        job = Job(parsed.rows)
+    def submit(self, parsed: Parsed, alive=None) -> tuple[str, Job]:
+        job = Job(parsed.rows, alive)
         try:
             self.scheduler.submit(job)
         except QueueFull as e:
@@ -369,13 +369,16 @@ def _make_handler(server: CompletionServer) -> type[BaseHTTPRequestHandler]:
                 )
 
         # ---------------------------------------------------------------- decoding
-        def _gone(self) -> bool:
-            """True when the client closed its side (checked every event)."""
+        def _alive(self) -> bool:
+            """False once the client closed its side (the scheduler polls it every turn)."""
             try:
                 r, _, _ = select.select([self.connection], [], [], 0)
-                return bool(r) and self.connection.recv(1, socket.MSG_PEEK) == b""
+                return not (r and self.connection.recv(1, socket.MSG_PEEK) == b"")
             except OSError:
-                return True
+                return False
+
+        def _gone(self) -> bool:
+            return not self._alive()
 
         def _events(self, job: Job):
             while not job.finished:
@@ -393,7 +396,7 @@ def _make_handler(server: CompletionServer) -> type[BaseHTTPRequestHandler]:
                 yield job.events.get()
 
         def _serve(self, parsed: Parsed, *, infill: bool) -> None:
-            cid, job = server.submit(parsed)
+            cid, job = server.submit(parsed, self._alive)
             try:
                 if parsed.opts["stream"]:
                     self._stream(cid, job, parsed, infill)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -39,12 +40,16 @@ from zen_code_jax.model.transformer import Transformer, init_kv_cache
 
 TOP_LOGPROBS = 5  # the most `logprobs` a request may ask for (OpenAI's own limit)
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
-COMPILES = {"count": 0}  # XLA compilations in this process (a request must add none)
+# XLA compilations in this process, and those on the scheduler thread (which runs every
+# request's device work: after warm-up it must compile nothing).
+COMPILES = {"count": 0, "scheduler": 0}
 
 
 def _count_compile(event: str, duration: float, **_: Any) -> None:
     if event == COMPILE_EVENT:
         COMPILES["count"] += 1
+        if threading.current_thread().name == "scheduler":
+            COMPILES["scheduler"] += 1
 
 
 jax.monitoring.register_event_duration_secs_listener(_count_compile)
