@@ -48,6 +48,7 @@ class Row:
     kept_tokens: int = 0
     slot: int | None = None
     prefilled: int = 0  # prompt tokens in the slot's cache
+    reused: int = 0  # of which were already there (prefix reuse)
 
 
 @dataclass
@@ -176,7 +177,7 @@ class Scheduler:
                 job, i = entry
                 self.stats["cancelled_rows"] += 1
                 self.stats["wasted_tokens"] += len(job.rows[i].ids)
-                self.stats["wasted_prefill_tokens"] += job.rows[i].prefilled
+                self.stats["wasted_prefill_tokens"] += job.rows[i].prefilled - job.rows[i].reused
                 self._finish(job, i, "cancelled")
 
     def _admit(self) -> None:
@@ -198,7 +199,7 @@ class Scheduler:
                 return n
 
             s = max(free, key=lambda s: (shared(s), -self.slot_used[s]))
-            row.prefilled = shared(s)
+            row.prefilled = row.reused = shared(s)
             self.stats["prefix_reused_tokens"] += row.prefilled
             self.slot_tokens[s] = list(prompt[: row.prefilled])
             row.slot = s
