@@ -151,7 +151,8 @@ def main() -> None:
     ap.add_argument("--prompt_chars", type=int, default=1500)
     ap.add_argument("--burst", type=int, default=3, help="cancelled keystrokes per pause")
     ap.add_argument("--slots", type=int, default=8)
-    ap.add_argument("--prefill_chunk", type=int, default=64)
+    ap.add_argument("--prefill_chunk", type=int, default=128)
+    ap.add_argument("--servers", default="ours,baseline")
     args = ap.parse_args()
     files = [
         open(f).read() for f in sorted(glob.glob(sysconfig.get_paths()["stdlib"] + "/json/*.py"))
@@ -159,6 +160,8 @@ def main() -> None:
     files = [f for f in files if len(f) > 4 * args.prompt_chars] or files
     rows = []
     for name, flag in (("ours", "true"), ("baseline", "false")):
+        if name not in args.servers.split(","):
+            continue
         t = time.monotonic()
         server = build_server(
             [

@@ -54,7 +54,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model_name", default=None, help="id reported by /v1/models")
     p.add_argument("--max_batch_size", type=int, default=8, help="decode slots (KV rows)")
     p.add_argument("--max_context", type=int, default=2048, help="positions per slot")
-    p.add_argument("--prefill_chunk", type=int, default=64, help="prompt tokens per turn")
+    p.add_argument("--prefill_chunk", type=int, default=128, help="prompt tokens per turn")
     p.add_argument("--max_tokens_limit", type=int, default=1024)
     p.add_argument("--max_prompt_tokens", type=int, default=None, help="default: context-1")
     p.add_argument("--max_rows_per_request", type=int, default=16, help="len(prompt) x n")

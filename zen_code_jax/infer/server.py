@@ -50,7 +50,7 @@ class CompletionServer:
         port: int = 8000,
         limits: Limits | None = None,
         max_context: int | None = None,
-        prefill_chunk: int = 64,
+        prefill_chunk: int = 128,
         continuous: bool = True,
         api_key: str | None = None,
     ):
