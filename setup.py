@@ -31,6 +31,7 @@ EXTRAS = {
         "pyarrow",
         "torch==2.13.0",
         "transformers==5.24.*",
+        "openai==3.57.0",  # the server tests drive it with the official client
     ],
     "parquet": ["pyarrow"],
     "gpu": ["jax[cuda12]==0.10.2"],

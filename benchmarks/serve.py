@@ -153,6 +153,7 @@ def main() -> None:
     ap.add_argument("--slots", type=int, default=8)
     ap.add_argument("--prefill_chunk", type=int, default=128)
     ap.add_argument("--servers", default="ours,baseline")
+    ap.add_argument("--prefill_interval", type=int, default=1)
     args = ap.parse_args()
     files = [
         open(f).read() for f in sorted(glob.glob(sysconfig.get_paths()["stdlib"] + "/json/*.py"))
@@ -171,6 +172,7 @@ def main() -> None:
                 "--max_context=1024",
                 f"--prefill_chunk={args.prefill_chunk}",
                 f"--continuous_batching={flag}",
+                f"--prefill_interval={args.prefill_interval}",
                 "--max_queue=256",
             ]
         ).start()
@@ -185,9 +187,10 @@ def main() -> None:
             )
         server.shutdown()
     print(
-        "\n| server | users | TTFT p50 / p95 (s) | latency p50 / p95 (s) | completions | tok/s | wasted | compiles |"
+        "\n| server | users | TTFT p50 / p95 (s) | latency p50 / p95 (s) | completions | tok/s "
+        "| wasted decode / prefill | prefix reused / prefilled | compiles |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, r in rows:
         print(
             f"| {name} | {r['users']} | {r['ttft_p50']:.3f} / {r['ttft_p95']:.3f} | "

@@ -55,6 +55,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max_batch_size", type=int, default=8, help="decode slots (KV rows)")
     p.add_argument("--max_context", type=int, default=2048, help="positions per slot")
     p.add_argument("--prefill_chunk", type=int, default=128, help="prompt tokens per turn")
+    p.add_argument(
+        "--prefill_interval",
+        type=int,
+        default=1,
+        help="decode steps per prefill chunk while rows decode (1: every step)",
+    )
     p.add_argument("--max_tokens_limit", type=int, default=1024)
     p.add_argument("--max_prompt_tokens", type=int, default=None, help="default: context-1")
     p.add_argument("--max_rows_per_request", type=int, default=16, help="len(prompt) x n")
@@ -181,6 +187,7 @@ def build_server(argv: Sequence[str] | None = None) -> CompletionServer:
         prefill_chunk=args.prefill_chunk,
         continuous=args.continuous_batching,
         api_key=args.api_key,
+        prefill_interval=args.prefill_interval,
     )
 
 

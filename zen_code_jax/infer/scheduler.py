@@ -98,10 +98,15 @@ class Scheduler:
         *,
         max_queue: int = 64,
         continuous: bool = True,
+        prefill_interval: int = 1,
     ):
+        """prefill_interval: while rows are decoding, one prefill chunk per this many decode
+        steps (1: every turn; larger trades time to first token for steadier decoding)."""
         self.dec, self.tok = decoder, tokenizer
         self.stop_ids = frozenset(int(i) for i in stop_ids)
         self.max_queue, self.continuous = int(max_queue), bool(continuous)
+        self.prefill_interval = max(1, int(prefill_interval))
+        self._since_prefill = 0
         n = decoder.slots
         self.slot_rows: list[tuple[Job, int] | None] = [None] * n
         self.slot_tokens: list[list[int]] = [[] for _ in range(n)]  # valid cache contents
@@ -214,6 +219,14 @@ class Scheduler:
         ]
         if not todo:
             return
+        decoding = any(
+            job.rows[i].ids and job.rows[i].prefilled == len(job.rows[i].prompt_ids)
+            for job, i in filter(None, self.slot_rows)
+        )
+        self._since_prefill += 1
+        if decoding and self._since_prefill < self.prefill_interval:
+            return
+        self._since_prefill = 0
         job, i = min(todo, key=lambda e: e[0].submitted)
         row = job.rows[i]
         start = row.prefilled

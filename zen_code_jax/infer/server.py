@@ -53,6 +53,7 @@ class CompletionServer:
         prefill_chunk: int = 128,
         continuous: bool = True,
         api_key: str | None = None,
+        prefill_interval: int = 1,
     ):
         self.engine, self.model_name = engine, model_name
         cfg = engine.model_cfg
@@ -75,6 +76,7 @@ class CompletionServer:
             engine.stop_ids,
             max_queue=self.limits.max_queue,
             continuous=continuous,
+            prefill_interval=prefill_interval,
         )
         self.parser = RequestParser(engine, model_name, self.limits, max_len)
         self._api_key = (api_key or "").encode()
