@@ -34,6 +34,7 @@ EXTRAS = {
         "transformers==5.24.*",
         # The Beam runner of prepare is tested in CI (tests/test_beam_prepare.py).
         "apache-beam==2.77.0",
+        "openai==3.57.0",  # the server tests drive it with the official client
     ],
     # data.prepare_runner=beam. 2.77.0 is the newest release; it needs pyarrow<26 and
     # protobuf<7 (pip resolves pyarrow 25.0.1, protobuf 6.33.6; nothing else here pins them).

@@ -163,3 +163,32 @@ def test_summary_writer_and_lazy_metrics(tmp_path):
     assert "_hparams_/session_start_info" in ea.Tags()["tensors"]
     truncate_after(tmp_path / "metrics.jsonl", 1)
     assert [r["step"] for r in read_scalars(tmp_path / "metrics.jsonl")] == [1]
+
+
+def test_restore_params_only_at_step_sharded_and_cast(tmp_path):
+    """Only `params` come back (no optimizer moments), at the asked step, in the asked
+    sharding and dtype; an unknown step is an error naming the available ones."""
+    from zen_code_jax.checkpoint import restore_params_only
+
+    ckpt = Checkpointer(tmp_path / "checkpoints", async_save=False)
+    save_steps(ckpt, [1, 2])
+    ckpt.close()
+    params, meta, _, step = restore_params_only(tmp_path)
+    assert step == 2 and meta["step"] == 2 and set(params) == {"w", "b"}
+    assert same(params, make_state(2, seed=2)["params"])
+
+    mesh = jax.make_mesh((1,), ("data",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    params, _, _, step = restore_params_only(
+        tmp_path,
+        step=1,
+        sharding_fn=lambda abstract: jax.tree.map(lambda _: sharding, abstract),
+        dtype=jnp.float32,
+    )
+    want = make_state(1, seed=1)["params"]
+    assert step == 1
+    assert all(x.dtype == jnp.float32 and x.sharding == sharding for x in jax.tree.leaves(params))
+    np.testing.assert_array_equal(np.asarray(params["w"]), np.asarray(want["w"]))
+    np.testing.assert_array_equal(np.asarray(params["b"]), np.asarray(want["b"]).astype(np.float32))
+    with pytest.raises(CheckpointError, match=r"available steps: \[1, 2\]"):
+        restore_params_only(tmp_path, step=7)

@@ -16,6 +16,7 @@ import re
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_experiments import ok, run_cli, smoke_workdir
 
@@ -131,3 +132,30 @@ def test_restore_for_inference(workdir, reference):
     assert config.name == "resume_ref" and config.train.steps == STEPS
     assert tokenizer.fingerprint() == Tokenizer.load(run_dir / "tokenizer").fingerprint()
     assert params["embed"]["embedding"].shape == (model_cfg.vocab_size, model_cfg.hidden_size)
+
+
+def test_serve_a_run_params_only_on_a_mesh_at_a_step(workdir, reference, tmp_path):
+    """`python -m zen_code_jax.infer --run_dir`: params only (no moments), restored onto
+    --mesh at --step, in --dtype; a --tokenizer that is not the run's is refused."""
+    import jax.numpy as jnp
+
+    from zen_code_jax.data.tokenizer import Tokenizer
+    from zen_code_jax.infer.__main__ import build_engine, parse_args
+
+    run_dir = workdir / "resume_ref" / "main"
+    args = parse_args([f"--run_dir={run_dir}", "--mesh=data=2,fsdp=-1", "--step=3"])
+    engine, name = build_engine(args)
+    emb = engine.params["embed"]["embedding"]
+    assert name == "main" and emb.dtype == jnp.float32  # CPU default
+    assert emb.sharding.mesh.shape["data"] == 2 and engine.mesh is not None
+    assert "opt_state" not in engine.params and "embed" in engine.params
+    from zen_code_jax.checkpoint import restore_params_only
+
+    at3 = restore_params_only(run_dir, step=3)[0]["embed"]["embedding"]
+    newest = restore_params_only(run_dir)[0]["embed"]["embedding"]
+    assert np.array_equal(np.asarray(emb), np.asarray(at3))
+    assert not np.array_equal(np.asarray(at3), np.asarray(newest))
+    other = Tokenizer.train(["def f():\n    return 1\n"] * 20, engine.model_cfg.vocab_size)
+    other.save(tmp_path / "tok")
+    with pytest.raises(SystemExit, match="not the tokenizer"):
+        build_engine(parse_args([f"--run_dir={run_dir}", f"--tokenizer={tmp_path / 'tok'}"]))

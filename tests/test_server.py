@@ -1,193 +1,462 @@
-"""The OpenAI-compatible completions server, over real HTTP on 127.0.0.1.
+"""The completions server over real HTTP on 127.0.0.1, driven by the official `openai`
+client (and raw sockets where a client would hide the behaviour).
 
-Responses are checked against the engine called directly (the server must add nothing but
-transport): plain completions, FIM by `suffix` and by spelled sentinels, n/seed, stop
-strings, streaming, concurrent batching, and 400s that name the fix.
+Every decoded answer is checked against the batch decoder called directly
+(`InferenceEngine`, a separate code path), so the slot engine, the scheduler and the
+transport must add nothing. Logprobs are checked against teacher-forced scoring.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
+import socket
 import threading
-import urllib.error
-import urllib.request
+import time
 
+import openai
 import pytest
 
+from zen_code_jax.infer import decode as dec
 from zen_code_jax.infer.__main__ import build_server, parse_args
-from zen_code_jax.infer.server import CompletionServer, RequestError, parse_fim_prompt
+from zen_code_jax.infer.engine import CompletionRequest, InferenceEngine
+from zen_code_jax.infer.protocol import parse_fim_prompt
+from zen_code_jax.infer.slots import COMPILES
 
-MAX_TOKENS = 12  # every request stays in the (batch 4, prompt 16, new 16) buckets
+KEY = "test-key-123"
+LONG = "import json\nclass Foo:\n    def bar(self, x):\n        return x + "  # no early EOS
 
 
 @pytest.fixture(scope="module")
-def server():
+def server(tmp_path_factory):
     srv = build_server(
         [
             "--random_preset=tiny",
             "--port=0",
             "--max_batch_size=4",
-            "--min_batch_bucket=4",  # one batch bucket for every request: one compile
+            "--max_context=256",
+            "--prefill_chunk=16",
             "--max_tokens_limit=64",
+            "--max_rows_per_request=6",
+            "--max_body_bytes=65536",
+            "--read_timeout_s=1.0",
+            f"--api_key={KEY}",
+            f"--compilation_cache_dir={tmp_path_factory.mktemp('jax_cache')}",
         ]
     )
-    srv.batch_window_s = 0.5  # concurrent test requests reliably share a batch
     srv.start()
     yield srv
     srv.shutdown()
 
 
-def call(srv: CompletionServer, path: str, body=None, raw: bytes | None = None):
-    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    req = urllib.request.Request(srv.url + path, data=data, method="POST" if data else "GET")
-    req.add_header("Content-Type", "application/json")
+@pytest.fixture(scope="module", autouse=True)
+def _attach_ref(server, ref_engine):
+    server.ref_engine = ref_engine
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+REF_BUDGET = 64  # every reference decodes 64 tokens in one (batch 4, budget 64) bucket
+
+
+@pytest.fixture(scope="module")
+def ref_engine(server):
+    eng = server.engine
+    return InferenceEngine(
+        eng.params, eng.model_cfg, eng.tokenizer, max_batch_size=4, min_batch_bucket=4
+    )
+
+
+class Ref:
+    def __init__(self, text, token_ids, finish_reason):
+        self.text, self.token_ids, self.finish_reason = text, token_ids, finish_reason
+
+
+def refs(server, prompt_ids, max_new, n=1, temperature=0.0, seed=0):
+    """The batch decoder's completions (the independent reference). A row's first k
+    tokens do not depend on its budget, so one 64-token decode answers every budget."""
+    eng = server.engine
+    reqs = [
+        CompletionRequest(list(p), REF_BUDGET, temperature, 1.0, (), seed, j)
+        for p in prompt_ids
+        for j in range(n)
+    ]
+    out, old = [], dec.MIN_LENGTH_BUCKET
+    dec.MIN_LENGTH_BUCKET = 128  # one prompt bucket: the references compile once
     try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            payload = r.read().decode()
-            return r.status, (payload if path.endswith("stream") else json.loads(payload))
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read().decode())
+        done = server.ref_engine.complete(reqs)
+    finally:
+        dec.MIN_LENGTH_BUCKET = old
+    for c in done:
+        ids = c.token_ids[:max_new]
+        reason = "length" if len(c.token_ids) >= max_new else "stop"
+        out.append(Ref(eng.tokenizer.decode(ids), ids, reason))
+    return out
 
 
-def complete(srv, **body):
-    return call(srv, "/v1/completions", {"model": "zen-code", "max_tokens": MAX_TOKENS, **body})
+def ref(server, prompt_ids, max_new, **kw):
+    return refs(server, [prompt_ids], max_new, **kw)[0]
 
 
-def test_completion_shape_and_greedy_text(server):
+def raw(server, method, path, body=None, headers=None, conn=None):
+    c = conn or http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    h = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json", **(headers or {})}
+    c.request(method, path, body=data, headers=h)
+    r = c.getresponse()
+    return r.status, r.read().decode(), r
+
+
+def test_completion_list_token_prompts_n_seed(server, client):
     eng = server.engine
-    status, r = complete(server, prompt="def add(a, b):", temperature=0)
-    assert status == 200
-    assert r["object"] == "text_completion" and r["id"].startswith("cmpl-")
-    assert isinstance(r["created"], int) and r["model"] == "zen-code"
-    (choice,) = r["choices"]
-    assert choice["index"] == 0 and choice["finish_reason"] in ("stop", "length")
-    assert choice["text"] == eng.generate(["def add(a, b):"], max_new_tokens=MAX_TOKENS)[0]
-    usage = r["usage"]
-    assert usage["prompt_tokens"] == len(eng.tokenizer.encode("def add(a, b):"))
-    assert 0 < usage["completion_tokens"] <= MAX_TOKENS
-    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
-
-
-def test_list_prompt_n_seed_and_stop(server):
-    body = dict(prompt=["import json\n", "class A:"], n=2, temperature=1.0, top_p=0.9, seed=11)
-    s1, a = complete(server, **body)
-    s2, b = complete(server, **body)
-    assert s1 == s2 == 200
-    assert [c["index"] for c in a["choices"]] == [0, 1, 2, 3]
-    assert [c["text"] for c in a["choices"]] == [c["text"] for c in b["choices"]]
-    assert a["choices"][0]["text"] != a["choices"][1]["text"]  # samples of one prompt differ
-    assert a["usage"]["prompt_tokens"] == sum(
-        len(server.engine.tokenizer.encode(p)) for p in body["prompt"]
+    r = client.completions.create(
+        model=server.model_name, prompt="def add(a, b):", max_tokens=12, temperature=0
     )
-    text = a["choices"][0]["text"]
-    stop = text[2:4]
-    _, c = complete(server, **body, stop=stop)
-    assert c["choices"][0]["text"] == text[: text.find(stop)]
-    assert c["choices"][0]["finish_reason"] == "stop"
+    want = ref(server, eng._encode_prompt("def add(a, b):"), 12)
+    assert r.choices[0].text == want.text and r.choices[0].finish_reason == want.finish_reason
+    assert r.usage.completion_tokens == len(want.token_ids)
+    assert r.usage.prompt_tokens == len(eng._encode_prompt("def add(a, b):"))
+    ids = eng._encode_prompt(LONG)
+    r = client.completions.create(
+        model=server.model_name, prompt=["x = 1", LONG], max_tokens=10, temperature=0
+    )
+    want = refs(server, [eng._encode_prompt("x = 1"), ids], 10)
+    assert [c.text for c in r.choices] == [w.text for w in want]
+    r2 = client.completions.create(
+        model=server.model_name, prompt=ids, max_tokens=10, temperature=0
+    )
+    assert r2.choices[0].text == r.choices[1].text  # token-id prompt == its text
+    r = client.completions.create(
+        model=server.model_name, prompt=LONG, max_tokens=10, temperature=0.9, n=2, seed=7
+    )
+    want = refs(server, [ids], 10, n=2, temperature=0.9, seed=7)
+    assert [c.text for c in r.choices] == [w.text for w in want]
 
 
-def test_fim_by_suffix_and_by_spelled_sentinels(server):
+def test_stop_strings_cut_and_usage_counts_kept_tokens(server, client):
     eng = server.engine
-    prefix, suffix = "def f(a):\n ", "\n return r\n"  # prompt <= 16 tokens
-    want = eng.infill([prefix], [suffix], max_new_tokens=MAX_TOKENS)[0]
-    _, by_suffix = complete(server, prompt=prefix, suffix=suffix, temperature=0)
-    spelled = f"<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>"
-    _, by_text = complete(server, prompt=spelled, temperature=0)
-    assert by_suffix["choices"][0]["text"] == want == by_text["choices"][0]["text"]
-    assert by_text["usage"]["prompt_tokens"] == len(eng.fim_prompt_ids(prefix, suffix, "psm"))
-    want_spm = eng.infill([prefix], [suffix], mode="spm", max_new_tokens=MAX_TOKENS)[0]
-    _, spm = complete(
-        server, prompt=f"<|fim_prefix|><|fim_suffix|>{suffix}<|fim_middle|>{prefix}", temperature=0
+    ids = eng._encode_prompt(LONG)
+    full = ref(server, ids, 40)
+    assert len(full.text) > 12, "the fixture prompt must give a long greedy completion"
+    stop = full.text[8:11]
+    want_text = full.text[: full.text.find(stop)]
+    for stream in (False, True):
+        if stream:
+            chunks = list(
+                client.completions.create(
+                    model=server.model_name,
+                    prompt=LONG,
+                    max_tokens=40,
+                    temperature=0,
+                    stop=[stop],
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+            )
+            text = "".join(c.choices[0].text for c in chunks if c.choices)
+            usage = chunks[-1].usage
+            assert not chunks[-1].choices  # the usage chunk comes last
+        else:
+            r = client.completions.create(
+                model=server.model_name, prompt=LONG, max_tokens=40, temperature=0, stop=[stop]
+            )
+            text, usage = r.choices[0].text, r.usage
+            assert r.choices[0].finish_reason == "stop"
+        assert text == want_text and stop not in text
+        kept = next(
+            k
+            for k in range(len(full.token_ids) + 1)
+            if len(eng.tokenizer.decode(full.token_ids[:k])) >= len(want_text)
+        )
+        assert usage.completion_tokens == kept < 40
+
+
+def test_stream_first_chunk_before_last_token_done_and_usage(server, client):
+    stats = server.scheduler.stats
+    stream = client.completions.create(
+        model=server.model_name,
+        prompt=LONG,
+        max_tokens=48,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
     )
-    assert spm["choices"][0]["text"] == want_spm
+    seen_at_first, texts, usage = None, [], None
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].text and seen_at_first is None:
+            seen_at_first = stats["generated_tokens"]
+        texts += [c.text for c in chunk.choices]
+        usage = chunk.usage or usage
+    want = ref(server, server.engine._encode_prompt(LONG), 48)
+    assert "".join(texts) == want.text
+    assert usage.completion_tokens == len(want.token_ids)
+    # First text reached us while the row still had tokens left to decode.
+    assert seen_at_first is not None and seen_at_first < stats["generated_tokens"]
+    status, body, _ = raw(
+        server, "POST", "/v1/completions", {"prompt": "x", "max_tokens": 4, "stream": True}
+    )
+    events = [e for e in body.split("\n\n") if e]
+    assert status == 200 and events[-1] == "data: [DONE]"
+    assert all(e.startswith("data: ") for e in events)
 
 
-def test_parse_fim_prompt():
-    assert parse_fim_prompt("plain <| text") is None
-    assert parse_fim_prompt("<|fim_prefix|>P<|fim_suffix|>S<|fim_middle|>") == ("P", "S", "psm", "")
-    assert parse_fim_prompt("<|fim_prefix|><|fim_suffix|>S<|fim_middle|>P") == ("P", "S", "spm", "")
-    # The report's repository listing: context, then the target prefix, no <|fim_prefix|>.
-    ctx = "# File: a.py\nx = 1\n# File: b.py\n"
-    assert parse_fim_prompt(f"{ctx}y<|fim_suffix|>z<|fim_middle|>") == (ctx + "y", "z", "psm", "")
-    assert parse_fim_prompt("<|fim_prefix|>P<|fim_suffix|>S<|fim_middle|>M") == (
-        "P",
-        "S",
+def test_fim_only_when_asked_and_repository_context(server, client):
+    eng = server.engine
+    r = client.completions.create(
+        model=server.model_name,
+        prompt="def f(x):\n    ",
+        suffix="\n    return y\n",
+        max_tokens=8,
+        temperature=0,
+    )
+    fim = eng.fim_prompt_ids("def f(x):\n    ", "\n    return y\n")
+    assert r.choices[0].text == ref(server, fim, 8).text
+    spelled = "<|fim_prefix|>def f(x):\n    <|fim_suffix|>\n    return y\n<|fim_middle|>"
+    r2 = client.completions.create(
+        model=server.model_name, prompt=spelled, max_tokens=8, temperature=0
+    )
+    assert r2.choices[0].text == r.choices[0].text
+    code = 'FIM = "<|fim_suffix|>" + x  # <|fim_middle|>\n'  # ordinary code spelling them
+    r3 = client.completions.create(
+        model=server.model_name, prompt=code, max_tokens=8, temperature=0
+    )
+    assert r3.choices[0].text == ref(server, eng._encode_prompt(code), 8).text
+    ctx = [{"path": "pkg/util.py", "content": "def helper():\n    return 1\n"}]
+    r4 = client.completions.create(
+        model=server.model_name,
+        prompt="from pkg.util import helper\n",
+        suffix="",
+        max_tokens=8,
+        temperature=0,
+        extra_body={"context": ctx, "path": "pkg/main.py"},
+    )
+    ids = eng.fim_prompt_ids(
+        "from pkg.util import helper\n",
+        "",
         "psm",
-        "M",
+        context=[("pkg/util.py", ctx[0]["content"])],
+        path="pkg/main.py",
     )
-    for bad in ("<|fim_prefix|>P<|fim_suffix|>S", "P<|fim_middle|>S<|fim_suffix|>"):
-        with pytest.raises(RequestError, match="Spell FIM prompts as"):
-            parse_fim_prompt(bad)
+    assert r4.choices[0].text == ref(server, ids, 8).text
+    assert r4.usage.prompt_tokens == len(ids)
 
 
-def test_stream_models_health_and_routes(server):
-    req = urllib.request.Request(
-        server.url + "/v1/completions",
-        data=json.dumps({"prompt": "x = ", "max_tokens": 4, "stream": True, "n": 2}).encode(),
+def test_infill_llama_cpp_raw_http(server):
+    eng = server.engine
+    body = {
+        "input_prefix": "def g(a):\n",
+        "prompt": "    ",
+        "input_suffix": "\n",
+        "input_extra": [{"filename": "lib.py", "text": "X = 3\n"}],
+        "n_predict": 8,
+    }
+    status, text, _ = raw(server, "POST", "/infill", body)
+    got = json.loads(text)
+    ids = eng.fim_prompt_ids("def g(a):\n    ", "\n", "psm", context=[("lib.py", "X = 3\n")])
+    want = ref(server, ids, 8)
+    assert status == 200 and got["content"] == want.text and got["stop"] is True
+    assert got["tokens_predicted"] == len(want.token_ids)
+    status, text, _ = raw(server, "POST", "/infill", {**body, "stream": True})
+    msgs = [json.loads(e[6:]) for e in text.split("\n\n") if e]
+    assert "".join(m["content"] for m in msgs) == want.text and msgs[-1]["stop"] is True
+
+
+def test_logprobs_match_teacher_forced_scoring(server, client):
+    eng = server.engine
+    ids = eng._encode_prompt(LONG)
+    r = client.completions.create(
+        model=server.model_name, prompt=LONG, max_tokens=6, temperature=0, logprobs=3
     )
-    with urllib.request.urlopen(req, timeout=120) as r:
-        assert r.headers["Content-Type"] == "text/event-stream"
-        events = [e for e in r.read().decode().split("\n\n") if e]
-    assert events[-1] == "data: [DONE]" and len(events) == 3
-    chunk = json.loads(events[0][len("data: ") :])
-    assert chunk["object"] == "text_completion" and chunk["choices"][0]["index"] == 0
-    status, models = call(server, "/v1/models")
-    assert status == 200 and models["data"][0]["id"] == server.model_name
-    status, health = call(server, "/health")
-    assert status == 200 and health["status"] == "ok" and health["vocab_size"] == 512
-    status, err = call(server, "/v2/nothing")
-    assert status == 404 and "/v1/completions" in err["error"]["message"]
+    lp = r.choices[0].logprobs
+    out = ref(server, ids, 6).token_ids
+    want = eng.token_logprobs([ids], [out])[0]
+    assert lp.tokens == [eng.tokenizer.decode([t]) for t in out]
+    assert lp.token_logprobs == pytest.approx(want.tolist(), abs=2e-4)
+    for chosen, top in zip(lp.token_logprobs, lp.top_logprobs):
+        assert len(top) <= 3 and max(top.values()) == pytest.approx(chosen, abs=1e-6)  # greedy
 
 
 @pytest.mark.parametrize(
-    "body,needle",
+    "body,status,code",
     [
-        (b"{not json", "not valid JSON"),
-        ({"max_tokens": 4}, "Missing required field `prompt`"),
-        ({"prompt": 5}, "`prompt` must be a string"),
-        ({"prompt": "x", "max_tokens": "ten"}, "`max_tokens` must be an integer"),
-        ({"prompt": "x", "max_tokens": 65}, "exceeds this server's limit of 64"),
-        ({"prompt": "x", "temperature": 3}, "`temperature` must be a number in [0, 2]"),
-        ({"prompt": "x", "stop": [1]}, "`stop` must be a string or a list"),
-        ({"prompt": "x", "n": 0}, "`n` must be an integer"),
-        ({"prompt": "<|fim_suffix|>a<|fim_suffix|>b<|fim_middle|>"}, "Malformed FIM prompt"),
-        ({"prompt": "x " * 3000, "max_tokens": 64}, "more than the model's context"),
+        ({"prompt": "x", "model": "gpt-4"}, 404, "model_not_found"),
+        ({"prompt": ["a", "b"], "n": 4}, 400, "too_many_rows"),
+        ({"prompt": "x " * 400}, 400, "context_length_exceeded"),
+        ({"prompt": [5] * 220, "max_tokens": 60}, 400, "context_length_exceeded"),
+        ({"prompt": "x", "max_tokens": 65}, 400, "invalid_value"),
+        ({"prompt": "x", "logprobs": 6}, 400, "invalid_value"),
+        ({"max_tokens": 3}, 400, "missing_required_parameter"),
     ],
 )
-def test_malformed_requests_are_400_with_the_fix(server, body, needle):
-    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    status, err = call(server, "/v1/completions", raw=raw)
-    assert status == 400, err
-    assert needle in err["error"]["message"]
-    assert err["error"]["type"] == "invalid_request_error"
+def test_bad_requests_get_openai_errors(server, body, status, code):
+    got, text, _ = raw(server, "POST", "/v1/completions", body)
+    err = json.loads(text)["error"]
+    assert got == status and err["code"] == code and err["message"]
 
 
-def test_unknown_fields_ignored_and_concurrent_requests_batched(server):
-    prompts = ["def a():", "def b():\n", "x = [", "import os"]
-    want = server.engine.generate(prompts, max_new_tokens=MAX_TOKENS)
-    before = server.batches_run
-    results: dict[int, dict] = {}
-
-    def worker(i: int) -> None:
-        results[i] = complete(
-            server, prompt=prompts[i], temperature=0, user="ide", frequency_penalty=0
+def test_auth_json_body_limits_and_keepalive_after_404(server, client):
+    bad = openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.completions.create(model=server.model_name, prompt="x", max_tokens=2)
+    assert server.authorized(f"Bearer {KEY}") and not server.authorized(None)
+    status, text, _ = raw(server, "POST", "/v1/completions", b"{not json")
+    assert status == 400 and json.loads(text)["error"]["code"] == "invalid_json"
+    status, text, _ = raw(server, "POST", "/v1/completions", b"x" * 70000)
+    assert status == 413
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    status, text, _ = raw(
+        server,
+        "POST",
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "hi"}]},
+        conn=conn,
+    )
+    assert status == 404 and "/v1/completions" in json.loads(text)["error"]["message"]
+    status, text, _ = raw(
+        server, "POST", "/v1/completions", {"prompt": "x", "max_tokens": 2}, conn=conn
+    )  # same keep-alive connection
+    assert status == 200 and json.loads(text)["object"] == "text_completion"
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(
+            model=server.model_name, messages=[{"role": "user", "content": "hi"}]
         )
+    old, server.scheduler.max_queue = server.scheduler.max_queue, 0
+    try:
+        status, text, resp = raw(server, "POST", "/v1/completions", {"prompt": "x"})
+        assert status == 429 and resp.getheader("Retry-After") == "1"
+    finally:
+        server.scheduler.max_queue = old
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(prompts))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert all(results[i][0] == 200 for i in range(len(prompts)))
-    assert [results[i][1]["choices"][0]["text"] for i in range(len(prompts))] == want
-    assert server.batches_run - before < len(prompts)  # concurrent requests shared a batch
+
+def test_stalled_upload_times_out_without_blocking_others(server, client):
+    s = socket.create_connection(("127.0.0.1", server.port))
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{")
+    t0 = time.monotonic()
+    r = client.completions.create(model=server.model_name, prompt="x", max_tokens=2)
+    assert r.choices  # served while the upload stalls
+    s.settimeout(10)
+    answer = s.recv(4096).decode()
+    assert " 408 " in answer.splitlines()[0] and time.monotonic() - t0 < 5
+    s.close()
+
+
+def _stream_socket(server, body):
+    s = socket.create_connection(("127.0.0.1", server.port))
+    data = json.dumps(body).encode()
+    s.sendall(
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + KEY.encode()
+        + b"\r\nContent-Type: application/json\r\nContent-Length: "
+        + str(len(data)).encode()
+        + b"\r\n\r\n"
+        + data
+    )
+    return s
+
+
+def test_cancel_mid_stream_frees_slot_next_step_others_unaffected(server, client):
+    sch = server.scheduler
+    want = ref(server, server.engine._encode_prompt(LONG), 60)
+    assert len(want.token_ids) == 60, "the fixture prompt must decode to its budget"
+    results = {}
+
+    def other():
+        chunks = client.completions.create(
+            model=server.model_name, prompt=LONG, max_tokens=60, temperature=0, stream=True
+        )
+        results["text"] = "".join(c.choices[0].text for c in chunks if c.choices)
+
+    t = threading.Thread(target=other)
+    t.start()
+    s = _stream_socket(
+        server, {"prompt": LONG + "y", "max_tokens": 60, "temperature": 0, "stream": True}
+    )
+    buf = b""
+    while buf.count(b"data: ") < 3:
+        buf += s.recv(4096)
+    busy, cancelled = sch.busy_slots, sch.stats["cancelled_rows"]
+    step = sch.stats["decode_steps"]
+    s.close()  # the IDE aborts: a disconnect is the cancel
+    deadline = time.monotonic() + 10
+    while sch.stats["cancelled_rows"] == cancelled and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert sch.stats["cancelled_rows"] == cancelled + 1
+    assert sch.stats["decode_steps"] - step <= 1  # freed by the step after the close
+    t.join(timeout=60)
+    assert results["text"] == want.text  # the other stream is unaffected
+    assert busy >= 1
+    # Explicit cancel by id: the stream ends with finish_reason "cancelled".
+    s = _stream_socket(server, {"prompt": LONG, "max_tokens": 60, "temperature": 0, "stream": True})
+    buf = b""
+    while b"data: " not in buf:
+        buf += s.recv(4096)
+    cid = json.loads(buf.split(b"data: ")[1].split(b"\n\n")[0])["id"]
+    status, text, _ = raw(server, "POST", "/v1/cancel", {"id": cid})
+    assert status == 200 and json.loads(text)["cancelled"] is True
+    s.settimeout(10)
+    while b"[DONE]" not in buf:
+        buf += s.recv(4096)
+    assert b'"finish_reason": "cancelled"' in buf
+    s.close()
+
+
+def test_prefix_reuse_and_no_compilation_after_start_up(server, client):
+    """A request mix (lengths across prefill chunks, greedy/sampled, n, logprobs, streams,
+    keystroke-extended prompts) compiles nothing on the scheduler after warm-up."""
+    eng, st = server.engine, server.scheduler.stats
+    before = COMPILES["scheduler"]
+    base = LONG * 3
+    client.completions.create(model=server.model_name, prompt=base, max_tokens=3, temperature=0)
+    reused = st["prefix_reused_tokens"]
+    r = client.completions.create(
+        model=server.model_name, prompt=base + "z", max_tokens=5, temperature=0
+    )
+    assert st["prefix_reused_tokens"] - reused >= len(eng._encode_prompt(base)) - 2
+    assert r.choices[0].text == ref(server, eng._encode_prompt(base + "z"), 5).text
+    for i, (p, n, temp) in enumerate([("a", 1, 0), (LONG * 4, 2, 0.8), ("b" * 40, 3, 1.0)]):
+        client.completions.create(
+            model=server.model_name,
+            prompt=p,
+            max_tokens=5 + i,
+            n=n,
+            temperature=temp,
+            top_p=0.9,
+            logprobs=2,
+        )
+        list(
+            client.completions.create(model=server.model_name, prompt=p, max_tokens=4, stream=True)
+        )
+    assert COMPILES["scheduler"] == before == 0
+    status, text, _ = raw(server, "GET", "/metrics")
+    assert status == 200 and "zen_compilations_since_start 0" in text
+    assert "zen_time_to_first_token_seconds_count" in text and "zen_slots_busy" in text
+    status, text, _ = raw(server, "GET", "/v1/models")
+    assert json.loads(text)["data"][0]["id"] == server.model_name
+    assert json.loads(raw(server, "GET", "/health")[1])["status"] == "ok"
+
+
+def test_parse_fim_prompt():
+    assert parse_fim_prompt("plain code") is None
+    assert parse_fim_prompt("<|fim_prefix|>A<|fim_suffix|>B<|fim_middle|>") == ("A", "B", "psm", "")
+    assert parse_fim_prompt("<|fim_prefix|><|fim_suffix|>B<|fim_middle|>A") == ("A", "B", "spm", "")
 
 
 def test_cli_speaks_the_project_vocabulary():
-    """--run_dir is one run; multi-word flags use underscores (as experiments/run.py)."""
-    a = parse_args(["--run_dir=W/exp/arm", "--max_batch_size=2", "--batch_window_ms=5"])
-    assert (a.run_dir, a.max_batch_size, a.batch_window_ms) == ("W/exp/arm", 2, 5.0)
-    assert parse_args(["--random_preset=tiny"]).random_preset == "tiny"
+    a = parse_args(
+        [
+            "--run_dir=W/exp/arm",
+            "--max_batch_size=2",
+            "--api_key=k",
+            "--step=3",
+            "--mesh=tensor=2",
+            "--continuous_batching=false",
+        ]
+    )
+    assert (a.run_dir, a.max_batch_size, a.api_key, a.step) == ("W/exp/arm", 2, "k", 3)
+    assert a.mesh == "tensor=2" and a.continuous_batching is False
     for old in (["--random-preset=tiny"], ["--workdir=W/exp/arm"]):
         with pytest.raises(SystemExit):
             parse_args(old)

@@ -24,7 +24,7 @@ import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -343,14 +343,94 @@ def restore_params(
         ckpt.close()
 
 
-def restore_for_inference(run_dir: str | Path) -> tuple[Any, Any, Any, Any]:
-    """(params, model_cfg, tokenizer, config) from a run dir's newest good checkpoint.
+def restore_params_only(
+    path: str | Path,
+    *,
+    step: int | None = None,
+    sharding_fn: Callable[[Any], Any] | None = None,
+    dtype: Any = None,
+) -> tuple[Any, dict[str, Any], dict[str, Any] | None, int]:
+    """(params, meta, tokenizer_json, step): only the `params` subtree of a checkpoint.
+
+    Serving and evaluation never need the optimizer moments (two more copies of the
+    weights in AdamW), so this reads `state/params` alone with Orbax's partial restore,
+    straight into `sharding_fn(abstract_params)` (a NamedSharding tree; default: one
+    device) and cast to `dtype` on load (default: the stored dtype). `step=None` takes the
+    newest readable step, falling back to older ones as `restore_params` does.
+    """
+    ckpt = Checkpointer(find_checkpoint_dir(path), async_save=False)
+    try:
+        available = ckpt.steps()
+        if step is not None and step not in available:
+            raise CheckpointError(
+                f"No checkpoint step {step} in {ckpt.directory}; available steps: {available}. "
+                "Pass one of them (or omit --step for the newest)."
+            )
+        steps = [step] if step is not None else list(reversed(available))
+        if not steps:
+            raise CheckpointError(f"{ckpt.directory} holds no finished checkpoint yet.")
+        last_error: Exception | None = None
+        for s in steps:
+            try:
+                meta = ckpt.read_meta(s)
+                md = ckpt.manager.item_metadata(s)["state"]["params"]
+                abstract = _single_device_target(md)
+                shardings = (
+                    sharding_fn(abstract)
+                    if sharding_fn is not None
+                    else jax.tree.map(lambda a: a.sharding, abstract)
+                )
+                target = jax.tree.map(
+                    lambda a, sh: jax.ShapeDtypeStruct(a.shape, dtype or a.dtype, sharding=sh),
+                    abstract,
+                    shardings,
+                )
+                restore_args = jax.tree.map(
+                    lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding, dtype=t.dtype), target
+                )
+                with ocp.PyTreeCheckpointer() as reader:
+                    restored = reader.restore(
+                        ckpt.step_dir(s) / "state",
+                        args=ocp.args.PyTreeRestore(
+                            item={"params": target},
+                            restore_args={"params": restore_args},
+                            partial_restore=True,
+                        ),
+                    )
+                tok = None
+                if (ckpt.step_dir(s) / "tokenizer").exists():
+                    tok = ckpt.manager.restore(
+                        s, args=ocp.args.Composite(tokenizer=ocp.args.JsonRestore())
+                    )["tokenizer"]
+                return restored["params"], meta, tok, s
+            except Exception as e:  # noqa: BLE001 - fall back to an older step
+                if step is not None:
+                    raise
+                print(f"WARNING: cannot read checkpoint step {s} ({type(e).__name__}: {e})")
+                last_error = e
+        raise CheckpointError(
+            f"No readable checkpoint in {ckpt.directory} (last error: {last_error})."
+        )
+    finally:
+        ckpt.close()
+
+
+def restore_for_inference(
+    run_dir: str | Path,
+    *,
+    step: int | None = None,
+    sharding_fn: Callable[[Any], Any] | None = None,
+    dtype: Any = None,
+) -> tuple[Any, Any, Any, Any]:
+    """(params, model_cfg, tokenizer, config) from a run dir's checkpoint (params only).
 
     The tokenizer comes from the checkpoint itself and is checked against the model's
     vocabulary, so eval and serving can never pair weights with the wrong tokenizer.
     """
 
-    params, meta, tok_json = restore_params(run_dir)
+    params, meta, tok_json, _ = restore_params_only(
+        run_dir, step=step, sharding_fn=sharding_fn, dtype=dtype
+    )
     config = config_from_dict(meta["config"])
     model_cfg = model_config_from(config.model)
     if tok_json:

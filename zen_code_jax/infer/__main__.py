@@ -3,23 +3,38 @@
   python -m zen_code_jax.infer --run_dir=WORKDIR/<experiment>/<arm> --port=8000
   python -m zen_code_jax.infer --random_preset=tiny --port=8000   # no checkpoint: for testing
 
-Listens on 127.0.0.1 unless --host says otherwise (the server has no authentication).
-Flags follow the project's one vocabulary (experiments/run.py, `python -m zen_code_jax.eval`):
---run_dir is one run directory, and multi-word flags are spelled with underscores.
+Listens on 127.0.0.1 unless --host says otherwise; set --api_key (or ZEN_API_KEY) before
+exposing it. Start-up loads the parameters only (no optimizer moments) onto --mesh in
+--dtype, compiles the two decode steps (persistent compilation cache in
+--compilation_cache_dir) and only then listens: no request ever compiles. See
+docs/serving.md. Flags follow the project's one vocabulary (underscores).
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import json
+import os
 import sys
 import sysconfig
 from collections.abc import Sequence
+from pathlib import Path
 
+import flax.linen as nn
+import jax
+import numpy as np
+
+from zen_code_jax.checkpoint import restore_for_inference
+from zen_code_jax.config import config_from_dict, model_config_from
 from zen_code_jax.data.tokenizer import Tokenizer
 from zen_code_jax.infer.engine import InferenceEngine, random_params
+from zen_code_jax.infer.protocol import Limits
 from zen_code_jax.infer.server import CompletionServer
 from zen_code_jax.model.config import get_preset
+from zen_code_jax.model.transformer import Transformer
+from zen_code_jax.parallel.mesh import make_mesh
+from zen_code_jax.parallel.rules import DEFAULT_RULES
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -37,57 +52,142 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     p.add_argument("--model_name", default=None, help="id reported by /v1/models")
-    p.add_argument("--max_batch_size", type=int, default=8)
+    p.add_argument("--max_batch_size", type=int, default=8, help="decode slots (KV rows)")
+    p.add_argument("--max_context", type=int, default=2048, help="positions per slot")
+    p.add_argument("--prefill_chunk", type=int, default=128, help="prompt tokens per turn")
     p.add_argument(
-        "--min_batch_bucket",
+        "--prefill_interval",
         type=int,
         default=1,
-        help="pad every batch to at least this many rows (fewer shapes to compile)",
+        help="decode steps per prefill chunk while rows decode (1: every step)",
     )
     p.add_argument("--max_tokens_limit", type=int, default=1024)
-    p.add_argument("--batch_window_ms", type=float, default=10.0)
+    p.add_argument("--max_prompt_tokens", type=int, default=None, help="default: context-1")
+    p.add_argument("--max_rows_per_request", type=int, default=16, help="len(prompt) x n")
+    p.add_argument("--max_queue", type=int, default=64, help="waiting rows before 429")
+    p.add_argument("--max_body_bytes", type=int, default=4 * 1024 * 1024)
+    p.add_argument("--read_timeout_s", type=float, default=10.0)
+    p.add_argument("--api_key", default=os.environ.get("ZEN_API_KEY"), help="or ZEN_API_KEY")
+    p.add_argument(
+        "--continuous_batching",
+        type=lambda v: v.lower() in ("1", "true", "yes"),
+        default=True,
+        help="false: admit rows only into an empty machine (static batching; a baseline)",
+    )
+    p.add_argument("--mesh", default="", help="e.g. 'tensor=2' or 'fsdp=-1' (default: none)")
+    p.add_argument("--dtype", default=None, help="compute dtype (bf16 on accelerators, f32 CPU)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
+    p.add_argument("--compilation_cache_dir", default=None)
     p.add_argument("--seed", type=int, default=0, help="seed of --random_preset weights")
     return p.parse_args(argv)
 
 
+def parse_mesh(spec: str) -> dict[str, int]:
+    """'tensor=2,fsdp=-1' (commas or spaces) -> {'tensor': 2, 'fsdp': -1}."""
+    out = {}
+    for part in spec.replace(",", " ").split():
+        name, _, size = part.partition("=")
+        if not size.lstrip("-").isdigit():
+            raise SystemExit(f"--mesh={spec!r}: write axis=size pairs, e.g. --mesh=tensor=2.")
+        out[name] = int(size)
+    return out
+
+
+def _run_model_cfg(run_dir: str):
+    """The run's model config, from its config.json (the run-directory contract)."""
+    data = json.loads((Path(run_dir) / "config.json").read_text())
+    return model_config_from(config_from_dict(data).model)
+
+
+def _param_specs(cfg) -> dict:
+    """Logical PartitionSpecs of the model's params (for restoring straight onto a mesh)."""
+    dummy = np.zeros((1, 1), np.int32)
+    abstract = jax.eval_shape(
+        lambda: Transformer(cfg).init(jax.random.key(0), dummy, dummy, dummy + 1)
+    )["params"]
+    return nn.get_partition_spec(abstract)
+
+
+def _default_dtype() -> str:
+    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
 def build_engine(args: argparse.Namespace) -> tuple[InferenceEngine, str]:
-    """The engine to serve and its model id: a run's newest checkpoint, or random weights
-    of a preset (for testing the server without training anything)."""
+    """The engine to serve and its model id: a run's checkpoint (params only, at --step,
+    sharded on --mesh), or random weights of a preset (for testing the server)."""
+    mesh = make_mesh(parse_mesh(args.mesh)) if args.mesh else None
+    dtype = args.dtype or _default_dtype()
     if args.run_dir:
-        engine = InferenceEngine.from_run_dir(
-            args.run_dir,
-            max_batch_size=args.max_batch_size,
-            min_batch_bucket=args.min_batch_bucket,
+        sharding_fn = None
+        if mesh is not None:
+            specs = _param_specs(_run_model_cfg(args.run_dir))
+
+            def sharding_fn(abstract):  # the model's logical axes, on --mesh
+                return nn.logical_to_mesh_sharding(specs, mesh, list(DEFAULT_RULES))
+
+        params, cfg, tok, _ = restore_for_inference(
+            args.run_dir, step=args.step, sharding_fn=sharding_fn
+        )
+        if args.tokenizer:
+            other = Tokenizer.load(args.tokenizer)
+            if other.fingerprint() != tok.fingerprint():
+                raise SystemExit(
+                    f"--tokenizer={args.tokenizer} is not the tokenizer {args.run_dir} was "
+                    "trained with; drop --tokenizer (the run's own is used)."
+                )
+        engine = InferenceEngine(
+            params, cfg.replace(dtype=dtype), tok, mesh, max_batch_size=args.max_batch_size
         )
         name = args.model_name or args.run_dir.rstrip("/").split("/")[-1]
         return engine, name
-    cfg = get_preset(args.random_preset)
+    cfg = get_preset(args.random_preset).replace(dtype=dtype)
     if args.tokenizer:
         tok = Tokenizer.load(args.tokenizer)
     else:
         files = sorted(glob.glob(sysconfig.get_paths()["stdlib"] + "/json/*.py"))
         tok = Tokenizer.train([open(f).read() for f in files], cfg.vocab_size)
     engine = InferenceEngine(
-        random_params(cfg, args.seed),
-        cfg,
-        tok,
-        max_batch_size=args.max_batch_size,
-        min_batch_bucket=args.min_batch_bucket,
+        random_params(cfg, args.seed), cfg, tok, mesh, max_batch_size=args.max_batch_size
     )
     return engine, args.model_name or f"random-{args.random_preset}"
 
 
+def _enable_compilation_cache(args: argparse.Namespace) -> None:
+    """Persist compiled executables so a restart skips XLA (WORKDIR/cache/jax for a run)."""
+    path = args.compilation_cache_dir
+    if path is None and args.run_dir:
+        path = str(Path(args.run_dir).absolute().parent.parent / "cache" / "jax")
+    path = path or str(Path.home() / ".cache" / "zen_code_jax" / "jax")
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 def build_server(argv: Sequence[str] | None = None) -> CompletionServer:
-    """Parse `argv` and build (not start) the server; tests drive it from here."""
+    """Parse `argv` and build (not start) the server, compiled; tests drive it from here."""
     args = parse_args(argv)
+    _enable_compilation_cache(args)
     engine, name = build_engine(args)
+    max_context = min(args.max_context, engine.model_cfg.max_position_embeddings)
+    limits = Limits(
+        max_prompt_tokens=args.max_prompt_tokens or max_context - 1,
+        max_tokens=args.max_tokens_limit,
+        max_rows=args.max_rows_per_request,
+        max_queue=args.max_queue,
+        max_body_bytes=args.max_body_bytes,
+        read_timeout_s=args.read_timeout_s,
+    )
     return CompletionServer(
         engine,
         model_name=name,
         host=args.host,
         port=args.port,
-        max_tokens_limit=args.max_tokens_limit,
-        batch_window_s=args.batch_window_ms / 1000.0,
+        limits=limits,
+        max_context=max_context,
+        prefill_chunk=args.prefill_chunk,
+        continuous=args.continuous_batching,
+        api_key=args.api_key,
+        prefill_interval=args.prefill_interval,
     )
 
 

@@ -18,15 +18,17 @@ GREEDY_EPS = 1e-5
 def row_keys(seeds: jax.Array, sample_index: jax.Array, step: jax.Array) -> jax.Array:
     """One PRNG key per row for decode step `step`: fold (seed, sample index, step).
 
-    seeds, sample_index: int32 [B]; step: int32 scalar. Returns a key array [B].
+    seeds, sample_index: int32 [B]; step: int32 scalar, or [B] when rows are at different
+    steps (the slot engine). Returns a key array [B].
     """
 
-    def one(seed, idx):
+    def one(seed, idx, t):
         key = jax.random.fold_in(jax.random.key(0), seed)
         key = jax.random.fold_in(key, idx)
-        return jax.random.fold_in(key, step)
+        return jax.random.fold_in(key, t)
 
-    return jax.vmap(one)(seeds, sample_index)
+    steps = jnp.broadcast_to(jnp.asarray(step, jnp.int32), seeds.shape)
+    return jax.vmap(one)(seeds, sample_index, steps)
 
 
 def top_p_mask(logits: jax.Array, top_p: jax.Array) -> jax.Array:

@@ -1,0 +1,373 @@
+"""Continuous batching: one thread moves rows through the slots of a `SlotDecoder`.
+
+Each turn the scheduler (1) frees the slots of cancelled rows, (2) admits waiting rows
+into free slots (preferring the free slot whose cached tokens share the longest prefix
+with the prompt), (3) prefills one chunk of the oldest row still prefilling, (4) runs one
+decode step for every decoding row, and hands each row's new text to its job as an event.
+A row leaves at a stop id, a stop string, its budget or the end of its slot. With
+`continuous=False` (the benchmark's baseline) rows are admitted only into an empty
+machine, i.e. static batching.
+
+Text. Each new token re-decodes the row; text is released only up to the point where no
+stop string could still begin (and never a trailing partial UTF-8 character), so a stop
+string is never emitted, and `usage` counts only the tokens whose text is kept.
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from zen_code_jax.infer.slots import SlotDecoder
+
+
+@dataclass
+class Row:
+    """One choice to decode: token prompt and settings."""
+
+    prompt_ids: list[int]
+    max_new: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    sample_index: int = 0
+    stop: tuple[str, ...] = ()
+    # filled by the scheduler
+    ids: list[int] = field(default_factory=list)
+    logprobs: list[tuple[float, list[int], list[float]]] = field(default_factory=list)
+    sent_chars: int = 0  # characters of text already handed out
+    sent_tokens: int = 0  # tokens whose logprobs were handed out
+    finish_reason: str | None = None
+    kept_tokens: int = 0
+    slot: int | None = None
+    prefilled: int = 0  # prompt tokens in the slot's cache
+    reused: int = 0  # of which were already there (prefix reuse)
+
+
+@dataclass
+class Event:
+    """New output of one row: text delta, its tokens' logprob records, and the end."""
+
+    row: int
+    text: str
+    logprobs: list[tuple[int, float, list[int], list[float]]]
+    finish_reason: str | None = None
+
+
+class Job:
+    """The rows of one request and the queue of their events (read by the HTTP thread)."""
+
+    def __init__(self, rows: Sequence[Row], alive: Callable[[], bool] | None = None):
+        """alive: polled by the scheduler every turn (False = the client went away), so a
+        disconnect frees the slots at the next step whatever the HTTP thread is doing."""
+        self.rows = list(rows)
+        self.alive = alive
+        self.events: queue.Queue[Event] = queue.Queue()
+        self.cancelled = threading.Event()
+        self.submitted = time.monotonic()
+        self.first_token: float | None = None
+        self.remaining = len(self.rows)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    @property
+    def finished(self) -> bool:
+        return self.remaining == 0
+
+
+class QueueFull(RuntimeError):
+    """The wait queue is at its cap: the server answers 429 with Retry-After."""
+
+
+class Scheduler:
+    """Drive a SlotDecoder from a thread; `submit(job)` from any thread."""
+
+    def __init__(
+        self,
+        decoder: SlotDecoder,
+        tokenizer: Any,
+        stop_ids: Sequence[int],
+        *,
+        max_queue: int = 64,
+        continuous: bool = True,
+        prefill_interval: int = 1,
+    ):
+        """prefill_interval: while rows are decoding, one prefill chunk per this many decode
+        steps (1: every turn; larger trades time to first token for steadier decoding)."""
+        self.dec, self.tok = decoder, tokenizer
+        self.stop_ids = frozenset(int(i) for i in stop_ids)
+        self.max_queue, self.continuous = int(max_queue), bool(continuous)
+        self.prefill_interval = max(1, int(prefill_interval))
+        self._since_prefill = 0
+        n = decoder.slots
+        self.slot_rows: list[tuple[Job, int] | None] = [None] * n
+        self.slot_tokens: list[list[int]] = [[] for _ in range(n)]  # valid cache contents
+        self.slot_used = [0.0] * n
+        self.waiting: collections.deque[tuple[Job, int]] = collections.deque()
+        self.cond = threading.Condition()
+        self.stats = collections.Counter()
+        self.ttft: list[float] = []
+        self._stop = False
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ public
+    def start(self) -> Scheduler:
+        self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
+        self._thread.start()
+        return self
+
+    def shutdown(self) -> None:
+        with self.cond:
+            self._stop = True
+            self.cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def submit(self, job: Job) -> None:
+        """Queue a job's rows (QueueFull when the wait queue is at its cap)."""
+        with self.cond:
+            if len(self.waiting) + len(job.rows) > self.max_queue:
+                self.stats["rejected_queue_full"] += 1
+                raise QueueFull(f"{len(self.waiting)} rows are waiting (cap {self.max_queue}).")
+            self.waiting.extend((job, i) for i in range(len(job.rows)))
+            self.stats["requests"] += 1
+            self.cond.notify_all()
+
+    def wake(self) -> None:
+        """Make the loop look at cancellations now."""
+        with self.cond:
+            self.cond.notify_all()
+
+    @property
+    def busy_slots(self) -> int:
+        return sum(r is not None for r in self.slot_rows)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self.waiting)
+
+    # ------------------------------------------------------------------ loop
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                while not self._stop and not self._has_work():
+                    self.cond.wait(timeout=0.5)
+                if self._stop:
+                    return
+                self._drop_cancelled()
+                self._admit()
+            self._prefill_one()
+            self._decode()
+
+    def _has_work(self) -> bool:
+        return bool(self.waiting) or self.busy_slots > 0
+
+    def _drop_cancelled(self) -> None:
+        for job in {id(e[0]): e[0] for e in filter(None, self.slot_rows)}.values():
+            if job.alive is not None and not job.cancelled.is_set() and not job.alive():
+                job.cancel()
+        self.waiting = collections.deque(
+            (j, i) for j, i in self.waiting if not j.cancelled.is_set()
+        )
+        for entry in self.slot_rows:
+            if entry is not None and entry[0].cancelled.is_set():
+                job, i = entry
+                self.stats["cancelled_rows"] += 1
+                self.stats["wasted_tokens"] += len(job.rows[i].ids)
+                self.stats["wasted_prefill_tokens"] += job.rows[i].prefilled - job.rows[i].reused
+                self._finish(job, i, "cancelled")
+
+    def _admit(self) -> None:
+        if not self.continuous and self.busy_slots:
+            return
+        while self.waiting:
+            free = [s for s, r in enumerate(self.slot_rows) if r is None]
+            if not free:
+                return
+            job, i = self.waiting.popleft()
+            row = job.rows[i]
+            prompt = row.prompt_ids
+
+            def shared(s: int, prompt: list[int] = prompt) -> int:
+                cached, n = self.slot_tokens[s], 0
+                limit = min(len(cached), len(prompt) - 1)
+                while n < limit and cached[n] == prompt[n]:
+                    n += 1
+                return n
+
+            s = max(free, key=lambda s: (shared(s), -self.slot_used[s]))
+            row.prefilled = row.reused = shared(s)
+            self.stats["prefix_reused_tokens"] += row.prefilled
+            self.slot_tokens[s] = list(prompt[: row.prefilled])
+            row.slot = s
+            self.slot_rows[s] = (job, i)
+            self.slot_used[s] = time.monotonic()
+
+    def _prefill_one(self) -> None:
+        todo = [
+            (job, i)
+            for job, i in filter(None, self.slot_rows)
+            if job.rows[i].prefilled < len(job.rows[i].prompt_ids)
+        ]
+        if not todo:
+            return
+        decoding = any(
+            job.rows[i].ids and job.rows[i].prefilled == len(job.rows[i].prompt_ids)
+            for job, i in filter(None, self.slot_rows)
+        )
+        self._since_prefill += 1
+        if decoding and self._since_prefill < self.prefill_interval:
+            return
+        self._since_prefill = 0
+        job, i = min(todo, key=lambda e: e[0].submitted)
+        row = job.rows[i]
+        start = row.prefilled
+        chunk = row.prompt_ids[start : start + self.dec.chunk]
+        final = start + len(chunk) == len(row.prompt_ids)
+        out = self.dec.prefill(
+            row.slot,
+            chunk,
+            start,
+            (row.temperature, row.top_p, row.seed, row.sample_index, 0),
+            final=final,
+        )
+        row.prefilled += len(chunk)
+        self.slot_tokens[row.slot].extend(chunk)
+        self.stats["prefill_tokens"] += len(chunk)
+        if out is not None:
+            self._accept(job, i, out, 0)
+
+    def _decode(self) -> None:
+        n = self.dec.slots
+        cols = {k: np.zeros((n,), np.float64) for k in ("last", "pos", "temp", "top_p", "seed")}
+        cols.update(index=np.zeros((n,)), step=np.zeros((n,)), active=np.zeros((n,), bool))
+        live = []
+        for s, entry in enumerate(self.slot_rows):
+            if entry is None:
+                continue
+            job, i = entry
+            row = job.rows[i]
+            if row.prefilled < len(row.prompt_ids) or not row.ids:
+                continue
+            cols["last"][s] = row.ids[-1]
+            cols["pos"][s] = len(row.prompt_ids) + len(row.ids) - 1
+            cols["temp"][s], cols["top_p"][s] = row.temperature, row.top_p
+            cols["seed"][s], cols["index"][s] = row.seed, row.sample_index
+            cols["step"][s], cols["active"][s] = len(row.ids), True
+            live.append(s)
+        if not live:
+            return
+        out = self.dec.step(
+            cols["last"],
+            cols["pos"],
+            cols["active"],
+            cols["temp"],
+            cols["top_p"],
+            cols["seed"],
+            cols["index"],
+            cols["step"],
+        )
+        self.stats["decode_steps"] += 1
+        for s in live:
+            job, i = self.slot_rows[s]  # type: ignore[misc]
+            self.slot_tokens[s].append(job.rows[i].ids[-1])
+            self._accept(job, i, out, s)
+
+    # ------------------------------------------------------------------ rows
+    def _accept(self, job: Job, i: int, out: Any, k: int) -> None:
+        """Take sample `k` of `out` as row i's next token; release text; maybe finish."""
+        row = job.rows[i]
+        tok = int(out.token[k])
+        if job.first_token is None:
+            job.first_token = time.monotonic()
+            self.ttft.append(job.first_token - job.submitted)
+        if tok in self.stop_ids:
+            self._release(job, i, final=True)
+            self._finish(job, i, "stop")
+            return
+        row.ids.append(tok)
+        row.logprobs.append(
+            (float(out.logprob[k]), out.top_ids[k].tolist(), out.top_logprobs[k].tolist())
+        )
+        self.stats["generated_tokens"] += 1
+        if self._release(job, i, final=False):
+            self._finish(job, i, "stop")
+        elif len(row.ids) >= row.max_new or len(row.prompt_ids) + len(row.ids) >= self.dec.max_len:
+            self._release(job, i, final=True)
+            self._finish(job, i, "length")
+
+    def _release(self, job: Job, i: int, *, final: bool) -> bool:
+        """Hand out the row's safe new text; True when a stop string ended it."""
+        row = job.rows[i]
+        text = self.tok.decode(row.ids)
+        cut = -1
+        if row.stop:
+            lo = max(0, row.sent_chars - max(len(s) for s in row.stop))
+            hits = [p for p in (text.find(s, lo) for s in row.stop if s) if p >= 0]
+            cut = min(hits, default=-1)
+        if cut >= 0:
+            end = cut
+        elif final:
+            end = len(text)
+        else:
+            end = len(text) - _holdback(text, row.stop)
+        # Tokens whose text lies (at least partly) before `end`.
+        kept = len(row.ids)
+        if cut >= 0 or not final:
+            kept = _tokens_covering(self.tok, row.ids, end)
+        if end > row.sent_chars or final or cut >= 0:
+            recs = [(row.ids[t], *row.logprobs[t]) for t in range(row.sent_tokens, kept)]
+            job.events.put(Event(i, text[row.sent_chars : max(end, row.sent_chars)], recs))
+            row.sent_chars = max(end, row.sent_chars)
+            row.sent_tokens = max(kept, row.sent_tokens)
+        row.kept_tokens = row.sent_tokens
+        return cut >= 0
+
+    def _finish(self, job: Job, i: int, reason: str) -> None:
+        row = job.rows[i]
+        row.finish_reason = reason
+        if row.slot is not None:
+            self.slot_rows[row.slot] = None
+            self.slot_used[row.slot] = time.monotonic()
+            if row.prefilled < len(row.prompt_ids):  # cancelled mid-prefill: keep what is valid
+                self.slot_tokens[row.slot] = self.slot_tokens[row.slot][: row.prefilled]
+        self.stats["finished_rows"] += 1
+        job.events.put(Event(i, "", [], reason))
+        job.remaining -= 1  # after the event: a reader that sees `finished` finds it queued
+
+
+def _holdback(text: str, stops: Sequence[str]) -> int:
+    """Characters at the end of `text` that may still turn into a stop string or a
+    complete UTF-8 character."""
+    n = 0
+    while n < len(text) and text[len(text) - 1 - n] == "\ufffd":
+        n += 1
+    best = n
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                best = max(best, k)
+                break
+    return best
+
+
+def _tokens_covering(tok: Any, ids: list[int], end: int) -> int:
+    """Fewest leading tokens whose decoded text reaches character `end`."""
+    if end <= 0:
+        return 0
+    lo, hi = 1, len(ids)
+    while lo < hi:  # decoded length is monotone in the number of tokens
+        mid = (lo + hi) // 2
+        if len(tok.decode(ids[:mid]).rstrip("\ufffd")) >= end:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
