@@ -37,7 +37,8 @@ def model_config_from(group: ml_collections.ConfigDict) -> ModelConfig:
     """Build the frozen ModelConfig from a config's `model` group."""
     d = dict(group.to_dict())
     preset = d.pop("preset")
-    if preset not in PRESETS:
+    # "hf": the fields were read from an HF config.json (zen_code_jax.hf); no preset behind them.
+    if preset not in PRESETS and preset != "hf":
         raise ValueError(f"Unknown model preset {preset!r}. Valid presets: {sorted(PRESETS)}.")
     d["head_dim"] = d["head_dim"] or None
     return ModelConfig.from_dict(d)

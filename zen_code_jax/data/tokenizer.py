@@ -101,6 +101,8 @@ def _limit_characters(chunks: list[str], room: int) -> list[str]:
 class Tokenizer:
     """A trained SentencePiece model plus the model-facing vocabulary size."""
 
+    backend = "sentencepiece"
+
     def __init__(self, model_proto: bytes, vocab_size: int | None = None):
         self._proto = bytes(model_proto)
         self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
