@@ -169,18 +169,21 @@ def test_export_from_pretrained_strict_and_reimport_bitwise(fixtures, imported, 
 
 
 def test_greedy_generation_matches_transformers(fixtures, imported):
-    from zen_code_jax.infer.engine import InferenceEngine
+    """Our KV-cache decoder (prefill + one token per step) vs transformers generate."""
+    from zen_code_jax.infer.engine import CompletionRequest, InferenceEngine
 
     _, model = fixtures[False]
     engine = InferenceEngine.from_run_dir(str(imported[False]))
     tok = engine.tokenizer
-    prompt = tok.encode("def add(a, b):\n    return")
-    gens = engine.generate([prompt], max_new_tokens=12, temperature=0.0, stop_ids=())
-    ours = list(gens[0].ids if hasattr(gens[0], "ids") else gens[0])
-    with torch.no_grad():
-        ref = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
-                             eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
-    assert ours[: len(ref)] == ref
+    prompts = [tok.encode("def add(a, b):\n    return"), tok.encode("import json\n")]
+    done = engine.complete([CompletionRequest(p, 16) for p in prompts])
+    for prompt, c in zip(prompts, done):
+        with torch.no_grad():
+            ref = model.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False,
+                                 eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
+        ours = list(c.token_ids)
+        assert ours == ref[: len(ours)]
+        assert len(ours) == 16 or ref[len(ours)] == tok.eot_id  # stopped at <|endoftext|>
 
 
 def test_bf16_checkpoint_stays_bf16(tmp_path, fixtures):
@@ -201,7 +204,7 @@ import jax, numpy as np
 from zen_code_jax.hf.rundir import load_hf
 from zen_code_jax.parallel import make_mesh
 from zen_code_jax.hf import load
-load.CHUNK_BYTES = 4096  # force the chunked path too
+load.CHUNK_BYTES = 1 << 18  # force the chunked path for the big leaves too
 mesh = make_mesh({{"data": 2, "fsdp": 2, "tensor": 2, "sequence": 1}})
 p, cfg, _ = load_hf({str(fixtures[False][0])!r}, mesh=mesh)
 q, _, _ = load_hf({str(fixtures[False][0])!r})
