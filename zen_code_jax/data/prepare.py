@@ -397,6 +397,7 @@ def build_corpus(
     key: str,
     vocab_size: int,
     out_dir: Path,
+    tokenizer: Tokenizer | None = None,
 ) -> Manifest:
     """Run stages 2-6 into `out_dir` (manifest.json written last) and return the manifest."""
     t0 = time.perf_counter()
@@ -421,7 +422,11 @@ def build_corpus(
     timings["dedup_s"] = time.perf_counter() - t1
     split = split_records(dd.records, float(cfg["heldout_fraction"]))
     t2 = time.perf_counter()
-    tok = train_tokenizer(split.by_split[TRAIN_SPLIT], vocab_size, out_dir)
+    if tokenizer is None:
+        tok = train_tokenizer(split.by_split[TRAIN_SPLIT], vocab_size, out_dir)
+    else:  # a checkpoint's own tokenizer (train.init_checkpoint="hf:DIR")
+        tok = tokenizer
+        tok.save(out_dir / "tokenizer")
     timings["tokenizer_s"] = time.perf_counter() - t2
     t3 = time.perf_counter()
     written = write_splits(out_dir, split.by_split)
@@ -443,7 +448,9 @@ def build_corpus(
     return manifest
 
 
-def prepare_corpus(data_cfg: Any, vocab_size: int, workdir: str | os.PathLike) -> PreparedCorpus:
+def prepare_corpus(
+    data_cfg: Any, vocab_size: int, workdir: str | os.PathLike, tokenizer: Tokenizer | None = None
+) -> PreparedCorpus:
     """Prepare (or reuse) the corpus described by the `data` config group.
 
     Returns a PreparedCorpus whose manifest also carries a `mixture` block: the configured
@@ -454,6 +461,8 @@ def prepare_corpus(data_cfg: Any, vocab_size: int, workdir: str | os.PathLike) -
         raise ValueError("prepare_corpus needs a workdir: pass the run's WORKDIR (a folder).")
     listing = sources.list_corpus(data_cfg)
     cfg = prepare_config(data_cfg, vocab_size)
+    if tokenizer is not None:  # the cache key names the given tokenizer (trained: none)
+        cfg["tokenizer_fingerprint"] = tokenizer.fingerprint()
     key = cache_key(listing, cfg)
     cache_root = Path(workdir).expanduser() / "cache"
     final = cache_root / key
@@ -463,7 +472,7 @@ def prepare_corpus(data_cfg: Any, vocab_size: int, workdir: str | os.PathLike) -
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
-            build_corpus(listing, data_cfg, cfg, key, vocab_size, tmp)
+            build_corpus(listing, data_cfg, cfg, key, vocab_size, tmp, tokenizer)
             try:
                 os.rename(tmp, final)
             except OSError:
