@@ -111,7 +111,8 @@ class HFTokenizer:
             i: roles[r] for r, i in self.sentinels.items()
         }
         self.special_ids: tuple[int, ...] = tuple(
-            self.sentinels[r] for r in ("eot", "fim_prefix", "fim_middle", "fim_suffix", "fim_pad")
+            self.sentinels[r]
+            for r in ("eot", "fim_prefix", "fim_middle", "fim_suffix", "fim_pad")
             if r in self.sentinels
         )
 

@@ -173,7 +173,9 @@ def run_arm(
         )
     elif hf_ckpt is not None:
         # Streamed tensor by tensor into the state's shardings and dtype (docs/hf.md).
-        state = state.replace(params=load_params(hf_ckpt, model_cfg, target=abstract_like(state.params)))
+        state = state.replace(
+            params=load_params(hf_ckpt, model_cfg, target=abstract_like(state.params))
+        )
         print(f"[{arm}] initialized params from HF checkpoint {hf_dir}", flush=True)
     elif config.train.init_checkpoint:
         src = init_checkpoint_dir(config.train.init_checkpoint, run_dir)

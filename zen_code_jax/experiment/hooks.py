@@ -190,7 +190,8 @@ def hf_export(root: Path, model_cfg: Any, tokenizer: Any) -> Callable[[StepInfo]
     runs (each tensor is gathered to this host in turn)."""
 
     def hook(info: StepInfo) -> None:
-        export_params(info.state.params, model_cfg, root / str(info.step), tokenizer=tokenizer,
-                      overwrite=True)
+        export_params(
+            info.state.params, model_cfg, root / str(info.step), tokenizer=tokenizer, overwrite=True
+        )
 
     return hook

@@ -21,8 +21,11 @@ from zen_code_jax.hf.rundir import export_run, import_hf
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m zen_code_jax.hf", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m zen_code_jax.hf",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     imp = sub.add_parser("import", help="HF directory -> run directory")
     imp.add_argument("--hf_dir", required=True)
@@ -30,7 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     exp = sub.add_parser("export", help="run directory -> HF directory")
     exp.add_argument("--run_dir", required=True)
     exp.add_argument("--hf_dir", required=True)
-    exp.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: the params')")
+    exp.add_argument(
+        "--dtype", default=None, help="float32 | bfloat16 | float16 (default: the params')"
+    )
     exp.add_argument("--max_shard_size", default="5GB")
     a = ap.parse_args(argv)
     t0 = time.perf_counter()

@@ -43,7 +43,10 @@ def expected_hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         cfg.intermediate_size,
         cfg.vocab_size,
     )
-    out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, d), "model.norm.weight": (d,)}
+    out: dict[str, tuple[int, ...]] = {
+        "model.embed_tokens.weight": (v, d),
+        "model.norm.weight": (d,),
+    }
     if not cfg.tie_embeddings:
         out["lm_head.weight"] = (v, d)
     for i in range(cfg.num_layers):

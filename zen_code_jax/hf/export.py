@@ -104,7 +104,9 @@ def export_params(
     np_dtype = np.dtype(NP_DTYPES[dtype])
     limit = parse_size(max_shard_size)
     plan = hf_tensor_plan(cfg)
-    sizes = [math.prod(math.prod(g) for g in split) * np_dtype.itemsize for _, _, _, split, _ in plan]
+    sizes = [
+        math.prod(math.prod(g) for g in split) * np_dtype.itemsize for _, _, _, split, _ in plan
+    ]
     groups: list[list[int]] = [[]]
     used = 0
     for k, size in enumerate(sizes):
@@ -114,7 +116,9 @@ def export_params(
         groups[-1].append(k)
         used += size
     n = len(groups)
-    names = [SINGLE_FILE] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    names = (
+        [SINGLE_FILE] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -142,9 +146,16 @@ def export_params(
         (tmp / GENERATION_CONFIG_FILE).write_text(json.dumps(gen, indent=2, sort_keys=True) + "\n")
         if tokenizer is not None:
             tokenizer.save(tmp)
-            if getattr(tokenizer, "backend", "") == "hf" and not (tmp / "tokenizer_config.json").exists():
+            if (
+                getattr(tokenizer, "backend", "") == "hf"
+                and not (tmp / "tokenizer_config.json").exists()
+            ):
                 eot = tokenizer.decode([tokenizer.eot_id])
-                tcfg = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eot, "pad_token": eot}
+                tcfg = {
+                    "tokenizer_class": "PreTrainedTokenizerFast",
+                    "eos_token": eot,
+                    "pad_token": eot,
+                }
                 (tmp / "tokenizer_config.json").write_text(json.dumps(tcfg, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)

@@ -9,16 +9,19 @@ the safetensors files directly into its target sharding:
   `model/hf_convert.py`: transpose + reshape only);
 * shards up to `CHUNK_BYTES` go through `jax.make_array_from_callback` (the callback
   returns that view, which `device_put` copies once);
-* larger shards (the embedding, stacked layer tensors) are filled in place: a zero device
-  buffer, then row chunks of at most `CHUNK_BYTES` written by a donated
-  `dynamic_update_slice`, so host memory above the resident parameters stays at about two
-  chunks instead of a whole tensor plus its copy.
+* larger shards (the embedding, stacked layer tensors) are filled in row chunks of at
+  most `CHUNK_BYTES`: on CPU devices into an aligned host buffer that `device_put` adopts
+  without copying (the parameters' own memory); on accelerators into a device buffer by a
+  donated `dynamic_update_slice`. Host memory above the resident parameters stays at
+  about one chunk instead of a whole tensor plus its copy (measured: tests/test_hf.py,
+  benchmarks/hf_import.py).
 
 The checkpoint's dtype is kept unless the target says otherwise (bf16 stays bf16).
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
 from collections.abc import Callable, Mapping
@@ -38,7 +41,17 @@ from zen_code_jax.model.transformer import Transformer
 from zen_code_jax.parallel.mesh import make_mesh
 from zen_code_jax.parallel.rules import DEFAULT_RULES
 
-CHUNK_BYTES = 8 << 20
+CHUNK_BYTES = 2 << 20
+
+
+def _release_host_memory() -> None:
+    """Return freed heap pages to the OS (glibc keeps them in its arenas otherwise: a
+    200M-parameter import held ~80 MB of freed chunk and compile buffers without this)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
 
 # our layer key -> (HF suffix, split of each HF axis, permutation to our layout).
 # Split sizes use symbols resolved per config: D hidden, H heads, K kv heads, E head_dim,
@@ -162,27 +175,53 @@ def _build_leaf(
         def cb(index: tuple) -> np.ndarray:
             return read_region(opener(names[0]), split, perm, tuple(_bounds(index, shape)))
 
-        return jax.make_array_from_callback(shape, sharding, cb)
+        out = jax.make_array_from_callback(shape, sharding, cb)
+        _release_host_memory()
+        return out
     arrays = []
     for device, index in dev_index.items():
         b = _bounds(index, shape)
-        buf = jax.device_put(jnp.zeros([hi - lo for lo, hi in b], dtype), device)
         layer_b, inner = (b[0], b[1:]) if stacked else ((0, 1), b)
         a0, a1 = inner[0]
         row_bytes = max(1, math.prod(hi - lo for lo, hi in inner[1:]) * dtype.itemsize)
         step = max(1, CHUNK_BYTES // row_bytes)
+        shard_shape = [hi - lo for lo, hi in b]
+        on_host = device.platform == "cpu"
+        if on_host:
+            # CPU: fill an aligned host buffer that device_put then adopts without a copy.
+            buf: Any = _aligned_empty(shard_shape, dtype)
+        else:
+            # Accelerators: a device buffer updated in place (donated) chunk by chunk.
+            buf = jax.device_put(np.zeros(shard_shape, dtype), device)
         for j, layer in enumerate(range(*layer_b)):
             sl = opener(names[layer])
             for r in range(a0, a1, step):
                 region = [(r, min(a1, r + step)), *inner[1:]]
-                x = jax.device_put(np.asarray(read_region(sl, split, perm, tuple(region)), dtype), device)
+                x = read_region(sl, split, perm, tuple(region))
+                if on_host:
+                    rows = slice(r - a0, min(a1, r + step) - a0)
+                    buf[(j, rows) if stacked else (rows,)] = x
+                    continue
+                x = jax.device_put(np.asarray(x, dtype), device)
                 if stacked:
                     x = x[None]
                 offsets = ([j] if stacked else []) + [r - a0] + [0] * (len(inner) - 1)
                 buf = _update(buf, x, jnp.asarray(offsets, jnp.int32))
                 del x
-        arrays.append(buf)
+        arrays.append(jax.device_put(buf, device) if on_host else buf)
+        del buf
+    _update.clear_cache()  # per-shape programs, never reused by the next leaf
+    _release_host_memory()
     return jax.make_array_from_single_device_arrays(shape, sharding, arrays)
+
+
+def _aligned_empty(shape: list[int], dtype: np.dtype, align: int = 64) -> np.ndarray:
+    """An uninitialized array whose data is `align`-byte aligned (what XLA's CPU client
+    needs to adopt a host buffer zero-copy; a plain np.empty is only 16-byte aligned)."""
+    n = math.prod(shape) * dtype.itemsize
+    raw = np.empty(n + align, np.uint8)
+    off = (-raw.ctypes.data) % align
+    return raw[off : off + n].view(dtype).reshape(shape)
 
 
 def _set(tree: dict[str, Any], path: str, value: Any) -> None:
@@ -231,7 +270,13 @@ def load_params(
 
         for path, (names, split, perm) in leaf_sources(cfg).items():
             leaf = _get(target, path)
-            _set(params, path, _build_leaf(opener, names, split, perm, leaf, len(names) > 1 or path.startswith("layers/")))
+            _set(
+                params,
+                path,
+                _build_leaf(
+                    opener, names, split, perm, leaf, len(names) > 1 or path.startswith("layers/")
+                ),
+            )
     return params
 
 

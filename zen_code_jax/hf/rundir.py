@@ -36,8 +36,16 @@ from zen_code_jax.rundir import RunDir
 
 HF_PRESET = "hf"  # config.model.preset of a model described by an HF config.json
 # ModelConfig fields that are ours (precision, memory, kernels), not the architecture's.
-OWN_FIELDS = ("dtype", "param_dtype", "remat_policy", "scan_layers", "attention_impl",
-              "attention_block_size", "initializer_range", "max_position_embeddings")
+OWN_FIELDS = (
+    "dtype",
+    "param_dtype",
+    "remat_policy",
+    "scan_layers",
+    "attention_impl",
+    "attention_block_size",
+    "initializer_range",
+    "max_position_embeddings",
+)
 
 
 def hf_spec(spec: str) -> str | None:
@@ -121,8 +129,13 @@ def import_hf(
             "rng": np.asarray(key).tolist(),
             "hf_source": str(Path(hf_dir).resolve()),
         }
-        ckpt.save(0, {"step": np.zeros((), np.int32), "params": params}, None, meta,
-                  tokenizer_to_json(tok))
+        ckpt.save(
+            0,
+            {"step": np.zeros((), np.int32), "params": params},
+            None,
+            meta,
+            tokenizer_to_json(tok),
+        )
         ckpt.close()
         if out.exists():
             out.rmdir()
