@@ -50,7 +50,14 @@ OWN_FIELDS = (
 
 def hf_spec(spec: str) -> str | None:
     """`hf:DIR` -> DIR; anything else -> None (the `train.init_checkpoint` convention)."""
-    return spec[3:] if spec.startswith("hf:") else None
+    if not spec.startswith("hf:"):
+        return None
+    if not spec[3:]:
+        raise HFFormatError(
+            "train.init_checkpoint='hf:' names no directory; give hf:PATH (for "
+            "experiments/repo_ft_from_hf.py: --config=...:SCALE,hf=PATH)."
+        )
+    return spec[3:]
 
 
 def load_tokenizer(hf_dir: str | Path, model_cfg: ModelConfig) -> Any:
