@@ -13,6 +13,9 @@ INSTALL_REQUIRES = [
     "grain==0.2.18",
     "array-record",
     "sentencepiece==0.2.3",
+    # Hugging Face checkpoints and tokenizers (zen_code_jax/hf, data/hf_tokenizer.py).
+    "tokenizers==0.23.3",
+    "safetensors==0.8.0",
     "ml_collections==1.1.0",
     "tensorboard==2.21.0",
     "numpy>=2.0,<3",

@@ -37,7 +37,8 @@ def model_config_from(group: ml_collections.ConfigDict) -> ModelConfig:
     """Build the frozen ModelConfig from a config's `model` group."""
     d = dict(group.to_dict())
     preset = d.pop("preset")
-    if preset not in PRESETS:
+    # "hf": the fields were read from an HF config.json (zen_code_jax.hf); no preset behind them.
+    if preset not in PRESETS and preset != "hf":
         raise ValueError(f"Unknown model preset {preset!r}. Valid presets: {sorted(PRESETS)}.")
     d["head_dim"] = d["head_dim"] or None
     return ModelConfig.from_dict(d)
@@ -123,7 +124,8 @@ def base_config() -> ml_collections.ConfigDict:
             peak_flops_per_device=0.0,  # 0 = guess from the backend (for MFU)
             loss_chunk_size=0,  # tokens per logits chunk in the loss; 0 = unchunked
             init_checkpoint="",  # start from these params (e.g. a base model for repo FT)
-            # A run dir, a checkpoints/ dir, or "arm:NAME" for a sibling arm of the experiment.
+            # A run dir, a checkpoints/ dir, "arm:NAME" for a sibling arm of the experiment,
+            # or "hf:DIR" for an HF Qwen2 directory (its tokenizer then tokenizes the data).
             objective="lm",  # lm (every token) | sft (loss on the response only)
             epochs=0,  # > 0: steps = epochs * batches per epoch (sft); 0: use `steps`
             sft_data="",  # JSONL of {"instruction","response"}; "" = built-in from corpus
@@ -131,7 +133,8 @@ def base_config() -> ml_collections.ConfigDict:
     )
 
     c.checkpoint = ml_collections.ConfigDict(
-        dict(every=100, keep_last=3, keep_every=0, async_save=True)
+        # hf_export_every: also write RUN/hf/<step>/ (an HF directory) every N steps; 0 = off.
+        dict(every=100, keep_last=3, keep_every=0, async_save=True, hf_export_every=0)
     )
 
     c.eval = ml_collections.ConfigDict(

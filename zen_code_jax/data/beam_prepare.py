@@ -48,6 +48,7 @@ import numpy as np
 from zen_code_jax.data import dedup, prepare, prepare_read, prepare_stages, sources
 from zen_code_jax.data.corpus import SPLITS, Manifest
 from zen_code_jax.data.prepare_stages import meta_of, order_key
+from zen_code_jax.data.tokenizer import Tokenizer
 
 _SAMPLE = "tokenizer_sample.array_record"
 _OUTCOME = "outcome.pkl"
@@ -243,8 +244,10 @@ def build_beam(
     key: str,
     vocab_size: int,
     out_dir: Path,
+    tokenizer: Tokenizer | None = None,
 ) -> Manifest:
-    """Run the pipeline, then train the tokenizer and write the manifest (as `prepare`)."""
+    """Run the pipeline, then train the tokenizer (or save `tokenizer`) and write the
+    manifest (as `prepare`)."""
     t0 = time.perf_counter()
     options = shlex.split(str(data_cfg.beam_options))
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".beam-") as work:
@@ -269,4 +272,5 @@ def build_beam(
             timings=timings,
             processes=int(data_cfg.num_prepare_processes or 1),
             runner="beam",
+            tokenizer=tokenizer,
         )

@@ -362,10 +362,16 @@ def finish(
     timings: dict[str, float],
     processes: int,
     runner: str,
+    tokenizer: Tokenizer | None = None,
 ) -> Manifest:
-    """Tokenizer, groups and manifest (written last), after a runner wrote the shards."""
+    """Tokenizer, groups and manifest (written last), after a runner wrote the shards.
+
+    `tokenizer`: a checkpoint's own (train.init_checkpoint="hf:DIR") instead of training."""
     t = time.perf_counter()
-    tok = Tokenizer.train(sample_texts, vocab_size, max_chunks=tokenizer_chunks(vocab_size))
+    if tokenizer is None:
+        tok = Tokenizer.train(sample_texts, vocab_size, max_chunks=tokenizer_chunks(vocab_size))
+    else:
+        tok = tokenizer
     tok.save(out_dir / "tokenizer")
     timings["tokenizer_s"] = time.perf_counter() - t
     split_info, repo_ranges = write_summaries(out_dir, outcome)
@@ -424,6 +430,7 @@ def build_local(
     key: str,
     vocab_size: int,
     out_dir: Path,
+    tokenizer: Tokenizer | None = None,
 ) -> Manifest:
     """The local runner: stages 2-6 into `out_dir`, streaming (see the module docstring)."""
     t0 = time.perf_counter()
@@ -497,6 +504,7 @@ def build_local(
         timings=timings,
         processes=procs,
         runner="local",
+        tokenizer=tokenizer,
     )
     os.remove(spill.path)
     return manifest
@@ -520,6 +528,7 @@ def build_corpus(
     key: str,
     vocab_size: int,
     out_dir: Path,
+    tokenizer: Tokenizer | None = None,
 ) -> Manifest:
     """Run stages 2-6 into `out_dir` with `data.prepare_runner` (manifest.json last)."""
     runner = str(getattr(data_cfg, "prepare_runner", "local"))
@@ -529,11 +538,15 @@ def build_corpus(
         # local import: apache-beam is an optional extra, loaded only for this runner
         from zen_code_jax.data import beam_prepare
 
-        return beam_prepare.build_beam(listing, data_cfg, cfg, key, vocab_size, out_dir)
-    return build_local(listing, data_cfg, cfg, key, vocab_size, out_dir)
+        return beam_prepare.build_beam(
+            listing, data_cfg, cfg, key, vocab_size, out_dir, tokenizer=tokenizer
+        )
+    return build_local(listing, data_cfg, cfg, key, vocab_size, out_dir, tokenizer=tokenizer)
 
 
-def prepare_corpus(data_cfg: Any, vocab_size: int, workdir: str | os.PathLike) -> PreparedCorpus:
+def prepare_corpus(
+    data_cfg: Any, vocab_size: int, workdir: str | os.PathLike, tokenizer: Tokenizer | None = None
+) -> PreparedCorpus:
     """Prepare (or reuse) the corpus described by the `data` config group.
 
     Returns a PreparedCorpus whose manifest also carries a `mixture` block: the configured
@@ -544,6 +557,8 @@ def prepare_corpus(data_cfg: Any, vocab_size: int, workdir: str | os.PathLike) -
         raise ValueError("prepare_corpus needs a workdir: pass the run's WORKDIR (a folder).")
     listing = sources.list_corpus(data_cfg)
     cfg = prepare_config(data_cfg, vocab_size)
+    if tokenizer is not None:  # the cache key names the given tokenizer (trained: none)
+        cfg["tokenizer_fingerprint"] = tokenizer.fingerprint()
     key = cache_key(listing, cfg)
     cache_root = Path(workdir).expanduser() / "cache"
     final = cache_root / key
@@ -553,7 +568,7 @@ def prepare_corpus(data_cfg: Any, vocab_size: int, workdir: str | os.PathLike) -
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
-            build_corpus(listing, data_cfg, cfg, key, vocab_size, tmp)
+            build_corpus(listing, data_cfg, cfg, key, vocab_size, tmp, tokenizer)
             try:
                 os.rename(tmp, final)
             except OSError:

@@ -135,10 +135,15 @@ def token_surfaces(tok: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
     lens = np.zeros(max(n, tok.vocab_size), dtype=np.int64)
     ends_nl = np.zeros(max(n, tok.vocab_size), dtype=bool)
     special = set(tok.special_ids)
+    token_bytes = getattr(tok, "token_bytes", None)  # HF byte-level BPE: exact bytes
     for i in range(n):
-        piece = tok.id_to_piece(i)
         if i in special:
             continue
+        if token_bytes is not None:
+            b = token_bytes(i)
+            lens[i], ends_nl[i] = len(b), b.endswith(b"\n")
+            continue
+        piece = tok.id_to_piece(i)
         if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
             lens[i] = 1
             ends_nl[i] = piece == "<0x0A>"

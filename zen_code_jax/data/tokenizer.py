@@ -48,7 +48,10 @@ SPECIAL_TOKENS = (ENDOFTEXT, FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX, FIM_PAD, REPO_N
 REQUIRED_TOKENS = SPECIAL_TOKENS[:5]
 
 MODEL_FILE = "tokenizer.model"
-META_FILE = "tokenizer.json"
+# Our metadata file. It was called tokenizer.json, which is the Hugging Face tokenizer
+# format's name (data/hf_tokenizer.py), so it was renamed; old run dirs still load.
+META_FILE = "zen_tokenizer_meta.json"
+LEGACY_META_FILE = "tokenizer.json"
 _FORMAT_VERSION = 1
 
 # unk, pad, the specials, 256 byte pieces: the smallest vocabulary that can hold anything.
@@ -103,6 +106,8 @@ def _limit_characters(chunks: list[str], room: int) -> list[str]:
 
 class Tokenizer:
     """A trained SentencePiece model plus the model-facing vocabulary size."""
+
+    backend = "sentencepiece"
 
     def __init__(self, model_proto: bytes, vocab_size: int | None = None):
         self._proto = bytes(model_proto)
@@ -226,7 +231,7 @@ class Tokenizer:
         return tok
 
     def save(self, out_dir: str | os.PathLike) -> None:
-        """Write `tokenizer.model` (SentencePiece proto) and `tokenizer.json` (metadata)."""
+        """Write `tokenizer.model` (SentencePiece proto) and `META_FILE` (metadata)."""
         d = Path(out_dir)
         d.mkdir(parents=True, exist_ok=True)
         (d / MODEL_FILE).write_bytes(self._proto)
@@ -242,19 +247,32 @@ class Tokenizer:
         (d / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
     @classmethod
-    def load(cls, in_dir: str | os.PathLike) -> Tokenizer:
-        """Load a tokenizer saved by `save`; checks the stored fingerprint."""
+    def load(cls, in_dir: str | os.PathLike, vocab_size: int | None = None) -> Any:
+        """Load the tokenizer in `in_dir`, picking the backend from its files.
+
+        `tokenizer.model` -> SentencePiece (this class; checks the stored fingerprint);
+        an HF `tokenizer.json` -> `HFTokenizer` (`vocab_size`: the checkpoint's embedding
+        rows, else the stored metadata's).
+        """
         d = Path(in_dir)
         model = d / MODEL_FILE
         if not model.is_file():
+            # local import: hf_tokenizer imports this module (TokenizerError), a cycle
+            from zen_code_jax.data import hf_tokenizer
+
+            if hf_tokenizer.is_hf_tokenizer_dir(d):
+                return hf_tokenizer.HFTokenizer.from_dir(d, vocab_size)
             raise TokenizerError(
-                f"No tokenizer at {d}: {MODEL_FILE} is missing. Pass the directory that "
-                "Tokenizer.save / prepare_corpus wrote (it holds tokenizer.model and tokenizer.json)."
+                f"No tokenizer at {d}: neither {MODEL_FILE} (SentencePiece) nor an HF "
+                "tokenizer.json is there. Pass the directory that Tokenizer.save / "
+                "prepare_corpus wrote, or an HF model directory."
             )
         meta_path = d / META_FILE
+        if not meta_path.is_file():
+            meta_path = d / LEGACY_META_FILE  # run dirs written before the rename
         meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        tok = cls(model.read_bytes(), meta.get("vocab_size"))
-        if "fingerprint" in meta and meta["fingerprint"] != tok.fingerprint():
+        tok = cls(model.read_bytes(), vocab_size or meta.get("vocab_size"))
+        if not vocab_size and "fingerprint" in meta and meta["fingerprint"] != tok.fingerprint():
             raise TokenizerError(
                 f"Tokenizer at {d} is corrupt: {MODEL_FILE} does not match the fingerprint in "
                 f"{META_FILE}. Re-copy both files together from the run that produced them."

@@ -4,7 +4,11 @@ python -m zen_code_jax.eval --export=humaneval > humaneval.jsonl
 python -m zen_code_jax.eval --export=heldout_fim --run_dir=RUN   # needs the run's corpus
 python -m zen_code_jax.eval --run_dir=RUN --tasks=humaneval,heldout_loss [--limit=20]
 python -m zen_code_jax.eval --recipe=humaneval_fim_qwen --run_dir=RUN   # a pinned convention
+python -m zen_code_jax.eval --hf_dir=DIR --tasks=humaneval [--run_dir=OUT]  # an HF model
 python -m zen_code_jax.eval --list                                       # tasks and recipes
+
+--hf_dir imports an HF Qwen2 directory first (`python -m zen_code_jax.hf import`) into
+--run_dir (default: a temporary directory), so its scores and records land in a run dir.
 
 RUN is one run directory, WORKDIR/<experiment>/<arm>; --workdir is the WORKDIR (the root of
 many runs, holding cache/), by default the run's own. The same vocabulary as
@@ -17,6 +21,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from typing import Any
 
 from zen_code_jax.config import apply_overrides, base_config, config_from_dict, model_config_from
@@ -24,6 +29,7 @@ from zen_code_jax.eval.base import EvalContext
 from zen_code_jax.eval.recipes import RECIPES, resolve
 from zen_code_jax.eval.registry import get_task, registry
 from zen_code_jax.eval.runner import corpus_loader, score_checkpoint
+from zen_code_jax.hf.rundir import import_hf
 from zen_code_jax.rundir import RunDir
 
 
@@ -35,6 +41,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--export", help="print TASK's problems as JSONL to stdout")
     ap.add_argument("--run_dir", help="one run directory WORKDIR/<experiment>/<arm>")
+    ap.add_argument("--hf_dir", help="an HF Qwen2 model directory to import and score")
     ap.add_argument("--workdir", help="WORKDIR holding cache/ (default: RUN/../..)")
     ap.add_argument("--tasks", help="comma-separated task names (default: config.eval.tasks)")
     ap.add_argument("--limit", type=int, help="problems per task (0 = all)")
@@ -102,6 +109,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.export:
         return _export(a)
+    if a.hf_dir:
+        names = [t for t in (a.tasks or "").split(",") if t]
+        with tempfile.TemporaryDirectory() as tmp:
+            run = a.run_dir or f"{tmp}/hf_import/main"
+            import_hf(a.hf_dir, run)
+            summaries = score_checkpoint(
+                run, names or None, overrides=_overrides(a, names), workdir=a.workdir
+            )
+        print(json.dumps(summaries, indent=2, sort_keys=True))
+        return 0
     if not a.run_dir:
         raise SystemExit(
             "Give --export=TASK, or --run_dir=WORKDIR/<experiment>/<arm> to score a run "

@@ -40,6 +40,9 @@ from zen_code_jax.data.prepare import prepare_corpus
 from zen_code_jax.experiment import hooks as arm_hooks
 from zen_code_jax.experiment.evaluate import evaluate, heldout_batches
 from zen_code_jax.experiment.plan import mfu_device_count, peak_flops
+from zen_code_jax.hf.checkpoint import HFCheckpoint
+from zen_code_jax.hf.load import load_params
+from zen_code_jax.hf.rundir import check_architecture, hf_spec, load_tokenizer
 from zen_code_jax.parallel import batch_sharding, make_mesh, multihost
 from zen_code_jax.rundir import RunDir
 from zen_code_jax.tracking import NullWriter, SummaryWriter, truncate_after
@@ -110,8 +113,14 @@ def run_arm(
     model_cfg = model_config_from(config.model)
     make_data = dataset_fn or make_dataset
 
+    hf_dir = hf_spec(str(config.train.init_checkpoint))
+    hf_ckpt, hf_tok = None, None
+    if hf_dir is not None:  # an HF base: its weights, and its tokenizer for the data
+        hf_ckpt = HFCheckpoint.open(hf_dir)
+        check_architecture(hf_ckpt.model_cfg, model_cfg, f"train.init_checkpoint={hf_dir}")
+        hf_tok = load_tokenizer(hf_dir, model_cfg)
     corpus = multihost.primary_first(
-        prepare_corpus, config.data, model_cfg.vocab_size, str(workdir)
+        prepare_corpus, config.data, model_cfg.vocab_size, str(workdir), hf_tok
     )
     tokenizer = corpus.tokenizer
     tokenizer.check_compatible(model_cfg)
@@ -162,6 +171,12 @@ def run_arm(
             f"--mode=eval: {run_dir.checkpoints} holds no checkpoint to evaluate. Train the "
             "arm first (--mode=train or --mode=all)."
         )
+    elif hf_ckpt is not None:
+        # Streamed tensor by tensor into the state's shardings and dtype (docs/hf.md).
+        state = state.replace(
+            params=load_params(hf_ckpt, model_cfg, target=abstract_like(state.params))
+        )
+        print(f"[{arm}] initialized params from HF checkpoint {hf_dir}", flush=True)
     elif config.train.init_checkpoint:
         src = init_checkpoint_dir(config.train.init_checkpoint, run_dir)
         params, meta, _ = restore_params(src, abstract_params=abstract_like(state.params))
@@ -215,6 +230,13 @@ def run_arm(
             name="heldout_batches",
         )
     hooks.on_state(checkpoint, int(config.checkpoint.every), at_end=True, name="checkpoint")
+    if int(config.checkpoint.hf_export_every) and primary:
+        hooks.on_state(
+            arm_hooks.hf_export(run_dir.path / "hf", model_cfg, tokenizer),
+            int(config.checkpoint.hf_export_every),
+            at_end=True,
+            name="hf_export",
+        )
     if add_hooks is not None:
         add_hooks(hooks)
 

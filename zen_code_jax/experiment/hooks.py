@@ -1,5 +1,5 @@
 """The hooks one arm runs: progress line + scalars, non-finite check, checkpoint, held-out
-loss, and SIGTERM handling. Built here, not in `train`, so the loop stays generic."""
+loss, periodic HF export, and SIGTERM handling. Built here, not in `train`, so the loop stays generic."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import math
 import signal
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -15,6 +16,7 @@ import numpy as np
 from zen_code_jax.checkpoint import Checkpointer
 from zen_code_jax.data.batch import Batch
 from zen_code_jax.experiment.plan import format_duration
+from zen_code_jax.hf.export import export_params
 from zen_code_jax.model.config import ModelConfig
 from zen_code_jax.train import flops
 from zen_code_jax.train.hooks import StepInfo
@@ -179,3 +181,17 @@ def periodic_heldout(
 
 def rng_data(key: jax.Array) -> list[int]:
     return np.asarray(jax.random.key_data(key)).tolist()
+
+
+def hf_export(root: Path, model_cfg: Any, tokenizer: Any) -> Callable[[StepInfo], None]:
+    """A state hook (`checkpoint.hf_export_every`): write ROOT/<step>/ as an HF directory
+    (sharded safetensors + index + configs + tokenizer), atomically, so a schedule of
+    exports is loadable by transformers / vLLM while training goes on. Single-process
+    runs (each tensor is gathered to this host in turn)."""
+
+    def hook(info: StepInfo) -> None:
+        export_params(
+            info.state.params, model_cfg, root / str(info.step), tokenizer=tokenizer, overwrite=True
+        )
+
+    return hook

@@ -1,6 +1,7 @@
 """Serve a checkpoint (or a random model) over the OpenAI-compatible completions API.
 
   python -m zen_code_jax.infer --run_dir=WORKDIR/<experiment>/<arm> --port=8000
+  python -m zen_code_jax.infer --hf_dir=DIR --port=8000            # an HF Qwen2 directory
   python -m zen_code_jax.infer --random_preset=tiny --port=8000   # no checkpoint: for testing
 
 Listens on 127.0.0.1 unless --host says otherwise; set --api_key (or ZEN_API_KEY) before
@@ -28,6 +29,7 @@ import numpy as np
 from zen_code_jax.checkpoint import restore_for_inference
 from zen_code_jax.config import config_from_dict, model_config_from
 from zen_code_jax.data.tokenizer import Tokenizer
+from zen_code_jax.hf.rundir import load_hf
 from zen_code_jax.infer.engine import InferenceEngine, random_params
 from zen_code_jax.infer.protocol import Limits
 from zen_code_jax.infer.server import CompletionServer
@@ -42,6 +44,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m zen_code_jax.infer", description=__doc__)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run_dir", help="run directory WORKDIR/<experiment>/<arm> to serve")
+    src.add_argument("--hf_dir", help="HF Qwen2 directory to serve (weights streamed in)")
     src.add_argument(
         "--random_preset", help="serve random weights of this model preset (e.g. tiny)"
     )
@@ -140,6 +143,12 @@ def build_engine(args: argparse.Namespace) -> tuple[InferenceEngine, str]:
         )
         name = args.model_name or args.run_dir.rstrip("/").split("/")[-1]
         return engine, name
+    if args.hf_dir:
+        params, cfg, tok = load_hf(args.hf_dir)
+        engine = InferenceEngine(
+            params, cfg.replace(dtype=dtype), tok, mesh, max_batch_size=args.max_batch_size
+        )
+        return engine, args.model_name or args.hf_dir.rstrip("/").split("/")[-1]
     cfg = get_preset(args.random_preset).replace(dtype=dtype)
     if args.tokenizer:
         tok = Tokenizer.load(args.tokenizer)

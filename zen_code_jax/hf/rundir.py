@@ -1,0 +1,176 @@
+"""HF directory <-> run directory, and HF directories for the other entry points.
+
+`import_hf(DIR, RUN)` writes a run directory (config.json, tokenizer/, checkpoints/0/ with
+the params and identity, generation_config.json) that eval, serving, export and
+`train.init_checkpoint` accept like any trained run. `export_run(RUN, OUT)` is the
+inverse. `load_hf(DIR)` gives (params, ModelConfig, tokenizer) without writing anything,
+for `--hf_dir` flags and `train.init_checkpoint="hf:DIR"`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from zen_code_jax.checkpoint import (
+    Checkpointer,
+    identity,
+    restore_for_inference,
+    tokenizer_to_json,
+)
+from zen_code_jax.config import base_config, config_to_dict
+from zen_code_jax.data.tokenizer import Tokenizer, TokenizerError
+from zen_code_jax.hf.checkpoint import GENERATION_CONFIG_FILE, HFCheckpoint, HFFormatError
+from zen_code_jax.hf.export import export_params
+from zen_code_jax.hf.load import load_params
+from zen_code_jax.model.config import ModelConfig
+from zen_code_jax.rundir import RunDir
+
+HF_PRESET = "hf"  # config.model.preset of a model described by an HF config.json
+# ModelConfig fields that are ours (precision, memory, kernels), not the architecture's.
+OWN_FIELDS = (
+    "dtype",
+    "param_dtype",
+    "remat_policy",
+    "scan_layers",
+    "attention_impl",
+    "attention_block_size",
+    "initializer_range",
+    "max_position_embeddings",
+)
+
+
+def hf_spec(spec: str) -> str | None:
+    """`hf:DIR` -> DIR; anything else -> None (the `train.init_checkpoint` convention)."""
+    if not spec.startswith("hf:"):
+        return None
+    if not spec[3:]:
+        raise HFFormatError(
+            "train.init_checkpoint='hf:' names no directory; give hf:PATH (for "
+            "experiments/repo_ft_from_hf.py: --config=...:SCALE,hf=PATH)."
+        )
+    return spec[3:]
+
+
+def load_tokenizer(hf_dir: str | Path, model_cfg: ModelConfig) -> Any:
+    """The checkpoint's tokenizer padded to its embedding; errors name the file."""
+    try:
+        tok = Tokenizer.load(hf_dir, vocab_size=model_cfg.vocab_size)
+    except TokenizerError as e:
+        raise HFFormatError(f"{Path(hf_dir) / 'tokenizer.json'}: {e}") from None
+    return tok
+
+
+def model_group(cfg: ModelConfig) -> ml_collections.ConfigDict:
+    """The config's `model` group for an HF-described model (preset "hf", every field)."""
+    d = cfg.to_dict()
+    d["head_dim"] = d["head_dim"] or 0
+    return ml_collections.ConfigDict({"preset": HF_PRESET, **d})
+
+
+def check_architecture(hf_cfg: ModelConfig, run_cfg: ModelConfig, where: str) -> None:
+    """Raise unless the two configs describe the same architecture (own fields may differ)."""
+    a, b = hf_cfg.to_dict(), run_cfg.to_dict()
+    diff = sorted(k for k in a if k not in OWN_FIELDS and a[k] != b[k])
+    if diff:
+        raise HFFormatError(
+            f"{where}: the HF checkpoint's architecture differs from the run's model group ("
+            + ", ".join(f"{k}: checkpoint {a[k]!r} vs run {b[k]!r}" for k in diff)
+            + "); set the model group from the checkpoint (zen_code_jax.hf.rundir.model_group)."
+        )
+
+
+def load_hf(
+    hf_dir: str | Path,
+    *,
+    mesh: Mesh | None = None,
+    target: Any | None = None,
+    model_cfg: ModelConfig | None = None,
+    **model_overrides: Any,
+) -> tuple[Any, ModelConfig, Any]:
+    """(params, ModelConfig, tokenizer) streamed from an HF directory (validated first)."""
+    ckpt = HFCheckpoint.open(hf_dir, **model_overrides)
+    cfg = model_cfg or ckpt.model_cfg
+    if model_cfg is not None:
+        check_architecture(ckpt.model_cfg, model_cfg, str(hf_dir))
+    tok = load_tokenizer(hf_dir, cfg)
+    return load_params(ckpt, cfg, mesh=mesh, target=target), cfg, tok
+
+
+def import_hf(
+    hf_dir: str | Path, run_dir: str | Path, *, mesh: Mesh | None = None, **model_overrides: Any
+) -> RunDir:
+    """Write a run directory for an HF checkpoint (atomically: temp dir, then rename)."""
+    out = Path(run_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty; pass a new --run_dir.")
+    params, cfg, tok = load_hf(hf_dir, mesh=mesh, **model_overrides)
+    config = base_config()
+    config.name = "hf_import"
+    config.model = model_group(cfg)
+    config.train.steps = 0
+    config.train.seq_len = min(int(config.train.seq_len), cfg.max_position_embeddings)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        run = RunDir(tmp)
+        run.write_config(config_to_dict(config))
+        tok.save(run.tokenizer_dir)
+        gen = Path(hf_dir) / GENERATION_CONFIG_FILE
+        if gen.is_file():
+            shutil.copyfile(gen, tmp / GENERATION_CONFIG_FILE)
+        ckpt = Checkpointer(run.checkpoints, async_save=False)
+        key = jax.random.key_data(jax.random.key(0))
+        meta = {
+            "identity": identity(cfg, tok),
+            "config": config_to_dict(config),
+            "rng": np.asarray(key).tolist(),
+            "hf_source": str(Path(hf_dir).resolve()),
+        }
+        ckpt.save(
+            0,
+            {"step": np.zeros((), np.int32), "params": params},
+            None,
+            meta,
+            tokenizer_to_json(tok),
+        )
+        ckpt.close()
+        if out.exists():
+            out.rmdir()
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return RunDir(out)
+
+
+def export_run(
+    run_dir: str | Path,
+    hf_dir: str | Path,
+    *,
+    dtype: str | None = None,
+    max_shard_size: str | int = "5GB",
+    overwrite: bool = False,
+) -> Path:
+    """Export a run's newest checkpoint as an HF directory (see `export.export_params`)."""
+    params, cfg, tok, _ = restore_for_inference(run_dir)
+    gen_path = Path(run_dir) / GENERATION_CONFIG_FILE
+    gen = json.loads(gen_path.read_text()) if gen_path.is_file() else None
+    return export_params(
+        params,
+        cfg,
+        hf_dir,
+        tokenizer=tok,
+        dtype=dtype,
+        max_shard_size=max_shard_size,
+        generation_config=gen,
+        overwrite=overwrite,
+    )
