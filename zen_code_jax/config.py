@@ -78,7 +78,9 @@ def base_config() -> ml_collections.ConfigDict:
             max_bytes=0,  # 0 = no cap; N = hash-ranked files up to N bytes (sized runs)
             # --- issue 10a: batches and repository formats (docs/data_pipeline.md) ---
             row_shuffle_window=64,  # rows per packing group, shuffled together; 0 = fill order
-            repo_format="report",  # repo mode layout: report | qwen2.5 | starcoder2
+            # repo mode layout: report | qwen2.5 | starcoder2; "" = the tokenizer's own
+            # (report for ours; an HF Qwen2.5-Coder / StarCoder2 tokenizer's family)
+            repo_format="",
             # --- preparation: decontamination, repo-FT filter, runner (issue 10, item 5-7)
             decontaminate=True,  # drop files sharing a 10-gram with HumanEval (+ MBPP below)
             mbpp_path="",  # MBPP JSONL to decontaminate against ("" = HumanEval only)

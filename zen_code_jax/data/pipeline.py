@@ -43,6 +43,7 @@ from zen_code_jax.data.batch import Batch
 from zen_code_jax.data.corpus import HELDOUT_SPLIT, SPLITS, TRAIN_SPLIT, Corpus
 from zen_code_jax.data.fim import LEVELS, check_rates, unit_draw
 from zen_code_jax.data.fim_context import ContextFim
+from zen_code_jax.data.hf_tokenizer import check_repo_format
 from zen_code_jax.data.import_graph import order_files
 from zen_code_jax.data.packing import PackIterDataset
 from zen_code_jax.data.repo_format import RepoFormat, check_format
@@ -353,10 +354,11 @@ def build_dataset(
     fim_rate = float(fim_cfg.rate) if train else 0.0
     spm_rate = float(fim_cfg.spm_rate) if train else 0.0
     check_rates(fim_rate, spm_rate)
-    level = str(fim_cfg.get("level", "document"))
-    domains = tuple(fim_cfg.get("domains", ("code",)))
-    repo_format = check_format(str(data_cfg.get("repo_format", "report")))
-    window = int(data_cfg.get("row_shuffle_window", 0))
+    level = str(fim_cfg.level)
+    domains = tuple(fim_cfg.domains)
+    # "" = the tokenizer's own layout (ours: report; an HF Qwen/StarCoder tokenizer: theirs)
+    repo_format = check_format(check_repo_format(corpus.tokenizer, str(data_cfg.repo_format)))
+    window = int(data_cfg.row_shuffle_window)
     if level not in LEVELS:
         raise ValueError(f"Unknown fim.level {level!r}; set fim.level to one of {LEVELS}.")
     if level == "context" and mode == "repo":

@@ -35,6 +35,7 @@ from zen_code_jax.checkpoint import (
 )
 from zen_code_jax.config import config_from_dict, config_to_dict, model_config_from
 from zen_code_jax.data.batch import Batch
+from zen_code_jax.data.hf_tokenizer import check_repo_format
 from zen_code_jax.data.pipeline import make_dataset
 from zen_code_jax.data.prepare import prepare_corpus
 from zen_code_jax.experiment import hooks as arm_hooks
@@ -124,6 +125,12 @@ def run_arm(
     )
     tokenizer = corpus.tokenizer
     tokenizer.check_compatible(model_cfg)
+    # One repository layout for training, evaluation and serving: "" resolves to the
+    # tokenizer's own; a checkpoint tokenizer's family disagreeing with it is an error.
+    repo_format = check_repo_format(tokenizer, str(config.data.repo_format))
+    if repo_format != str(config.data.repo_format):
+        config = config_from_dict(config_to_dict(config))
+        config.data.repo_format = repo_format
     procs, proc = jax.process_count(), jax.process_index()
     global_batch = int(config.train.global_batch_size)
     data_iter = make_data(

@@ -29,6 +29,7 @@ import numpy as np
 
 from zen_code_jax.checkpoint import restore_for_inference
 from zen_code_jax.data.fim import fim_prompt_tokens
+from zen_code_jax.data.hf_tokenizer import check_repo_format
 from zen_code_jax.data.repo_format import RepoFormat
 from zen_code_jax.infer import decode as dec
 from zen_code_jax.model.config import ModelConfig
@@ -115,13 +116,14 @@ class InferenceEngine:
         max_batch_size: int = 16,
         min_batch_bucket: int = 1,
         rules: Any = None,
-        repo_format: str = "report",
+        repo_format: str = "",
     ):
         """max_batch_size: rows decoded together; min_batch_bucket: smallest padded batch
         (a server that pads every batch to the same size compiles fewer shapes);
-        repo_format: the training run's `data.repo_format` (repository prompts)."""
+        repo_format: the training run's `data.repo_format` (repository prompts; "" = the
+        tokenizer's own: report for ours, qwen2.5 / starcoder2 for those HF tokenizers)."""
         tokenizer.check_compatible(model_cfg)
-        self.repo_format = RepoFormat(repo_format)
+        self.repo_format = RepoFormat(check_repo_format(tokenizer, repo_format))
         self.model_cfg = model_cfg
         self.tokenizer = tokenizer
         self.mesh = mesh
@@ -145,7 +147,7 @@ class InferenceEngine:
     ) -> InferenceEngine:
         """Load the latest checkpoint of a run (WORKDIR/<experiment>/<arm>/) for decoding."""
         params, model_cfg, tokenizer, config = restore_for_inference(run_dir)
-        kwargs.setdefault("repo_format", str(config.data.get("repo_format", "report")))
+        kwargs.setdefault("repo_format", str(config.data.repo_format))
         return cls(params, model_cfg, tokenizer, mesh, **kwargs)
 
     def _place_params(self, params: Any) -> Any:
