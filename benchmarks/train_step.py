@@ -5,7 +5,7 @@ batch (8 x 512 tokens), same work per step: forward, masked next-token cross-ent
 backward, global-norm clipping and AdamW. Runs in one process and prints tokens/s, MFU
 (6N + causal attention FLOPs per token, against --peak_flops) and the ratios:
 
-    python benchmarks/train_step.py [--steps 5] [--torch eager_f32,eager_bf16,compile_f32]
+    python benchmarks/train_step.py [--steps 5] [--repeats 3] [--torch eager_f32,compile_f32]
 
 JAX runs on one device (the whole CPU). torch runs any of: eager float32, eager with
 bfloat16 autocast, torch.compile float32, torch.compile with bfloat16 autocast (a mode that
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -55,26 +56,31 @@ def config_for(dtype: str):
     return cfg
 
 
-def bench_jax(dtype: str, steps: int) -> tuple[float, float]:
-    """(tokens/s, first-call seconds incl. compile)."""
+def bench_jax(dtype: str, steps: int) -> tuple[Callable[[], float], float]:
+    """(timer: tokens/s over `steps` fresh steps, first-call seconds incl. compile)."""
     cfg = config_for(dtype)
     mcfg = model_config_from(cfg.model)
     mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
     state, sh = create_train_state(mcfg, cfg, mesh, jax.random.key(0))
     step = make_train_step(mcfg, cfg, mesh, sh)
     batches = [make_batch(mcfg.vocab_size, i) for i in range(steps + 1)]
+    box = {"state": state}
     t = time.perf_counter()
-    state, m = step(state, batches[0])
+    box["state"], m = step(box["state"], batches[0])
     jax.block_until_ready(m)
     first = time.perf_counter() - t
-    t = time.perf_counter()
-    for b in batches[1:]:
-        state, m = step(state, b)
-    jax.block_until_ready(m)
-    return BATCH * SEQ * steps / (time.perf_counter() - t), first
+
+    def timer() -> float:
+        t = time.perf_counter()
+        for b in batches[1:]:
+            box["state"], m = step(box["state"], b)
+        jax.block_until_ready(m)
+        return BATCH * SEQ * steps / (time.perf_counter() - t)
+
+    return timer, first
 
 
-def bench_torch(mode: str, steps: int) -> tuple[float, float]:
+def bench_torch(mode: str, steps: int) -> tuple[Callable[[], float], float]:
     import torch
     import torch.nn.functional as F
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -121,11 +127,15 @@ def bench_torch(mode: str, steps: int) -> tuple[float, float]:
     t = time.perf_counter()
     float(step(*data[0]).detach())
     first = time.perf_counter() - t
-    t = time.perf_counter()
-    for inp, tgt in data[1:]:
-        loss = step(inp, tgt)
-    float(loss.detach())
-    return BATCH * SEQ * steps / (time.perf_counter() - t), first
+
+    def timer() -> float:
+        t = time.perf_counter()
+        for inp, tgt in data[1:]:
+            loss = step(inp, tgt)
+        float(loss.detach())
+        return BATCH * SEQ * steps / (time.perf_counter() - t)
+
+    return timer, first
 
 
 def main() -> None:
@@ -137,36 +147,50 @@ def main() -> None:
         default="eager_f32,eager_bf16,compile_f32,compile_bf16",
         help="comma-separated torch modes: eager_f32, eager_bf16, compile_f32, compile_bf16",
     )
+    p.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds")
     p.add_argument("--peak_flops", type=float, default=0.0, help="per-device peak; 0 = table")
     a = p.parse_args()
     mcfg = model_config_from(config_for("bfloat16").model)
     fpt = flops_per_token(mcfg, SEQ)
     peak = peak_flops_per_device(a.peak_flops)
-    rows: dict[str, tuple[float, float]] = {}
+    setups: dict[str, tuple[Callable[[], float], float]] = {}
     for dt in [d for d in a.jax.split(",") if d]:
-        rows[f"jax {dt}"] = bench_jax(dt, a.steps)
-        print(f"jax {dt}: {rows[f'jax {dt}'][0]:.0f} tok/s", flush=True)
+        setups[f"jax {dt}"] = bench_jax(dt, a.steps)
     modes = [m for m in a.torch.split(",") if m]
     bad = set(modes) - set(TORCH_MODES)
     if bad:
         p.error(f"unknown torch mode(s) {sorted(bad)}; choose from {TORCH_MODES}")
     for mode in modes:
         try:
-            rows[f"torch {mode}"] = bench_torch(mode, a.steps)
-            print(f"torch {mode}: {rows[f'torch {mode}'][0]:.0f} tok/s", flush=True)
+            setups[f"torch {mode}"] = bench_torch(mode, a.steps)
         except Exception as e:  # torch.compile needs a C++ toolchain; report, do not die
             print(f"torch {mode} failed: {type(e).__name__}: {str(e)[:200]}")
+    # Rounds interleave the runs (A B C, A B C, ...) so that load from other jobs on a
+    # shared machine drifts over all of them alike; medians and ranges are reported.
+    tps: dict[str, list[float]] = {name: [] for name in setups}
+    for r in range(a.repeats):
+        for name, (timer, _) in setups.items():
+            tps[name].append(timer())
+        print(
+            f"round {r + 1}: " + ", ".join(f"{n} {v[-1]:.0f}" for n, v in tps.items()), flush=True
+        )
+    med = {name: float(np.median(v)) for name, v in tps.items()}
     print(f"\n{fpt:.3e} FLOPs/token, peak {peak:.3g} FLOP/s per device (MFU basis)")
-    print(f"{'run':24s} {'tok/s':>9s} {'MFU':>7s} {'first step s':>13s}")
-    for name, (tps, first) in rows.items():
-        print(f"{name:24s} {tps:9.0f} {tps * fpt / peak:7.1%} {first:13.1f}")
+    print(f"{'run':24s} {'tok/s':>9s} {'range':>13s} {'MFU':>7s} {'first step s':>13s}")
+    for name, (_, first) in setups.items():
+        rng = f"{min(tps[name]):.0f}-{max(tps[name]):.0f}"
+        print(f"{name:24s} {med[name]:9.0f} {rng:>13s} {med[name] * fpt / peak:7.1%} {first:13.1f}")
     for ours, refs in (
         ("jax bfloat16", ("torch eager_bf16", "torch compile_bf16")),
         ("jax float32", ("torch eager_f32", "torch compile_f32")),
     ):
         for ref in refs:
-            if ours in rows and ref in rows:
-                print(f"ratio {ours} / {ref}: {rows[ours][0] / rows[ref][0]:.2f}x")
+            if ours in med and ref in med:
+                per_round = [x / y for x, y in zip(tps[ours], tps[ref])]
+                print(
+                    f"ratio {ours} / {ref}: {med[ours] / med[ref]:.2f}x (medians; per round "
+                    f"{min(per_round):.2f}-{max(per_round):.2f}x)"
+                )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Three optimizer steps of the tiny float32 model must give the same losses (1e-5) on
 1 device and on the 8-device meshes (data 8), (data 2, fsdp 2, tensor 2), (fsdp 4,
-tensor 2), with parameters and Adam moments sharded as the rules say.
+tensor 2), and with context parallelism (data 2, sequence 4), (fsdp 2, tensor 2,
+sequence 2), with parameters and Adam moments sharded as the rules say.
 """
 
 from __future__ import annotations
@@ -160,8 +161,11 @@ def _specs(state, path):
         # Also accumulates (2 micro-batches of 4) and chunks the loss: still the same.
         ({"data": 2, "fsdp": 2, "tensor": 2}, {"micro_batch_size": 4, "loss_chunk_size": 16}),
         ({"fsdp": 4, "tensor": 2}, {}),
+        # Context parallelism (all-gather K/V, dual-chunk layout) with packed rows.
+        ({"data": 2, "sequence": 4}, {}),
+        ({"fsdp": 2, "tensor": 2, "sequence": 2}, {"loss_chunk_size": 16}),
     ],
-    ids=["data8", "data2-fsdp2-tensor2", "fsdp4-tensor2"],
+    ids=["data8", "data2-fsdp2-tensor2", "fsdp4-tensor2", "data2-seq4", "fsdp2-tp2-seq2"],
 )
 def test_same_losses_on_every_mesh(reference, mesh_cfg, train):
     run = run_steps(mesh_cfg, **train)

@@ -81,3 +81,18 @@ def test_plan_bad_inputs():
         plan.run_plan("tiny", {"data": -1}, 100, 1001, log=lambda _: None)
     with pytest.raises(ValueError, match="data\\*fsdp=8"):
         plan.run_plan("tiny", {"data": -1}, 32, 32 * 4, log=lambda _: None)
+
+
+def test_plan_context_parallel_reports_balanced_attention():
+    """sequence=2: the step all-gathers K/V (asserted in compile_step) and each sequence
+    shard's attention kernel visits the same number of block pairs."""
+    res = plan.run_plan(
+        "tiny", {"fsdp": 4, "sequence": 2}, seq_len=64, global_batch_tokens=64 * 4,
+        micro_batch=4, log=lambda _: None, compiler_options=FAST,
+    )  # fmt: skip
+    assert res["context_parallel"] == "all_gather"
+    assert res["context_parallel_layout"] == "dual_chunk"
+    blocks = res["attention_blocks_per_shard"]
+    assert len(blocks) == 2 and blocks[0] == blocks[1]
+    assert res["attention_balance"] == 1.0
+    assert res["chosen_micro_batch"] == 4

@@ -262,7 +262,10 @@ def _chunked_attention(q, k, v, q_seg, kv_seg, q_pos, kv_pos, *, scale, block_si
     q_pos_p = _pad_to(q_pos, 1, bq)
     kv_seg_p = _pad_to(kv_seg, 1, bkv)  # padded keys: segment 0 -> never seen
     kv_pos_p = _pad_to(kv_pos, 1, bkv)
-    out = _flash(qt, kt, vt, q_seg_p, kv_seg_p, q_pos_p, kv_pos_p, scale, bq, bkv, causal_skip)
+    q_blk = jnp.arange(qt.shape[2] // bq, dtype=jnp.int32)
+    out = _flash(
+        qt, kt, vt, q_seg_p, kv_seg_p, q_pos_p, kv_pos_p, q_blk, scale, bq, bkv, causal_skip
+    )
     out = out[:, :, :s]  # [B, KV, S, G, Dh]
     return out.transpose(0, 2, 1, 3, 4).reshape(b, s, h, dh)
 
@@ -279,21 +282,33 @@ def _slice(x, axis, start, size):
     return jax.lax.dynamic_slice_in_dim(x, start, size, axis=axis)
 
 
-def _n_kv_blocks(i, nk, causal_skip):
-    return jnp.minimum(i + 1, nk) if causal_skip else nk
+def _n_kv_blocks(diag, nk, causal_skip):
+    """Key blocks a query block visits: up to its diagonal block `diag` when skipping."""
+    return jnp.minimum(diag + 1, nk) if causal_skip else nk
+
+
+def _first_q_block(q_blk, j, causal_skip):
+    """First query block that sees key block j (q_blk increases)."""
+    return jnp.sum(q_blk < j).astype(jnp.int32) if causal_skip else 0
 
 
 def _scores(qb, kb, scale):
     return jnp.einsum("bkqd,bktd->bkqt", qb, kb, preferred_element_type=jnp.float32) * scale
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10))
-def _flash(qt, kt, vt, q_seg, kv_seg, q_pos, kv_pos, scale, bq, bkv, causal_skip):
-    out, _ = _flash_fwd_impl(qt, kt, vt, q_seg, kv_seg, q_pos, kv_pos, scale, bq, bkv, causal_skip)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10, 11))
+def _flash(qt, kt, vt, q_seg, kv_seg, q_pos, kv_pos, q_blk, scale, bq, bkv, causal_skip):
+    """Blockwise attention. `q_blk` (int [nq]): the key block on the causal diagonal of
+    each query block (`arange(nq)` in index mode; a shard's global block numbers under
+    context parallelism). It must increase, so the query blocks that see key block j are
+    a suffix. Only read when `causal_skip`."""
+    out, _ = _flash_fwd_impl(
+        qt, kt, vt, q_seg, kv_seg, q_pos, kv_pos, q_blk, scale, bq, bkv, causal_skip
+    )
     return out
 
 
-def _flash_fwd_impl(qt, kt, vt, q_seg, kv_seg, q_pos, kv_pos, scale, bq, bkv, causal_skip):
+def _flash_fwd_impl(qt, kt, vt, q_seg, kv_seg, q_pos, kv_pos, q_blk, scale, bq, bkv, causal_skip):
     b, kvh, s, g, dh = qt.shape
     nq, nk = s // bq, kt.shape[2] // bkv
 
@@ -322,7 +337,7 @@ def _flash_fwd_impl(qt, kt, vt, q_seg, kv_seg, q_pos, kv_pos, scale, bq, bkv, ca
             jnp.zeros((b, kvh, bq * g), jnp.float32),
             jnp.zeros((b, kvh, bq * g, dh), jnp.float32),
         )
-        m, denom, acc = jax.lax.fori_loop(0, _n_kv_blocks(i, nk, causal_skip), kv_step, init)
+        m, denom, acc = jax.lax.fori_loop(0, _n_kv_blocks(q_blk[i], nk, causal_skip), kv_step, init)
         seen = denom > 0
         out = acc / jnp.where(seen, denom, 1.0)[..., None]
         lse = jnp.where(seen, m + jnp.log(jnp.where(seen, denom, 1.0)), 0.0)
@@ -335,15 +350,15 @@ def _flash_fwd_impl(qt, kt, vt, q_seg, kv_seg, q_pos, kv_pos, scale, bq, bkv, ca
     return out, lse
 
 
-def _flash_fwd(qt, kt, vt, q_seg, kv_seg, q_pos, kv_pos, scale, bq, bkv, causal_skip):
+def _flash_fwd(qt, kt, vt, q_seg, kv_seg, q_pos, kv_pos, q_blk, scale, bq, bkv, causal_skip):
     out, lse = _flash_fwd_impl(
-        qt, kt, vt, q_seg, kv_seg, q_pos, kv_pos, scale, bq, bkv, causal_skip
+        qt, kt, vt, q_seg, kv_seg, q_pos, kv_pos, q_blk, scale, bq, bkv, causal_skip
     )
-    return out, (qt, kt, vt, q_seg, kv_seg, q_pos, kv_pos, out, lse)
+    return out, (qt, kt, vt, q_seg, kv_seg, q_pos, kv_pos, q_blk, out, lse)
 
 
 def _flash_bwd(scale, bq, bkv, causal_skip, res, dout):
-    qt, kt, vt, q_seg, kv_seg, q_pos, kv_pos, out, lse = res
+    qt, kt, vt, q_seg, kv_seg, q_pos, kv_pos, q_blk, out, lse = res
     b, kvh, s, g, dh = qt.shape
     nq, nk = s // bq, kt.shape[2] // bkv
     cdt = qt.dtype
@@ -388,7 +403,10 @@ def _flash_bwd(scale, bq, bkv, causal_skip, res, dout):
             )
 
         dq = jax.lax.fori_loop(
-            0, _n_kv_blocks(i, nk, causal_skip), step, jnp.zeros((b, kvh, bq * g, dh), jnp.float32)
+            0,
+            _n_kv_blocks(q_blk[i], nk, causal_skip),
+            step,
+            jnp.zeros((b, kvh, bq * g, dh), jnp.float32),
         )
         return None, (dq * scale).astype(cdt)
 
@@ -413,14 +431,14 @@ def _flash_bwd(scale, bq, bkv, causal_skip, res, dout):
             return dk, dv
 
         zeros = jnp.zeros((b, kvh, bkv, dh), jnp.float32)
-        start = j if causal_skip else 0
+        start = _first_q_block(q_blk, j, causal_skip)
         dk, dv = jax.lax.fori_loop(start, nq, step, (zeros, zeros))
         return None, ((dk * scale).astype(kt.dtype), dv.astype(vt.dtype))
 
     _, (dk, dv) = jax.lax.scan(dkv_block, None, jnp.arange(nk))
     dk = dk.transpose(1, 2, 0, 3, 4).reshape(kt.shape)
     dv = dv.transpose(1, 2, 0, 3, 4).reshape(vt.shape)
-    return dq, dk, dv, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)

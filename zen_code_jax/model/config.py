@@ -38,6 +38,11 @@ class ModelConfig:
     scan_layers: bool = True
     attention_impl: AttentionImpl = "auto"
     attention_block_size: int = 512  # query/key block for the `chunked` implementation
+    # Sequence (context) parallelism when `length` is split over a mesh axis (see
+    # model/context_parallel.py): 'all_gather' (K/V gathered per layer) or 'off' (leave
+    # attention to XLA's partitioner); layout 'dual_chunk' balances causal work.
+    context_parallel: str = "all_gather"
+    context_parallel_layout: str = "dual_chunk"
     initializer_range: float = 0.02
 
     def __post_init__(self) -> None:
@@ -109,6 +114,14 @@ def validate(cfg: ModelConfig) -> None:
         raise ValueError(
             f"attention_impl={cfg.attention_impl!r}; use one of "
             "'auto', 'xla', 'chunked', 'cudnn', 'splash'."
+        )
+
+    if cfg.context_parallel not in ("off", "all_gather"):
+        raise ValueError(f"context_parallel={cfg.context_parallel!r}; use 'all_gather' or 'off'.")
+    if cfg.context_parallel_layout not in ("dual_chunk", "contiguous"):
+        raise ValueError(
+            f"context_parallel_layout={cfg.context_parallel_layout!r}; use 'dual_chunk' or "
+            "'contiguous'."
         )
 
 

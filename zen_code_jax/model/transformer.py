@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from zen_code_jax.model import context_parallel as cp
 from zen_code_jax.model.attention import dot_product_attention
 from zen_code_jax.model.config import ModelConfig
 from zen_code_jax.model.layers import (
@@ -74,7 +75,20 @@ class Attention(nn.Module):
         k = nn.with_logical_constraint(k, ("batch", "length", "kv_heads", "head_dim"))
         v = nn.with_logical_constraint(v, ("batch", "length", "kv_heads", "head_dim"))
 
-        if cache is None:
+        if cache is None and cp.sequence_axis(cfg.context_parallel):
+            # `length` is split over the mesh: all-gather K/V, queries stay local; the
+            # decoder already put the tokens in `context_parallel_layout` order.
+            out = cp.context_parallel_attention(
+                q,
+                k,
+                v,
+                segment_ids,
+                mode=cfg.context_parallel,
+                layout=cfg.context_parallel_layout,
+                block_size=cfg.attention_block_size,
+            )
+            new_cache = None
+        elif cache is None:
             out = dot_product_attention(
                 q,
                 k,
@@ -189,6 +203,17 @@ class Transformer(nn.Module):
                 f"{None if segment_ids is None else segment_ids.shape} must all be [batch, length]."
             )
         positions = positions.astype(jnp.int32)
+        # Context parallelism: run the layers in the load-balanced token order and give
+        # the hidden states back in the caller's order (identity without a split length).
+        relayout = kv_cache is None and cp.sequence_axis(cfg.context_parallel) is not None
+        if relayout:
+            mode, layout = cfg.context_parallel, cfg.context_parallel_layout
+            tokens, positions = (
+                cp.to_layout(tokens, mode, layout),
+                cp.to_layout(positions, mode, layout),
+            )
+            if segment_ids is not None:
+                segment_ids = cp.to_layout(segment_ids, mode, layout)
 
         embed = Embed(cfg.vocab_size, cfg.hidden_size, dt, pdt, _init(cfg), name="embed")
         x = embed(tokens)
@@ -235,6 +260,8 @@ class Transformer(nn.Module):
             )
 
         x = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="final_norm")(x)
+        if relayout:
+            x = cp.from_layout(x, cfg.context_parallel, cfg.context_parallel_layout)
         x = nn.with_logical_constraint(x, ACT_AXES)
         if return_hidden:
             out = x

@@ -148,7 +148,11 @@ def compile_step(
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
-    check_compiled(compiled, lowered.as_text(), state_shardings, bsh)
+    text = lowered.as_text()
+    check_compiled(compiled, text, state_shardings, bsh)
+    cp_on = mesh.shape["sequence"] > 1 and model_cfg.context_parallel != "off"
+    if cp_on and "all_gather" not in text:
+        raise AssertionError("context parallelism is on but the step has no all-gather")
     ma = compiled.memory_analysis()
     total = (
         ma.argument_size_in_bytes
@@ -240,8 +244,26 @@ def run_plan(
         "attention_impl": mcfg.attention_impl,
         "remat_policy": mcfg.remat_policy,
         "loss_chunk_size": loss_chunk_size,
+        "context_parallel": mcfg.context_parallel,
         "tried": [],
     }
+    n_seq = mesh.shape["sequence"]
+    if n_seq > 1 and mcfg.context_parallel != "off":
+        # local import: `python -m ...plan` sets XLA_FLAGS (--devices) before jax is imported.
+        from zen_code_jax.model.context_parallel import block_schedule
+
+        sched = block_schedule(
+            seq_len, n_seq, mcfg.attention_block_size, mcfg.context_parallel_layout
+        )
+        nb = seq_len // min(mcfg.attention_block_size, seq_len // (2 * n_seq))
+        result["context_parallel_layout"] = mcfg.context_parallel_layout
+        result["attention_blocks_per_shard"] = sched.tolist()
+        result["attention_balance"] = float(sched.max() / (nb * (nb + 1) / 2 / n_seq))
+        log(
+            f"  context parallel ({mcfg.context_parallel_layout}): attention block pairs per "
+            f"sequence shard {sched.min()}..{sched.max()}, max/(total/{n_seq}) = "
+            f"{result['attention_balance']:.3f}"
+        )
     log(
         f"{preset}: {n_params / 1e9:.3f}B params | mesh {result['mesh']} | seq {seq_len} | "
         f"{gbs} seqs/step | params+Adam {state_bytes / GiB:.2f} GiB/device"
