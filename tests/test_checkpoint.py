@@ -192,3 +192,22 @@ def test_restore_params_only_at_step_sharded_and_cast(tmp_path):
     np.testing.assert_array_equal(np.asarray(params["b"]), np.asarray(want["b"]).astype(np.float32))
     with pytest.raises(CheckpointError, match=r"available steps: \[1, 2\]"):
         restore_params_only(tmp_path, step=7)
+
+
+def test_identity_treats_fields_added_later_as_their_defaults(tmp_path):
+    """A checkpoint written before a ModelConfig field existed matches a run that keeps the
+    field's default, and is still refused when the run sets it to something else."""
+    from zen_code_jax.checkpoint import CheckpointMismatchError, _check_identity
+    from zen_code_jax.model.config import get_preset
+
+    cfg = get_preset("tiny")
+    new = {"model": cfg.to_dict(), "tokenizer_fingerprint": "abc"}
+    old_model = {k: v for k, v in cfg.to_dict().items() if k != "context_parallel"}
+    old = {"model": old_model, "tokenizer_fingerprint": "abc"}
+    _check_identity(old, new, tmp_path)  # the default: accepted
+    changed = {
+        "model": cfg.replace(context_parallel="off").to_dict(),
+        "tokenizer_fingerprint": "abc",
+    }
+    with pytest.raises(CheckpointMismatchError, match="context_parallel"):
+        _check_identity(old, changed, tmp_path)

@@ -20,6 +20,7 @@ Safety rules:
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import shutil
@@ -36,6 +37,7 @@ import orbax.checkpoint as ocp
 
 from zen_code_jax.config import config_from_dict, model_config_from
 from zen_code_jax.data.tokenizer import Tokenizer
+from zen_code_jax.model.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +103,11 @@ def identity(model_cfg: Any, tokenizer: Any) -> dict[str, Any]:
 
 def _check_identity(saved: Mapping[str, Any], expected: Mapping[str, Any], where: Path) -> None:
     problems = []
-    sm, em = saved.get("model", {}), expected.get("model", {})
+    # A field added to ModelConfig after the checkpoint was written takes its default there
+    # (what that checkpoint's model did), so adding a field never orphans old runs.
+    defaults = dataclasses.asdict(ModelConfig())
+    sm = {**defaults, **saved.get("model", {})}
+    em = {**defaults, **expected.get("model", {})}
     diff = sorted(k for k in set(sm) | set(em) if sm.get(k) != em.get(k))
     if diff:
         problems.append(
