@@ -443,3 +443,45 @@ def test_long_file_segments(tok, stdlib_records, rate: float) -> None:
         # SPM: the prefix/middle boundary is unmarked, so unfim returns them together.
         assert tok.decode(m) == (mid if mode == "psm" else pre + mid)
         assert tok.decode(sfx) == suf
+
+
+def test_table3_language_shares_are_realized(tok, capsys) -> None:
+    """pretrain.py's Table 3 weights (ten named languages + "Other" 13%) on a corpus with
+    ten unnamed languages: every realized byte share within 1 point of the configured one
+    (before the fix, Python got 11.1% and the unnamed ones 59.9%)."""
+    import importlib.util
+
+    from zen_code_jax.data.pipeline import _mixture
+
+    spec = importlib.util.spec_from_file_location(
+        "pretrain_cfg", __import__("pathlib").Path(__file__).parents[1] / "experiments/pretrain.py"
+    )
+    pretrain = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pretrain)
+    named = [k for k in pretrain.LANGUAGE_WEIGHTS if k != "Other"]
+    unnamed = ["Lua", "Haskell", "Perl", "Zig", "Julia", "OCaml", "Elixir", "Nim", "R", "Scala"]
+    recs = [
+        _rec("r", f"{lang}{i:03d}", "x" * (10 + 3 * j + i % 5) + "\n", language=lang)
+        for j, lang in enumerate(named + unnamed)
+        for i in range(30)
+    ]
+    corpus = FakeCorpus(tok, recs)
+    cfg = _cfg().data
+    cfg.language_weights = dict(pretrain.LANGUAGE_WEIGHTS)
+    mix = mixture_weights(corpus, cfg, "train")
+    want = {g.split("/", 1)[1]: s for g, s in zip(mix.groups, mix.byte_shares)}
+    ds = _mixture(corpus, "train", cfg, 0)
+    got: dict[str, int] = {}
+    for i in range(40_000):
+        r = ds[i]
+        got[r["language"]] = got.get(r["language"], 0) + len(r["content"].encode())
+    total = sum(got.values())
+    realized = {k: got.get(k, 0) / total for k in want}
+    with capsys.disabled():
+        named_share = {k: round(100 * realized[k], 2) for k in named}
+        other_share = round(100 * sum(realized[k] for k in unnamed), 2)
+        print(f"\nTable 3 realized shares (%): {named_share}, Other (10 languages): {other_share}")
+    assert want["Python"] == pytest.approx(0.24)
+    assert sum(want[k] for k in unnamed) == pytest.approx(0.13)
+    for k, w in want.items():
+        assert abs(realized[k] - w) < 0.01, (k, realized[k], w)
