@@ -7,8 +7,9 @@ before answering, so a keep-alive connection stays usable after any error.
 
 Handler threads (`server_http.py`) parse and validate (`protocol.RequestParser`), then
 hand the rows to the one scheduler thread (`scheduler.Scheduler`, continuous batching on
-fixed slots) and relay its events: as server-sent events when `stream` is set (one event per released
-piece of text, then the usage chunk if asked, then `data: [DONE]`), or as one JSON body.
+fixed slots) and relay its events: as server-sent events when `stream` is set (one event
+per released piece of text, then the usage chunk if asked, then `data: [DONE]`), or as one
+JSON body.
 A client that disconnects, or a `/v1/cancel`, frees its slots at the next scheduler turn.
 
 Protection: an optional API key (`Authorization: Bearer KEY`, compared in constant time,
