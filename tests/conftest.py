@@ -32,7 +32,7 @@ from zen_code_jax.data.corpus import (  # noqa: E402
     check_split,
     mixture_weights,
 )
-from zen_code_jax.data.prepare import summarize_split  # noqa: E402
+from zen_code_jax.data.prepare_finish import summarize_split  # noqa: E402
 from zen_code_jax.data.tokenizer import Tokenizer  # noqa: E402
 
 # The stdlib packages behind the shared records: small (~20 files) but real code.
@@ -52,7 +52,7 @@ class FakeCorpus:
 
     Records are sorted by (repo, path) per split like a prepared corpus's, and the groups,
     group statistics, repository ranges and manifest entries come from the same code that
-    writes a prepared corpus (`prepare.summarize_split`), so the pipeline and the mixture
+    writes a prepared corpus (`prepare_finish.summarize_split`), so the pipeline and the mixture
     see exactly what they would see on disk. `tokenizer` may be None for tests that bring
     their own (a character tokenizer, say).
     """

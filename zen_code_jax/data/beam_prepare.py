@@ -15,8 +15,8 @@ pipeline runs on Dataflow, Flink or Spark with their options (docs/data_prepare.
     sample    the tokenizer sample's contents, sorted, to one ArrayRecord file
 
 The tokenizer then trains in the launching process (SentencePiece is single-machine) and the
-manifest is written there, by the same `prepare.finish` as the local runner's, so both
-runners write the same shards, groups, tokenizer and manifest (timings aside).
+manifest is written there, by the same `prepare_finish.finish` as the local runner's, so
+both runners write the same shards, groups, tokenizer and manifest (timings aside).
 
 Why not `array_record.beam.WriteToArrayRecord`: it imports and writes with our pins
 (apache-beam 2.77.0, array-record 0.8.6), but it is a `FileBasedSink`, which leaves the
@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from zen_code_jax.data import dedup, prepare, prepare_read, prepare_stages, sources
+from zen_code_jax.data import dedup, prepare_finish, prepare_read, prepare_stages, sources
 from zen_code_jax.data.corpus import SPLITS, Manifest
 from zen_code_jax.data.prepare_stages import meta_of, order_key
 from zen_code_jax.data.tokenizer import Tokenizer
@@ -106,12 +106,12 @@ def _decide(metas, edges, skips, counts, cfg, vocab_size, work: str) -> dict[str
     plan = prepare_stages.make_plan(
         kept,
         float(cfg["heldout_fraction"]),
-        prepare.tokenizer_budget(vocab_size),
+        prepare_finish.tokenizer_budget(vocab_size),
         int(cfg["min_repo_files"]),
         int(cfg["min_repo_lines"]),
     )
     c = dict(counts)
-    outcome = prepare.Outcome(
+    outcome = prepare_finish.Outcome(
         n_seen=int(c.get("seen", 0)),
         skips=collections.Counter(dict(skips)),
         bytes_in=int(c.get("bytes_in", 0)),
@@ -139,13 +139,13 @@ def _route(r: dict[str, Any], decision: dict[str, Any]) -> list[tuple[tuple, tup
 def _write_shard(kv: tuple[tuple[str, int], list], decision: dict[str, Any], out_dir: str) -> int:
     (split, s), items = kv
     blobs = [b for _, b in sorted(items)]
-    prepare.write_shard(Path(out_dir) / decision["names"][split][s], blobs)
+    prepare_finish.write_shard(Path(out_dir) / decision["names"][split][s], blobs)
     return len(blobs)
 
 
 def _write_sample(items: list[tuple[tuple, str]], work: str) -> int:
     blobs = [json.dumps({"content": c}).encode() for _, c in sorted(items)]
-    prepare.write_shard(Path(work) / _SAMPLE, blobs)
+    prepare_finish.write_shard(Path(work) / _SAMPLE, blobs)
     return len(blobs)
 
 
@@ -161,7 +161,7 @@ def run_pipeline(listing, cfg, vocab_size: int, out_dir: Path, work: Path, optio
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    params = prepare.read_params(cfg)
+    params = prepare_finish.read_params(cfg)
     shingle = params.shingle_size
     with beam.Pipeline(options=PipelineOptions(options)) as p:
         read = (
@@ -252,16 +252,18 @@ def build_beam(
     options = shlex.split(str(data_cfg.beam_options))
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".beam-") as work:
         run_pipeline(listing, cfg, vocab_size, out_dir, Path(work), options)
-        outcome: prepare.Outcome = pickle.loads(Path(work, _OUTCOME).read_bytes())
+        outcome: prepare_finish.Outcome = pickle.loads(Path(work, _OUTCOME).read_bytes())
         outcome.skips.update(listing.path_skips)  # counted by the listing, as locally
-        prepare.check_nonempty(listing.kind, outcome.n_seen, outcome.skips, len(outcome.metas))
+        prepare_finish.check_nonempty(
+            listing.kind, outcome.n_seen, outcome.skips, len(outcome.metas)
+        )
         timings = {"beam_pipeline_s": time.perf_counter() - t0}
         # local import: array_record is only needed when preparing (and is slow to import)
         from array_record.python.array_record_data_source import ArrayRecordDataSource
 
         src = ArrayRecordDataSource([str(Path(work, _SAMPLE))])
         texts = (json.loads(src[i])["content"] for i in range(len(src)))
-        return prepare.finish(
+        return prepare_finish.finish(
             out_dir,
             listing=listing,
             cfg=cfg,

@@ -7,7 +7,7 @@ over what each device computes. Here, inside `jax.shard_map` over the whole mesh
 * queries stay sharded: each device keeps its `S/N` query positions;
 * keys, values and the key segment ids are all-gathered over the sequence axis, once
   per layer (the transpose, in the backward pass, is a reduce-scatter of dK, dV);
-* each device runs the blockwise kernel of `attention.py` (`_flash`, custom VJP) on its
+* each device runs the blockwise kernel of `attention_chunked.py` (`_flash`, custom VJP) on its
   own queries against the gathered keys, skipping key blocks above the causal diagonal
   of *its* query blocks, so no device computes another device's queries.
 
@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from zen_code_jax.model import attention as attn
+from zen_code_jax.model import attention_chunked
 
 MODES = ("off", "all_gather")
 LAYOUTS = ("dual_chunk", "contiguous")
@@ -232,7 +232,9 @@ def _local_attention(q, k, v, seg, *, axis, n, layout, block_size, scale):
     q_blk = q_block_diagonals(d, n, s_local, bq, layout)
     qt = q.reshape(b, s_local, kvh, g, dh).transpose(0, 2, 1, 3, 4)
     kt, vt = k_all.transpose(0, 2, 1, 3), v_all.transpose(0, 2, 1, 3)
-    out = attn._flash(qt, kt, vt, seg, seg_all, q_idx, kv_idx, q_blk, scale, bq, bq, True)
+    out = attention_chunked._flash(
+        qt, kt, vt, seg, seg_all, q_idx, kv_idx, q_blk, scale, bq, bq, True
+    )
     return out.transpose(0, 2, 1, 3, 4).reshape(b, s_local, h, dh)
 
 
