@@ -239,8 +239,11 @@ def test_repository_fim_prompt_matches_repo_windows(engine, tok, fmt):
         assert prompt[: len(head)] == head and prompt[len(head)] == tok.fim_prefix_id
     finally:
         engine.repo_format = RepoFormat("report")
-    with pytest.raises(ValueError, match="path="):
-        engine.fim_prompt_ids("a", "b", "psm", context=files[:1])
+    # Context without a target path (llama.cpp's /infill): the context files, then the
+    # file-mode FIM prompt, with no header for the unnamed target.
+    plain = engine.fim_prompt_ids("a", "b", "psm")
+    ctx = RepoFormat("report").context_ids(files[:1], tok)
+    assert engine.fim_prompt_ids("a", "b", "psm", context=files[:1]) == ctx + plain
 
 
 def test_infill_returns_greedy_middle(engine, tok):

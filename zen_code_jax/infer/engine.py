@@ -196,17 +196,18 @@ class InferenceEngine:
         training windows): the repository opening (`repo`, in the qwen2.5 / starcoder2
         formats), the context files [(path, content), ...], the target's header, then the
         FIM sentinels around the target's prefix and suffix.
+
+        Context without `path` (llama.cpp's /infill names no target file): the context
+        files in the repository layout, then the file-mode FIM prompt with no target
+        header. Training always had that header, so callers that know the target's path
+        should pass it (the completions API's `path` field does).
         """
         if mode not in FIM_MODES:
             raise ValueError(f"FIM mode {mode!r} is unknown; use 'psm' or 'spm'.")
         tok = self.tokenizer
-        if path is None and context:
-            raise ValueError(
-                "fim_prompt_ids got repository context without the target's path; pass "
-                "path= (training always puts the target file's header before its FIM)."
-            )
         if path is None:
-            return list(fim_prompt_tokens(prefix, suffix, mode, tok))
+            head = self.repo_format.context_ids(list(context), tok, repo) if context else []
+            return [*head, *fim_prompt_tokens(prefix, suffix, mode, tok)]
         return self.repo_format.fim_prompt_ids(
             list(context or ()), path, prefix, suffix, mode, tok, repo
         )
