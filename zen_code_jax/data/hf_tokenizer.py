@@ -116,6 +116,24 @@ class HFTokenizer:
             if r in self.sentinels
         )
 
+    def _role_id(self, role: str) -> int:
+        if role not in self.sentinels:
+            spelling = SENTINEL_FAMILIES[self.family][role]
+            raise TokenizerError(
+                f"This {self.family} tokenizer has no {spelling!r} token; the repository "
+                "formats that need it (data.repo_format='qwen2.5' / 'starcoder2') cannot be "
+                "used with it: set data.repo_format='report'."
+            )
+        return self.sentinels[role]
+
+    @property
+    def repo_name_id(self) -> int:
+        return self._role_id("repo_name")
+
+    @property
+    def file_sep_id(self) -> int:
+        return self._role_id("file_sep")
+
     # ------------------------------------------------------------------ IO
     @classmethod
     def from_dir(cls, in_dir: str | os.PathLike, vocab_size: int | None = None) -> HFTokenizer:
