@@ -429,7 +429,9 @@ def test_prefix_reuse_and_no_compilation_after_start_up(server, client):
         list(
             client.completions.create(model=server.model_name, prompt=p, max_tokens=4, stream=True)
         )
-    assert COMPILES["scheduler"] == before == 0
+    assert COMPILES["scheduler"] == before  # nothing compiled while serving these
+    # ... nor since this server started (the counter is per process: other modules'
+    # servers may have compiled on their own scheduler threads before this one existed).
     status, text, _ = raw(server, "GET", "/metrics")
     assert status == 200 and "zen_compilations_since_start 0" in text
     assert "zen_time_to_first_token_seconds_count" in text and "zen_slots_busy" in text
