@@ -309,46 +309,6 @@ def find_checkpoint_dir(path: str | Path) -> Path:
     )
 
 
-def restore_params(
-    path: str | Path, abstract_params: Any | None = None, step: int | None = None
-) -> tuple[Any, dict[str, Any], dict[str, Any] | None]:
-    """Load (params, meta, tokenizer_json) from a run's newest good checkpoint.
-
-    With `abstract_params` the params land in its shardings; without, on one device.
-    """
-    ckpt = Checkpointer(find_checkpoint_dir(path), async_save=False)
-    try:
-        steps = [step] if step is not None else list(reversed(ckpt.steps()))
-        if not steps:
-            raise CheckpointError(f"{ckpt.directory} holds no finished checkpoint yet.")
-        last_error: Exception | None = None
-        for s in steps:
-            try:
-                meta = ckpt.read_meta(s)
-                md = ckpt.manager.item_metadata(s)
-                state_md = md["state"]
-                target = _single_device_target(state_md)
-                if abstract_params is not None:
-                    target = dict(target)
-                    target["params"] = abstract_params
-                restored = ckpt.manager.restore(
-                    s,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(target),
-                        tokenizer=ocp.args.JsonRestore(),
-                    ),
-                )
-                return restored["state"]["params"], meta, restored.get("tokenizer")
-            except Exception as e:  # noqa: BLE001 - fall back to an older step
-                print(f"WARNING: cannot read checkpoint step {s} ({type(e).__name__}: {e})")
-                last_error = e
-        raise CheckpointError(
-            f"No readable checkpoint in {ckpt.directory} (last error: {last_error})."
-        )
-    finally:
-        ckpt.close()
-
-
 def restore_params_only(
     path: str | Path,
     *,
@@ -362,7 +322,7 @@ def restore_params_only(
     weights in AdamW), so this reads `state/params` alone with Orbax's partial restore,
     straight into `sharding_fn(abstract_params)` (a NamedSharding tree; default: one
     device) and cast to `dtype` on load (default: the stored dtype). `step=None` takes the
-    newest readable step, falling back to older ones as `restore_params` does.
+    newest readable step, falling back to older ones.
     """
     ckpt = Checkpointer(find_checkpoint_dir(path), async_save=False)
     try:

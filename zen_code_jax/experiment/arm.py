@@ -30,7 +30,7 @@ from zen_code_jax.checkpoint import (
     CheckpointError,
     abstract_like,
     identity,
-    restore_params,
+    restore_params_only,
     tokenizer_to_json,
 )
 from zen_code_jax.config import config_from_dict, config_to_dict, model_config_from
@@ -186,7 +186,11 @@ def run_arm(
         print(f"[{arm}] initialized params from HF checkpoint {hf_dir}", flush=True)
     elif config.train.init_checkpoint:
         src = init_checkpoint_dir(config.train.init_checkpoint, run_dir)
-        params, meta, _ = restore_params(src, abstract_params=abstract_like(state.params))
+        # Params only (no AdamW moments), straight into this arm's shardings.
+        target = abstract_like(state.params)
+        params, meta, _, _ = restore_params_only(
+            src, sharding_fn=lambda _: jax.tree.map(lambda a: a.sharding, target)
+        )
         if meta.get("identity") != ident:
             raise ValueError(
                 f"train.init_checkpoint={config.train.init_checkpoint!r} ({src}) has a different "
