@@ -277,6 +277,51 @@ def test_kv_cache_prefill_and_decode_equal_full_forward(scan):
     assert cache["k"].shape == (cfg.num_layers, 2, 16, cfg.num_kv_heads, cfg.resolved_head_dim)
 
 
+@pytest.mark.parametrize("scan", [True, False])
+def test_mixed_call_and_windows_equal_full_forward(scan):
+    """Continuous batching's mixed call (one decode token per cache row plus a prefill
+    chunk of another row, `chunk_row`) and a read window (`kv_window`) give the logits of
+    the full forward, and write the cache a later decode step reads."""
+    cfg = TINY.replace(scan_layers=scan)
+    p = _random_params(cfg)
+    model = Transformer(cfg)
+    rng = np.random.default_rng(7)
+    seqs = rng.integers(0, 512, (3, 12)).astype(np.int32)
+    ar = np.broadcast_to(np.arange(12, dtype=np.int32), (3, 12))
+    full = np.asarray(_apply(cfg)(p, seqs, ar, np.ones((3, 12), np.int32)))
+    step = jax.jit(
+        lambda t, pos, seg, c, row, window: model.apply(
+            {"params": p}, t, pos, seg, kv_cache=c, kv_window=window, chunk_row=row
+        ),
+        static_argnums=5,
+    )
+    # Rows 0 and 2 prefill 5 tokens; row 1 is idle (segment 0 writes nothing).
+    cache = init_kv_cache(cfg, 3, 16)
+    seg = np.array([[1] * 5, [0] * 5, [1] * 5], np.int32)
+    _, cache = step(seqs[:, :5], ar[:, :5], seg, cache, None, 8)
+    # Mixed: rows 0 and 2 decode position 5, row 1 idle; then row 1's chunk of 7 tokens
+    # (positions 0..6) plus one padding token.
+    toks = np.concatenate([seqs[:, 5], seqs[1, :7], [0]])[None].astype(np.int32)
+    pos = np.concatenate([[5, 0, 5], np.arange(8)])[None].astype(np.int32)
+    mseg = np.concatenate([[1, 0, 1], [1] * 7, [0]])[None].astype(np.int32)
+    logits, cache = step(toks, pos, mseg, cache, np.int32(1), 8)
+    logits = np.asarray(logits)[0]
+    tol = dict(atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(logits[0], full[0, 5], **tol)
+    np.testing.assert_allclose(logits[2], full[2, 5], **tol)
+    np.testing.assert_allclose(logits[3:10], full[1, :7], **tol)
+    # A plain decode step over the cache the mixed call wrote (window 8, then the whole).
+    cur = np.array([6, 7, 6], np.int32)
+    for window in (8, None):
+        out, _ = step(seqs[np.arange(3), cur][:, None], cur[:, None], None, cache, None, window)
+        for r in range(3):
+            np.testing.assert_allclose(np.asarray(out)[r, 0], full[r, cur[r]], **tol)
+    with pytest.raises(ValueError, match="kv_window=17"):
+        step(toks, pos, mseg, cache, np.int32(1), 17)
+    with pytest.raises(ValueError, match=r"tokens \[1, rows \+ chunk\]"):
+        step(seqs[:, :2], ar[:, :2], None, cache, np.int32(1), 8)
+
+
 def test_kv_cache_drops_padding_writes():
     """With segment_ids, padding tokens are not written, so they cannot clobber slot 0."""
     p = _random_params(TINY)

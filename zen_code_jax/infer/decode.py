@@ -111,20 +111,12 @@ def constrain_cache(cache: dict[str, jax.Array]) -> dict[str, jax.Array]:
     return {name: nn.with_logical_constraint(x, KV_CACHE_AXES) for name, x in cache.items()}
 
 
-# XLA:CPU runs [M, D] @ [D, V] with small M > 1 as a slow GEMM (measured: M=4 took 23x the
-# time of M=1 for the cpu_small LM head), while M = 1 takes a fast matrix-vector path.
-# Decoding feeds a handful of rows per step, so on CPU the LM head is one GEMV per row.
-CPU_GEMV_MAX_ROWS = 16
-
-
 def lm_logits(hidden: jax.Array, cfg: ModelConfig, params: Any) -> jax.Array:
-    """float32 logits [B, V] of final hidden states [B, D] (the model's LM head)."""
-    kernel = lm_head_kernel(params, cfg)
-    dtype = as_dtype(cfg.dtype)
-    rows = hidden.shape[0]
-    if jax.default_backend() == "cpu" and 1 < rows <= CPU_GEMV_MAX_ROWS:
-        return jnp.concatenate([matmul(hidden[i : i + 1], kernel, dtype) for i in range(rows)])
-    return matmul(hidden, kernel, dtype)
+    """float32 logits [B, V] of final hidden states [B, D] (the model's LM head), one GEMM.
+    (An earlier XLA:CPU ran small-M GEMMs 23x slower than M = 1, so this fed one GEMV per
+    row; with the XNNPACK path of the pinned jax one [8, 256] @ [256, 8192] GEMM takes
+    0.57 ms against 1.65 ms for eight GEMVs, docs/measurements.md, Serving.)"""
+    return matmul(hidden, lm_head_kernel(params, cfg), as_dtype(cfg.dtype))
 
 
 def _is_stop(tokens: jax.Array, stop_ids: jax.Array) -> jax.Array:

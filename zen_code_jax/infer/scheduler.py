@@ -2,8 +2,9 @@
 
 Each turn the scheduler (1) frees the slots of cancelled rows, (2) admits waiting rows
 into free slots (preferring the free slot whose cached tokens share the longest prefix
-with the prompt), (3) prefills one chunk of the oldest row still prefilling, (4) runs one
-decode step for every decoding row, and hands each row's new text to its job as an event.
+with the prompt), (3) runs one model call that decodes a token for every decoding row and
+prefills one chunk of the oldest row still prefilling (chunked prefill inside the decode
+batch, as Sarathi-Serve does), and hands each row's new text to its job as an event.
 A row leaves at a stop id, a stop string, its budget or the end of its slot. With
 `continuous=False` (the benchmark's baseline) rows are admitted only into an empty
 machine, i.e. static batching.
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from zen_code_jax.infer.slots import SlotDecoder
+from zen_code_jax.infer.slots import Chunk, DecodeRows, SlotDecoder
 
 
 @dataclass
@@ -164,8 +165,7 @@ class Scheduler:
                     return
                 self._drop_cancelled()
                 self._admit()
-            self._prefill_one()
-            self._decode()
+            self._step()
 
     def _has_work(self) -> bool:
         return bool(self.waiting) or self.busy_slots > 0
@@ -211,44 +211,35 @@ class Scheduler:
             self.slot_rows[s] = (job, i)
             self.slot_used[s] = time.monotonic()
 
-    def _prefill_one(self) -> None:
+    def _next_chunk(self) -> tuple[Job, int, Chunk] | None:
+        """The next prefill chunk (of the oldest row still prefilling), or None this turn."""
         todo = [
             (job, i)
             for job, i in filter(None, self.slot_rows)
             if job.rows[i].prefilled < len(job.rows[i].prompt_ids)
         ]
         if not todo:
-            return
+            return None
         decoding = any(
             job.rows[i].ids and job.rows[i].prefilled == len(job.rows[i].prompt_ids)
             for job, i in filter(None, self.slot_rows)
         )
         self._since_prefill += 1
         if decoding and self._since_prefill < self.prefill_interval:
-            return
+            return None
         self._since_prefill = 0
         job, i = min(todo, key=lambda e: e[0].submitted)
         row = job.rows[i]
         start = row.prefilled
-        chunk = row.prompt_ids[start : start + self.dec.chunk]
-        final = start + len(chunk) == len(row.prompt_ids)
-        out = self.dec.prefill(
-            row.slot,
-            chunk,
-            start,
-            (row.temperature, row.top_p, row.seed, row.sample_index, 0),
-            final=final,
-        )
-        row.prefilled += len(chunk)
-        self.slot_tokens[row.slot].extend(chunk)
-        self.stats["prefill_tokens"] += len(chunk)
-        if out is not None:
-            self._accept(job, i, out, 0)
+        tokens = row.prompt_ids[start : start + self.dec.chunk]
+        sampling = (row.temperature, row.top_p, row.seed, row.sample_index, 0)
+        final = start + len(tokens) == len(row.prompt_ids)
+        return job, i, Chunk(row.slot, tokens, start, sampling, final)  # type: ignore[arg-type]
 
-    def _decode(self) -> None:
+    def _decode_rows(self) -> tuple[list[int], DecodeRows | None]:
+        """The slots decoding this turn and their inputs (None when no slot decodes)."""
         n = self.dec.slots
-        cols = {k: np.zeros((n,), np.float64) for k in ("last", "pos", "temp", "top_p", "seed")}
-        cols.update(index=np.zeros((n,)), step=np.zeros((n,)), active=np.zeros((n,), bool))
+        cols = {k: np.zeros((n,), np.float64) for k in DecodeRows._fields}
         live = []
         for s, entry in enumerate(self.slot_rows):
             if entry is None:
@@ -260,26 +251,40 @@ class Scheduler:
             cols["last"][s] = row.ids[-1]
             cols["pos"][s] = len(row.prompt_ids) + len(row.ids) - 1
             cols["temp"][s], cols["top_p"][s] = row.temperature, row.top_p
-            cols["seed"][s], cols["index"][s] = row.seed, row.sample_index
-            cols["step"][s], cols["active"][s] = len(row.ids), True
+            cols["seeds"][s], cols["index"][s] = row.seed, row.sample_index
+            cols["steps"][s], cols["active"][s] = len(row.ids), True
             live.append(s)
         if not live:
-            return
-        out = self.dec.step(
-            cols["last"],
-            cols["pos"],
-            cols["active"],
-            cols["temp"],
-            cols["top_p"],
-            cols["seed"],
-            cols["index"],
-            cols["step"],
+            return live, None
+        return live, DecodeRows(
+            *(cols[k].astype(t) for k, t in zip(DecodeRows._fields, DecodeRows.DTYPES))
         )
-        self.stats["decode_steps"] += 1
-        for s in live:
-            job, i = self.slot_rows[s]  # type: ignore[misc]
-            self.slot_tokens[s].append(job.rows[i].ids[-1])
-            self._accept(job, i, out, s)
+
+    def _step(self) -> None:
+        """One device call: a decode token for every decoding slot and, in the same model
+        call, one prefill chunk (chunked prefill riding with decoding, so a turn costs
+        about one pass over the weights however many rows it serves)."""
+        picked = self._next_chunk()
+        live, rows = self._decode_rows()
+        if picked is None and rows is None:
+            return
+        chunk = None if picked is None else picked[2]
+        decoded, first = self.dec.run(rows, chunk)
+        if picked is not None:
+            job, i, chunk = picked
+            row = job.rows[i]
+            row.prefilled += len(chunk.tokens)
+            self.slot_tokens[chunk.slot].extend(chunk.tokens)
+            self.stats["prefill_tokens"] += len(chunk.tokens)
+        if decoded is not None:
+            self.stats["decode_steps"] += 1
+            for s in live:
+                job, i = self.slot_rows[s]  # type: ignore[misc]
+                self.slot_tokens[s].append(job.rows[i].ids[-1])
+                self._accept(job, i, decoded, s)
+        if first is not None:
+            job, i, _ = picked  # type: ignore[misc]
+            self._accept(job, i, first, 0)
 
     # ------------------------------------------------------------------ rows
     def _accept(self, job: Job, i: int, out: Any, k: int) -> None:

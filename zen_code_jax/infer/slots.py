@@ -6,14 +6,19 @@ every new bucket compiles on the request path. Here the cache is one array
 `[L, slots, max_len, KV, Dh]` on the mesh and exactly two functions touch it, both with
 shapes fixed at start-up and compiled then (`warm_up`):
 
-- `prefill_chunk`: `chunk` prompt tokens of one slot at positions `start..start+chunk-1`
-  (padding of the last chunk is segment 0, so the model drops its cache writes), and the
+- `prefill_chunk`: up to `chunk` prompt tokens of one slot at positions `start..` (padded to
+  the smallest of a few compiled lengths; padding is segment 0, never written), and the
   next-token sample from the last real position. A long prompt is prefilled one chunk per
   scheduler turn, interleaved with decode steps, so running rows are never stalled for
   long. A prompt that extends what a slot already holds starts at the shared length
   (prefix reuse): a query at position p attends to slots 0..p of its row, so whatever
   lies beyond p from an older request is never seen.
 - `decode_step`: one token for every slot; idle slots are segment 0 (no cache write).
+
+Both read only the cache window [0, W) that the call needs, W one of `window_buckets`
+(powers of two up to max_len), and write their new keys and values once per call: a step
+costs what its longest live row holds, not the whole cache (measured in
+docs/measurements.md, Serving).
 
 Every per-row setting (position, temperature, top-p, seed, step) is a traced array. The
 sample of a row depends only on (seed, sample index, step) and its own tokens, never on
@@ -64,6 +69,31 @@ class Sampled(NamedTuple):
     top_logprobs: np.ndarray  # float32 [B, TOP_LOGPROBS]
 
 
+class DecodeRows(NamedTuple):
+    """One decode step's per-slot inputs (numpy arrays of length `slots`)."""
+
+    last: np.ndarray  # the slot's last token
+    pos: np.ndarray  # its position (where the token is written)
+    active: np.ndarray  # bool: the slot is decoding (others write nothing)
+    temp: np.ndarray
+    top_p: np.ndarray
+    seeds: np.ndarray
+    index: np.ndarray  # sample index (n > 1 choices)
+    steps: np.ndarray  # tokens the row has generated so far
+
+    DTYPES = (np.int32, np.int32, bool, np.float32, np.float32, np.int32, np.int32, np.int32)
+
+
+class Chunk(NamedTuple):
+    """Up to `chunk` prompt tokens of one slot from position `start`."""
+
+    slot: int
+    tokens: list[int]
+    start: int
+    sampling: tuple[float, float, int, int, int]  # temp, top_p, seed, sample index, step
+    final: bool  # the prompt's last chunk: its last token's sample is the first new token
+
+
 def _sample(logits, temperature, top_p, seeds, sample_index, steps):
     keys = row_keys(seeds, sample_index, steps)
     tok = sample_tokens(logits, keys, temperature, top_p)
@@ -73,39 +103,49 @@ def _sample(logits, temperature, top_p, seeds, sample_index, steps):
     return tok, chosen, top_ids.astype(jnp.int32), top_lp
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("cache",))
-def prefill_chunk(params, cache, tokens, valid, slot, start, last, sampling, *, cfg):
-    """Write `tokens` [C] of row `slot` at positions start.. (first `valid` are real) and
-    sample from position `last` of the chunk. sampling: (temp, top_p, seed, index, step)."""
-    row = {k: jax.lax.dynamic_slice_in_dim(v, slot, 1, axis=1) for k, v in cache.items()}
-    chunk = tokens.shape[0]
-    positions = (start + jnp.arange(chunk, dtype=jnp.int32))[None]
-    segments = (jnp.arange(chunk) < valid).astype(jnp.int32)[None]
-    hidden, row = Transformer(cfg).apply(
-        {"params": params}, tokens[None], positions, segments, kv_cache=row, return_hidden=True
+@functools.partial(jax.jit, static_argnames=("cfg", "window"), donate_argnames=("cache",))
+def mixed_step(params, cache, rows, tokens, valid, slot, start, sampling, *, cfg, window):
+    """One model call for a decode token of every slot (`rows`: DecodeRows arrays; idle
+    slots write nothing) and the chunk `tokens` [C] of slot `slot` at positions start..
+    (the first `valid` are real). Returns the cache and slots + 1 samples, the last from
+    the chunk's last real token. sampling: the chunk row's (temp, top_p, seed, index, step)."""
+    b, c = rows.last.shape[0], tokens.shape[0]
+    hidden, cache = Transformer(cfg).apply(
+        {"params": params},
+        jnp.concatenate([rows.last, tokens])[None],
+        jnp.concatenate([rows.pos, start + jnp.arange(c, dtype=jnp.int32)])[None],
+        jnp.concatenate([rows.active, jnp.arange(c) < valid]).astype(jnp.int32)[None],
+        kv_cache=cache,
+        kv_window=window,
+        chunk_row=slot,
+        return_hidden=True,
     )
-    cache = constrain_cache(
-        {k: jax.lax.dynamic_update_slice_in_dim(cache[k], row[k], slot, axis=1) for k in cache}
+    cache = constrain_cache(cache)
+    h = hidden[0]
+    picked = jnp.concatenate([h[:b], jax.lax.dynamic_index_in_dim(h, b + valid - 1)])
+    logits = lm_logits(picked, cfg, params)
+    temp, top_p, seed, index, step = (
+        jnp.concatenate([col, x[None]])
+        for col, x in zip((rows.temp, rows.top_p, rows.seeds, rows.index, rows.steps), sampling)
     )
-    logits = lm_logits(jax.lax.dynamic_index_in_dim(hidden[0], last, keepdims=True), cfg, params)
-    temp, top_p, seed, index, step = (x[None] for x in sampling)
     return cache, _sample(logits, temp, top_p, seed, index, step)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("cache",))
-def decode_step(params, cache, last, pos, active, temp, top_p, seeds, index, steps, *, cfg):
+@functools.partial(jax.jit, static_argnames=("cfg", "window"), donate_argnames=("cache",))
+def decode_step(params, cache, rows, *, cfg, window):
     """Feed each slot's last token at its position and sample the next (idle slots: no-op)."""
     hidden, cache = Transformer(cfg).apply(
         {"params": params},
-        last[:, None],
-        pos[:, None],
-        active.astype(jnp.int32)[:, None],
+        rows.last[:, None],
+        rows.pos[:, None],
+        rows.active.astype(jnp.int32)[:, None],
         kv_cache=cache,
+        kv_window=window,
         return_hidden=True,
     )
     cache = constrain_cache(cache)
     logits = lm_logits(hidden[:, -1], cfg, params)
-    return cache, _sample(logits, temp, top_p, seeds, index, steps)
+    return cache, _sample(logits, rows.temp, rows.top_p, rows.seeds, rows.index, rows.steps)
 
 
 class SlotDecoder:
@@ -133,6 +173,8 @@ class SlotDecoder:
             )
         self.params, self.cfg, self.mesh, self.rules = params, cfg, mesh, tuple(rules)
         self.slots, self.max_len, self.chunk = int(slots), int(max_len), int(chunk)
+        self.windows = window_buckets(self.max_len)
+        self.chunks = chunk_buckets(self.chunk)
         with self._context():
             self.cache = constrain_cache_jit(init_kv_cache(cfg, self.slots, self.max_len))
 
@@ -144,73 +186,89 @@ class SlotDecoder:
                 stack.enter_context(nn.logical_axis_rules(self.rules))
             yield
 
-    def prefill(
-        self, slot: int, tokens: list[int], start: int, sampling: tuple, *, final: bool
-    ) -> Sampled | None:
-        """Prefill up to `chunk` tokens of `slot` from position `start`; the sample (from the
-        last token) only when `final`."""
-        n = len(tokens)
-        assert 1 <= n <= self.chunk and start + n <= self.max_len
-        buf = np.zeros((self.chunk,), np.int32)
-        buf[:n] = tokens
-        temp, top_p, seed, index, step = sampling
-        samp = (
-            np.float32(temp),
-            np.float32(top_p),
-            np.int32(seed),
-            np.int32(index),
-            np.int32(step),
-        )
+    def run(
+        self, rows: DecodeRows | None, chunk: Chunk | None, *, window: int | None = None
+    ) -> tuple[Sampled | None, Sampled | None]:
+        """One turn on the device: a decode step for `rows`, a prefill `chunk`, or both in
+        one model call. Returns (samples for every slot, the chunk's sample when it is its
+        prompt's last). The window is the smallest compiled one holding every slot the
+        call attends to (or `window`)."""
+        if rows is None and chunk is None:
+            return None, None
+        idle = rows is None
+        if idle:  # a prefill alone rides with every slot idle (no write, ~free)
+            z = np.zeros((self.slots,), np.int32)
+            rows = DecodeRows(z, z, z.astype(bool), z.astype(np.float32), z + 1.0, z, z, z)
+        rows = DecodeRows(*(np.asarray(x, t) for x, t in zip(rows, DecodeRows.DTYPES)))
+        first = [int(rows.pos[rows.active].max())] if rows.active.any() else [0]
+        if chunk is not None:
+            n = len(chunk.tokens)
+            assert 1 <= n <= self.chunk and chunk.start + n <= self.max_len
+            first.append(chunk.start)
+        window = self.window(max(first)) if window is None else window
         with self._context():
-            self.cache, out = prefill_chunk(
+            if chunk is None:
+                self.cache, out = decode_step(
+                    self.params, self.cache, rows, cfg=self.cfg, window=window
+                )
+                return Sampled(*(np.asarray(x) for x in out)), None
+            buf = np.zeros((next(c for c in self.chunks if c >= n),), np.int32)
+            buf[:n] = chunk.tokens
+            self.cache, out = mixed_step(
                 self.params,
                 self.cache,
+                rows,
                 buf,
                 np.int32(n),
-                np.int32(slot),
-                np.int32(start),
-                np.int32(n - 1),
-                samp,
+                np.int32(chunk.slot),
+                np.int32(chunk.start),
+                tuple(np.asarray(x, t) for x, t in zip(chunk.sampling, DecodeRows.DTYPES[3:])),
                 cfg=self.cfg,
+                window=window,
             )
-        return Sampled(*(np.asarray(x) for x in out)) if final else None
+        out = Sampled(*(np.asarray(x) for x in out))
+        decoded = None if idle else Sampled(*(x[:-1] for x in out))
+        last = Sampled(*(x[-1:] for x in out)) if chunk.final else None
+        return decoded, last
 
-    def step(
-        self,
-        last: np.ndarray,
-        pos: np.ndarray,
-        active: np.ndarray,
-        temp: np.ndarray,
-        top_p: np.ndarray,
-        seeds: np.ndarray,
-        index: np.ndarray,
-        steps: np.ndarray,
-    ) -> Sampled:
-        """One decode step for every slot (arrays of length `slots`, numpy)."""
-        with self._context():
-            self.cache, out = decode_step(
-                self.params,
-                self.cache,
-                last.astype(np.int32),
-                pos.astype(np.int32),
-                active.astype(bool),
-                temp.astype(np.float32),
-                top_p.astype(np.float32),
-                seeds.astype(np.int32),
-                index.astype(np.int32),
-                steps.astype(np.int32),
-                cfg=self.cfg,
-            )
-        return Sampled(*(np.asarray(x) for x in out))
+    def window(self, first_position: int) -> int:
+        """The smallest compiled window holding every slot a call starting here attends to."""
+        return next(w for w in self.windows if w >= first_position)
 
     def warm_up(self) -> None:
-        """Compile both steps now (no request ever compiles): idle slots write nothing."""
+        """Compile every (window, chunk) shape now, so no request ever compiles. Decoding
+        runs with every slot idle (no cache write); the chunks write slot 0, which holds
+        nothing a request may reuse yet."""
         z = np.zeros((self.slots,), np.int32)
-        self.step(z, z, z.astype(bool), z.astype(np.float32), z + 1.0, z, z, z)
-        # A greedy and a sampled row take different branches of one executable; run both.
-        self.step(z, z, z.astype(bool), z + 1.0, z + 0.5, z, z, z)
-        self.prefill(0, [0], 0, (0.0, 1.0, 0, 0, 0), final=True)
-        self.prefill(0, [0], 0, (1.0, 0.5, 0, 0, 0), final=True)
+        for w in self.windows:
+            # A greedy and a sampled row take different branches of one executable.
+            for temp, top_p in ((0.0, 1.0), (1.0, 0.5)):
+                rows = DecodeRows(z, z, z.astype(bool), z + temp, z + top_p, z, z, z)
+                self.run(rows, None, window=w)
+                for c in self.chunks:
+                    self.run(rows, Chunk(0, [0] * c, 0, (temp, top_p, 0, 0, 0), True), window=w)
+
+
+def chunk_buckets(chunk: int, smallest: int = 32) -> tuple[int, ...]:
+    """Prefill chunk lengths compiled at start-up: `chunk`, halved down to `smallest`. An
+    IDE keystroke re-prefills only the changed tail and the suffix (tens of tokens), and a
+    prefill costs what its padded chunk holds, so a short tail takes a short chunk."""
+    out, c = [chunk], chunk // 2
+    while c >= smallest:
+        out.append(c)
+        c //= 2
+    return tuple(sorted(out))
+
+
+def window_buckets(max_len: int, smallest: int = 256) -> tuple[int, ...]:
+    """Cache windows compiled at start-up: powers of two from `smallest`, then max_len.
+    A decode step reads only its window, so its cost follows the longest live row (at
+    most 2x what it needs) instead of the whole cache; each window is one more compile."""
+    out, w = [], smallest
+    while w < max_len:
+        out.append(w)
+        w *= 2
+    return (*out, max_len)
 
 
 @jax.jit
