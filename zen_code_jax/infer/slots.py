@@ -6,14 +6,16 @@ every new bucket compiles on the request path. Here the cache is one array
 `[L, slots, max_len, KV, Dh]` on the mesh and exactly two functions touch it, both with
 shapes fixed at start-up and compiled then (`warm_up`):
 
-- `prefill_chunk`: up to `chunk` prompt tokens of one slot at positions `start..` (padded to
-  the smallest of a few compiled lengths; padding is segment 0, never written), and the
-  next-token sample from the last real position. A long prompt is prefilled one chunk per
-  scheduler turn, interleaved with decode steps, so running rows are never stalled for
-  long. A prompt that extends what a slot already holds starts at the shared length
-  (prefix reuse): a query at position p attends to slots 0..p of its row, so whatever
-  lies beyond p from an older request is never seen.
-- `decode_step`: one token for every slot; idle slots are segment 0 (no cache write).
+- `mixed_step`: one decode token for every slot and up to `chunk` prompt tokens of one
+  slot at positions `start..`, in one model call (the dense layers see all of them at once;
+  the chunk is padded to the smallest of a few compiled lengths, padding and idle slots
+  are segment 0 and never written), with the next-token sample of every slot and of the
+  chunk's last real position. A long prompt is prefilled one chunk per scheduler turn
+  riding with the decode tokens, so running rows are never stalled for long. A prompt that
+  extends what a slot already holds starts at the shared length (prefix reuse): a query at
+  position p attends to slots 0..p of its row, so whatever lies beyond p from an older
+  request is never seen.
+- `decode_step`: decode tokens only (a turn without a chunk).
 
 Both read only the cache window [0, W) that the call needs, W one of `window_buckets`
 (powers of two up to max_len), and write their new keys and values once per call: a step
