@@ -11,7 +11,7 @@ report's filter; `data.min_repo_files` / `data.min_repo_lines`, off at smoke sca
 Windows (`data.mode='repo'`) concatenate a repository's files dependencies-first in the
 `data.repo_format` layout (default "report": a `# File: path` / `// File: path` header in
 the file's comment syntax; "qwen2.5" and "starcoder2" use `<|repo_name|>`/`<|file_sep|>`;
-docs/data_pipeline.md). FIM, when on, is drawn per window and sits inside the window's
+docs/fim.md). FIM, when on, is drawn per window and sits inside the window's
 last file (context files stay plain). Both fine-tuning arms see the same number of tokens per step
 (the 64K arm uses 8x fewer, 8x longer sequences). At smaller scales the windows shrink
 but keep their 1:8 ratio (cpu: 512 and 4,096 tokens).

@@ -324,7 +324,7 @@ def test_the_same_routes_forged_the_old_stdout_token(he0):
 
 
 def test_known_residual_reaching_into_the_harness_memory(he0):
-    """Pinned limitation (docs/eval.md): in-process code that walks the interpreter's frames
+    """Pinned limitation (docs/sandbox.md): in-process code that walks the interpreter's frames
     to the launcher and calls its epilogue itself forges the verdict. If this starts failing,
     the harness got stronger: update the docs."""
     comp = (

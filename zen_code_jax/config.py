@@ -76,7 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
             exclude_tests=False,
             max_files=0,  # 0 = all files; N = a deterministic hash-ranked sample (tests)
             max_bytes=0,  # 0 = no cap; N = hash-ranked files up to N bytes (sized runs)
-            # --- issue 10a: batches and repository formats (docs/data_pipeline.md) ---
+            # --- issue 10a: batches and repository formats (docs/data_pipeline.md, docs/fim.md) ---
             row_shuffle_window=64,  # rows per packing group, shuffled together; 0 = fill order
             # repo mode layout: report | qwen2.5 | starcoder2; "" = the tokenizer's own
             # (report for ours; an HF Qwen2.5-Coder / StarCoder2 tokenizer's family)
@@ -95,7 +95,7 @@ def base_config() -> ml_collections.ConfigDict:
         dict(
             rate=0.5,  # share of FIM units: files (document level) or packed fragments
             spm_rate=0.5,
-            # --- issue 10a: FIM unit and domains (docs/data_pipeline.md) ---
+            # --- issue 10a: FIM unit and domains (docs/data_pipeline.md, docs/fim.md) ---
             level="document",  # document: per file, before packing | context: per fragment
             domains=("code",),  # domains whose records may become FIM (report: code samples)
         )

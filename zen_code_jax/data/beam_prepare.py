@@ -2,7 +2,7 @@
 
 `data.prepare_runner='beam'` runs this with the options in `data.beam_options` (default:
 DirectRunner, `--direct_num_workers=2 --direct_running_mode=multi_processing`); the same
-pipeline runs on Dataflow, Flink or Spark with their options (docs/data_prepare.md).
+pipeline runs on Dataflow, Flink or Spark with their options (docs/data_beam.md).
 
     read      Create(listing) | FlatMap(process_file / process_rows)   (prepare_read)
     exact     GroupByKey(exact key) | first in (repo, path) order

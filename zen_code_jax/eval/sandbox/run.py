@@ -95,7 +95,7 @@ def run_program(
     top-level code has returned, and the waiting process, outside the program's reach, then
     reports a fresh token that never enters the program's source, argv, environment, files
     or memory. A program that ends early (`os._exit(0)`, `sys.exit()`, an exception) or
-    prints a look-alike fails. What an adversarial program can still do: docs/eval.md.
+    prints a look-alike fails. What an adversarial program can still do: docs/sandbox.md.
     `success_token` is the older, forgeable check (the token must appear on stdout).
     """
     limits = limits or SandboxLimits()
