@@ -279,6 +279,44 @@ def test_logprobs_match_teacher_forced_scoring(server, client):
         assert len(top) <= 3 and max(top.values()) == pytest.approx(chosen, abs=1e-6)  # greedy
 
 
+def test_echo_with_logprobs_scores_the_prompt(server, client):
+    """OpenAI's scoring call (lm-evaluation-harness: echo, logprobs, max_tokens=0): the
+    prompt's tokens with their teacher-forced log-probabilities, across prefill chunks and
+    never from a reused prefix; with max_tokens > 0 the completion's follow."""
+    eng = server.engine
+    ids = eng._encode_prompt(LONG)
+    assert len(ids) > 16  # more than one prefill chunk (--prefill_chunk=16)
+    want = eng.token_logprobs([ids[:1]], [ids[1:]])[0]
+    for _ in range(2):  # the second request finds the prompt cached: still scored in full
+        r = client.completions.create(
+            model=server.model_name, prompt=LONG, max_tokens=0, echo=True, logprobs=2
+        )
+        c = r.choices[0]
+        assert c.text == LONG and c.finish_reason == "length"
+        assert r.usage.completion_tokens == 0 and r.usage.prompt_tokens == len(ids)
+        lp = c.logprobs
+        assert lp.tokens == [eng.tokenizer.decode([t]) for t in ids]
+        assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+        assert lp.token_logprobs[1:] == pytest.approx(want.tolist(), abs=2e-4)
+        # (ids decoding to one string share a key, hence <=)
+        for chosen, top in zip(lp.token_logprobs[1:], lp.top_logprobs[1:]):
+            assert 1 <= len(top) <= 2 and max(top.values()) >= chosen - 1e-6
+        assert lp.text_offset == [sum(len(t) for t in lp.tokens[:j]) for j in range(len(ids))]
+    r = client.completions.create(
+        model=server.model_name, prompt=LONG, max_tokens=3, temperature=0, echo=True, logprobs=1
+    )
+    out = ref(server, ids, 3)
+    lp = r.choices[0].logprobs
+    assert r.choices[0].text == LONG + out.text
+    assert lp.tokens == [eng.tokenizer.decode([t]) for t in ids + out.token_ids]
+    assert lp.token_logprobs[1 : len(ids)] == pytest.approx(want.tolist(), abs=2e-4)
+    gen = eng.token_logprobs([ids], [out.token_ids])[0]
+    assert lp.token_logprobs[len(ids) :] == pytest.approx(gen.tolist(), abs=2e-4)
+    # max_tokens=0 without echo: nothing generated, nothing counted.
+    r = client.completions.create(model=server.model_name, prompt=LONG, max_tokens=0)
+    assert r.choices[0].text == "" and r.usage.completion_tokens == 0
+
+
 @pytest.mark.parametrize(
     "body,status,code",
     [

@@ -302,7 +302,8 @@ class RequestParser:
                         ids += eng.tokenizer.encode(started)
             self.check_length(ids, s["max_new"])
             echoes.append(echo_text)
-            rows += [Row(list(ids), sample_index=j, **s) for j in range(n)]
+            scored = echo and logprobs is not None
+            rows += [Row(list(ids), sample_index=j, prompt_logprobs=scored, **s) for j in range(n)]
         opts = dict(stream=stream, include_usage=usage, echo=echo, n=n, logprobs=logprobs)
         return Parsed(rows, echoes, opts)
 

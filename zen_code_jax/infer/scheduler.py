@@ -40,7 +40,9 @@ class Row:
     seed: int = 0
     sample_index: int = 0
     stop: tuple[str, ...] = ()
+    prompt_logprobs: bool = False  # echo with logprobs: score every prompt token
     # filled by the scheduler
+    prompt_records: list[tuple[int, float, list[int], list[float]]] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)
     logprobs: list[tuple[float, list[int], list[float]]] = field(default_factory=list)
     sent_chars: int = 0  # characters of text already handed out
@@ -204,7 +206,8 @@ class Scheduler:
                 return n
 
             s = max(free, key=lambda s: (shared(s), -self.slot_used[s]))
-            row.prefilled = row.reused = shared(s)
+            # A scored prompt (echo with logprobs) runs every token through the model.
+            row.prefilled = row.reused = 0 if row.prompt_logprobs else shared(s)
             self.stats["prefix_reused_tokens"] += row.prefilled
             self.slot_tokens[s] = list(prompt[: row.prefilled])
             row.slot = s
@@ -234,7 +237,11 @@ class Scheduler:
         tokens = row.prompt_ids[start : start + self.dec.chunk]
         sampling = (row.temperature, row.top_p, row.seed, row.sample_index, 0)
         final = start + len(tokens) == len(row.prompt_ids)
-        return job, i, Chunk(row.slot, tokens, start, sampling, final)  # type: ignore[arg-type]
+        targets = None
+        if row.prompt_logprobs:  # the prompt token each position predicts (none after the last)
+            targets = row.prompt_ids[start + 1 : start + len(tokens) + 1]
+        chunk = Chunk(row.slot, tokens, start, sampling, final, targets)  # type: ignore[arg-type]
+        return job, i, chunk
 
     def _decode_rows(self) -> tuple[list[int], DecodeRows | None]:
         """The slots decoding this turn and their inputs (None when no slot decodes)."""
@@ -268,23 +275,32 @@ class Scheduler:
         live, rows = self._decode_rows()
         if picked is None and rows is None:
             return
-        chunk = None if picked is None else picked[2]
-        decoded, first = self.dec.run(rows, chunk)
+        turn = self.dec.run(rows, None if picked is None else picked[2])
         if picked is not None:
             job, i, chunk = picked
             row = job.rows[i]
             row.prefilled += len(chunk.tokens)
             self.slot_tokens[chunk.slot].extend(chunk.tokens)
             self.stats["prefill_tokens"] += len(chunk.tokens)
-        if decoded is not None:
+            if turn.scored is not None:
+                sc = turn.scored
+                row.prompt_records += [
+                    (t, float(sc.logprob[k]), sc.top_ids[k].tolist(), sc.top_logprobs[k].tolist())
+                    for k, t in enumerate(chunk.targets or ())
+                ]
+        if turn.decoded is not None:
             self.stats["decode_steps"] += 1
             for s in live:
                 job, i = self.slot_rows[s]  # type: ignore[misc]
                 self.slot_tokens[s].append(job.rows[i].ids[-1])
-                self._accept(job, i, decoded, s)
-        if first is not None:
+                self._accept(job, i, turn.decoded, s)
+        if turn.first is not None:
             job, i, _ = picked  # type: ignore[misc]
-            self._accept(job, i, first, 0)
+            if job.rows[i].max_new == 0:  # prompt only (e.g. echo scoring): nothing to decode
+                self._release(job, i, final=True)
+                self._finish(job, i, "length")
+            else:
+                self._accept(job, i, turn.first, 0)
 
     # ------------------------------------------------------------------ rows
     def _accept(self, job: Job, i: int, out: Any, k: int) -> None:

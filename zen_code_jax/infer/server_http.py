@@ -39,6 +39,21 @@ def _logprobs_obj(tok: Any, recs: list, k: int, offset: int) -> dict:
     return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offs}
 
 
+def _prompt_logprobs_obj(tok: Any, row: Any, k: int, completion: dict) -> dict:
+    """Echo with logprobs (OpenAI's legacy scoring call, e.g. lm-evaluation-harness with
+    max_tokens=0): the prompt's tokens first, the first one without a log-probability,
+    then the completion's. Offsets follow the decoded prompt tokens (for a FIM or
+    repository prompt: the layout the model saw, not the echoed text)."""
+    first = row.prompt_ids[0]
+    head = _logprobs_obj(tok, [(first, None, [], [])] + row.prompt_records, k, 0)
+    head["top_logprobs"][0] = None
+    shift = sum(len(t) for t in head["tokens"]) - (completion["text_offset"] or [0])[0]
+    for key in ("tokens", "token_logprobs", "top_logprobs"):
+        head[key] += completion[key]
+    head["text_offset"] += [o + shift for o in completion["text_offset"]]
+    return head
+
+
 def make_handler(server: CompletionServer) -> type[BaseHTTPRequestHandler]:
     tok = server.engine.tokenizer
 
@@ -269,6 +284,8 @@ def make_handler(server: CompletionServer) -> type[BaseHTTPRequestHandler]:
                 lp = None
                 if o["logprobs"] is not None:
                     lp = _logprobs_obj(tok, recs[i][: r.kept_tokens], o["logprobs"], len(head))
+                    if o["echo"]:
+                        lp = _prompt_logprobs_obj(tok, r, o["logprobs"], lp)
                 choices.append(
                     {
                         "text": head + texts[i],

@@ -94,6 +94,25 @@ class Chunk(NamedTuple):
     start: int
     sampling: tuple[float, float, int, int, int]  # temp, top_p, seed, sample index, step
     final: bool  # the prompt's last chunk: its last token's sample is the first new token
+    # echo with logprobs: the prompt token after each chunk position (None: not scored)
+    targets: list[int] | None = None
+
+
+class Scored(NamedTuple):
+    """Per scored chunk position: log p of the next prompt token, and the top-5."""
+
+    logprob: np.ndarray  # float32 [n]
+    top_ids: np.ndarray  # int32 [n, TOP_LOGPROBS]
+    top_logprobs: np.ndarray  # float32 [n, TOP_LOGPROBS]
+
+
+class Turn(NamedTuple):
+    """What one device call gave: samples for every slot (None when no slot decoded), the
+    chunk's sample when it ended its prompt, and the chunk's scores when it was scored."""
+
+    decoded: Sampled | None
+    first: Sampled | None
+    scored: Scored | None
 
 
 def _sample(logits, temperature, top_p, seeds, sample_index, steps):
@@ -105,12 +124,16 @@ def _sample(logits, temperature, top_p, seeds, sample_index, steps):
     return tok, chosen, top_ids.astype(jnp.int32), top_lp
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "window"), donate_argnames=("cache",))
-def mixed_step(params, cache, rows, tokens, valid, slot, start, sampling, *, cfg, window):
+@functools.partial(jax.jit, static_argnames=("cfg", "window", "score"), donate_argnames=("cache",))
+def mixed_step(
+    params, cache, rows, tokens, valid, slot, start, sampling, targets, *, cfg, window, score
+):
     """One model call for a decode token of every slot (`rows`: DecodeRows arrays; idle
     slots write nothing) and the chunk `tokens` [C] of slot `slot` at positions start..
-    (the first `valid` are real). Returns the cache and slots + 1 samples, the last from
-    the chunk's last real token. sampling: the chunk row's (temp, top_p, seed, index, step)."""
+    (the first `valid` are real). Returns the cache, slots + 1 samples (the last from the
+    chunk's last real token; sampling: the chunk row's (temp, top_p, seed, index, step))
+    and, when `score`, each chunk position's log-probability of `targets` [C] (the next
+    prompt token) with its top alternatives (echo with logprobs), else None."""
     b, c = rows.last.shape[0], tokens.shape[0]
     hidden, cache = Transformer(cfg).apply(
         {"params": params},
@@ -130,7 +153,13 @@ def mixed_step(params, cache, rows, tokens, valid, slot, start, sampling, *, cfg
         jnp.concatenate([col, x[None]])
         for col, x in zip((rows.temp, rows.top_p, rows.seeds, rows.index, rows.steps), sampling)
     )
-    return cache, _sample(logits, temp, top_p, seed, index, step)
+    scores = None
+    if score:
+        logp = jax.nn.log_softmax(lm_logits(h[b:], cfg, params).astype(jnp.float32), axis=-1)
+        chosen = jnp.take_along_axis(logp, jnp.maximum(targets, 0)[:, None], axis=-1)[:, 0]
+        top_lp, top_ids = jax.lax.top_k(logp, TOP_LOGPROBS)
+        scores = (chosen, top_ids.astype(jnp.int32), top_lp)
+    return cache, _sample(logits, temp, top_p, seed, index, step), scores
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "window"), donate_argnames=("cache",))
@@ -190,13 +219,12 @@ class SlotDecoder:
 
     def run(
         self, rows: DecodeRows | None, chunk: Chunk | None, *, window: int | None = None
-    ) -> tuple[Sampled | None, Sampled | None]:
+    ) -> Turn:
         """One turn on the device: a decode step for `rows`, a prefill `chunk`, or both in
-        one model call. Returns (samples for every slot, the chunk's sample when it is its
-        prompt's last). The window is the smallest compiled one holding every slot the
+        one model call. The window is the smallest compiled one holding every slot the
         call attends to (or `window`)."""
         if rows is None and chunk is None:
-            return None, None
+            return Turn(None, None, None)
         idle = rows is None
         if idle:  # a prefill alone rides with every slot idle (no write, ~free)
             z = np.zeros((self.slots,), np.int32)
@@ -213,10 +241,16 @@ class SlotDecoder:
                 self.cache, out = decode_step(
                     self.params, self.cache, rows, cfg=self.cfg, window=window
                 )
-                return Sampled(*(np.asarray(x) for x in out)), None
-            buf = np.zeros((next(c for c in self.chunks if c >= n),), np.int32)
+                return Turn(Sampled(*(np.asarray(x) for x in out)), None, None)
+            score = chunk.targets is not None
+            # A scored chunk (rare: echo with logprobs) always takes the full length, so
+            # scoring adds one executable per window, not one per chunk length.
+            size = self.chunk if score else next(c for c in self.chunks if c >= n)
+            buf, targets = np.zeros((size,), np.int32), np.full((size,), -1, np.int32)
             buf[:n] = chunk.tokens
-            self.cache, out = mixed_step(
+            if score:
+                targets[: len(chunk.targets)] = chunk.targets
+            self.cache, out, scores = mixed_step(
                 self.params,
                 self.cache,
                 rows,
@@ -225,13 +259,19 @@ class SlotDecoder:
                 np.int32(chunk.slot),
                 np.int32(chunk.start),
                 tuple(np.asarray(x, t) for x, t in zip(chunk.sampling, DecodeRows.DTYPES[3:])),
+                targets,
                 cfg=self.cfg,
                 window=window,
+                score=score,
             )
         out = Sampled(*(np.asarray(x) for x in out))
         decoded = None if idle else Sampled(*(x[:-1] for x in out))
         last = Sampled(*(x[-1:] for x in out)) if chunk.final else None
-        return decoded, last
+        scored = None
+        if scores is not None:
+            k = len(chunk.targets)  # type: ignore[arg-type]
+            scored = Scored(*(np.asarray(x)[:k] for x in scores))
+        return Turn(decoded, last, scored)
 
     def window(self, first_position: int) -> int:
         """The smallest compiled window holding every slot a call starting here attends to."""
@@ -249,6 +289,8 @@ class SlotDecoder:
                 self.run(rows, None, window=w)
                 for c in self.chunks:
                     self.run(rows, Chunk(0, [0] * c, 0, (temp, top_p, 0, 0, 0), True), window=w)
+            scored = Chunk(0, [0], 0, (0.0, 1.0, 0, 0, 0), True, targets=[0])
+            self.run(None, scored, window=w)
 
 
 def chunk_buckets(chunk: int, smallest: int = 32) -> tuple[int, ...]:
