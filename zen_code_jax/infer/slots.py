@@ -226,7 +226,8 @@ class SlotDecoder:
         if rows is None and chunk is None:
             return Turn(None, None, None)
         idle = rows is None
-        if idle:  # a prefill alone rides with every slot idle (no write, ~free)
+        if idle:  # a prefill alone: every slot idle (no writes; their attention over the
+            # window still runs, the price of one executable family for both cases)
             z = np.zeros((self.slots,), np.int32)
             rows = DecodeRows(z, z, z.astype(bool), z.astype(np.float32), z + 1.0, z, z, z)
         rows = DecodeRows(*(np.asarray(x, t) for x, t in zip(rows, DecodeRows.DTYPES)))
