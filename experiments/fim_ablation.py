@@ -93,7 +93,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                 "data.max_bytes": 24_000_000,
                 "data.num_prepare_processes": 14,
                 "eval.sandbox_workers": 14,
-                "eval.heldout_files": 40,
+                "eval.task_options.heldout_loss.files": 40,
             },
         )
     c.report.tables = ("fim_rate",)

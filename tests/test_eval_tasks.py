@@ -328,10 +328,10 @@ def write_official(folder, benchmark, rows, gz=True):
 
 def test_random_span_needs_the_official_files(tmp_path, single, monkeypatch):
     c = cfg(limit=2)
-    with pytest.raises(FileNotFoundError, match="cannot be derived.*humaneval_infill_dir"):
+    with pytest.raises(FileNotFoundError, match="cannot be derived.*task_options.<task>.dir"):
         get_task("humaneval_infilling_openai_random_span").problems(EvalContext(config=c))
     # An official-format file (here: 164 rows built from single-line tasks, ids renamed) is
-    # read from eval.humaneval_infill_dir; its count is checked.
+    # read from the task's dir option; its count is checked.
     rows = [
         dict(
             {k: t[k] for k in ("prompt", "suffix", "canonical_solution", "test", "entry_point")},
@@ -340,7 +340,13 @@ def test_random_span_needs_the_official_files(tmp_path, single, monkeypatch):
         for i, t in enumerate(single[:164])
     ]
     write_official(tmp_path, "random-span-light", rows)
-    c.eval.humaneval_infill_dir = str(tmp_path)
+    c.eval.task_options = {
+        name: {"dir": str(tmp_path)}
+        for name in (
+            "humaneval_infilling_openai_random_span",
+            "humaneval_infilling_openai_random_span_light",
+        )
+    }
     task = get_task("humaneval_infilling_openai_random_span_light")
     assert [p["task_id"] for p in task.problems(EvalContext(config=c))] == [
         "RandomSpanInfillingLight/0",
@@ -355,7 +361,7 @@ def test_random_span_needs_the_official_files(tmp_path, single, monkeypatch):
     write_official(tmp_path, "random-span", rows[:10], gz=False)
     with pytest.raises(ValueError, match="has 10 tasks; the official random-span file has 1640"):
         get_task("humaneval_infilling_openai_random_span").problems(EvalContext(config=c))
-    c.eval.humaneval_infill_dir = str(tmp_path / "nope")
+    c.eval.task_options.humaneval_infilling_openai_random_span_light.dir = str(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         task.problems(EvalContext(config=c))
 
@@ -405,7 +411,11 @@ def test_recipes_pin_their_settings_and_refuse_conflicts(tmp_path, monkeypatch, 
     capsys.readouterr()
     assert seen == {
         "names": ["humaneval_infilling_openai_single", "humaneval_infilling_openai_multi"],
-        "o": {"eval.limit": 3, "eval.humaneval_infill_dir": str(tmp_path)},
+        "o": {
+            "eval.limit": 3,
+            "eval.task_options.humaneval_infilling_openai_single.dir": str(tmp_path),
+            "eval.task_options.humaneval_infilling_openai_multi.dir": str(tmp_path),
+        },
     }
 
 
@@ -572,10 +582,14 @@ def test_heldout_loss_counts_every_token_once():
     assert sum((t for _, t in pairs), []) == ids
     assert all(len(c) + len(t) <= 64 for c, t in pairs)
     assert all(c == ids[t[0] - len(c) : t[0]] for c, t in pairs[1:])  # true history
-    # eval.heldout_files caps the files scored, independently of eval.limit.
+    # The task's `files` option caps the files scored, independently of eval.limit.
     n_files = len(res.records)
     capped = get_task("heldout_loss").problems(
-        EvalContext(config=cfg(limit=50, heldout_files=2), tokenizer=tok, corpus=corpus)
+        EvalContext(
+            config=cfg(limit=50, task_options={"heldout_loss": {"files": 2}}),
+            tokenizer=tok,
+            corpus=corpus,
+        )
     )
     assert n_files > 2 and len(capped) == 2
     assert len(get_task("heldout_loss").problems(
@@ -693,7 +707,7 @@ def test_mbpp_fixtures_canonical_pass_and_wrong_fail():
         workers=WORKERS,
     )
     assert bad.metrics["pass@1"] == 0.0
-    with pytest.raises(FileNotFoundError, match="eval.mbpp_path"):
+    with pytest.raises(FileNotFoundError, match=r"eval\.task_options\.mbpp\.path"):
         mbpp.load_problems("")
     with pytest.raises(ValueError, match="test_list"):
         mbpp.normalize_row({"task_id": 1, "text": "x", "code": "y"})

@@ -147,7 +147,6 @@ def base_config() -> ml_collections.ConfigDict:
             top_p=1.0,
             num_samples=1,
             limit=0,  # 0 = all problems
-            heldout_files=0,  # heldout_loss: held-out files scored; 0 = eval.limit
             batch_size=8,
             sandbox_timeout_s=10.0,
             sandbox_memory_mb=1024,
@@ -157,11 +156,10 @@ def base_config() -> ml_collections.ConfigDict:
             sandbox_packages=(),
             fim_mode="psm",  # eval: FIM prompt layout for infilling tasks (psm | spm)
             context_tokens=0,  # eval: prompt+generation token budget; 0 = train.seq_len
-            mbpp_path="",  # eval: user-supplied MBPP JSONL (published format)
-            multipl_e_path="",  # eval: user-supplied MultiPL-E JSONL (published format)
-            # eval: folder with OpenAI's official HumanEval-*Infilling.jsonl[.gz] files;
-            # needed for random-span(-light) (random draws, not derivable from HumanEval)
-            humaneval_infill_dir="",
+            # Each task's own options, {task: {option: value}}, e.g. {"mbpp": {"path": F}}:
+            # every task module declares them (a frozen dataclass with defaults, its
+            # `Task.options_type`), checked by `eval.registry.check_task_options`.
+            task_options={},
         )
     )
 
@@ -180,7 +178,7 @@ def base_config() -> ml_collections.ConfigDict:
 # Overrides and arms: typed dotted-key updates, shared by experiment files and every CLI.
 
 
-def _parse_value(text: str, current: Any, key: str) -> Any:
+def parse_value(text: str, current: Any, key: str) -> Any:
     """Parse a command-line string against the type of the value it replaces."""
     if isinstance(current, bool):
         low = text.lower()
@@ -207,13 +205,71 @@ def _parse_value(text: str, current: Any, key: str) -> Any:
     return value
 
 
+# Groups whose keys are not fixed here: `eval.task_options.<task>.<option>` may name any
+# task and option; the eval layer checks them against the task's own options
+# (`eval.registry.check_task_options`), since this module sits below the tasks.
+OPEN_GROUPS: tuple[str, ...] = ("eval.task_options",)
+
+# Keys of older config.json files that moved: old dotted key -> (the keys now holding its
+# value, the old default; a value equal to it is dropped). Read by `config_from_dict`.
+_INFILL_DIR_TASKS = (
+    "humaneval_fim_qwen",
+    "humaneval_infilling_openai_single",
+    "humaneval_infilling_openai_multi",
+    "humaneval_infilling_openai_random_span",
+    "humaneval_infilling_openai_random_span_light",
+)
+LEGACY_KEYS: dict[str, tuple[tuple[str, ...], Any]] = {
+    "eval.mbpp_path": (("eval.task_options.mbpp.path",), ""),
+    "eval.multipl_e_path": (("eval.task_options.multipl_e.path",), ""),
+    "eval.humaneval_infill_dir": (
+        tuple(f"eval.task_options.{t}.dir" for t in _INFILL_DIR_TASKS),
+        "",
+    ),
+    "eval.heldout_files": (("eval.task_options.heldout_loss.files",), 0),
+}
+
+
+def _set_open(cfg: ml_collections.ConfigDict, group: str, key: str, raw: Any) -> None:
+    """Set `key` (below the open `group`), creating the groups on its way. A string for a
+    new key stays a string: the task's options parse it against their own field types."""
+    node = cfg
+    for part in group.split("."):
+        node = node[part]
+    parts = key[len(group) + 1 :].split(".")
+    for i, part in enumerate(parts):
+        if not part:
+            raise ValueError(f"Bad config key {key!r}: an empty name between dots.")
+        if i == len(parts) - 1:
+            break
+        if part not in node:
+            with node.unlocked():
+                node[part] = ml_collections.ConfigDict()
+        node = node[part]
+        if not isinstance(node, ml_collections.ConfigDict):
+            raise ValueError(f"{key}: {'.'.join(parts[: i + 1])} is a value, not a group.")
+    leaf = parts[-1]
+    current = node[leaf] if leaf in node else None
+    value = parse_value(raw, current, key) if isinstance(raw, str) and current is not None else raw
+    try:
+        with node.unlocked():
+            node[leaf] = value
+    except TypeError as e:
+        raise ValueError(f"Bad value {raw!r} for {key}: {e}") from None
+
+
 def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Any) -> None:
     """Set dotted keys (`{"fim.rate": 0.25}`) in place; unknown keys and bad types raise.
 
     Errors name the valid keys at the level where the path went wrong (with the closest
-    match first), or the expected type, so a typo is fixed in one go.
+    match first), or the expected type, so a typo is fixed in one go. Below an
+    `OPEN_GROUPS` group (`eval.task_options.mbpp.path`) new keys are created.
     """
     for key, raw in dict(overrides).items():
+        group = next((g for g in OPEN_GROUPS if key.startswith(g + ".")), None)
+        if group is not None:
+            _set_open(cfg, group, key, raw)
+            continue
         parts = key.split(".")
         node = cfg
         for i, part in enumerate(parts):
@@ -234,7 +290,7 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Any) -> None:
                         "not a group."
                     )
         current = node[parts[-1]]
-        value = _parse_value(raw, current, key) if isinstance(raw, str) else raw
+        value = parse_value(raw, current, key) if isinstance(raw, str) else raw
         if isinstance(current, ml_collections.ConfigDict) and parts[-1] != "arms":
             if not isinstance(value, dict | ml_collections.ConfigDict):
                 raise ValueError(f"{key} is a group; set one of its fields, e.g. {key}.<field>.")
@@ -291,7 +347,14 @@ def config_from_dict(d: dict[str, Any]) -> ml_collections.ConfigDict:
     """Rebuild a locked config from `config_to_dict` output (e.g. a run's config.json)."""
     cfg = base_config()
     d = dict(d)
-    arms = d.pop("arms", {})
+    arms = {name: _upgrade_keys(dict(overrides)) for name, overrides in d.pop("arms", {}).items()}
+    moved = {}
+    for old, (new, default) in LEGACY_KEYS.items():
+        group, key = old.split(".")
+        if isinstance(d.get(group), dict) and key in d[group]:
+            d[group] = dict(d[group])
+            value = d[group].pop(key)
+            moved.update({k: value for k in new if value != default})
     for group, value in d.items():
         if group not in cfg:
             raise ValueError(
@@ -308,5 +371,14 @@ def config_from_dict(d: dict[str, Any]) -> ml_collections.ConfigDict:
                 cfg[group][key] = v
         else:
             cfg[group] = value
+    apply_overrides(cfg, moved)
     set_arms(cfg, arms)
     return cfg
+
+
+def _upgrade_keys(overrides: dict[str, Any]) -> dict[str, Any]:
+    """An arm's dotted overrides with `LEGACY_KEYS` renamed (older config.json files)."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        out.update({k: value for k in LEGACY_KEYS.get(key, ((key,), None))[0]})
+    return out

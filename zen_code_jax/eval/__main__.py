@@ -27,7 +27,7 @@ from typing import Any
 from zen_code_jax.config import apply_overrides, base_config, config_from_dict, model_config_from
 from zen_code_jax.eval.base import EvalContext
 from zen_code_jax.eval.recipes import RECIPES, resolve
-from zen_code_jax.eval.registry import get_task, registry
+from zen_code_jax.eval.registry import data_overrides, get_task, registry
 from zen_code_jax.eval.runner import corpus_loader, score_checkpoint
 from zen_code_jax.hf.rundir import import_hf
 from zen_code_jax.rundir import RunDir
@@ -48,13 +48,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--num_samples", type=int, help="samples per problem")
     ap.add_argument("--temperature", type=float)
     ap.add_argument("--max_new_tokens", type=int)
-    ap.add_argument("--data", help="JSONL for mbpp / multipl_e (sets eval.<task>_path)")
+    ap.add_argument(
+        "--data",
+        help="the data file or folder of the --tasks (sets each task's own data option, e.g. "
+        "mbpp's path; a task without one refuses it)",
+    )
     ap.add_argument(
         "--recipe", help="a pinned convention (tasks + decoding); see --list and docs/eval.md"
     )
     ap.add_argument(
         "--humaneval_infill_dir",
-        help="folder with OpenAI's official HumanEval-*Infilling.jsonl[.gz] files",
+        help="folder with OpenAI's official HumanEval-*Infilling.jsonl[.gz] files (--data "
+        "for the HumanEval-Infilling tasks; also allowed with --recipe)",
     )
     ap.add_argument("--list", action="store_true", help="list the tasks")
     return ap.parse_args(argv)
@@ -65,12 +70,14 @@ def _overrides(a: argparse.Namespace, names: list[str]) -> dict[str, Any]:
     for k in ("limit", "num_samples", "temperature", "max_new_tokens"):
         if getattr(a, k) is not None:
             o[f"eval.{k}"] = getattr(a, k)
-    if a.humaneval_infill_dir:
-        o["eval.humaneval_infill_dir"] = a.humaneval_infill_dir
-    if a.data:
-        for n in names:
-            if n in ("mbpp", "multipl_e"):
-                o[f"eval.{n}_path"] = a.data
+    if a.data and a.humaneval_infill_dir:
+        raise SystemExit("Give --data or --humaneval_infill_dir, not both (the same option).")
+    data = a.data or a.humaneval_infill_dir
+    if data:
+        try:
+            o.update(data_overrides(names, data))
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
     return o
 
 

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import ml_collections
 
+from zen_code_jax.eval.options import NoOptions, parse_options
 from zen_code_jax.eval.sandbox import SandboxLimits
+from zen_code_jax.eval.stats import per_problem_standard_errors
 
 
 class Completer(Protocol):
@@ -64,6 +66,11 @@ class EvalContext:
                 "--run_dir=RUN so the run's data config can be prepared, or pass corpus=."
             )
         return self.corpus
+
+    def options(self, task: Task) -> Any:
+        """`task`'s options (its `options_type`), from `eval.task_options[task.name]`."""
+        raw = self.eval_cfg.task_options.get(task.name)
+        return parse_options(task.options_type, raw, task.name)
 
     def need_engine(self) -> Completer:
         if self.engine is None:
@@ -111,11 +118,20 @@ class TaskResult:
 
 
 class Task(abc.ABC):
-    """One benchmark. Subclasses set `name` and `description`."""
+    """One benchmark. Subclasses set `name` and `description`.
+
+    A task owns its settings and statistics: `options_type` is a frozen dataclass of its
+    options (defaults for every field; the experiment sets them in
+    `eval.task_options[name]`, read with `ctx.options(self)`), `data_option` names the
+    option the eval CLI's `--data` sets (None: the task takes no data file), and
+    `standard_errors` turns its records into the report's standard errors.
+    """
 
     name: str = ""
     description: str = ""
     needs_corpus: bool = False
+    options_type: type = NoOptions
+    data_option: str | None = None
 
     @abc.abstractmethod
     def problems(self, ctx: EvalContext) -> list[dict[str, Any]]:
@@ -124,6 +140,20 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def evaluate(self, ctx: EvalContext) -> TaskResult:
         """Score ctx.engine on the problems."""
+
+    def standard_errors(
+        self, records: list[dict[str, Any]], eval_cfg: Mapping[str, Any]
+    ) -> dict[str, float]:
+        """{metric: standard error} from this task's records, keyed like its summary
+        metrics; `eval_cfg` is the run's `eval` group (as in its config.json). Default:
+        per-problem means of `passed` / `exact_match` / `edit_similarity`
+        (`stats.per_problem_standard_errors`); tasks with other units override it."""
+        return per_problem_standard_errors(records) if records else {}
+
+    def derived_metrics(self, metrics: Mapping[str, float]) -> dict[str, float]:
+        """Metrics the report computes from this task's summary (same keys as `metrics`,
+        without the task prefix); none by default."""
+        return {}
 
 
 def apply_limit(items: Sequence[Any], limit: int) -> list[Any]:

@@ -16,7 +16,8 @@
   `nats_prefix_only`), so the report can bootstrap standard errors over examples.
 - `heldout_loss`: left-to-right loss (nats/token) and bits per byte of whole held-out files,
   conditioned on <|endoftext|> as in packed training; files longer than the context are
-  scored in chunks with half a context of history.
+  scored in chunks with half a context of history. Its option `files`
+  (`eval.task_options = {"heldout_loss": dict(files=N)}`) caps the files scored.
 
 Contexts are trimmed at line boundaries to fit `eval.context_tokens` (default
 `train.seq_len`): prefix from the left, suffix from the right.
@@ -24,9 +25,10 @@ Contexts are trimmed at line boundaries to fit `eval.context_tokens` (default
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,6 +36,7 @@ import numpy as np
 from zen_code_jax.data.fim import fim_prompt_tokens
 from zen_code_jax.eval.base import EvalContext, Task, TaskResult
 from zen_code_jax.eval.infilling import normalize
+from zen_code_jax.eval.stats import mean_se, ratio_se
 
 LN2 = math.log(2.0)
 DEFAULT_SAMPLES = 100  # per kind when eval.limit is 0
@@ -156,6 +159,25 @@ class HeldoutFimTask(Task):
     def _n(self, ctx: EvalContext) -> int:
         return ctx.limit if ctx.limit > 0 else DEFAULT_SAMPLES
 
+    def standard_errors(
+        self, records: list[dict[str, Any]], eval_cfg: Mapping[str, Any]
+    ) -> dict[str, float]:
+        """Per kind: exact match over examples; each middle bits/byte as a ratio of sums
+        over examples; `{kind}/middle_gap` too (see `derived_metrics`)."""
+        return fim_standard_errors(records, str(eval_cfg.get("fim_mode", "psm")))
+
+    def derived_metrics(self, metrics: Mapping[str, float]) -> dict[str, float]:
+        """The middle-loss gap per kind: prefix-only minus FIM-prompt bits/byte of the same
+        held-out middles (how much the suffix and FIM format help; > 0 once FIM is learned)."""
+        out = {}
+        for key, value in metrics.items():
+            if key.endswith("/middle_bpb_prefix_only"):
+                kind = key.split("/")[0]
+                fim = metrics.get(f"{kind}/middle_bpb_fim")
+                if fim is not None:
+                    out[f"{kind}/middle_gap"] = value - fim
+        return out
+
     def problems(self, ctx: EvalContext) -> list[dict[str, Any]]:
         src = _heldout(ctx)
         n = self._n(ctx)
@@ -235,6 +257,37 @@ class HeldoutFimTask(Task):
         return TaskResult(metrics, records)
 
 
+def _fim_nats(r: dict[str, Any], name: str, mode: str) -> float | None:
+    """An example's nats under prompt `name` (psm, spm, prefix_only); older records hold
+    only bits/byte, which times the middle's bytes gives the same number."""
+    if f"nats_{name}" in r:
+        return float(r[f"nats_{name}"])
+    bpb = r.get("middle_bpb_prefix_only" if name == "prefix_only" else "middle_bpb_fim")
+    if bpb is None or (name != "prefix_only" and name != mode):
+        return None
+    return float(bpb) * LN2 * len(str(r.get("target", "")).encode("utf-8"))
+
+
+def fim_standard_errors(records: list[dict[str, Any]], mode: str) -> dict[str, float]:
+    """`heldout_fim`'s standard errors; `mode` is the run's eval.fim_mode."""
+    out: dict[str, float] = {}
+    other = other_layout(mode)
+    for kind in sorted({str(r.get("kind", r["task_id"].split("/")[1])) for r in records}):
+        rs = [r for r in records if str(r.get("kind", r["task_id"].split("/")[1])) == kind]
+        out[f"{kind}/exact_match"] = mean_se([float(r["exact_match"]) for r in rs])
+        nbytes = [float(r.get("bytes", len(str(r.get("target", "")).encode("utf-8")))) for r in rs]
+        nats = {n: [_fim_nats(r, n, mode) for r in rs] for n in (mode, other, "prefix_only")}
+        names = {mode: "middle_bpb_fim", other: f"middle_bpb_{other}"}
+        names["prefix_only"] = "middle_bpb_prefix_only"
+        for n, key in names.items():
+            if all(v is not None for v in nats[n]):
+                out[f"{kind}/{key}"] = ratio_se(nats[n], nbytes, 1 / LN2)
+        if all(v is not None for v in nats[mode] + nats["prefix_only"]):
+            gap = [p - f for p, f in zip(nats["prefix_only"], nats[mode])]
+            out[f"{kind}/middle_gap"] = ratio_se(gap, nbytes, 1 / LN2)
+    return out
+
+
 def other_layout(mode: str) -> str:
     """The FIM layout heldout_fim did not score: SPM for PSM, PSM otherwise."""
     return "spm" if str(mode) == "psm" else "psm"
@@ -288,14 +341,34 @@ def chunk_for_loss(ids: Sequence[int], bos: int, window: int) -> list[tuple[list
     return [(c, t) for c, t in out if t]
 
 
+@dataclasses.dataclass(frozen=True)
+class HeldoutLossOptions:
+    """`files`: held-out files scored (0 = eval.limit, or DEFAULT_FILES when that is 0)."""
+
+    files: int = 0
+
+
 class HeldoutLossTask(Task):
     name = "heldout_loss"
     description = "left-to-right loss and bits per byte on held-out repositories"
     needs_corpus = True
+    options_type = HeldoutLossOptions
+
+    def standard_errors(
+        self, records: list[dict[str, Any]], eval_cfg: Mapping[str, Any]
+    ) -> dict[str, float]:
+        """Bits per byte (and loss per token) as ratios of sums over files."""
+        if not records:
+            return {}
+        nats = [float(r["nats"]) for r in records]
+        out = {"bits_per_byte": ratio_se(nats, [float(r["bytes"]) for r in records], 1 / LN2)}
+        if all("tokens" in r for r in records):
+            out["loss"] = ratio_se(nats, [float(r["tokens"]) for r in records])
+        return out
 
     def problems(self, ctx: EvalContext) -> list[dict[str, Any]]:
         src = _heldout(ctx)
-        files = int(ctx.eval_cfg.heldout_files)
+        files = ctx.options(self).files
         lim = files or (ctx.limit if ctx.limit > 0 else DEFAULT_FILES)
         return [
             {

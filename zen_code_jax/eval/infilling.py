@@ -30,9 +30,10 @@ Two published conventions, each a task of its own whose settings are pinned (nev
 - `humaneval_infilling_openai_{single,multi,random_span,random_span_light}`: OpenAI's
   HumanEval-Infilling (Bavarian et al. 2022): the completion as generated (no stop words, no
   post-processing) runs as `prompt + completion + suffix + "\n" + test + "\n" +
-  check(entry_point)`; functional pass@1. Single and multi are derived as above unless
-  `eval.humaneval_infill_dir` holds the official files; random-span(-light) spans are random
-  draws, so they exist only as the official files in that folder.
+  check(entry_point)`; functional pass@1. Single and multi are derived as above unless the
+  task's `dir` option (`eval.task_options = {TASK: dict(dir=...)}`, or `--data`) holds the
+  official files; random-span(-light) spans are random draws, so they exist only as the
+  official files in that folder. `humaneval_fim_qwen` takes the same option.
 
 Each record carries `decoding`, the exact settings it was scored with.
 """
@@ -233,6 +234,13 @@ QWEN_MAX_SEQ_LENGTH, QWEN_RIGHT_CONTEXT = 2048, 512
 
 
 @dataclasses.dataclass(frozen=True)
+class OfficialFilesOptions:
+    """`dir`: the folder of the official files (`OFFICIAL_FILES`); "" = derive single/multi."""
+
+    dir: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class Decoding:
     """What a convention pins: decoding, prompt layout, stop words and post-processing.
 
@@ -260,8 +268,8 @@ def official_path(folder: str, benchmark: str) -> Path | None:
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(
-            f"eval.humaneval_infill_dir={folder!r} is not a folder; point it at the data/ "
-            "folder of github.com/openai/human-eval-infilling."
+            f"The HumanEval-Infilling option dir={folder!r} is not a folder; point it at the "
+            "data/ folder of github.com/openai/human-eval-infilling."
         )
     for ext in (".jsonl.gz", ".jsonl"):
         path = root / (OFFICIAL_FILES[benchmark] + ext)
@@ -285,8 +293,8 @@ def load_benchmark(benchmark: str, folder: str = "") -> tuple[list[dict[str, Any
             raise FileNotFoundError(
                 f"HumanEval-Infilling {benchmark} cannot be derived from HumanEval (its spans "
                 f"are random draws): download {OFFICIAL_FILES[benchmark]}.jsonl.gz from "
-                "github.com/openai/human-eval-infilling (data/) and set "
-                "eval.humaneval_infill_dir (or --humaneval_infill_dir) to its folder."
+                "github.com/openai/human-eval-infilling (data/) and set the task's dir option "
+                "(eval.task_options.<task>.dir, or --data) to its folder."
             )
         return load_infilling(DERIVED[benchmark]), "derived from HumanEval"
     raw = path.read_bytes()
@@ -379,6 +387,11 @@ def _generate(ctx: EvalContext, tasks: list[dict[str, Any]], dec: Decoding) -> t
     return out, settings
 
 
+def _limited_benchmark(ctx: EvalContext, benchmark: str, folder: str) -> tuple[list[Any], str]:
+    tasks, source = load_benchmark(benchmark, folder)
+    return apply_limit(tasks, ctx.limit), source
+
+
 QWEN_FIM = Decoding(
     convention="Qwen2.5-Coder HumanEval-FIM (qwencoder-eval fim-bench/hm_fim)",
     max_new_tokens=64,
@@ -394,14 +407,14 @@ class QwenFimTask(Task):
         "tokens, first-line exact match"
     )
     decoding = QWEN_FIM
+    options_type = OfficialFilesOptions
+    data_option = "dir"
 
     def problems(self, ctx: EvalContext) -> list[dict[str, Any]]:
-        tasks, _ = load_benchmark("single-line", str(ctx.eval_cfg.humaneval_infill_dir))
-        return apply_limit(tasks, ctx.limit)
+        return _limited_benchmark(ctx, "single-line", ctx.options(self).dir)[0]
 
     def evaluate(self, ctx: EvalContext) -> TaskResult:
-        tasks = self.problems(ctx)
-        _, source = load_benchmark("single-line", str(ctx.eval_cfg.humaneval_infill_dir))
+        tasks, source = _limited_benchmark(ctx, "single-line", ctx.options(self).dir)
         gens, settings = _generate(ctx, tasks, self.decoding)
         settings["source"] = source
         records, hits = [], []
@@ -446,6 +459,9 @@ OPENAI_MAX_NEW_TOKENS = {
 
 
 class OpenAIInfillingTask(Task):
+    options_type = OfficialFilesOptions
+    data_option = "dir"
+
     def __init__(self, benchmark: str):
         self.benchmark = benchmark
         self.name = "humaneval_infilling_openai_" + benchmark.replace("-line", "").replace("-", "_")
@@ -461,12 +477,10 @@ class OpenAIInfillingTask(Task):
         )
 
     def problems(self, ctx: EvalContext) -> list[dict[str, Any]]:
-        tasks, _ = load_benchmark(self.benchmark, str(ctx.eval_cfg.humaneval_infill_dir))
-        return apply_limit(tasks, ctx.limit)
+        return _limited_benchmark(ctx, self.benchmark, ctx.options(self).dir)[0]
 
     def evaluate(self, ctx: EvalContext) -> TaskResult:
-        tasks = self.problems(ctx)
-        _, source = load_benchmark(self.benchmark, str(ctx.eval_cfg.humaneval_infill_dir))
+        tasks, source = _limited_benchmark(ctx, self.benchmark, ctx.options(self).dir)
         gens, settings = _generate(ctx, tasks, self.decoding)
         settings["source"] = source
         settings["sandbox_timeout_s"] = float(ctx.eval_cfg.sandbox_timeout_s)

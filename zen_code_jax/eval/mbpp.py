@@ -1,6 +1,7 @@
 """MBPP (Austin et al. 2021) from a user-supplied JSONL file in a published format.
 
-No MBPP data ships offline, so `eval.mbpp_path` must point at a file. Both published
+No MBPP data ships offline, so the task's `path` option
+(`eval.task_options = {"mbpp": dict(path=...)}`, or `--data`) must point at a file. Both published
 layouts are accepted, one JSON object per line:
 
 - original (`mbpp.jsonl`): task_id, text, code, test_list, test_setup_code,
@@ -16,41 +17,14 @@ the sandbox; pass@k as for HumanEval. `code` is the reference solution (canonica
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from zen_code_jax.eval.base import (
-    EvalContext,
-    Task,
-    TaskResult,
-    apply_limit,
-    sample_many,
-    truncate_at_stops,
-)
-from zen_code_jax.eval.humaneval import python_job, score_programs
-from zen_code_jax.eval.sandbox import SandboxLimits
+from zen_code_jax.eval.execution import FileOptions, PassAtKTask, read_jsonl
+from zen_code_jax.eval.humaneval import python_job
+from zen_code_jax.eval.sandbox import Program
 
 STOP_SEQUENCES: tuple[str, ...] = ("\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n```")
-
-
-def read_jsonl(path: str | Path, what: str, setting: str) -> list[dict[str, Any]]:
-    p = Path(path) if path else None
-    if p is None or not p.is_file():
-        raise FileNotFoundError(
-            f"{what} needs a JSONL file: set {setting} (or --data=PATH); got {str(path)!r}."
-        )
-    rows = []
-    with open(p, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(
-                        f"{p}:{n} is not valid JSON ({e}); one object per line."
-                    ) from e
-    return rows
 
 
 def normalize_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -76,7 +50,8 @@ def normalize_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_problems(path: str | Path) -> list[dict[str, Any]]:
-    return [normalize_row(r) for r in read_jsonl(path, "The mbpp task", "eval.mbpp_path")]
+    rows = read_jsonl(path, "The mbpp task", "eval.task_options.mbpp.path")
+    return [normalize_row(r) for r in rows]
 
 
 def build_program(problem: dict[str, Any], completion: str) -> str:
@@ -92,45 +67,20 @@ def build_program(problem: dict[str, Any], completion: str) -> str:
     )
 
 
-def score_completions(
-    problems: list[dict[str, Any]],
-    completions: dict[str, list[str]],
-    *,
-    limits: SandboxLimits | None = None,
-    workers: int = 2,
-) -> TaskResult:
-    keys, progs, comps = [], [], []
-    for p in problems:
-        for c in completions.get(p["task_id"]) or []:
-            c = truncate_at_stops(c, STOP_SEQUENCES)
-            keys.append(p["task_id"])
-            comps.append(c)
-            progs.append(python_job(build_program(p, c)))
-    if set(keys) != {p["task_id"] for p in problems}:
-        raise ValueError("Every MBPP problem needs at least one completion.")
-    return score_programs(keys, progs, comps, limits=limits or SandboxLimits(), workers=workers)
-
-
-class MbppTask(Task):
+class MbppTask(PassAtKTask):
     name = "mbpp"
-    description = "MBPP from a user-supplied JSONL (eval.mbpp_path): pass@k in the sandbox"
+    description = "MBPP from a user-supplied JSONL (option path / --data): pass@k in the sandbox"
 
-    def problems(self, ctx: EvalContext) -> list[dict[str, Any]]:
-        return apply_limit(load_problems(ctx.eval_cfg.mbpp_path), ctx.limit)
+    def load(self, options: FileOptions) -> list[dict[str, Any]]:
+        return load_problems(options.path)
 
-    def evaluate(self, ctx: EvalContext) -> TaskResult:
-        engine = ctx.need_engine()
-        probs = self.problems(ctx)
-        kw = ctx.decode_kwargs()
+    def stop(self, problem: dict[str, Any]) -> tuple[str, ...]:
+        return STOP_SEQUENCES
 
-        def call(idx: list[int], seed: int) -> list[str]:
-            return engine.generate(
-                [probs[i]["prompt"] for i in idx], stop=STOP_SEQUENCES, seed=seed, **kw
-            )
-
-        samples = sample_many(ctx, call, len(probs))
-        comps = {p["task_id"]: s for p, s in zip(probs, samples)}
-        return score_completions(probs, comps, limits=ctx.sandbox_limits(), workers=ctx.workers)
+    def program(self, problem: dict[str, Any], completion: str) -> Program:
+        return python_job(build_program(problem, completion))
 
 
-TASKS = (MbppTask(),)
+MBPP = MbppTask()
+score_completions = MBPP.score  # pass@k of {task_id: [completion, ...]} (tests, tools)
+TASKS = (MBPP,)

@@ -5,25 +5,19 @@ doctests, original, prompt_terminology, which we ignore). The program
 `prompt + completion + "\\n" + tests` runs in the sandbox with the language's interpreter
 (see `sandbox.LANGUAGES`); a test suite passes when the program exits 0. MultiPL-E ships no
 reference solutions; a row may carry an extra `canonical_solution` field (our fixtures do,
-so tests can check that a correct program passes).
+so tests can check that a correct program passes). Options
+(`eval.task_options = {"multipl_e": dict(path=..., languages=("js",))}`): `path` (or `--data`)
+and `languages`, the MultiPL-E codes to keep (empty: every row).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
-from zen_code_jax.eval.base import (
-    EvalContext,
-    Task,
-    TaskResult,
-    apply_limit,
-    sample_many,
-    truncate_at_stops,
-)
-from zen_code_jax.eval.humaneval import score_programs
-from zen_code_jax.eval.mbpp import read_jsonl
-from zen_code_jax.eval.sandbox import LANGUAGES, Program, SandboxLimits
+from zen_code_jax.eval.execution import PassAtKTask, read_jsonl
+from zen_code_jax.eval.sandbox import LANGUAGES, Program
 
 # MultiPL-E language codes -> sandbox languages.
 LANGUAGE_CODES = {
@@ -34,6 +28,22 @@ LANGUAGE_CODES = {
     "sh": "shell",
     "pl": "perl",
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiplEOptions:
+    """`path`: the JSONL (published format); `languages`: codes to keep (empty: all)."""
+
+    path: str = ""
+    languages: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        bad = [code for code in self.languages if code not in LANGUAGE_CODES]
+        if bad:
+            raise ValueError(
+                f"eval.task_options.multipl_e.languages: unknown codes {bad}; "
+                f"supported: {sorted(LANGUAGE_CODES)}."
+            )
 
 
 def normalize_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -60,62 +70,33 @@ def normalize_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_problems(path: str | Path) -> list[dict[str, Any]]:
-    return [normalize_row(r) for r in read_jsonl(path, "The multipl_e task", "eval.multipl_e_path")]
+    rows = read_jsonl(path, "The multipl_e task", "eval.task_options.multipl_e.path")
+    return [normalize_row(r) for r in rows]
 
 
 def build_program(problem: dict[str, Any], completion: str) -> str:
     return problem["prompt"] + completion + "\n" + problem["tests"] + "\n"
 
 
-def score_completions(
-    problems: list[dict[str, Any]],
-    completions: dict[str, list[str]],
-    *,
-    limits: SandboxLimits | None = None,
-    workers: int = 2,
-) -> TaskResult:
-    keys, progs, comps = [], [], []
-    for p in problems:
-        cs = completions.get(p["task_id"])
-        if not cs:
-            raise ValueError(f"No completions for {p['task_id']}")
-        for c in cs:
-            c = truncate_at_stops(c, p["stop_tokens"])
-            keys.append(p["task_id"])
-            comps.append(c)
-            progs.append(Program(build_program(p, c), language=p["language"]))
-    return score_programs(keys, progs, comps, limits=limits or SandboxLimits(), workers=workers)
-
-
-class MultiplETask(Task):
+class MultiplETask(PassAtKTask):
     name = "multipl_e"
-    description = "MultiPL-E from a user-supplied JSONL (eval.multipl_e_path): pass@k"
+    description = "MultiPL-E from a user-supplied JSONL (option path / --data): pass@k"
+    options_type = MultiplEOptions
 
-    def problems(self, ctx: EvalContext) -> list[dict[str, Any]]:
-        return apply_limit(load_problems(ctx.eval_cfg.multipl_e_path), ctx.limit)
+    def load(self, options: MultiplEOptions) -> list[dict[str, Any]]:
+        probs = load_problems(options.path)
+        if options.languages:
+            keep = {LANGUAGE_CODES[code] for code in options.languages}
+            probs = [p for p in probs if p["language"] in keep]
+        return probs
 
-    def evaluate(self, ctx: EvalContext) -> TaskResult:
-        engine = ctx.need_engine()
-        probs = self.problems(ctx)
-        kw = ctx.decode_kwargs()
+    def stop(self, problem: dict[str, Any]) -> tuple[str, ...]:
+        return tuple(problem["stop_tokens"])  # stop tokens differ per language
 
-        def call(idx: list[int], seed: int) -> list[str]:
-            # Stop tokens differ per language; the engine gets each row's own list by
-            # calling once per distinct list.
-            out: dict[int, str] = {}
-            groups: dict[tuple[str, ...], list[int]] = {}
-            for i in idx:
-                groups.setdefault(tuple(probs[i]["stop_tokens"]), []).append(i)
-            for stop, rows in groups.items():
-                texts = engine.generate(
-                    [probs[i]["prompt"] for i in rows], stop=stop, seed=seed, **kw
-                )
-                out.update(zip(rows, texts))
-            return [out[i] for i in idx]
-
-        samples = sample_many(ctx, call, len(probs))
-        comps = {p["task_id"]: s for p, s in zip(probs, samples)}
-        return score_completions(probs, comps, limits=ctx.sandbox_limits(), workers=ctx.workers)
+    def program(self, problem: dict[str, Any], completion: str) -> Program:
+        return Program(build_program(problem, completion), language=problem["language"])
 
 
-TASKS = (MultiplETask(),)
+MULTIPL_E = MultiplETask()
+score_completions = MULTIPL_E.score  # pass@k of {task_id: [completion, ...]} (tests, tools)
+TASKS = (MULTIPL_E,)

@@ -35,7 +35,7 @@ RECIPES: dict[str, Recipe] = {
     "humaneval_infilling_openai_random_span": Recipe(
         ("humaneval_infilling_openai_random_span", "humaneval_infilling_openai_random_span_light"),
         "OpenAI HumanEval-Infilling random-span (+light): pass@1; needs the official files "
-        "in eval.humaneval_infill_dir",
+        "in the tasks' dir option (--humaneval_infill_dir)",
     ),
     "humaneval_fim_both": Recipe(
         ("humaneval_fim_qwen", "humaneval_infilling_openai_single"),

@@ -5,14 +5,21 @@ Each task module exposes its task objects in a module-level `TASKS` tuple and im
 each task name to the module defining it and imports that module on first use: asking for
 one task loads only its module, and a typo fails with the list of valid names before any
 module is imported.
+
+Adding a task is one module (a `Task` subclass with its `options_type`, `data_option` and,
+when its unit is not a problem, `standard_errors`, listed in the module's `TASKS`) plus one
+line in `TASK_MODULES` below.
 """
 
 from __future__ import annotations
 
 import importlib
 import threading
+from collections.abc import Mapping
+from typing import Any
 
 from zen_code_jax.eval.base import Task
+from zen_code_jax.eval.options import parse_options
 
 # task name -> module that defines it (in its `TASKS` tuple).
 TASK_MODULES: dict[str, str] = {
@@ -61,3 +68,37 @@ def get_task(name: str) -> Task:
 def registry() -> dict[str, Task]:
     """name -> task, for every built-in task (imports every task module)."""
     return {name: get_task(name) for name in task_names()}
+
+
+def check_task_options(eval_cfg: Mapping[str, Any]) -> None:
+    """Check `eval.tasks` and `eval.task_options` before any work: every task named exists
+    and every task's options parse against its `options_type` (ValueError naming the valid
+    tasks or options otherwise)."""
+    for name in eval_cfg.get("tasks", ()):
+        get_task(name)
+    for name, raw in dict(eval_cfg.get("task_options", None) or {}).items():
+        if name not in TASK_MODULES:
+            raise ValueError(
+                f"eval.task_options names an unknown task {name!r}. Valid tasks: "
+                f"{', '.join(task_names())}."
+            )
+        task = get_task(name)
+        parse_options(task.options_type, raw, task.name)
+
+
+def data_overrides(names: list[str], data: str) -> dict[str, str]:
+    """The dotted overrides that point each task in `names` at `data` through its own
+    `data_option` (what the eval CLI's `--data` does); a task without one raises."""
+    if not names:
+        raise ValueError("--data=PATH needs --tasks naming the tasks it feeds.")
+    out = {}
+    for name in names:
+        task = get_task(name)
+        if task.data_option is None:
+            takes = [n for n in task_names() if get_task(n).data_option is not None]
+            raise ValueError(
+                f"--data: task {name} reads no data file; tasks that take --data: "
+                f"{', '.join(takes)}. Score {name} in a separate command without --data."
+            )
+        out[f"eval.task_options.{name}.{task.data_option}"] = data
+    return out

@@ -25,7 +25,7 @@ from zen_code_jax.checkpoint import latest_step, restore_for_inference
 from zen_code_jax.config import apply_overrides
 from zen_code_jax.data.prepare import prepare_corpus
 from zen_code_jax.eval.base import EvalContext
-from zen_code_jax.eval.registry import get_task
+from zen_code_jax.eval.registry import check_task_options, get_task
 from zen_code_jax.infer.engine import InferenceEngine
 from zen_code_jax.rundir import RunDir
 from zen_code_jax.tracking import SummaryWriter
@@ -49,6 +49,7 @@ def run_tasks(
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     run = RunDir(run_dir)
     tasks = [get_task(n) for n in task_names]  # fail on a typo before any work
+    check_task_options(ctx.eval_cfg)  # ... or in a task's options
     summaries: dict[str, dict[str, float]] = {}
     own_writer = writer is None
     writer = writer if writer is not None else SummaryWriter(run.path)

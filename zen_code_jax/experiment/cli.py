@@ -29,6 +29,7 @@ from zen_code_jax.config import (
     config_from_dict,
     config_to_dict,
 )
+from zen_code_jax.eval.registry import check_task_options
 from zen_code_jax.rundir import RunDir
 
 _LOADED: dict[str, Any] = {}
@@ -97,10 +98,15 @@ def load_config(argv: list[str]) -> tuple[ml_collections.ConfigDict, list[str]]:
     except ValueError as e:
         raise UsageError(f"--config={config_arg}: {e}") from None
     try:
-        apply_overrides(config_from_dict(config_to_dict(config)), overrides)
+        checked = config_from_dict(config_to_dict(config))
+        apply_overrides(checked, overrides)
     except ValueError as e:
         message = str(e).replace("Unknown config key '", "Unknown override '--config.")
         raise UsageError(message) from None
+    try:
+        check_task_options(checked.eval)  # before training, not after it
+    except ValueError as e:
+        raise UsageError(f"--config={config_arg}: {e}") from None
     _LOADED["module"] = module
     return config, rest
 

@@ -91,7 +91,7 @@ def _load_arm(path: Path) -> dict[str, Any]:
             if key != "step" and isinstance(value, int | float):
                 metrics[f"{task}/{key}"] = float(value)
         for key, value in task_standard_errors(
-            task, _read_records(run_dir.records(task)), mode
+            task, _read_records(run_dir.records(task)), config.get("eval", {})
         ).items():
             se[f"{task}/{key}"] = value
     metrics.update(derived_metrics(metrics))

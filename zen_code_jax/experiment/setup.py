@@ -55,7 +55,7 @@ COMMON: dict[str, dict[str, Any]] = {
         "checkpoint.every": 100,
         "checkpoint.keep_last": 2,
         "eval.limit": 50,
-        "eval.heldout_files": 25,
+        "eval.task_options.heldout_loss.files": 25,
         "eval.max_new_tokens": 32,
         "eval.batch_size": 16,
     },
