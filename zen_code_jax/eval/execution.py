@@ -1,11 +1,12 @@
-"""The skeleton of a pass@k task read from a user-supplied JSONL (MBPP, MultiPL-E, ...).
+"""Execution-scored tasks: run completions as programs in the sandbox, report pass@k.
 
-Such a task differs from its siblings only in how a row becomes a problem, which stop
-sequences end a completion, and how a completion becomes a sandboxed program; `PassAtKTask`
-does the rest once: the `path` option (the `--data` of the eval CLI), the limit, sampling
-through `base.sample_many`, one `generate` call per distinct stop list, cutting at the
-stops, and scoring in the sandbox (`humaneval.score_programs`: pass@k per problem plus
-per-sample records).
+`score_programs` scores any list of programs (every execution-scored task uses it: HumanEval,
+MBPP, MultiPL-E, HumanEval-Infilling). `PassAtKTask` is the skeleton of a left-to-right
+pass@k task: a task differs from its siblings only in where its problems come from, which
+stop sequences end a completion and how a completion becomes a sandboxed program; the base
+does the rest once: the `path` option (the `--data` of the eval CLI) for tasks read from a
+user-supplied JSONL, the limit, sampling through `base.sample_many`, one `generate` call per
+distinct stop list, cutting at the stops, and scoring.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +26,10 @@ from zen_code_jax.eval.base import (
     sample_many,
     truncate_at_stops,
 )
-from zen_code_jax.eval.humaneval import score_programs
-from zen_code_jax.eval.sandbox import Program, SandboxLimits
+from zen_code_jax.eval.passk import mean_pass_at_k
+from zen_code_jax.eval.sandbox import Program, SandboxLimits, run_programs
+
+PASS_KS: tuple[int, ...] = (1, 10, 100)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +37,49 @@ class FileOptions:
     """A task scored on a user-supplied file: `path` to it (published format)."""
 
     path: str = ""
+
+
+def python_job(source: str) -> Program:
+    """A Python test program scored by the trusted verdict: exit 0 passes only if the
+    program's top-level code (the tests) returned and the sandbox's epilogue ran. Nothing
+    is appended to the source, so no secret is in it (see sandbox.run_program)."""
+    return Program(source, verdict=True)
+
+
+def default_ks(by_key: dict[str, list[bool]]) -> tuple[int, ...]:
+    """pass@k values to report: 1, 10, 100 and n (samples per problem), all <= n."""
+    n = min((len(v) for v in by_key.values()), default=1)
+    return tuple(sorted({k for k in PASS_KS if k <= n} | {n}))
+
+
+def score_programs(
+    keys: Sequence[str],
+    programs: Sequence[Program | str],
+    completions: Sequence[str],
+    *,
+    limits: SandboxLimits,
+    workers: int,
+    ks: Sequence[int] | None = None,
+) -> TaskResult:
+    """Run one program per completion in the sandbox; pass@k per key plus per-sample records.
+
+    Shared by every execution-scored task: only how a completion becomes a program differs.
+    """
+    results = run_programs(list(programs), limits=limits, workers=workers)
+    records, by_key = [], {}
+    for key, res, completion in zip(keys, results, completions):
+        records.append(
+            {
+                "task_id": key,
+                "passed": res.passed,
+                **res.to_dict(max_chars=500),
+                "completion": completion,
+            }
+        )
+        by_key.setdefault(key, []).append(res.passed)
+    metrics = mean_pass_at_k(by_key, ks if ks is not None else default_ks(by_key))
+    metrics["num_problems"] = float(len(by_key))
+    return TaskResult(metrics, records)
 
 
 def read_jsonl(path: str | Path, what: str, setting: str) -> list[dict[str, Any]]:
@@ -56,11 +103,12 @@ def read_jsonl(path: str | Path, what: str, setting: str) -> list[dict[str, Any]
 
 
 class PassAtKTask(Task):
-    """pass@k of sampled completions run in the sandbox; problems from `options.path`.
+    """pass@k of sampled completions run in the sandbox.
 
-    Subclasses set `name`, `description` (and `options_type`, when they take more than
-    `FileOptions`) and define `load`, `stop` and `program`. Problems are dicts with at
-    least `task_id` and `prompt`.
+    Subclasses set `name`, `description` and define `load`, `stop` and `program`. Problems
+    are dicts with at least `task_id` and `prompt`. By default the problems come from a
+    user-supplied file (`FileOptions.path`, also `--data`); a task with built-in problems
+    sets `options_type` and `data_option` (to `NoOptions`, None) as well.
     """
 
     options_type: type = FileOptions
@@ -111,16 +159,25 @@ class PassAtKTask(Task):
         *,
         limits: SandboxLimits | None = None,
         workers: int = 2,
+        ks: Sequence[int] | None = None,
+        truncate: bool = True,
     ) -> TaskResult:
-        """pass@k of completions ({task_id: [completion, ...]}), each cut at the stops."""
+        """pass@k of completions ({task_id: [completion, ...]}) on the given problems.
+
+        Every problem needs at least one completion; completions are cut at the stop
+        sequences first (unless truncate=False). ks default: `default_ks`.
+        """
         keys, progs, comps = [], [], []
         for p in problems:
             cs = completions.get(p["task_id"])
             if not cs:
-                raise ValueError(f"No completions for {p['task_id']}; give each problem >= 1.")
+                raise ValueError(
+                    f"No completions for {p['task_id']}; give each problem >= 1 sample."
+                )
             for c in cs:
-                c = truncate_at_stops(c, self.stop(p))
+                c = truncate_at_stops(c, self.stop(p)) if truncate else c
                 keys.append(p["task_id"])
                 comps.append(c)
                 progs.append(self.program(p, c))
-        return score_programs(keys, progs, comps, limits=limits or SandboxLimits(), workers=workers)
+        limits = limits or SandboxLimits()
+        return score_programs(keys, progs, comps, limits=limits, workers=workers, ks=ks)

@@ -55,7 +55,8 @@ from zen_code_jax.eval.base import (
     apply_limit,
     sample_many,
 )
-from zen_code_jax.eval.humaneval import load_problems, python_job, score_programs
+from zen_code_jax.eval.execution import python_job, score_programs
+from zen_code_jax.eval.humaneval import load_problems
 from zen_code_jax.eval.sandbox import SandboxLimits
 
 SINGLE, MULTI = "single", "multi"

@@ -20,8 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from zen_code_jax.eval.execution import FileOptions, PassAtKTask, read_jsonl
-from zen_code_jax.eval.humaneval import python_job
+from zen_code_jax.eval.execution import FileOptions, PassAtKTask, python_job, read_jsonl
 from zen_code_jax.eval.sandbox import Program
 
 STOP_SEQUENCES: tuple[str, ...] = ("\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n```")
