@@ -194,3 +194,64 @@ def test_the_experiment_file_runs_once_per_command(tmp_path):
     )
     proc = _run_cli(f"--config={exp}:smoke", "--mode=report", f"--workdir={tmp_path}")
     assert counter.read_text() == "x", proc.stderr[-2000:]
+
+
+def test_task_options_are_an_open_group_checked_against_the_tasks():
+    """`eval.task_options.<task>.<option>` may be set by dotted keys (ARG, arms, command
+    line) without a schema key per task; the tasks check them when the config loads."""
+    c = load("fim_ablation").get_config("smoke,eval.task_options.mbpp.path=/data/mbpp.jsonl")
+    assert c.eval.task_options.mbpp.path == "/data/mbpp.jsonl"
+    assert load("fim_ablation").get_config("cpu").eval.task_options.heldout_loss.files == 25
+    set_arms(c, {"few": {"eval.task_options.heldout_loss.files": 3}})
+    assert arm_config(c, "few").eval.task_options.heldout_loss.files == 3
+    assert "heldout_loss" not in c.eval.task_options  # the base is untouched
+    with pytest.raises(ValueError, match="mbpp.path is a value, not a group"):
+        apply_overrides(c, {"eval.task_options.mbpp.path.x": "1"})
+    # The command line: checked on load (one line naming the valid options), then set by absl.
+    exp = "--config=experiments/fim_ablation.py:smoke"
+    with pytest.raises(cli.UsageError, match=r"unknown option\(s\) \['paht'\]; mbpp takes"):
+        cli.load_config(["run.py", exp, "--config.eval.task_options.mbpp.paht=/x"])
+    with pytest.raises(cli.UsageError, match="unknown task 'mbp'. Valid tasks: "):
+        cli.load_config(["run.py", exp, "--config.eval.task_options.mbp.path=/x"])
+    with pytest.raises(cli.UsageError, match="Cannot parse 'all' for eval.task_options.heldout"):
+        cli.load_config(["run.py", exp, "--config.eval.task_options.heldout_loss.files=all"])
+    from absl import flags
+    from ml_collections import config_flags
+
+    config, argv = cli.load_config(["run.py", exp, "--config.eval.task_options.mbpp.path=/x"])
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_dict("config", config, flag_values=fv, sys_argv=argv)
+    fv(argv)
+    assert fv.config.eval.task_options.mbpp.path == "/x"
+
+
+def test_older_config_json_keys_move_into_the_task_options():
+    """A run directory written before task options (eval.mbpp_path, eval.heldout_files, ...)
+    still loads: each old key's value lands in the options of the tasks that read it."""
+    from zen_code_jax.config import LEGACY_KEYS
+    from zen_code_jax.eval.options import option_names
+    from zen_code_jax.eval.registry import get_task
+
+    old = config_to_dict(base_config())
+    old["eval"].pop("task_options")
+    old["eval"].update(
+        mbpp_path="/m.jsonl", multipl_e_path="", humaneval_infill_dir="/h", heldout_files=7
+    )
+    old["arms"] = {"a": {"eval.heldout_files": 9, "fim.rate": 0.0}}
+    c = config_from_dict(old)
+    opts = c.eval.task_options.to_dict()
+    assert opts.pop("mbpp") == {"path": "/m.jsonl"} and opts.pop("heldout_loss") == {"files": 7}
+    assert "multipl_e" not in opts  # the old default ("") is no option
+    assert set(opts) == {
+        "humaneval_fim_qwen",
+        "humaneval_infilling_openai_single",
+        "humaneval_infilling_openai_multi",
+        "humaneval_infilling_openai_random_span",
+        "humaneval_infilling_openai_random_span_light",
+    } and all(v == {"dir": "/h"} for v in opts.values())
+    assert arm_config(c, "a").eval.task_options.heldout_loss.files == 9
+    # Every new key names a real task option.
+    for new_keys, _ in LEGACY_KEYS.values():
+        for key in new_keys:
+            _, _, task, option = key.split(".")
+            assert option in option_names(get_task(task).options_type), key

@@ -23,6 +23,7 @@ from absl import app
 from ml_collections import config_flags
 
 from zen_code_jax.config import (
+    OPEN_GROUPS,
     apply_overrides,
     arm_config,
     arm_names,
@@ -107,6 +108,9 @@ def load_config(argv: list[str]) -> tuple[ml_collections.ConfigDict, list[str]]:
         check_task_options(checked.eval)  # before training, not after it
     except ValueError as e:
         raise UsageError(f"--config={config_arg}: {e}") from None
+    # absl sets only keys that exist: create those below an open group (a task's options).
+    below_open = tuple(g + "." for g in OPEN_GROUPS)
+    apply_overrides(config, {k: v for k, v in overrides.items() if k.startswith(below_open)})
     _LOADED["module"] = module
     return config, rest
 
