@@ -1,8 +1,8 @@
 """MBPP (Austin et al. 2021) from a user-supplied JSONL file in a published format.
 
-No MBPP data ships offline, so the task's `path` option
-(`eval.task_options = {"mbpp": dict(path=...)}`, or `--data`) must point at a file. Both published
-layouts are accepted, one JSON object per line:
+No MBPP data ships offline, so the task's `path` option (`eval.task_options =
+{"mbpp": dict(path=...)}`, or `--data`) must point at a file. Both published layouts are
+accepted, one JSON object per line:
 
 - original (`mbpp.jsonl`): task_id, text, code, test_list, test_setup_code,
   challenge_test_list;
