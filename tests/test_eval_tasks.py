@@ -741,6 +741,35 @@ def test_multipl_e_fixtures():
         multipl_e.normalize_row({"name": "x", "language": "cobol", "prompt": "", "tests": ""})
 
 
+def test_multipl_e_options_and_one_generate_call_per_stop_list():
+    path = os.path.join(FIXTURES, "multipl_e_small.jsonl")
+    probs = multipl_e.load_problems(path)
+    answer = {p["prompt"]: p["canonical_solution"] for p in probs}
+    calls = []
+
+    class Oracle:
+        def generate(self, prompts, stop=(), **kw):
+            calls.append((tuple(prompts), tuple(stop)))
+            return [answer[p] for p in prompts]
+
+    c = cfg()
+    c.eval.task_options = {"multipl_e": {"path": path, "languages": ("py",)}}
+    task = get_task("multipl_e")
+    assert (
+        len(task.problems(EvalContext(config=cfg(task_options={"multipl_e": {"path": path}})))) == 3
+    )
+    py = [p for p in probs if p["language"] == "python"]
+    res = task.evaluate(EvalContext(config=c, engine=Oracle()))
+    assert res.metrics["pass@1"] == 1.0 and res.metrics["num_problems"] == len(py) == 2
+    stops = {}
+    for p in py:
+        stops.setdefault(tuple(p["stop_tokens"]), []).append(p["prompt"])
+    assert calls == [(tuple(ps), stop) for stop, ps in stops.items()]
+    c.eval.task_options.multipl_e.languages = ("py", "cobol")
+    with pytest.raises(ValueError, match=r"unknown codes \['cobol'\]; supported: "):
+        task.problems(EvalContext(config=c))
+
+
 # ----------------------------------------------------------------------------- registry, runner, CLI
 def test_registry_and_unknown_task_error():
     assert set(task_names()) == {
