@@ -76,7 +76,7 @@ def python_job(source: str) -> Program:
     """A Python test program scored by the trusted verdict: exit 0 passes only if the
     program's top-level code (the tests) returned and the sandbox's epilogue ran. Nothing
     is appended to the source, so no secret is in it (see sandbox.run_program)."""
-    return Program(source, verdict=True)
+    return Program(source, verdict=True, single_process=True)
 
 
 def default_ks(by_key: dict[str, list[bool]]) -> tuple[int, ...]:
