@@ -48,7 +48,12 @@ def _host_remove_ipc(key: int) -> None:
 
 @pytest.fixture
 def host_ipc_cleanup():
+    before = set(_host_shm())
     yield
+    # Private segments a sandboxed program (a slot uid, or nobody) left on the host.
+    for i, (key, uid) in _host_shm().items():
+        if i not in before and key == 0 and (uid == 65534 or uid >= 1_900_000):
+            LIBC.shmctl(i, 0, None)
     for key in (KEY, ISSUE_KEY):
         _host_remove_ipc(key)
     LIBC.mq_unlink(MQ_NAME)
@@ -91,7 +96,10 @@ print(libc.shmget(KEY, 0, 0), libc.msgget(KEY, 0), libc.semget(KEY, 0, 0),
 
 def test_sysv_and_posix_ipc_objects_die_with_the_run(host_ipc_cleanup):
     made = run_program(CREATE_IPC.format(key=KEY, name=MQ_NAME), limits=LIMITS)
-    assert made.status == PASSED, made  # a program may use IPC within its run
+    if made.isolation.get("sysv_ipc", True):
+        assert made.status == PASSED, made  # a program may use IPC within its run
+    if ROOT:
+        assert made.isolation["ipc_ns"] and made.isolation["sysv_ipc"], made
     later = run_program(OPEN_IPC.format(key=KEY, name=MQ_NAME), limits=LIMITS)
     assert later.status == PASSED, later
     assert later.stdout.split() == ["-1"] * 4, (made.stdout, later.stdout)
@@ -116,7 +124,7 @@ print("held 256 MiB of SysV shm")
 """
 
 
-def test_sysv_shared_memory_is_capped_within_a_run():
+def test_sysv_shared_memory_is_capped_within_a_run(host_ipc_cleanup):
     """Detached SysV shm is outside RLIMIT_AS; the run's IPC namespace caps it."""
     before = set(_host_shm())
     try:
@@ -262,3 +270,48 @@ def test_single_process_refuses_fork_and_subprocess_but_allows_threads():
     assert one.stdout.split() == ["refused", "1", "refused", "1"], one
     assert one.isolation.get("single_process") is True
     assert free.status == PASSED and free.stdout.split() == ["allowed", "allowed"], free
+
+
+def test_without_an_ipc_namespace_sysv_ipc_is_refused(host_ipc_cleanup):
+    """Rlimits-only mode: no namespace to hold SysV objects, so the filter refuses them
+    (they would stay on the host after the run)."""
+    res = run_program(CREATE_IPC.format(key=KEY, name=MQ_NAME), limits=LIMITS, namespaces=False)
+    assert res.status != PASSED and res.isolation["sysv_ipc"] is False, res
+    assert KEY not in _host_shm_keys()
+    assert LIBC.msgget(KEY, 0) == -1 and LIBC.semget(KEY, 0, 0) == -1
+
+
+ATTACKS = {
+    "memfd": MEMFD_768,
+    "userns": USERNS,
+    "shm": SHM_256,
+    "create": CREATE_IPC.format(key=KEY, name=MQ_NAME),
+    "open": OPEN_IPC.format(key=KEY, name=MQ_NAME),
+}
+AS_USER_ATTACKS = (
+    "import json\n"
+    "from zen_code_jax.eval.sandbox import Program, SandboxLimits, run_program, run_programs\n"
+    "L = SandboxLimits(timeout_s=30.0, memory_mb=512)\n"
+    "out = {}\n"
+    f"for name, src in {ATTACKS!r}.items():\n"
+    "    r = run_program(src, limits=L)\n"
+    "    out[name] = [r.status, r.stdout.strip(), r.isolation]\n"
+    f"(one,) = run_programs([Program({SPAWNS!r}, single_process=True)], limits=L)\n"
+    "out['spawns'] = [one.status, one.stdout.strip(), one.isolation]\n"
+    "print(json.dumps(out))\n"
+)
+
+
+def test_the_attacks_fail_for_an_ordinary_user_evaluator_too(host_ipc_cleanup):
+    import json
+
+    from test_sandbox_trust import run_as_ordinary_user
+
+    out = json.loads(run_as_ordinary_user(AS_USER_ATTACKS).strip().splitlines()[-1])
+    for name in ("memfd", "userns", "shm"):
+        assert out[name][0] != PASSED, (name, out[name])
+    # SysV objects are refused (no IPC limits in an unprivileged namespace) or die with the
+    # run; the POSIX queue dies with the run's IPC namespace.
+    assert out["open"][0] == PASSED and out["open"][1].split() == ["-1"] * 4, out
+    assert out["spawns"][1].split() == ["refused", "1", "refused", "1"], out["spawns"]
+    assert KEY not in _host_shm_keys() and LIBC.mq_open(MQ_NAME, os.O_RDWR) == -1

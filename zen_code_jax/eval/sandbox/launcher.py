@@ -229,6 +229,9 @@ try:
     if spec["uid"] is not None and is_root:
         iso["uid"] = spec["uid"]
     iso["seccomp"] = spec["seccomp"] is not None
+    # SysV IPC only inside an IPC namespace with limits; otherwise the filter refuses it.
+    iso["sysv_ipc"] = bool(iso.get("ipc_limits")) or not iso["seccomp"]
+    seccomp_prog = spec["seccomp" if iso["sysv_ipc"] else "seccomp_no_sysv_ipc"]
     iso["single_process"] = spec["single_process"] and iso["seccomp"]
     report(isolation=iso)
     host_procs = 0  # this user's processes, counted on the host's /proc (before init's)
@@ -324,8 +327,8 @@ def run_child(parent_pid):
         if os.getppid() != parent_pid:
             os._exit(98)
         R.setrlimit(R.RLIMIT_AS, (lim["as_bytes"], lim["as_bytes"]))
-        if spec["seccomp"] is not None:
-            install_seccomp(spec["seccomp"])
+        if seccomp_prog is not None:
+            install_seccomp(seccomp_prog)
     except BaseException as e:
         sys.stderr.write(f"sandbox setup failed: {type(e).__name__}: {e}\n")
         os._exit(97)

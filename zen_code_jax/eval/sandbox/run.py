@@ -221,7 +221,9 @@ def _run_in(
         "status_fd": status_w,
         "secret_fd": secret_r,
         "ipc_sysctls": IPC_SYSCTLS,
+        # The launcher picks the second where it could not bound the run's IPC objects.
         "seccomp": filter_program(single_process),
+        "seccomp_no_sysv_ipc": filter_program(single_process, sysv_ipc=False),
         "single_process": single_process,
         "view": python_view(tuple(limits.packages)) if argv_t is None else None,
         "limits": {

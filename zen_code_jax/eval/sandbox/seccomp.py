@@ -39,13 +39,14 @@ ARCHES: dict[str, tuple[int, dict[str, int]]] = {
         0xC000003E,  # AUDIT_ARCH_X86_64
         {"memfd_create": 319, "memfd_secret": 447, "unshare": 272, "setns": 308}
         | {"mount": 165, "umount2": 166, "pivot_root": 155, "clone": 56, "clone3": 435}
-        | {"fork": 57, "vfork": 58}
+        | {"fork": 57, "vfork": 58, "shmget": 29, "semget": 64, "msgget": 68}
         | _MOUNT_API,
     ),
     "aarch64": (
         0xC00000B7,  # AUDIT_ARCH_AARCH64 (no fork/vfork: both are clone there)
         {"memfd_create": 279, "memfd_secret": 447, "unshare": 97, "setns": 268}
         | {"mount": 40, "umount2": 39, "pivot_root": 41, "clone": 220, "clone3": 435}
+        | {"shmget": 194, "semget": 190, "msgget": 186}
         | _MOUNT_API,
     ),
 }
@@ -53,6 +54,10 @@ ARCHES: dict[str, tuple[int, dict[str, int]]] = {
 DENIED = ("memfd_create", "memfd_secret", "unshare", "setns", "mount", "umount2")
 DENIED += ("pivot_root", *_MOUNT_API)
 SINGLE_PROCESS_DENIED = ("fork", "vfork")
+# Refused where the run has no IPC namespace whose limits the launcher could set (rlimits
+# only, or an unprivileged user namespace, which may not write its IPC sysctls): there a
+# SysV object would be unbounded (and, without the namespace, outlive the run).
+SYSV_IPC = ("shmget", "semget", "msgget")
 
 
 def _ins(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
@@ -61,13 +66,16 @@ def _ins(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
 
 
 @functools.lru_cache(maxsize=4)
-def filter_program(single_process: bool = False, machine: str | None = None) -> bytes | None:
+def filter_program(
+    single_process: bool = False, sysv_ipc: bool = True, machine: str | None = None
+) -> bytes | None:
     """The filter as `sock_filter` bytes for `prctl(PR_SET_SECCOMP)`, or None (unknown arch).
 
     Layout: a foreign architecture (x32, i386 entry points) is refused outright; each
     denied number returns EPERM; `clone3` returns ENOSYS; `clone` with any CLONE_NEW*
     flag (and, with `single_process`, without CLONE_THREAD: a new process, not a thread)
-    returns EPERM; everything else is allowed.
+    returns EPERM; without `sysv_ipc`, creating or opening SysV IPC objects returns EPERM;
+    everything else is allowed.
     """
     arch = ARCHES.get(machine or platform.machine())
     if arch is None:
@@ -76,6 +84,8 @@ def filter_program(single_process: bool = False, machine: str | None = None) -> 
     deny = [nr[n] for n in DENIED]
     if single_process:
         deny += [nr[n] for n in SINGLE_PROCESS_DENIED if n in nr]
+    if not sysv_ipc:
+        deny += [nr[n] for n in SYSV_IPC]
     eperm, ret_allow = _ins(_RET, _ERRNO | EPERM), _ins(_RET, _ALLOW)
     prog = [_ins(_LD_W_ABS, _ARCH), _ins(_JEQ, audit_arch, 1, 0), eperm]
     prog += [_ins(_LD_W_ABS, _NR), _ins(_JGE, 0x40000000, 0, 1), eperm]  # x32 numbers

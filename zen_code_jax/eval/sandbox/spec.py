@@ -66,11 +66,12 @@ PRELOAD_MODULES: tuple[str, ...] = (
 # space (RLIMIT_AS), so each kind gets a small cap of its own, like the 1 MiB /dev/shm.
 # Written to the namespace's /proc/sys files by the launcher (they die with the run).
 IPC_SHM_BYTES = 1 << 20  # SysV shared memory, all segments together
-IPC_SYSCTLS: dict[str, int] = {
+IPC_SYSCTLS: dict[str, int | str] = {
     "kernel/shmmax": IPC_SHM_BYTES,
     "kernel/shmall": IPC_SHM_BYTES // 4096,  # pages
     "kernel/shmmni": 16,  # segments
     "kernel/msgmni": 16,  # SysV message queues (16 KiB each, msgmnb's default)
+    "kernel/sem": "32 512 32 16",  # per array, in all, per semop, arrays
     "fs/mqueue/queues_max": 16,  # POSIX message queues
 }
 MSGQUEUE_BYTES = 1 << 20  # RLIMIT_MSGQUEUE: POSIX message queue bytes of the program's uid
