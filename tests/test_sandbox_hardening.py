@@ -315,3 +315,23 @@ def test_the_attacks_fail_for_an_ordinary_user_evaluator_too(host_ipc_cleanup):
     assert out["open"][0] == PASSED and out["open"][1].split() == ["-1"] * 4, out
     assert out["spawns"][1].split() == ["refused", "1", "refused", "1"], out["spawns"]
     assert KEY not in _host_shm_keys() and LIBC.mq_open(MQ_NAME, os.O_RDWR) == -1
+
+
+def test_the_filter_is_built_per_architecture_and_option():
+    from zen_code_jax.eval.sandbox.seccomp import filter_program
+
+    assert filter_program(machine="riscv64") is None  # no table: no filter, recorded
+    for machine in ("x86_64", "aarch64"):
+        base = filter_program(machine=machine)
+        one = filter_program(True, machine=machine)
+        no_ipc = filter_program(sysv_ipc=False, machine=machine)
+        assert len(base) % 8 == 0 and len(base) // 8 < 256
+        assert len(one) > len(base) and len(no_ipc) == len(base) + 3 * 2 * 8
+    # aarch64 has no fork/vfork numbers: only the clone check grows.
+    assert (
+        len(filter_program(True, machine="x86_64")) - len(filter_program(machine="x86_64")) == 6 * 8
+    )
+    assert (
+        len(filter_program(True, machine="aarch64")) - len(filter_program(machine="aarch64"))
+        == 2 * 8
+    )

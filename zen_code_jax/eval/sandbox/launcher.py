@@ -6,13 +6,16 @@ standard library only (never zen_code_jax). `zen_code_jax.eval.sandbox.run` star
 marshalled spec as argv[1] (no secrets: any process may read a command line), a status pipe
 (`spec["status_fd"]`) and a pipe holding the run's verdict token (`spec["secret_fd"]`).
 
-What it does: unshare namespaces (as root: mount + network + PID, with private size-limited
-tmpfs mounts over the world-writable directories; otherwise an unprivileged user + network
-(+ PID + mount) namespace where the kernel allows it), build the program's view of the
+What it does: unshare namespaces (as root: mount + network + PID + IPC, with private
+size-limited tmpfs mounts over the world-writable directories and small limits on the IPC
+namespace's objects; otherwise an unprivileged user + network (+ PID + mount + IPC)
+namespace where the kernel allows it), build the program's view of the
 interpreter in the mount namespace (`view.py`: the whole stdlib read-only, only the listed
 site-packages, nothing else of the interpreter's home), report the isolation it got, and
 fork. The child sets rlimits, drops to the slot's uid, asks for SIGKILL when its parent dies
-(PR_SET_PDEATHSIG) and runs the program: Python in-process (`exec` in a fresh `__main__`
+(PR_SET_PDEATHSIG), installs the parent-built seccomp filter (`seccomp.py`: no memfd, no new
+namespaces or mounts, no SysV IPC where its namespace has no limits, no new processes under
+`single_process`) and runs the program: Python in-process (`exec` in a fresh `__main__`
 namespace), other languages via `execve`. With a PID namespace, the first child is a
 mini-init that forks the program and reports its status.
 

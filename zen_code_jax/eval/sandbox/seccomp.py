@@ -27,9 +27,10 @@ _LD_W_ABS, _JEQ, _JGE, _JSET, _RET = 0x20, 0x15, 0x35, 0x45, 0x06
 _ALLOW, _ERRNO = 0x7FFF0000, 0x00050000
 EPERM, ENOSYS = 1, 38
 CLONE_THREAD = 0x00010000
-# CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET, NEWTIME (clone: not 3).
+# CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET (NEWTIME, 0x80, is
+# clone3/unshare only: in clone's flags that byte is the exit signal).
 CLONE_NEW_ANY = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000
-CLONE_NEW_ANY |= 0x20000000 | 0x40000000 | 0x00000080
+CLONE_NEW_ANY |= 0x20000000 | 0x40000000
 
 # Syscall numbers that differ per architecture (the new mount API, 428+, is shared).
 _MOUNT_API = {"open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431}
