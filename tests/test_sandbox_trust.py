@@ -76,19 +76,20 @@ libc = ctypes.CDLL(None, use_errno=True)
 libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
 assert libc.unshare(0x00020000) == 0, "unshare(CLONE_NEWNS)"
 assert libc.mount(None, b"/", None, 16384 | (1 << 18), None) == 0
-# The interpreter, readable (as it is for whoever runs it), under an otherwise empty TOP.
-top, prefix = TOP, PREFIX
-fd = os.open(prefix, os.O_PATH)
-if top != prefix:
+# The interpreter's directories, readable (as they are for whoever runs it), each under an
+# otherwise empty TOP (the first directory others may not traverse).
+fds = {path: os.open(path, os.O_PATH) for path in PATHS}
+for top in TOPS:
     assert libc.mount(b"tmpfs", top.encode(), b"tmpfs", 0, b"mode=0755,size=1m") == 0
-    os.makedirs(prefix, exist_ok=True)
+for path, fd in fds.items():
+    os.makedirs(path, exist_ok=True)
     src = f"/proc/self/fd/{fd}".encode()
-    assert libc.mount(src, prefix.encode(), None, 4096 | 16384, None) == 0
+    assert libc.mount(src, path.encode(), None, 4096 | 16384, None) == 0
 os.setgroups([])
 os.setgid(65534)
 os.setuid(65534)
 os.environ.update(HOME="/tmp", TMPDIR="/tmp", PYTHONPATH=REPO)
-os.execv(sys.executable, [sys.executable, "-c", CODE])
+os.execv(PYTHON, [PYTHON, "-c", CODE])
 """
 
 
@@ -101,15 +102,40 @@ def _closed_top(path):
     return None
 
 
-def run_as_ordinary_user(code):
-    """Run Python `code` as an unprivileged evaluator; returns its stdout."""
+def interpreter_dirs(python: str) -> list[str]:
+    """What an interpreter needs readable: its prefix, its base prefix (a venv's
+    `bin/python` links to a base interpreter elsewhere, e.g. a pyenv under /root) and the
+    directory of the binary the link resolves to."""
+    out = subprocess.run(
+        [
+            python,
+            "-c",
+            "import json, os, sys; print(json.dumps([sys.prefix, sys.base_prefix, "
+            "os.path.dirname(os.path.realpath(sys.executable))]))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return sorted({os.path.realpath(p) for p in json.loads(out)})
+
+
+def run_as_ordinary_user(code, python=sys.executable):
+    """Run Python `code` with `python` as an unprivileged evaluator; returns its stdout."""
     if not ROOT:
         return subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+            [python, "-c", code], capture_output=True, text=True, check=True
         ).stdout
-    prefix = os.path.realpath(sys.prefix)
-    top = _closed_top(prefix) or prefix
-    helper = f"TOP={top!r}\nPREFIX={prefix!r}\nREPO={REPO!r}\nCODE={code!r}\n" + AS_USER
+    tops, paths = set(), []
+    for d in interpreter_dirs(python):
+        top = _closed_top(d)
+        if top is not None:
+            tops.add(top)
+            paths.append(d)
+    helper = (
+        f"TOPS={sorted(tops)!r}\nPATHS={paths!r}\nREPO={REPO!r}\nCODE={code!r}\n"
+        f"PYTHON={python!r}\n" + AS_USER
+    )
     out = subprocess.run([sys.executable, "-I", "-S", "-c", helper], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
@@ -380,3 +406,39 @@ def test_eval_config_carries_the_package_list():
     assert EvalContext(config=c).sandbox_limits().packages == ()
     apply_overrides(c, {"eval.sandbox_packages": '("numpy",)'})
     assert EvalContext(config=c).sandbox_limits().packages == ("numpy",)
+
+
+VENV_PROBE = (
+    "import json, os, sys\n"
+    "from zen_code_jax.eval.sandbox import run_program, SandboxLimits\n"
+    "r = run_program('import csv, decimal, json, sqlite3\\nprint(42)', "
+    "limits=SandboxLimits(timeout_s=60.0), verdict=True)\n"
+    "print(json.dumps([os.geteuid(), sys.prefix, r.status, r.reason, r.stdout]))\n"
+)
+
+
+def test_a_venv_python_runs_sandboxed_programs_as_root_and_as_an_ordinary_user():
+    """`python3 -m venv`: bin/python links to a base interpreter outside the venv (here a
+    pyenv under /root, which an ordinary user can reach only because it is theirs)."""
+    import shutil
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="zcj-venv-")
+    try:
+        os.chmod(d, 0o755)
+        venv = os.path.join(d, "v")
+        cmd = [sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", venv]
+        subprocess.run(cmd, check=True)
+        py = os.path.join(venv, "bin", "python")
+        assert os.path.islink(py)
+        env = dict(os.environ, PYTHONPATH=REPO)
+        out = subprocess.run([py, "-c", VENV_PROBE], capture_output=True, text=True, env=env)
+        assert out.returncode == 0, out.stderr[-3000:]
+        _euid, prefix, status, reason, stdout = json.loads(out.stdout.splitlines()[-1])
+        assert prefix == venv and status == PASSED and stdout.strip() == "42", reason
+        line = run_as_ordinary_user(VENV_PROBE, python=py).strip().splitlines()[-1]
+        euid, prefix, status, reason, stdout = json.loads(line)
+        assert euid != 0 and prefix == venv
+        assert status == PASSED and stdout.strip() == "42", reason
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

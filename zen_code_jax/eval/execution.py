@@ -42,8 +42,10 @@ class FileOptions:
 def python_job(source: str) -> Program:
     """A Python test program scored by the trusted verdict: exit 0 passes only if the
     program's top-level code (the tests) returned and the sandbox's epilogue ran. Nothing
-    is appended to the source, so no secret is in it (see sandbox.run_program)."""
-    return Program(source, verdict=True)
+    is appended to the source, so no secret is in it (see sandbox.run_program). The tests
+    call the candidate in-process, so the program may not fork (`single_process`: no fork
+    oracle, where a child answers and the parent reads its exit status)."""
+    return Program(source, verdict=True, single_process=True)
 
 
 def default_ks(by_key: dict[str, list[bool]]) -> tuple[int, ...]:

@@ -20,7 +20,14 @@ When the evaluator runs as root (CI and the dev machines here) it also:
 - puts the program in a new network namespace (only a downed loopback: no network at all)
   and a new PID namespace (when the program's process tree's init dies, the kernel kills
   every process in it, so `setsid()` escapees cannot outlive the run);
+- gives it an IPC namespace of its own with small object limits (SysV shm, message queues,
+  semaphores and POSIX mqueues die with the run; no other run sees them);
 - after the run, kills any process still owned by the slot's uid.
+
+Always (it needs no privilege), a seccomp filter (`seccomp.py`) refuses with EPERM what
+would escape the limits: `memfd_create` (memory RLIMIT_AS does not count), new namespaces
+and mounts (a user namespace would let the program mount a tmpfs past its disk quota);
+with `Program.single_process` also new processes (the fork oracle; threads still work).
 
 Without root it tries an unprivileged user+network namespace (works where the kernel allows
 unprivileged user namespaces) and otherwise runs with the rlimits only (best effort); every

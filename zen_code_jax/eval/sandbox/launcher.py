@@ -6,13 +6,16 @@ standard library only (never zen_code_jax). `zen_code_jax.eval.sandbox.run` star
 marshalled spec as argv[1] (no secrets: any process may read a command line), a status pipe
 (`spec["status_fd"]`) and a pipe holding the run's verdict token (`spec["secret_fd"]`).
 
-What it does: unshare namespaces (as root: mount + network + PID, with private size-limited
-tmpfs mounts over the world-writable directories; otherwise an unprivileged user + network
-(+ PID + mount) namespace where the kernel allows it), build the program's view of the
+What it does: unshare namespaces (as root: mount + network + PID + IPC, with private
+size-limited tmpfs mounts over the world-writable directories and small limits on the IPC
+namespace's objects; otherwise an unprivileged user + network (+ PID + mount + IPC)
+namespace where the kernel allows it), build the program's view of the
 interpreter in the mount namespace (`view.py`: the whole stdlib read-only, only the listed
 site-packages, nothing else of the interpreter's home), report the isolation it got, and
 fork. The child sets rlimits, drops to the slot's uid, asks for SIGKILL when its parent dies
-(PR_SET_PDEATHSIG) and runs the program: Python in-process (`exec` in a fresh `__main__`
+(PR_SET_PDEATHSIG), installs the parent-built seccomp filter (`seccomp.py`: no memfd, no new
+namespaces or mounts, no SysV IPC where its namespace has no limits, no new processes under
+`single_process`) and runs the program: Python in-process (`exec` in a fresh `__main__`
 namespace), other languages via `execve`. With a PID namespace, the first child is a
 mini-init that forks the program and reports its status.
 
@@ -127,24 +130,32 @@ try:
     mount = libc.mount
     mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
     iso = {"uid": None, "net_ns": False, "pid_ns": False, "mount_ns": False, "user_ns": False}
+    iso["ipc_ns"] = False
     iso["python_view"] = False
     is_root = os.geteuid() == 0
     view = spec["view"] if source is not None else None
     handles = {}
     if spec["namespaces"]:
         CLONE_NEWNET, CLONE_NEWPID, CLONE_NEWUSER = 0x40000000, 0x20000000, 0x10000000
-        CLONE_NEWNS = 0x00020000
+        CLONE_NEWNS, CLONE_NEWIPC = 0x00020000, 0x08000000
+        # An IPC namespace of its own: SysV shm, message queues, semaphores and POSIX
+        # mqueues die with the run and no other run sees them.
+        IPC = (CLONE_NEWIPC, ("ipc_ns",))
         if is_root:
+            full = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID, ("mount_ns", "net_ns", "pid_ns")
             attempts = (
-                (CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID, ("mount_ns", "net_ns", "pid_ns")),
-                (CLONE_NEWNET | CLONE_NEWPID, ("net_ns", "pid_ns")),
+                (full[0] | IPC[0], full[1] + IPC[1]),
+                full,
+                (CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC, ("net_ns", "pid_ns", "ipc_ns")),
                 (CLONE_NEWNET, ("net_ns",)),
             )
         else:
             uid, gid = os.getuid(), os.getgid()
             U = CLONE_NEWUSER | CLONE_NEWNET
+            got = ("user_ns", "net_ns", "pid_ns", "mount_ns")
             attempts = (
-                (U | CLONE_NEWPID | CLONE_NEWNS, ("user_ns", "net_ns", "pid_ns", "mount_ns")),
+                (U | CLONE_NEWPID | CLONE_NEWNS | IPC[0], got + IPC[1]),
+                (U | CLONE_NEWPID | CLONE_NEWNS, got),
                 (U | CLONE_NEWNS, ("user_ns", "net_ns", "mount_ns")),
                 (U, ("user_ns", "net_ns")),
             )
@@ -163,6 +174,15 @@ try:
                     f.write(f"{gid} {gid} 1")
             except OSError:
                 pass
+        if iso["ipc_ns"]:
+            # Cap what the namespace's objects may hold (they are outside RLIMIT_AS).
+            try:
+                for name, value in spec["ipc_sysctls"].items():
+                    with open("/proc/sys/" + name, "w") as f:
+                        f.write(str(value))
+                iso["ipc_limits"] = True
+            except OSError:
+                iso["ipc_limits"] = False
         if iso["mount_ns"] and mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
             die("mount --make-rprivate / failed")
         if iso["mount_ns"] and view:
@@ -211,6 +231,11 @@ try:
         preload(source, spec["preload"])
     if spec["uid"] is not None and is_root:
         iso["uid"] = spec["uid"]
+    iso["seccomp"] = spec["seccomp"] is not None
+    # SysV IPC only inside an IPC namespace with limits; otherwise the filter refuses it.
+    iso["sysv_ipc"] = bool(iso.get("ipc_limits")) or not iso["seccomp"]
+    seccomp_prog = spec["seccomp" if iso["sysv_ipc"] else "seccomp_no_sysv_ipc"]
+    iso["single_process"] = spec["single_process"] and iso["seccomp"]
     report(isolation=iso)
     host_procs = 0  # this user's processes, counted on the host's /proc (before init's)
     if not is_root:
@@ -260,6 +285,20 @@ def report_status(st):
         report(signal=os.WTERMSIG(st))
 
 
+def install_seccomp(prog):
+    """Install the parent-built filter (`seccomp.py`): no_new_privs, then the filter."""
+
+    class Fprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+
+    if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+    fprog = Fprog(len(prog) // 8, prog)
+    # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+    if libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
+
+
 def run_child(parent_pid):
     try:
         os.close(status_fd)
@@ -271,6 +310,9 @@ def run_child(parent_pid):
         R.setrlimit(R.RLIMIT_CPU, (lim["cpu_s"], lim["cpu_s"] + 1))
         R.setrlimit(R.RLIMIT_FSIZE, (lim["file_bytes"], lim["file_bytes"]))
         R.setrlimit(R.RLIMIT_NOFILE, (lim["open_files"], lim["open_files"]))
+        # Never above the hard limit (raising it needs CAP_SYS_RESOURCE, even for root).
+        mq = min(lim["msgqueue_bytes"], R.getrlimit(R.RLIMIT_MSGQUEUE)[1] % (1 << 63))
+        R.setrlimit(R.RLIMIT_MSGQUEUE, (mq, mq))
         if iso["uid"] is None and not is_root:
             # Best effort without root: RLIMIT_NPROC counts all of this user's processes,
             # so allow what exists now plus the program's share.
@@ -288,6 +330,8 @@ def run_child(parent_pid):
         if os.getppid() != parent_pid:
             os._exit(98)
         R.setrlimit(R.RLIMIT_AS, (lim["as_bytes"], lim["as_bytes"]))
+        if seccomp_prog is not None:
+            install_seccomp(seccomp_prog)
     except BaseException as e:
         sys.stderr.write(f"sandbox setup failed: {type(e).__name__}: {e}\n")
         os._exit(97)

@@ -24,10 +24,13 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from zen_code_jax.eval.sandbox.seccomp import filter_program
 from zen_code_jax.eval.sandbox.spec import (
     CRASHED,
     FAILED,
+    IPC_SYSCTLS,
     LANGUAGES,
+    MSGQUEUE_BYTES,
     PASSED,
     PRELOAD_MODULES,
     TIMEOUT,
@@ -86,6 +89,7 @@ def run_program(
     namespaces: bool = True,
     success_token: str | None = None,
     verdict: bool = False,
+    single_process: bool = False,
 ) -> SandboxResult:
     """Run one untrusted program to completion in the sandbox; never raises for its behaviour.
 
@@ -97,6 +101,10 @@ def run_program(
     or memory. A program that ends early (`os._exit(0)`, `sys.exit()`, an exception) or
     prints a look-alike fails. What an adversarial program can still do: docs/sandbox.md.
     `success_token` is the older, forgeable check (the token must appear on stdout).
+    With `single_process`, the program may not create processes (threads still work):
+    test harnesses that call the candidate in-process use it against the fork oracle.
+    Where the seccomp filter is unavailable (an unknown architecture) the option cannot be
+    honoured, and such a program is scored crashed rather than trusted.
     """
     limits = limits or SandboxLimits()
     if language not in LANGUAGES:
@@ -116,13 +124,31 @@ def run_program(
     # Under /tmp when root: the launcher re-creates the same path inside its private /tmp.
     workdir = tempfile.mkdtemp(prefix="zcj-sandbox-", dir="/tmp" if root else None)
     try:
-        res = _run_in(source, fname, argv_t, limits, files or {}, workdir, uid, namespaces, token)
+        res = _run_in(
+            source,
+            fname,
+            argv_t,
+            limits,
+            files or {},
+            workdir,
+            uid,
+            namespaces,
+            token,
+            single_process,
+        )
     finally:
         if uid is not None:
             sweep_uid(uid)
         _rmtree(workdir)
         if uid is not None:
             release_uid(uid)
+    if res.status == PASSED and single_process and not res.isolation.get("single_process"):
+        return dataclasses.replace(
+            res,
+            status=CRASHED,
+            reason="single_process was asked for, but this machine has no seccomp filter "
+            "for its architecture (see eval/sandbox/seccomp.py ARCHES)",
+        )
     if res.status == PASSED and verdict and not res.verdict:
         return dataclasses.replace(
             res,
@@ -147,6 +173,7 @@ def _run_in(
     uid: int | None,
     namespaces: bool,
     token: str,
+    single_process: bool,
 ) -> SandboxResult:
     path = os.path.join(workdir, fname)
     with open(path, "w", encoding="utf-8") as f:
@@ -193,6 +220,11 @@ def _run_in(
         "gid": uid,
         "status_fd": status_w,
         "secret_fd": secret_r,
+        "ipc_sysctls": IPC_SYSCTLS,
+        # The launcher picks the second where it could not bound the run's IPC objects.
+        "seccomp": filter_program(single_process),
+        "seccomp_no_sysv_ipc": filter_program(single_process, sysv_ipc=False),
+        "single_process": single_process,
         "view": python_view(tuple(limits.packages)) if argv_t is None else None,
         "limits": {
             "cpu_s": cpu_s,
@@ -200,6 +232,7 @@ def _run_in(
             "file_bytes": limits.max_file_bytes,
             "open_files": limits.max_open_files,
             "processes": limits.max_processes,
+            "msgqueue_bytes": MSGQUEUE_BYTES,
         },
     }
     t0 = time.monotonic()
@@ -345,6 +378,7 @@ def run_programs(
             namespaces=namespaces,
             success_token=p.success_token,
             verdict=p.verdict,
+            single_process=p.single_process,
         )
 
     if workers == 1 or len(jobs) <= 1:

@@ -62,6 +62,20 @@ PRELOAD_MODULES: tuple[str, ...] = (
     "unittest",
 )
 
+# What kernel objects of a run's own IPC namespace may hold: they sit outside the address
+# space (RLIMIT_AS), so each kind gets a small cap of its own, like the 1 MiB /dev/shm.
+# Written to the namespace's /proc/sys files by the launcher (they die with the run).
+IPC_SHM_BYTES = 1 << 20  # SysV shared memory, all segments together
+IPC_SYSCTLS: dict[str, int | str] = {
+    "kernel/shmmax": IPC_SHM_BYTES,
+    "kernel/shmall": IPC_SHM_BYTES // 4096,  # pages
+    "kernel/shmmni": 16,  # segments
+    "kernel/msgmni": 16,  # SysV message queues (16 KiB each, msgmnb's default)
+    "kernel/sem": "32 512 32 16",  # per array, in all, per semop, arrays
+    "fs/mqueue/queues_max": 16,  # POSIX message queues
+}
+MSGQUEUE_BYTES = 1 << 20  # RLIMIT_MSGQUEUE: POSIX message queue bytes of the program's uid
+
 # language -> (file name, argv template or None for in-process Python)
 LANGUAGES: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "python": ("program.py", None),
@@ -138,6 +152,9 @@ class Program:
     # Python only: passed needs the trusted epilogue's verdict (the program's top-level
     # code returned) on top of exit code 0. See run_program.
     verdict: bool = False
+    # The program may not create processes (fork, vfork, clone without CLONE_THREAD fail
+    # with EPERM; threads work): closes the fork oracle for harnesses that test in-process.
+    single_process: bool = False
 
 
 def make_token() -> str:
