@@ -27,7 +27,8 @@ from zen_code_jax.checkpoint import (
     tokenizer_to_json,
 )
 from zen_code_jax.config import base_config, config_to_dict
-from zen_code_jax.data.tokenizer import Tokenizer, TokenizerError
+from zen_code_jax.data import tokenizer_load
+from zen_code_jax.data.tokenizer_base import TokenizerError
 from zen_code_jax.hf.checkpoint import GENERATION_CONFIG_FILE, HFCheckpoint, HFFormatError
 from zen_code_jax.hf.export import export_params
 from zen_code_jax.hf.load import load_params
@@ -63,7 +64,7 @@ def hf_spec(spec: str) -> str | None:
 def load_tokenizer(hf_dir: str | Path, model_cfg: ModelConfig) -> Any:
     """The checkpoint's tokenizer padded to its embedding; errors name the file."""
     try:
-        tok = Tokenizer.load(hf_dir, vocab_size=model_cfg.vocab_size)
+        tok = tokenizer_load.load_tokenizer(hf_dir, vocab_size=model_cfg.vocab_size)
     except TokenizerError as e:
         raise HFFormatError(f"{Path(hf_dir) / 'tokenizer.json'}: {e}") from None
     return tok

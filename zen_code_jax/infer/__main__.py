@@ -29,6 +29,7 @@ import numpy as np
 from zen_code_jax.checkpoint import restore_for_inference
 from zen_code_jax.config import config_from_dict, model_config_from
 from zen_code_jax.data.tokenizer import Tokenizer
+from zen_code_jax.data.tokenizer_load import load_tokenizer
 from zen_code_jax.hf.rundir import load_hf
 from zen_code_jax.infer.engine import InferenceEngine, random_params
 from zen_code_jax.infer.protocol import Limits
@@ -132,7 +133,7 @@ def build_engine(args: argparse.Namespace) -> tuple[InferenceEngine, str]:
             args.run_dir, step=args.step, sharding_fn=sharding_fn
         )
         if args.tokenizer:
-            other = Tokenizer.load(args.tokenizer)
+            other = load_tokenizer(args.tokenizer)
             if other.fingerprint() != tok.fingerprint():
                 raise SystemExit(
                     f"--tokenizer={args.tokenizer} is not the tokenizer {args.run_dir} was "
@@ -151,7 +152,7 @@ def build_engine(args: argparse.Namespace) -> tuple[InferenceEngine, str]:
         return engine, args.model_name or args.hf_dir.rstrip("/").split("/")[-1]
     cfg = get_preset(args.random_preset).replace(dtype=dtype)
     if args.tokenizer:
-        tok = Tokenizer.load(args.tokenizer)
+        tok = load_tokenizer(args.tokenizer)
     else:
         files = sorted(glob.glob(sysconfig.get_paths()["stdlib"] + "/json/*.py"))
         tok = Tokenizer.train([open(f).read() for f in files], cfg.vocab_size)
