@@ -36,6 +36,7 @@ from zen_code_jax.infer.protocol import Limits
 from zen_code_jax.infer.server import CompletionServer
 from zen_code_jax.model.config import get_preset
 from zen_code_jax.model.transformer import Transformer
+from zen_code_jax.parallel.compilation_cache import enable_compilation_cache
 from zen_code_jax.parallel.mesh import make_mesh
 from zen_code_jax.parallel.rules import DEFAULT_RULES
 
@@ -168,9 +169,7 @@ def _enable_compilation_cache(args: argparse.Namespace) -> None:
     if path is None and args.run_dir:
         path = str(Path(args.run_dir).absolute().parent.parent / "cache" / "jax")
     path = path or str(Path.home() / ".cache" / "zen_code_jax" / "jax")
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    enable_compilation_cache(path, explicit=args.compilation_cache_dir is not None)
 
 
 def build_server(argv: Sequence[str] | None = None) -> CompletionServer:
