@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -199,27 +199,8 @@ class HFTokenizer(TokenizerBase):
         encs = self._tok.encode_batch(list(texts), add_special_tokens=False)
         return [e.ids if t else [] for e, t in zip(encs, texts)]
 
-    def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
-        """Text of `ids`; special ids render as their spelling unless `skip_special`.
-
-        Ids in [len(tokenizer), vocab_size) (padding rows, never produced) decode to "".
-        """
-        pieces: list[str] = []
-        run: list[int] = []
-        n = self.sp_vocab_size
-        for i in ids:
-            i = int(i)
-            if i in self._id_to_special:
-                if run:
-                    pieces.append(self._tok.decode(run, skip_special_tokens=False))
-                    run = []
-                if not skip_special:
-                    pieces.append(self._id_to_special[i])
-            elif 0 <= i < n:
-                run.append(i)
-        if run:
-            pieces.append(self._tok.decode(run, skip_special_tokens=False))
-        return "".join(pieces)
+    def _decode_run(self, run: list[int]) -> str:
+        return self._tok.decode(run, skip_special_tokens=False)
 
     def token_bytes(self, i: int) -> bytes:
         """The UTF-8 bytes token `i` stands for (byte-level BPE: one piece, raw bytes)."""

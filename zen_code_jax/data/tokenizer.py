@@ -309,27 +309,8 @@ class Tokenizer(TokenizerBase):
                 out[i] = self.encode(t)
         return out
 
-    def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
-        """Text of `ids`; special ids render as their spelling unless `skip_special`.
-
-        unk/pad ids and ids in [sp_vocab_size, vocab_size) (never produced) decode to "".
-        """
-        pieces: list[str] = []
-        run: list[int] = []
-        n = self.sp_vocab_size
-        for i in ids:
-            i = int(i)
-            if i in self._id_to_special:
-                if run:
-                    pieces.append(self._sp.decode(run))
-                    run = []
-                if not skip_special:
-                    pieces.append(self._id_to_special[i])
-            elif 0 <= i < n and i not in self._silent_ids:
-                run.append(i)
-        if run:
-            pieces.append(self._sp.decode(run))
-        return "".join(pieces)
+    def _decode_run(self, run: list[int]) -> str:
+        return self._sp.decode(run)
 
     def id_to_piece(self, i: int) -> str:
         """The SentencePiece piece of id `i` (for debugging and reports)."""

@@ -10,6 +10,7 @@ import cycle); before, `tokenizer.py` and `hf_tokenizer.py` imported each other.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 
@@ -39,6 +40,36 @@ class TokenizerBase:
     pad_id: int
     unk_id: int
     special_ids: tuple[int, ...]
+    _id_to_special: dict[int, str]  # id -> spelling of every special id
+    _silent_ids: frozenset[int] | set[int] = frozenset()  # produced, yet decode to "" (unk, pad)
+
+    def _decode_run(self, run: list[int]) -> str:
+        """The backend's text of ordinary ids (no special ids among them)."""
+        raise NotImplementedError
+
+    def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
+        """Text of `ids`; special ids render as their spelling unless `skip_special`.
+
+        Ids in [sp_vocab_size, vocab_size) (padding rows, never produced) and `_silent_ids`
+        decode to "". Runs of ordinary ids are decoded together (byte pieces join up).
+        """
+        pieces: list[str] = []
+        run: list[int] = []
+        n = self.sp_vocab_size
+        silent = self._silent_ids
+        for i in ids:
+            i = int(i)
+            if i in self._id_to_special:
+                if run:
+                    pieces.append(self._decode_run(run))
+                    run = []
+                if not skip_special:
+                    pieces.append(self._id_to_special[i])
+            elif 0 <= i < n and i not in silent:
+                run.append(i)
+        if run:
+            pieces.append(self._decode_run(run))
+        return "".join(pieces)
 
     def check_compatible(self, model_cfg: Any) -> None:
         """Raise if the model's embedding size (a ModelConfig or an int) differs from ours."""
