@@ -23,7 +23,7 @@ from zen_code_jax.config import (
 )
 from zen_code_jax.experiment import cli
 from zen_code_jax.experiment.setup import SCALES, parse_config_arg
-from zen_code_jax.model.config import get_preset
+from zen_code_jax.model.config import PRESETS, get_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ["fim_ablation", "pretrain", "repo_ft_ablation", "sft"]
@@ -109,6 +109,7 @@ def test_model_group_from_a_preset_or_a_whole_model_config():
     g = model_group(hf_cfg, param_dtype="float32")
     assert g.preset == HF_PRESET and g.head_dim == 0  # typed for command-line overrides
     assert model_config_from(g) == hf_cfg.replace(param_dtype="float32")
+    assert HF_PRESET not in PRESETS  # the name is reserved: a preset called so would be lost
     g.preset = "nope"
     with pytest.raises(ValueError, match="Unknown model preset 'nope'"):
         model_config_from(g)
