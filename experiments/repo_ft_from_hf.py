@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import ml_collections
 
-from zen_code_jax.config import apply_overrides, set_arms
+from zen_code_jax.config import apply_overrides, model_group, set_arms
 from zen_code_jax.experiment.setup import Scale, start_config
 from zen_code_jax.hf.checkpoint import HFCheckpoint
-from zen_code_jax.hf.rundir import model_group
 
 # The `model` column is unused (the architecture comes from hf=PATH); batch and LR are the
 # fine-tuning arms'.

@@ -30,6 +30,7 @@ from zen_code_jax.experiment.hooks import NonFiniteError
 from zen_code_jax.experiment.plan import print_plan
 from zen_code_jax.experiment.report import write_report
 from zen_code_jax.parallel import multihost
+from zen_code_jax.parallel.compilation_cache import enable_compilation_cache
 
 # --config=experiments/X.py[:SCALE,key=value,...] and --config.group.field=value: cli.run_app.
 _WORKDIR = flags.DEFINE_string("workdir", "./runs", "Root of run directories and the data cache.")
@@ -45,7 +46,7 @@ def main(argv: list[str], add_hooks: Any = None) -> int:
     config, workdir, mode = cli.config_value(), Path(_WORKDIR.value), _MODE.value
     multihost.initialize()  # before anything touches devices (TPU pods, SLURM; launch/)
     primary = multihost.is_primary()
-    cli.enable_compilation_cache(workdir / "cache" / "jax")
+    enable_compilation_cache(workdir / "cache" / "jax")
     module = cli.loaded_experiment()
     arms = cli.select_arms(config, _ARM.value)
     if mode != "report" and primary:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from zen_code_jax.config import (
+    HF_PRESET,
     apply_overrides,
     arm_config,
     arm_names,
@@ -17,11 +18,12 @@ from zen_code_jax.config import (
     config_from_dict,
     config_to_dict,
     model_config_from,
+    model_group,
     set_arms,
 )
 from zen_code_jax.experiment import cli
 from zen_code_jax.experiment.setup import SCALES, parse_config_arg
-from zen_code_jax.model.config import get_preset
+from zen_code_jax.model.config import PRESETS, get_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ["fim_ablation", "pretrain", "repo_ft_ablation", "sft"]
@@ -97,6 +99,20 @@ def test_config_round_trips_through_a_dict():
     assert config_to_dict(back) == config_to_dict(c)
     with pytest.raises(ValueError, match=r"unknown key train.stepz"):
         config_from_dict({**config_to_dict(c), "train": {"stepz": 1}})
+
+
+def test_model_group_from_a_preset_or_a_whole_model_config():
+    """One `model_group`: a preset name, or a ModelConfig read from an HF checkpoint."""
+    g = model_group("tiny", num_layers=3)
+    assert g.preset == "tiny" and model_config_from(g) == get_preset("tiny", num_layers=3)
+    hf_cfg = get_preset("tiny").replace(vocab_size=640, head_dim=None)
+    g = model_group(hf_cfg, param_dtype="float32")
+    assert g.preset == HF_PRESET and g.head_dim == 0  # typed for command-line overrides
+    assert model_config_from(g) == hf_cfg.replace(param_dtype="float32")
+    assert HF_PRESET not in PRESETS  # the name is reserved: a preset called so would be lost
+    g.preset = "nope"
+    with pytest.raises(ValueError, match="Unknown model preset 'nope'"):
+        model_config_from(g)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

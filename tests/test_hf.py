@@ -26,7 +26,9 @@ from hypothesis import strategies as st
 
 from zen_code_jax.checkpoint import restore_for_inference
 from zen_code_jax.data.hf_tokenizer import HFTokenizer, check_repo_format
-from zen_code_jax.data.tokenizer import Tokenizer, TokenizerError
+from zen_code_jax.data.tokenizer import Tokenizer
+from zen_code_jax.data.tokenizer_base import TokenizerError
+from zen_code_jax.data.tokenizer_load import load_tokenizer
 from zen_code_jax.hf.checkpoint import HFFormatError
 from zen_code_jax.hf.rundir import export_run, import_hf, load_hf
 from zen_code_jax.model.transformer import Transformer
@@ -171,7 +173,7 @@ def test_export_from_pretrained_strict_and_reimport_bitwise(fixtures, imported, 
     # The HF tokenizer round-trips through the export too.
     assert (
         HFTokenizer.from_dir(out).fingerprint()
-        == Tokenizer.load(imported[tied] / "tokenizer").fingerprint()
+        == load_tokenizer(imported[tied] / "tokenizer").fingerprint()
     )
 
 
@@ -308,7 +310,7 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(fixtures, tmp_path):
 # ----------------------------------------------------------------------------- tokenizer
 @pytest.fixture(scope="session")
 def hf_tok(fixtures) -> HFTokenizer:
-    return Tokenizer.load(fixtures["root"] / "tok", vocab_size=VOCAB)
+    return load_tokenizer(fixtures["root"] / "tok", vocab_size=VOCAB)
 
 
 def test_hf_tokenizer_sentinels_by_name_and_atomic(hf_tok):
@@ -350,7 +352,7 @@ def test_hf_roundtrip_hypothesis(hf_tok, text):
 
 def test_tokenizer_load_picks_backend_and_reads_old_run_dirs(hf_tok, tmp_path):
     hf_tok.save(tmp_path / "hf")
-    assert Tokenizer.load(tmp_path / "hf").fingerprint() == hf_tok.fingerprint()
+    assert load_tokenizer(tmp_path / "hf").fingerprint() == hf_tok.fingerprint()
     sp = Tokenizer.train(_stdlib_texts()[:4], 400)
     sp.save(tmp_path / "sp")
     assert not (tmp_path / "sp" / "tokenizer.json").exists()  # the HF name is not ours any more
@@ -359,10 +361,10 @@ def test_tokenizer_load_picks_backend_and_reads_old_run_dirs(hf_tok, tmp_path):
     old.mkdir()
     shutil.copy(tmp_path / "sp" / "tokenizer.model", old / "tokenizer.model")
     shutil.copy(tmp_path / "sp" / "zen_tokenizer_meta.json", old / "tokenizer.json")
-    loaded = Tokenizer.load(old)
+    loaded = load_tokenizer(old)
     assert loaded.backend == "sentencepiece" and loaded.fingerprint() == sp.fingerprint()
     with pytest.raises(TokenizerError, match="neither tokenizer.model"):
-        Tokenizer.load(tmp_path / "nothing")
+        load_tokenizer(tmp_path / "nothing")
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -123,14 +123,14 @@ def test_non_finite_loss_stops_naming_step_and_last_good_checkpoint(workdir):
 
 def test_restore_for_inference(workdir, reference):
     from zen_code_jax.checkpoint import restore_for_inference
-    from zen_code_jax.data.tokenizer import Tokenizer
+    from zen_code_jax.data.tokenizer_load import load_tokenizer
     from zen_code_jax.model.config import get_preset
 
     run_dir = workdir / "resume_ref" / "main"
     params, model_cfg, tokenizer, config = restore_for_inference(run_dir)
     assert model_cfg == get_preset("tiny")
     assert config.name == "resume_ref" and config.train.steps == STEPS
-    assert tokenizer.fingerprint() == Tokenizer.load(run_dir / "tokenizer").fingerprint()
+    assert tokenizer.fingerprint() == load_tokenizer(run_dir / "tokenizer").fingerprint()
     assert params["embed"]["embedding"].shape == (model_cfg.vocab_size, model_cfg.hidden_size)
 
 

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zen_code_jax.data import tokenizer as tokenizer_mod
+from zen_code_jax.data.hf_tokenizer import HFTokenizer
 from zen_code_jax.data.tokenizer import (
     ENDOFTEXT,
     FILE_SEP,
@@ -21,8 +22,9 @@ from zen_code_jax.data.tokenizer import (
     REPO_NAME,
     SPECIAL_TOKENS,
     Tokenizer,
-    TokenizerError,
 )
+from zen_code_jax.data.tokenizer_base import TokenizerError
+from zen_code_jax.data.tokenizer_load import load_tokenizer
 from zen_code_jax.model.config import get_preset
 
 VOCAB = 1024
@@ -122,7 +124,7 @@ def test_tokenizer_without_repo_tokens_loads_and_names_the_fix(monkeypatch, tmp_
     monkeypatch.setattr(tokenizer_mod, "SPECIAL_TOKENS", tokenizer_mod.REQUIRED_TOKENS)
     old = Tokenizer.train(["def f(x):\n    return x\n"] * 50, MIN_VOCAB_SIZE + 20, tmp_path)
     monkeypatch.undo()
-    loaded = Tokenizer.load(tmp_path)
+    loaded = load_tokenizer(tmp_path)
     assert loaded.fim_pad_id == old.fim_pad_id and len(loaded.special_ids) == 5
     with pytest.raises(TokenizerError, match="re-prepare"):
         _ = loaded.file_sep_id
@@ -135,7 +137,7 @@ def test_encode_batch_matches_encode(tok: Tokenizer) -> None:
 
 def test_save_load_fingerprint(tok: Tokenizer, tmp_path: Path) -> None:
     tok.save(tmp_path)
-    tok2 = Tokenizer.load(tmp_path)
+    tok2 = load_tokenizer(tmp_path)
     assert tok2.fingerprint() == tok.fingerprint()
     assert tok2.vocab_size == tok.vocab_size == VOCAB
     text = TRICKY[6] + TRICKY[8]
@@ -145,9 +147,9 @@ def test_save_load_fingerprint(tok: Tokenizer, tmp_path: Path) -> None:
         Tokenizer.train(["abc def\n" * 100], 300).__dict__["_proto"]
     )
     with pytest.raises(TokenizerError, match="fingerprint"):
-        Tokenizer.load(tmp_path)
+        load_tokenizer(tmp_path)
     with pytest.raises(TokenizerError, match="tokenizer.model"):
-        Tokenizer.load(tmp_path / "missing")
+        load_tokenizer(tmp_path / "missing")
 
 
 def test_training_is_deterministic(tok: Tokenizer) -> None:
@@ -160,6 +162,15 @@ def test_check_compatible(tok: Tokenizer) -> None:
     with pytest.raises(TokenizerError, match=r"1024.*151936|151936.*1024") as e:
         tok.check_compatible(get_preset("zen_code_1b"))
     assert "vocab_size=" in str(e.value)
+    # One check for both backends (data/tokenizer_base.py), only the fix text differs.
+    assert Tokenizer.check_compatible is HFTokenizer.check_compatible
+    assert "re-prepare" in str(e.value) and "re-prepare" not in HFTokenizer.vocab_fix
+
+
+def test_sentencepiece_from_dir_names_the_loader_for_other_dirs(tmp_path: Path) -> None:
+    """`Tokenizer.from_dir` reads SentencePiece only; its error names `load_tokenizer`."""
+    with pytest.raises(TokenizerError, match="load_tokenizer"):
+        Tokenizer.from_dir(tmp_path)
 
 
 def test_bad_vocab_and_empty_corpus() -> None:

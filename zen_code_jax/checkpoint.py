@@ -36,7 +36,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from zen_code_jax.config import config_from_dict, model_config_from
-from zen_code_jax.data.tokenizer import Tokenizer
+from zen_code_jax.data.tokenizer_load import load_tokenizer
 from zen_code_jax.model.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def tokenizer_from_json(data: Mapping[str, Any]) -> Any:
     with tempfile.TemporaryDirectory() as d:
         for name, b64 in data["files"].items():
             (Path(d) / name).write_bytes(base64.b64decode(b64))
-        return Tokenizer.load(d)
+        return load_tokenizer(d)
 
 
 def identity(model_cfg: Any, tokenizer: Any) -> dict[str, Any]:
@@ -402,7 +402,7 @@ def restore_for_inference(
     if tok_json:
         tokenizer = tokenizer_from_json(tok_json)
     else:
-        tokenizer = Tokenizer.load(Path(run_dir) / "tokenizer")
+        tokenizer = load_tokenizer(Path(run_dir) / "tokenizer")
     if tokenizer.fingerprint() != meta.get("identity", {}).get("tokenizer_fingerprint"):
         raise CheckpointMismatchError(
             f"The tokenizer found for {run_dir} is not the one its checkpoint was trained with."

@@ -22,23 +22,35 @@ import ml_collections
 
 from zen_code_jax.model.config import PRESETS, ModelConfig, get_preset
 
+# config.model.preset of a model whose fields were read from an HF config.json
+# (zen_code_jax.hf): no preset stands behind them, every field is in the group.
+HF_PRESET = "hf"
 
-def model_group(preset: str = "cpu_small", **overrides: Any) -> ml_collections.ConfigDict:
-    """A `model` group holding the preset name and every ModelConfig field, typed."""
-    cfg = get_preset(preset, **overrides)
+
+def model_group(
+    preset: str | ModelConfig = "cpu_small", **overrides: Any
+) -> ml_collections.ConfigDict:
+    """A `model` group holding the preset name and every ModelConfig field, typed.
+
+    `preset` is a preset name (`model/config.PRESETS`), or a whole ModelConfig (one read
+    from an HF checkpoint), which is stored under the name `HF_PRESET`.
+    """
+    if isinstance(preset, ModelConfig):
+        name, cfg = HF_PRESET, preset.replace(**overrides) if overrides else preset
+    else:
+        name, cfg = preset, get_preset(preset, **overrides)
     d = dataclasses.asdict(cfg)
     # head_dim may be None; store 0 for "derive from hidden_size // num_heads" so the
     # field has a type that command-line overrides can parse.
     d["head_dim"] = d["head_dim"] or 0
-    return ml_collections.ConfigDict({"preset": preset, **d})
+    return ml_collections.ConfigDict({"preset": name, **d})
 
 
 def model_config_from(group: ml_collections.ConfigDict) -> ModelConfig:
     """Build the frozen ModelConfig from a config's `model` group."""
     d = dict(group.to_dict())
     preset = d.pop("preset")
-    # "hf": the fields were read from an HF config.json (zen_code_jax.hf); no preset behind them.
-    if preset not in PRESETS and preset != "hf":
+    if preset not in PRESETS and preset != HF_PRESET:
         raise ValueError(f"Unknown model preset {preset!r}. Valid presets: {sorted(PRESETS)}.")
     d["head_dim"] = d["head_dim"] or None
     return ModelConfig.from_dict(d)

@@ -11,7 +11,8 @@ from typing import Any
 
 _LAZY = {
     "Tokenizer": "zen_code_jax.data.tokenizer",
-    "TokenizerError": "zen_code_jax.data.tokenizer",
+    "TokenizerError": "zen_code_jax.data.tokenizer_base",
+    "load_tokenizer": "zen_code_jax.data.tokenizer_load",
     "SPECIAL_TOKENS": "zen_code_jax.data.tokenizer",
     "prepare_corpus": "zen_code_jax.data.prepare",
     "Corpus": "zen_code_jax.data.corpus",

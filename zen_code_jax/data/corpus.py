@@ -27,7 +27,7 @@ import numpy as np
 
 from zen_code_jax.data.languages import normalize_language
 from zen_code_jax.data.sources import CorpusError
-from zen_code_jax.data.tokenizer import Tokenizer
+from zen_code_jax.data.tokenizer_load import AnyTokenizer, load_tokenizer
 
 SPLITS = ("train", "heldout")
 TRAIN_SPLIT, HELDOUT_SPLIT = SPLITS
@@ -167,7 +167,7 @@ class Corpus(Protocol):
     """
 
     @property
-    def tokenizer(self) -> Tokenizer:
+    def tokenizer(self) -> AnyTokenizer:
         """The tokenizer trained on this corpus's training split."""
         ...
 
@@ -239,12 +239,12 @@ class PreparedCorpus:
     def __init__(self, directory: str | os.PathLike):
         self.directory = Path(directory)
         self.manifest: Manifest = Manifest.read(self.directory / "manifest.json")
-        self._tokenizer: Tokenizer | None = None
+        self._tokenizer: AnyTokenizer | None = None
 
     @property
-    def tokenizer(self) -> Tokenizer:
+    def tokenizer(self) -> AnyTokenizer:
         if self._tokenizer is None:
-            self._tokenizer = Tokenizer.load(self.directory / "tokenizer")
+            self._tokenizer = load_tokenizer(self.directory / "tokenizer")
         return self._tokenizer
 
     def source(self, split: str = TRAIN_SPLIT) -> RecordSource:

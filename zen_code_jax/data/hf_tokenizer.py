@@ -5,7 +5,8 @@ Why a second backend: public code models (Qwen2.5-Coder, StarCoder2) ship a byte
 has the same surface as the SentencePiece `Tokenizer` (encode / encode_batch / decode,
 `eot_id`, the FIM ids, `special_ids`, `vocab_size`, `fingerprint`, `save`,
 `check_compatible`), so the data pipeline, the evaluator, the decoder and the server take
-either one; `Tokenizer.load` picks the backend from the files in the directory.
+either one; `load_tokenizer` (data/tokenizer_load.py) picks the backend from the files in a
+directory.
 
 Sentinels are found by name, per family (`SENTINEL_FAMILIES`: Qwen2.5-Coder's
 `<|fim_prefix|>`... and StarCoder's `<fim_prefix>`...). Encoding raw text never produces a
@@ -26,13 +27,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import tokenizers
 
-from zen_code_jax.data.tokenizer import TokenizerError
+from zen_code_jax.data.tokenizer_base import TokenizerBase, TokenizerError
 
 HF_FILE = "tokenizer.json"  # the Hugging Face format's name
 # Files copied along with tokenizer.json when present (chat template, added-token flags).
@@ -76,10 +77,11 @@ def sentinel_family(vocab: dict[str, int]) -> str:
     )
 
 
-class HFTokenizer:
+class HFTokenizer(TokenizerBase):
     """A `tokenizers.Tokenizer` plus the model-facing vocabulary size."""
 
     backend = "hf"
+    vocab_fix = "Load the tokenizer with the checkpoint's vocab_size (config.json) so both agree."
 
     def __init__(self, tokenizer_json: str, vocab_size: int | None = None):
         self._json = tokenizer_json
@@ -186,16 +188,6 @@ class HFTokenizer:
         h.update(f"|hf|vocab_size={self.vocab_size}".encode())
         return h.hexdigest()
 
-    def check_compatible(self, model_cfg: Any) -> None:
-        """Raise if the model's embedding size differs from this tokenizer's vocab size."""
-        mv = int(getattr(model_cfg, "vocab_size", model_cfg))
-        if mv != self.vocab_size:
-            raise TokenizerError(
-                f"Tokenizer/model vocabulary mismatch: the tokenizer has vocab_size "
-                f"{self.vocab_size} but the model has vocab_size {mv}. Load the tokenizer "
-                "with the checkpoint's vocab_size (config.json) so both agree."
-            )
-
     # ------------------------------------------------------------------ encode / decode
     def encode(self, text: str) -> list[int]:
         """Token ids of raw text; never produces special ids."""
@@ -207,27 +199,8 @@ class HFTokenizer:
         encs = self._tok.encode_batch(list(texts), add_special_tokens=False)
         return [e.ids if t else [] for e, t in zip(encs, texts)]
 
-    def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
-        """Text of `ids`; special ids render as their spelling unless `skip_special`.
-
-        Ids in [len(tokenizer), vocab_size) (padding rows, never produced) decode to "".
-        """
-        pieces: list[str] = []
-        run: list[int] = []
-        n = self.sp_vocab_size
-        for i in ids:
-            i = int(i)
-            if i in self._id_to_special:
-                if run:
-                    pieces.append(self._tok.decode(run, skip_special_tokens=False))
-                    run = []
-                if not skip_special:
-                    pieces.append(self._id_to_special[i])
-            elif 0 <= i < n:
-                run.append(i)
-        if run:
-            pieces.append(self._tok.decode(run, skip_special_tokens=False))
-        return "".join(pieces)
+    def _decode_run(self, run: list[int]) -> str:
+        return self._tok.decode(run, skip_special_tokens=False)
 
     def token_bytes(self, i: int) -> bytes:
         """The UTF-8 bytes token `i` stands for (byte-level BPE: one piece, raw bytes)."""

@@ -35,6 +35,8 @@ from typing import Any
 
 import sentencepiece as spm
 
+from zen_code_jax.data.tokenizer_base import TokenizerBase, TokenizerError
+
 ENDOFTEXT = "<|endoftext|>"
 FIM_PREFIX = "<|fim_prefix|>"
 FIM_MIDDLE = "<|fim_middle|>"
@@ -63,10 +65,6 @@ _CHUNK_CHARS = 2048
 _MAX_SENTENCE_LENGTH = 8192
 # SentencePiece's BPE result depends on its thread count: fixed, never taken from the host.
 TRAIN_THREADS = 4
-
-
-class TokenizerError(ValueError):
-    """A tokenizer/model mismatch or a bad tokenizer directory."""
 
 
 def _training_chunks(texts: Iterable[str]) -> Iterable[str]:
@@ -104,10 +102,14 @@ def _limit_characters(chunks: list[str], room: int) -> list[str]:
     return [t for t in (c.translate(table) for c in chunks) if t]
 
 
-class Tokenizer:
+class Tokenizer(TokenizerBase):
     """A trained SentencePiece model plus the model-facing vocabulary size."""
 
     backend = "sentencepiece"
+    vocab_fix = (
+        "Set model.vocab_size={tokenizer} (or re-prepare the data with vocab_size={model}) "
+        "so both agree."
+    )
 
     def __init__(self, model_proto: bytes, vocab_size: int | None = None):
         self._proto = bytes(model_proto)
@@ -247,25 +249,19 @@ class Tokenizer:
         (d / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
     @classmethod
-    def load(cls, in_dir: str | os.PathLike, vocab_size: int | None = None) -> Any:
-        """Load the tokenizer in `in_dir`, picking the backend from its files.
+    def from_dir(cls, in_dir: str | os.PathLike, vocab_size: int | None = None) -> Tokenizer:
+        """Load the SentencePiece tokenizer that `save` wrote to `in_dir`.
 
-        `tokenizer.model` -> SentencePiece (this class; checks the stored fingerprint);
-        an HF `tokenizer.json` -> `HFTokenizer` (`vocab_size`: the checkpoint's embedding
-        rows, else the stored metadata's).
+        Checks the stored fingerprint unless `vocab_size` (the model's embedding rows)
+        overrides the stored size. For a directory of either backend, use
+        `zen_code_jax.data.tokenizer_load.load_tokenizer`.
         """
         d = Path(in_dir)
         model = d / MODEL_FILE
         if not model.is_file():
-            # local import: hf_tokenizer imports this module (TokenizerError), a cycle
-            from zen_code_jax.data import hf_tokenizer
-
-            if hf_tokenizer.is_hf_tokenizer_dir(d):
-                return hf_tokenizer.HFTokenizer.from_dir(d, vocab_size)
             raise TokenizerError(
-                f"No tokenizer at {d}: neither {MODEL_FILE} (SentencePiece) nor an HF "
-                "tokenizer.json is there. Pass the directory that Tokenizer.save / "
-                "prepare_corpus wrote, or an HF model directory."
+                f"No {MODEL_FILE} (SentencePiece) in {d}; pass the directory that "
+                "Tokenizer.save / prepare_corpus wrote (load_tokenizer also reads HF ones)."
             )
         meta_path = d / META_FILE
         if not meta_path.is_file():
@@ -284,16 +280,6 @@ class Tokenizer:
         h = hashlib.sha256(self._proto)
         h.update(f"|vocab_size={self.vocab_size}".encode())
         return h.hexdigest()
-
-    def check_compatible(self, model_cfg: Any) -> None:
-        """Raise if the model's embedding size differs from this tokenizer's vocab size."""
-        mv = int(getattr(model_cfg, "vocab_size", model_cfg))
-        if mv != self.vocab_size:
-            raise TokenizerError(
-                f"Tokenizer/model vocabulary mismatch: the tokenizer has vocab_size "
-                f"{self.vocab_size} but the model has vocab_size {mv}. Set model.vocab_size="
-                f"{self.vocab_size} (or re-prepare the data with vocab_size={mv}) so both agree."
-            )
 
     # ------------------------------------------------------------------ encode / decode
     def encode(self, text: str) -> list[int]:
@@ -323,27 +309,8 @@ class Tokenizer:
                 out[i] = self.encode(t)
         return out
 
-    def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
-        """Text of `ids`; special ids render as their spelling unless `skip_special`.
-
-        unk/pad ids and ids in [sp_vocab_size, vocab_size) (never produced) decode to "".
-        """
-        pieces: list[str] = []
-        run: list[int] = []
-        n = self.sp_vocab_size
-        for i in ids:
-            i = int(i)
-            if i in self._id_to_special:
-                if run:
-                    pieces.append(self._sp.decode(run))
-                    run = []
-                if not skip_special:
-                    pieces.append(self._id_to_special[i])
-            elif 0 <= i < n and i not in self._silent_ids:
-                run.append(i)
-        if run:
-            pieces.append(self._sp.decode(run))
-        return "".join(pieces)
+    def _decode_run(self, run: list[int]) -> str:
+        return self._sp.decode(run)
 
     def id_to_piece(self, i: int) -> str:
         """The SentencePiece piece of id `i` (for debugging and reports)."""

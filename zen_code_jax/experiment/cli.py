@@ -9,7 +9,6 @@ flag, so `--config.group.field=value` keeps working.
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import sys
 from collections.abc import Callable
@@ -17,7 +16,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import jax
 import ml_collections
 from absl import app
 from ml_collections import config_flags
@@ -145,17 +143,6 @@ def run_app(main: Callable[[list[str]], int]) -> None:
 def config_value() -> ml_collections.ConfigDict:
     """The experiment's config after the command line's --config.* overrides."""
     return _LOADED["flag"].value
-
-
-def enable_compilation_cache(path: Path) -> None:
-    """Reuse compiled steps across arms and reruns (same program = same executable).
-
-    Arms of an ablation differ in data, not in shapes, so every arm after the first skips
-    XLA compilation. JAX_COMPILATION_CACHE_DIR, when set, takes precedence.
-    """
-    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def select_arms(config: ml_collections.ConfigDict, arm: str) -> list[str]:

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from zen_code_jax.data.tokenizer import TokenizerError
+from zen_code_jax.data.tokenizer_base import TokenizerError
 from zen_code_jax.hf.checkpoint import HFFormatError
 from zen_code_jax.hf.rundir import export_run, import_hf
 

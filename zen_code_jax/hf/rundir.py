@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
@@ -26,15 +25,15 @@ from zen_code_jax.checkpoint import (
     restore_for_inference,
     tokenizer_to_json,
 )
-from zen_code_jax.config import base_config, config_to_dict
-from zen_code_jax.data.tokenizer import Tokenizer, TokenizerError
+from zen_code_jax.config import base_config, config_to_dict, model_group
+from zen_code_jax.data import tokenizer_load
+from zen_code_jax.data.tokenizer_base import TokenizerError
 from zen_code_jax.hf.checkpoint import GENERATION_CONFIG_FILE, HFCheckpoint, HFFormatError
 from zen_code_jax.hf.export import export_params
 from zen_code_jax.hf.load import load_params
 from zen_code_jax.model.config import ModelConfig
 from zen_code_jax.rundir import RunDir
 
-HF_PRESET = "hf"  # config.model.preset of a model described by an HF config.json
 # ModelConfig fields that are ours (precision, memory, kernels), not the architecture's.
 OWN_FIELDS = (
     "dtype",
@@ -63,17 +62,10 @@ def hf_spec(spec: str) -> str | None:
 def load_tokenizer(hf_dir: str | Path, model_cfg: ModelConfig) -> Any:
     """The checkpoint's tokenizer padded to its embedding; errors name the file."""
     try:
-        tok = Tokenizer.load(hf_dir, vocab_size=model_cfg.vocab_size)
+        tok = tokenizer_load.load_tokenizer(hf_dir, vocab_size=model_cfg.vocab_size)
     except TokenizerError as e:
         raise HFFormatError(f"{Path(hf_dir) / 'tokenizer.json'}: {e}") from None
     return tok
-
-
-def model_group(cfg: ModelConfig) -> ml_collections.ConfigDict:
-    """The config's `model` group for an HF-described model (preset "hf", every field)."""
-    d = cfg.to_dict()
-    d["head_dim"] = d["head_dim"] or 0
-    return ml_collections.ConfigDict({"preset": HF_PRESET, **d})
 
 
 def check_architecture(hf_cfg: ModelConfig, run_cfg: ModelConfig, where: str) -> None:
@@ -84,7 +76,7 @@ def check_architecture(hf_cfg: ModelConfig, run_cfg: ModelConfig, where: str) ->
         raise HFFormatError(
             f"{where}: the HF checkpoint's architecture differs from the run's model group ("
             + ", ".join(f"{k}: checkpoint {a[k]!r} vs run {b[k]!r}" for k in diff)
-            + "); set the model group from the checkpoint (zen_code_jax.hf.rundir.model_group)."
+            + "); set the model group from the checkpoint (zen_code_jax.config.model_group)."
         )
 
 

@@ -29,12 +29,14 @@ import numpy as np
 from zen_code_jax.checkpoint import restore_for_inference
 from zen_code_jax.config import config_from_dict, model_config_from
 from zen_code_jax.data.tokenizer import Tokenizer
+from zen_code_jax.data.tokenizer_load import load_tokenizer
 from zen_code_jax.hf.rundir import load_hf
 from zen_code_jax.infer.engine import InferenceEngine, random_params
 from zen_code_jax.infer.protocol import Limits
 from zen_code_jax.infer.server import CompletionServer
 from zen_code_jax.model.config import get_preset
 from zen_code_jax.model.transformer import Transformer
+from zen_code_jax.parallel.compilation_cache import enable_compilation_cache
 from zen_code_jax.parallel.mesh import make_mesh
 from zen_code_jax.parallel.rules import DEFAULT_RULES
 
@@ -132,7 +134,7 @@ def build_engine(args: argparse.Namespace) -> tuple[InferenceEngine, str]:
             args.run_dir, step=args.step, sharding_fn=sharding_fn
         )
         if args.tokenizer:
-            other = Tokenizer.load(args.tokenizer)
+            other = load_tokenizer(args.tokenizer)
             if other.fingerprint() != tok.fingerprint():
                 raise SystemExit(
                     f"--tokenizer={args.tokenizer} is not the tokenizer {args.run_dir} was "
@@ -151,7 +153,7 @@ def build_engine(args: argparse.Namespace) -> tuple[InferenceEngine, str]:
         return engine, args.model_name or args.hf_dir.rstrip("/").split("/")[-1]
     cfg = get_preset(args.random_preset).replace(dtype=dtype)
     if args.tokenizer:
-        tok = Tokenizer.load(args.tokenizer)
+        tok = load_tokenizer(args.tokenizer)
     else:
         files = sorted(glob.glob(sysconfig.get_paths()["stdlib"] + "/json/*.py"))
         tok = Tokenizer.train([open(f).read() for f in files], cfg.vocab_size)
@@ -167,9 +169,7 @@ def _enable_compilation_cache(args: argparse.Namespace) -> None:
     if path is None and args.run_dir:
         path = str(Path(args.run_dir).absolute().parent.parent / "cache" / "jax")
     path = path or str(Path.home() / ".cache" / "zen_code_jax" / "jax")
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    enable_compilation_cache(path, explicit=args.compilation_cache_dir is not None)
 
 
 def build_server(argv: Sequence[str] | None = None) -> CompletionServer:
