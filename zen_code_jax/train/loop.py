@@ -29,7 +29,8 @@ from zen_code_jax.data.batch import Batch
 from zen_code_jax.train.hooks import Hooks, StepInfo, run_hooks
 from zen_code_jax.train.state import TrainState
 
-StepFn = Callable[[TrainState, Batch], tuple[TrainState, Mapping[str, Any]]]
+# (state, batch, extra) -> (state, metrics); `extra` is the objective's frozen inputs.
+StepFn = Callable[[TrainState, Batch, Any], tuple[TrainState, Mapping[str, Any]]]
 
 
 class LazyMetrics:
@@ -72,8 +73,12 @@ def train(
     start: int,
     total: int,
     stop_requested: Callable[[int], bool] = lambda step: False,
+    extra: Any = None,
 ) -> LoopResult:
-    """Run steps start+1 .. total (1-based) of `step_fn` on `batches`, calling `hooks`."""
+    """Run steps start+1 .. total (1-based) of `step_fn` on `batches`, calling `hooks`.
+
+    `extra` (the objective's frozen inputs, e.g. a teacher's params) goes to every step
+    unchanged; None means the objective has none."""
     lazy = LazyMetrics()
 
     def metric_hooks(ready: tuple[int, dict[str, float]] | None, end: bool = False) -> None:
@@ -82,7 +87,7 @@ def train(
 
     step = start
     for step in range(start + 1, total + 1):
-        state, metrics = step_fn(state, next(batches))
+        state, metrics = step_fn(state, next(batches), extra)
         metric_hooks(lazy.push(step, metrics))
         final = step == total
         stop = stop_requested(step) and not final
