@@ -1,9 +1,11 @@
 """The generic training loop: `train(state, step_fn, batches, hooks, start=, total=)`.
 
-It knows nothing of corpora, evaluation, checkpoints or experiments (those are hooks built
-by `zen_code_jax.experiment`), only the order of events in one step:
+It knows nothing of corpora, evaluation, checkpoints, objectives or experiments (those are
+hooks: `train.standard_hooks` and `zen_code_jax.experiment.hooks`; the objective lives in
+the step), only the order of events in one step:
 
-  1. next batch; dispatch the jitted step (asynchronous on accelerators);
+  1. next batch; dispatch the jitted step on (state, batch, extra) (asynchronous on
+     accelerators; `extra` is the objective's frozen inputs, the same every step);
   2. the previous step's metrics, now finished, go to the metric hooks (one step late, so
      fetching them never stalls the device);
   3. the stop decision (`stop_requested(step)`, e.g. SIGTERM or the multi-host preemption
