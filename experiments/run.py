@@ -26,11 +26,11 @@ from absl import flags, logging
 from zen_code_jax.checkpoint import CheckpointError
 from zen_code_jax.experiment import cli
 from zen_code_jax.experiment.arm import run_arm
-from zen_code_jax.experiment.hooks import NonFiniteError
 from zen_code_jax.experiment.plan import print_plan
 from zen_code_jax.experiment.report import write_report
 from zen_code_jax.parallel import multihost
 from zen_code_jax.parallel.compilation_cache import enable_compilation_cache
+from zen_code_jax.train.standard_hooks import NonFiniteError
 
 # --config=experiments/X.py[:SCALE,key=value,...] and --config.group.field=value: cli.run_app.
 _WORKDIR = flags.DEFINE_string("workdir", "./runs", "Root of run directories and the data cache.")

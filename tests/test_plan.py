@@ -10,6 +10,13 @@ from zen_code_jax.model.config import get_preset, param_count
 from zen_code_jax.parallel import make_mesh
 from zen_code_jax.train import plan
 from zen_code_jax.train.flops import flops_per_step
+from zen_code_jax.train.objectives import (
+    FrozenInputs,
+    Objective,
+    ObjectiveSums,
+    make_loss_fn,
+    register_objective,
+)
 from zen_code_jax.train.state import train_state_shardings
 
 FAST = {"xla_backend_optimization_level": 0}  # halves CPU compile time; same buffers
@@ -96,3 +103,35 @@ def test_plan_context_parallel_reports_balanced_attention():
     assert len(blocks) == 2 and blocks[0] == blocks[1]
     assert res["attention_balance"] == 1.0
     assert res["chosen_micro_batch"] == 4
+
+
+def teacher_objective(model_cfg, config, mesh) -> Objective:
+    """A distillation-shaped toy: a frozen copy of the model (the teacher) is the step's
+    `extra`; its loss on the batch is a metric."""
+    abstract, shardings = train_state_shardings(model_cfg, config, mesh)
+    loss_sums = make_loss_fn(model_cfg, config)
+    frozen = FrozenInputs(abstract.params, shardings.params, load=lambda: None)
+
+    def sums(params, batch, teacher):
+        s, t = loss_sums(params, batch), loss_sums(teacher, batch)
+        return ObjectiveSums(s["ce_sum"], s["count"], {"loss": s["ce_sum"], "teacher": t["ce_sum"]})
+
+    return Objective("toy_teacher", sums, frozen)
+
+
+register_objective("toy_teacher", teacher_objective, replace=True)
+
+
+def test_plan_counts_frozen_inputs():
+    """A teacher as large as the model adds its sharded bytes to the plan and to the
+    compiled step's arguments (it is a jit argument, not a constant)."""
+    kw = dict(
+        preset="tiny", mesh_cfg={"fsdp": 4, "tensor": 2}, seq_len=32, global_batch_tokens=32 * 4,
+        micro_batch=4, log=lambda _: None, compiler_options=FAST,
+    )  # fmt: skip
+    lm = plan.run_plan(**kw)
+    distill = plan.run_plan(**kw, objective="toy_teacher")
+    assert lm["frozen_bytes_per_device"] == 0
+    assert distill["frozen_bytes_per_device"] == distill["params_bytes_per_device"] > 0
+    extra_args = distill["tried"][0]["argument_bytes"] - lm["tried"][0]["argument_bytes"]
+    assert extra_args == distill["frozen_bytes_per_device"]

@@ -25,9 +25,10 @@ from zen_code_jax.train.flops import (
     peak_flops_per_device,
 )
 from zen_code_jax.train.loss import chunked_loss_sums, loss_sums_from_logits
+from zen_code_jax.train.objectives import make_loss_fn
 from zen_code_jax.train.optimizer import decay_mask, make_optimizer, make_schedule
 from zen_code_jax.train.state import unbox
-from zen_code_jax.train.step import make_loss_fn, micro_batching
+from zen_code_jax.train.step import micro_batching
 
 
 def np_loss_reference(logits, targets, mask):

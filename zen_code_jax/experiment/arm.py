@@ -1,11 +1,15 @@
 """One arm of an experiment: corpus -> tokenizer -> mesh -> state -> hooks -> train -> evaluate.
 
-`run_arm(config, run_dir, workdir=...)` is the whole job of one arm:
+`run_arm(config, run_dir, workdir=...)` is the whole job of one arm, one function per stage:
 
-  prepare (cached) corpus -> tokenizer -> data iterator (which fixes the step count)
-  -> mesh -> sharded train state -> resume from the newest good checkpoint (or start
-  from `train.init_checkpoint`) -> hooks (progress line + TensorBoard, non-finite check,
-  held-out batches, checkpoint) -> `train.loop.train` -> evaluation -> hparams.
+  `prepare_data`: (cached) corpus -> tokenizer -> data iterator (which fixes the step
+      count) -> the arm's final config (`resolve_config`, built once)
+  `start_state`: mesh -> sharded train state -> resume from the newest good checkpoint
+      (or start from `train.init_checkpoint`, `_init_params`)
+  `wire_hooks`: held-out batches + the standard hooks of `train.standard_hooks`
+      (non-finite check, progress line + TensorBoard, checkpoint) + HF export
+  `train.loop.train` with the objective `train.objective` names (`train.objectives`)
+  `evaluate_arm`: evaluation -> hparams.
 
 `steps=0` (`--mode=eval`) is the same path: restore, train nothing, evaluate.
 
@@ -44,12 +48,21 @@ from zen_code_jax.experiment.plan import mfu_device_count, peak_flops
 from zen_code_jax.hf.checkpoint import HFCheckpoint
 from zen_code_jax.hf.load import load_params
 from zen_code_jax.hf.rundir import check_architecture, hf_spec, load_tokenizer
+from zen_code_jax.model.config import ModelConfig
 from zen_code_jax.parallel import batch_sharding, make_mesh, multihost
 from zen_code_jax.rundir import RunDir
 from zen_code_jax.tracking import NullWriter, SummaryWriter, truncate_after
 from zen_code_jax.train.hooks import Hooks
 from zen_code_jax.train.loop import train
-from zen_code_jax.train.state import create_train_state
+from zen_code_jax.train.objectives import build_objective
+from zen_code_jax.train.standard_hooks import (
+    CheckpointHook,
+    ProgressHook,
+    add_standard_hooks,
+    preemption_stop,
+    rng_data,
+)
+from zen_code_jax.train.state import TrainState, create_train_state
 from zen_code_jax.train.step import make_eval_step, make_train_step
 
 DatasetFn = Callable[..., Any]
@@ -92,28 +105,44 @@ def _global_batches(data_iter: Iterator[Batch], mesh: Any, global_batch: int) ->
         yield multihost.make_global_batch(batch, sharding, global_batch)
 
 
-def run_arm(
-    config: ml_collections.ConfigDict,
-    run_dir: RunDir,
-    *,
-    workdir: str | Path,
-    dataset_fn: DatasetFn | None = None,
-    steps: int | None = None,
-    run_eval: bool = True,
-    add_hooks: AddHooks | None = None,
-) -> ArmResult:
-    """Train (or resume) one arm in `run_dir`, then evaluate it.
+def resolve_config(
+    config: ml_collections.ConfigDict, *, repo_format: str, steps: int
+) -> ml_collections.ConfigDict:
+    """The arm's final config: the facts only the data can fix written in, in one copy.
 
-    `config` is the arm's resolved config (`config.arm_config`). `dataset_fn` replaces the
-    Grain pipeline (an experiment file's `make_dataset`). `steps=0` evaluates the newest
-    checkpoint without training. `add_hooks` adds hooks after the built-in ones (tests
-    inject faults this way).
+    `data.repo_format` "" becomes the tokenizer's own layout (one layout for training,
+    evaluation and serving) and `train.steps` the real step count (epochs x batches per
+    epoch for SFT), so the schedule, plan, checkpoints, config.json and report agree.
     """
-    arm = config.arm or "main"
-    primary = multihost.is_primary()
-    model_cfg = model_config_from(config.model)
-    make_data = dataset_fn or make_dataset
+    if repo_format == str(config.data.repo_format) and steps == int(config.train.steps):
+        return config
+    final = config_from_dict(config_to_dict(config))
+    final.data.repo_format = repo_format
+    final.train.steps = steps
+    return final
 
+
+@dataclasses.dataclass(frozen=True)
+class ArmData:
+    """What the corpus fixes before training starts."""
+
+    config: ml_collections.ConfigDict  # the final config (`resolve_config`)
+    model_cfg: ModelConfig
+    corpus: Any
+    tokenizer: Any
+    data_iter: Any  # this process's training batches (resumable: get_state/set_state)
+    hf_ckpt: HFCheckpoint | None  # an `hf:` train.init_checkpoint, opened
+    hf_dir: Path | None
+
+
+def prepare_data(
+    config: ml_collections.ConfigDict, workdir: str | Path, make_data: DatasetFn
+) -> ArmData:
+    """(cached) corpus -> tokenizer checks -> training iterator -> the final config.
+
+    An `hf:` base's tokenizer tokenizes the data, so that directory is opened first.
+    """
+    model_cfg = model_config_from(config.model)
     hf_dir = hf_spec(str(config.train.init_checkpoint))
     hf_ckpt, hf_tok = None, None
     if hf_dir is not None:  # an HF base: its weights, and its tokenizer for the data
@@ -125,60 +154,36 @@ def run_arm(
     )
     tokenizer = corpus.tokenizer
     tokenizer.check_compatible(model_cfg)
-    # One repository layout for training, evaluation and serving: "" resolves to the
-    # tokenizer's own; a checkpoint tokenizer's family disagreeing with it is an error.
+    # A checkpoint tokenizer's family disagreeing with data.repo_format is an error here.
     repo_format = check_repo_format(tokenizer, str(config.data.repo_format))
-    if repo_format != str(config.data.repo_format):
-        config = config_from_dict(config_to_dict(config))
-        config.data.repo_format = repo_format
     procs, proc = jax.process_count(), jax.process_index()
-    global_batch = int(config.train.global_batch_size)
     data_iter = make_data(
         corpus,
         config,
         split="train",
         seq_len=int(config.train.seq_len),
-        batch_size=global_batch // procs,
+        batch_size=int(config.train.global_batch_size) // procs,
         seed=int(config.seed),
         shard_index=proc,
         shard_count=procs,
     )
-    total = resolve_steps(config, data_iter)
-    if total != int(config.train.steps):  # one number for the schedule, plan and report
-        config = config_from_dict(config_to_dict(config))
-        config.train.steps = total
-        if primary:
-            print(f"[{arm}] {config.train.epochs} epochs = {total} steps", flush=True)
-    if primary:
-        run_dir.path.mkdir(parents=True, exist_ok=True)
-        if not run_dir.tokenizer_dir.exists():
-            tokenizer.save(run_dir.tokenizer_dir)
-        run_dir.write_config(config_to_dict(config))
+    final = resolve_config(config, repo_format=repo_format, steps=resolve_steps(config, data_iter))
+    return ArmData(final, model_cfg, corpus, tokenizer, data_iter, hf_ckpt, hf_dir)
 
-    mesh = make_mesh(config.mesh)
-    init_rng, loop_rng = jax.random.split(jax.random.key(int(config.seed)))
-    state, shardings = create_train_state(model_cfg, config, mesh, init_rng)
-    ident = identity(model_cfg, tokenizer)
-    ckpt = Checkpointer(
-        run_dir.checkpoints,
-        keep_last=int(config.checkpoint.keep_last),
-        keep_every=int(config.checkpoint.keep_every),
-        async_save=bool(config.checkpoint.async_save),
-    )
-    restored = ckpt.restore_latest(abstract_like(state), data_iter, ident)
-    start = 0
-    if restored is not None:
-        state, meta = restored
-        start = int(meta["step"])
-        loop_rng = jax.random.wrap_key_data(np.asarray(meta["rng"], dtype=np.uint32))
-        print(f"[{arm}] resumed from {ckpt.step_dir(start)} (step {start}/{total})", flush=True)
-    elif steps == 0:
-        ckpt.close()
-        raise CheckpointError(
-            f"--mode=eval: {run_dir.checkpoints} holds no checkpoint to evaluate. Train the "
-            "arm first (--mode=train or --mode=all)."
-        )
-    elif hf_ckpt is not None:
+
+def _init_params(
+    config: ml_collections.ConfigDict,
+    state: TrainState,
+    *,
+    run_dir: RunDir,
+    data: ArmData,
+    ident: dict[str, Any],
+    arm: str,
+) -> TrainState:
+    """A fresh state's params from `train.init_checkpoint` (HF directory, run or `arm:`);
+    unchanged when it is empty."""
+    model_cfg, hf_ckpt, hf_dir = data.model_cfg, data.hf_ckpt, data.hf_dir
+    if hf_ckpt is not None:
         # Streamed tensor by tensor into the state's shardings and dtype (docs/hf.md).
         state = state.replace(
             params=load_params(hf_ckpt, model_cfg, target=abstract_like(state.params))
@@ -199,48 +204,111 @@ def run_arm(
             )
         state = state.replace(params=params)
         print(f"[{arm}] initialized params from {src} (step {meta['step']})", flush=True)
-    end = start if steps == 0 else total
-    if primary:
-        truncate_after(run_dir.metrics, start)
-    writer = SummaryWriter(run_dir.path) if primary else NullWriter()
-    eval_step = make_eval_step(model_cfg, config, mesh)
-    checkpoint = arm_hooks.CheckpointHook(
-        ckpt,
-        data_iter,
+    return state
+
+
+@dataclasses.dataclass(frozen=True)
+class StartState:
+    """Where training starts: the state (restored, initialized or fresh) and its step."""
+
+    state: TrainState
+    shardings: TrainState
+    start: int  # optimizer steps already taken (0 unless resumed)
+    resumed: bool
+    loop_rng: jax.Array
+    ckpt: Checkpointer
+
+
+def start_state(
+    data: ArmData, run_dir: RunDir, mesh: Any, *, arm: str, eval_only: bool
+) -> StartState:
+    """A sharded state: resumed from the newest good checkpoint (with the data iterator
+    and rng), else initialized from `train.init_checkpoint`, else fresh."""
+    config, model_cfg = data.config, data.model_cfg
+    init_rng, loop_rng = jax.random.split(jax.random.key(int(config.seed)))
+    state, shardings = create_train_state(model_cfg, config, mesh, init_rng)
+    ident = identity(model_cfg, data.tokenizer)
+    ckpt = Checkpointer(
+        run_dir.checkpoints,
+        keep_last=int(config.checkpoint.keep_last),
+        keep_every=int(config.checkpoint.keep_every),
+        async_save=bool(config.checkpoint.async_save),
+    )
+    restored = ckpt.restore_latest(abstract_like(state), data.data_iter, ident)
+    if restored is not None:
+        state, meta = restored
+        start = int(meta["step"])
+        loop_rng = jax.random.wrap_key_data(np.asarray(meta["rng"], dtype=np.uint32))
+        total = int(config.train.steps)
+        print(f"[{arm}] resumed from {ckpt.step_dir(start)} (step {start}/{total})", flush=True)
+        return StartState(state, shardings, start, True, loop_rng, ckpt)
+    if eval_only:
+        ckpt.close()
+        raise CheckpointError(
+            f"--mode=eval: {run_dir.checkpoints} holds no checkpoint to evaluate. Train the "
+            "arm first (--mode=train or --mode=all)."
+        )
+    state = _init_params(config, state, run_dir=run_dir, data=data, ident=ident, arm=arm)
+    return StartState(state, shardings, 0, False, loop_rng, ckpt)
+
+
+def wire_hooks(
+    data: ArmData,
+    begin: StartState,
+    run_dir: RunDir,
+    *,
+    arm: str,
+    writer: Any,
+    eval_step: Callable,
+    mesh: Any,
+    make_data: DatasetFn,
+    trains: bool,
+) -> Hooks:
+    """The arm's hooks, in order. Metric: non-finite check, clock, progress line. State:
+    held-out batches (when training with train.eval_every), checkpoint, HF export."""
+    config, model_cfg, tokenizer = data.config, data.model_cfg, data.tokenizer
+    primary = multihost.is_primary()
+    ident = identity(model_cfg, tokenizer)
+    checkpoint = CheckpointHook(
+        begin.ckpt,
+        data.data_iter,
         lambda: {
             "identity": ident,
             "config": config_to_dict(config),
-            "rng": arm_hooks.rng_data(loop_rng),
+            "rng": rng_data(begin.loop_rng),
         },
         tokenizer_to_json(tokenizer),
-        last_good=start if restored is not None else None,
+        last_good=begin.start if begin.resumed else None,
     )
     seq_len = int(config.train.seq_len)
-    progress = arm_hooks.ProgressHook(
+    progress = ProgressHook(
         arm,
         writer,
         model_cfg,
         seq_len,
-        tokens_per_step=global_batch * seq_len,
+        tokens_per_step=int(config.train.global_batch_size) * seq_len,
         peak_flops=peak_flops(config),
         devices=mfu_device_count(),
         printing=primary,
     )
-    # Metric hooks run in order: the check first, so nothing is logged past a NaN.
     hooks = Hooks()
-    hooks.on_metrics(arm_hooks.nonfinite_check(arm, checkpoint), every=1, name="nonfinite")
-    hooks.on_metrics(progress.tick, every=1, name="clock")
-    hooks.on_metrics(progress, int(config.train.log_every), at_end=True, name="log")
-    if int(config.train.eval_every) and end > start:
-        batches = heldout_batches(make_data, corpus, config, PERIODIC_EVAL_BATCHES)
-        if procs > 1:  # the same full batches on every process -> global arrays
+    if int(config.train.eval_every) and trains:
+        batches = heldout_batches(make_data, data.corpus, config, PERIODIC_EVAL_BATCHES)
+        if jax.process_count() > 1:  # the same full batches on every process -> global arrays
             batches = [multihost.global_from_full(b, batch_sharding(mesh)) for b in batches]
         hooks.on_state(
             arm_hooks.periodic_heldout(writer, eval_step, batches),
             int(config.train.eval_every),
             name="heldout_batches",
         )
-    hooks.on_state(checkpoint, int(config.checkpoint.every), at_end=True, name="checkpoint")
+    add_standard_hooks(
+        hooks,
+        arm,
+        progress=progress,
+        checkpoint=checkpoint,
+        log_every=int(config.train.log_every),
+        checkpoint_every=int(config.checkpoint.every),
+    )
     if int(config.checkpoint.hf_export_every) and primary:
         hooks.on_state(
             arm_hooks.hf_export(run_dir.path / "hf", model_cfg, tokenizer),
@@ -248,48 +316,129 @@ def run_arm(
             at_end=True,
             name="hf_export",
         )
+    return hooks
+
+
+def evaluate_arm(
+    data: ArmData,
+    run_dir: RunDir,
+    params: Any,
+    *,
+    writer: Any,
+    step: int,
+    eval_step: Callable,
+    dataset_fn: DatasetFn | None,
+) -> dict[str, float]:
+    """`experiment.evaluate.evaluate` on process 0; multi-process runs evaluate a full
+    copy of the params on process 0's first device while the others wait at a barrier."""
+    config, model_cfg = data.config, data.model_cfg
+    metrics: dict[str, float] = {}
+    if jax.process_count() > 1:  # ablation-scale models fit one host
+        params = multihost.host_local_copy(params)
+        eval_mesh = make_mesh({"data": 1}, devices=jax.local_devices()[:1])
+        eval_step = make_eval_step(model_cfg, config, eval_mesh)
+    if multihost.is_primary():
+        metrics = evaluate(
+            run_dir,
+            config,
+            params=params,
+            model_cfg=model_cfg,
+            tokenizer=data.tokenizer,
+            corpus=data.corpus,
+            writer=writer,
+            step=step,
+            eval_step=eval_step,
+            dataset_fn=dataset_fn,
+        )
+    multihost.barrier(f"{config.arm or 'main'}:eval")
+    return metrics
+
+
+def run_arm(
+    config: ml_collections.ConfigDict,
+    run_dir: RunDir,
+    *,
+    workdir: str | Path,
+    dataset_fn: DatasetFn | None = None,
+    steps: int | None = None,
+    run_eval: bool = True,
+    add_hooks: AddHooks | None = None,
+) -> ArmResult:
+    """Train (or resume) one arm in `run_dir`, then evaluate it.
+
+    `config` is the arm's resolved config (`config.arm_config`). `dataset_fn` replaces the
+    Grain pipeline (an experiment file's `make_dataset`). `steps=0` evaluates the newest
+    checkpoint without training. `add_hooks` adds hooks after the built-in ones (tests
+    inject faults this way).
+    """
+    arm = config.arm or "main"
+    primary = multihost.is_primary()
+    make_data = dataset_fn or make_dataset
+    data = prepare_data(config, workdir, make_data)
+    total = int(data.config.train.steps)
+    if primary and total != int(config.train.steps):
+        print(f"[{arm}] {config.train.epochs} epochs = {total} steps", flush=True)
+    config, model_cfg = data.config, data.model_cfg  # the final config from here on
+    if primary:
+        run_dir.path.mkdir(parents=True, exist_ok=True)
+        if not run_dir.tokenizer_dir.exists():
+            data.tokenizer.save(run_dir.tokenizer_dir)
+        run_dir.write_config(config_to_dict(config))
+
+    mesh = make_mesh(config.mesh)
+    begin = start_state(data, run_dir, mesh, arm=arm, eval_only=steps == 0)
+    end = begin.start if steps == 0 else total
+    if primary:
+        truncate_after(run_dir.metrics, begin.start)
+    writer = SummaryWriter(run_dir.path) if primary else NullWriter()
+    eval_step = make_eval_step(model_cfg, config, mesh)
+    hooks = wire_hooks(
+        data,
+        begin,
+        run_dir,
+        arm=arm,
+        writer=writer,
+        eval_step=eval_step,
+        mesh=mesh,
+        make_data=make_data,
+        trains=end > begin.start,
+    )
     if add_hooks is not None:
         add_hooks(hooks)
 
-    batches_it = data_iter if procs == 1 else _global_batches(data_iter, mesh, global_batch)
-    train_step = make_train_step(model_cfg, config, mesh, shardings)
-    sync = multihost.preemption_sync_available()
-    with arm_hooks.Preemption(install=not sync) as sigterm:
-        stop = multihost.reached_preemption if sync else (lambda step: sigterm.requested)
+    global_batch = int(config.train.global_batch_size)
+    batches = data.data_iter
+    if jax.process_count() > 1:
+        batches = _global_batches(data.data_iter, mesh, global_batch)
+    objective = build_objective(model_cfg, config, mesh)
+    train_step = make_train_step(model_cfg, config, mesh, begin.shardings, objective=objective)
+    extra = objective.frozen.load() if end > begin.start else None
+    with preemption_stop() as stop:
         result = train(
-            state, train_step, batches_it, hooks, start=start, total=end, stop_requested=stop
+            begin.state,
+            train_step,
+            batches,
+            hooks,
+            start=begin.start,
+            total=end,
+            stop_requested=stop,
+            extra=extra,
         )
-    ckpt.wait()
-    state = result.state
-    final_step = int(np.asarray(state.step))
+    begin.ckpt.wait()
+    final_step = int(np.asarray(result.state.step))
+    metrics: dict[str, float] = {}
     if result.preempted:
         print(f"[{arm}] SIGTERM: saved step {result.step}; exiting.", flush=True)
-        writer.close()
-        ckpt.close()
-        return ArmResult("preempted", final_step, {})
-    metrics: dict[str, float] = {}
-    if run_eval:
-        params = state.params
-        if procs > 1:
-            # Evaluation runs on process 0's first device with a full copy of the params
-            # (ablation-scale models fit one host); the others wait at a barrier.
-            params = multihost.host_local_copy(params)
-            eval_mesh = make_mesh({"data": 1}, devices=jax.local_devices()[:1])
-            eval_step = make_eval_step(model_cfg, config, eval_mesh)
-        if primary:
-            metrics = evaluate(
-                run_dir,
-                config,
-                params=params,
-                model_cfg=model_cfg,
-                tokenizer=tokenizer,
-                corpus=corpus,
-                writer=writer,
-                step=final_step,
-                eval_step=eval_step,
-                dataset_fn=dataset_fn,
-            )
-        multihost.barrier(f"{arm}:eval")
+    elif run_eval:
+        metrics = evaluate_arm(
+            data,
+            run_dir,
+            result.state.params,
+            writer=writer,
+            step=final_step,
+            eval_step=eval_step,
+            dataset_fn=dataset_fn,
+        )
     writer.close()
-    ckpt.close()
-    return ArmResult("done", final_step, metrics)
+    begin.ckpt.close()
+    return ArmResult("preempted" if result.preempted else "done", final_step, metrics)

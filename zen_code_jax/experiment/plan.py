@@ -7,7 +7,6 @@ backend behind the time estimate.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
@@ -16,19 +15,11 @@ import ml_collections
 from zen_code_jax.config import arm_config, model_config_from
 from zen_code_jax.model.config import param_count
 from zen_code_jax.train import flops
+from zen_code_jax.train.standard_hooks import format_duration
 
 # Typical MFU against flops.peak_flops_per_device, for the plan's time estimate only
 # (cpu: ~0.28 measured for cpu_small on the 2-core AVX2 machine, docs/measurements.md).
 TYPICAL_MFU = {"cpu": 0.3, "gpu": 0.35, "tpu": 0.4}
-
-
-def format_duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 def mfu_device_count() -> int:

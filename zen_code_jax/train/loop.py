@@ -1,9 +1,11 @@
 """The generic training loop: `train(state, step_fn, batches, hooks, start=, total=)`.
 
-It knows nothing of corpora, evaluation, checkpoints or experiments (those are hooks built
-by `zen_code_jax.experiment`), only the order of events in one step:
+It knows nothing of corpora, evaluation, checkpoints, objectives or experiments (those are
+hooks: `train.standard_hooks` and `zen_code_jax.experiment.hooks`; the objective lives in
+the step), only the order of events in one step:
 
-  1. next batch; dispatch the jitted step (asynchronous on accelerators);
+  1. next batch; dispatch the jitted step on (state, batch, extra) (asynchronous on
+     accelerators; `extra` is the objective's frozen inputs, the same every step);
   2. the previous step's metrics, now finished, go to the metric hooks (one step late, so
      fetching them never stalls the device);
   3. the stop decision (`stop_requested(step)`, e.g. SIGTERM or the multi-host preemption
@@ -29,7 +31,8 @@ from zen_code_jax.data.batch import Batch
 from zen_code_jax.train.hooks import Hooks, StepInfo, run_hooks
 from zen_code_jax.train.state import TrainState
 
-StepFn = Callable[[TrainState, Batch], tuple[TrainState, Mapping[str, Any]]]
+# (state, batch, extra) -> (state, metrics); `extra` is the objective's frozen inputs.
+StepFn = Callable[[TrainState, Batch, Any], tuple[TrainState, Mapping[str, Any]]]
 
 
 class LazyMetrics:
@@ -72,8 +75,12 @@ def train(
     start: int,
     total: int,
     stop_requested: Callable[[int], bool] = lambda step: False,
+    extra: Any = None,
 ) -> LoopResult:
-    """Run steps start+1 .. total (1-based) of `step_fn` on `batches`, calling `hooks`."""
+    """Run steps start+1 .. total (1-based) of `step_fn` on `batches`, calling `hooks`.
+
+    `extra` (the objective's frozen inputs, e.g. a teacher's params) goes to every step
+    unchanged; None means the objective has none."""
     lazy = LazyMetrics()
 
     def metric_hooks(ready: tuple[int, dict[str, float]] | None, end: bool = False) -> None:
@@ -82,7 +89,7 @@ def train(
 
     step = start
     for step in range(start + 1, total + 1):
-        state, metrics = step_fn(state, next(batches))
+        state, metrics = step_fn(state, next(batches), extra)
         metric_hooks(lazy.push(step, metrics))
         final = step == total
         stop = stop_requested(step) and not final

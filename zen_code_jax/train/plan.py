@@ -9,7 +9,9 @@ AOT-compiles the *full* train step (gradient accumulation, chunked loss, AdamW) 
 `jit(step).lower(abstract inputs).compile()`, and reads `memory_analysis()`. Nothing is
 allocated. It searches the largest micro-batch whose compiled per-device memory fits
 `--hbm_gb` (default 80), and prints parameters, bytes of params + optimizer state per
-device, compiled memory, FLOPs per step and the chosen micro-batch.
+device, bytes of the objective's frozen inputs per device (`--objective`; e.g. a
+teacher's params, the step's `extra` argument), compiled memory, FLOPs per step and the
+chosen micro-batch.
 
 It asserts the shardings it expects: the compiled executable's input shardings equal
 the planned ones, the batch is split over data*fsdp (and sequence), parameters and Adam
@@ -65,6 +67,12 @@ def _shard_bytes(abstract: Any, shardings: Any) -> int:
     return total
 
 
+def frozen_bytes_per_device(frozen: Any) -> int:
+    """Bytes per device of an objective's frozen inputs (`FrozenInputs`: e.g. a teacher's
+    params), from their abstract shapes and shardings; nothing is loaded."""
+    return _shard_bytes(frozen.abstract, frozen.shardings)
+
+
 def _mesh_axes_of(spec) -> set[str]:
     axes: set[str] = set()
     for a in spec:
@@ -99,7 +107,8 @@ def check_compiled(compiled, lowered_text: str, state_shardings, batch_shardings
     program contains activation sharding constraints (proof the rules were active)."""
     import jax
 
-    (state_in, batch_in), _ = compiled.input_shardings
+    ins, _ = compiled.input_shardings
+    state_in, batch_in = ins[0], ins[1]  # then the objective's frozen inputs, if any
     for want, got in zip(
         jax.tree_util.tree_leaves(batch_shardings), jax.tree_util.tree_leaves(batch_in)
     ):
@@ -120,9 +129,10 @@ def check_compiled(compiled, lowered_text: str, state_shardings, batch_shardings
 
 
 def compile_step(
-    model_cfg, config, mesh, abstract_state, state_shardings, compiler_options=None
+    model_cfg, config, mesh, abstract_state, state_shardings, compiler_options=None, objective=None
 ) -> dict[str, Any]:
-    """AOT-compile the train step for abstract inputs; return memory numbers."""
+    """AOT-compile the train step for abstract inputs (state, batch, the objective's frozen
+    inputs); return memory numbers. `objective` defaults to `train.objective`'s."""
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
@@ -140,11 +150,18 @@ def compile_step(
         state_shardings,
     )
     jitted = jit_train_step(
-        model_cfg, config, mesh, state_shardings, compiler_options=compiler_options
+        model_cfg, config, mesh, state_shardings, compiler_options=compiler_options,
+        objective=objective,
+    )  # fmt: skip
+    frozen = jitted.objective.frozen
+    extra = jax.tree_util.tree_map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        frozen.abstract,
+        frozen.shardings,
     )
     t0 = time.perf_counter()
     with jax.set_mesh(mesh), nn.logical_axis_rules(list(DEFAULT_RULES)):
-        lowered = jitted.lower(state, batch)
+        lowered = jitted.lower(state, batch, extra)
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
@@ -183,8 +200,12 @@ def run_plan(
     loss_chunk_size: int = 1024,
     log=print,
     compiler_options: dict[str, Any] | None = None,
+    objective: str = "lm",
 ) -> dict[str, Any]:
-    """Plan one configuration on the current jax devices; returns a JSON-able dict."""
+    """Plan one configuration on the current jax devices; returns a JSON-able dict.
+
+    `objective` (a registered `train.objective`) decides the step's frozen inputs, counted
+    as `frozen_bytes_per_device` and passed to the compiled step like the state."""
     import jax
 
     # local import: `python -m ...plan` sets XLA_FLAGS (--devices) before jax is imported.
@@ -193,6 +214,7 @@ def run_plan(
     from zen_code_jax.parallel.mesh import make_mesh, mesh_shape_str
     from zen_code_jax.parallel.rules import batch_sharding
     from zen_code_jax.train.flops import flops_per_step, flops_per_token
+    from zen_code_jax.train.objectives import build_objective
     from zen_code_jax.train.state import train_state_shardings
 
     if global_batch_tokens % seq_len:
@@ -207,6 +229,7 @@ def run_plan(
     cfg.train.seq_len = seq_len
     cfg.train.global_batch_size = gbs
     cfg.train.loss_chunk_size = loss_chunk_size
+    cfg.train.objective = objective
     mcfg = model_config_from(cfg.model)
     mesh = make_mesh(mesh_cfg)
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -228,6 +251,8 @@ def run_plan(
         raise AssertionError(f"model has {counted} params, param_count() says {n_params}")
     state_bytes = _shard_bytes(abstract, shardings)
     params_bytes = _shard_bytes(abstract.params, shardings.params)
+    obj = build_objective(mcfg, cfg, mesh)
+    frozen_bytes = frozen_bytes_per_device(obj.frozen)
     result: dict[str, Any] = {
         "preset": preset,
         "devices": jax.device_count(),
@@ -238,6 +263,8 @@ def run_plan(
         "params": n_params,
         "params_bytes_per_device": params_bytes,
         "params_and_opt_bytes_per_device": state_bytes,
+        "objective": objective,
+        "frozen_bytes_per_device": frozen_bytes,
         "flops_per_token": flops_per_token(mcfg, seq_len),
         "flops_per_step": flops_per_step(mcfg, seq_len, gbs),
         "hbm_budget_bytes": int(hbm_gb * 1e9),
@@ -267,6 +294,7 @@ def run_plan(
     log(
         f"{preset}: {n_params / 1e9:.3f}B params | mesh {result['mesh']} | seq {seq_len} | "
         f"{gbs} seqs/step | params+Adam {state_bytes / GiB:.2f} GiB/device"
+        + (f" | frozen ({objective}) {frozen_bytes / GiB:.2f} GiB/device" if frozen_bytes else "")
     )
 
     candidates = [m for m in range(shards, gbs + 1, shards) if gbs % m == 0]
@@ -290,7 +318,7 @@ def run_plan(
     chosen = None
     for m in order:
         cfg.train.micro_batch_size = m
-        mem = compile_step(mcfg, cfg, mesh, abstract, shardings, compiler_options)
+        mem = compile_step(mcfg, cfg, mesh, abstract, shardings, compiler_options, obj)
         mem["micro_batch"] = m
         mem["micro_batches_per_step"] = gbs // m
         mem["fits"] = mem["compiled_bytes_per_device"] <= budget
@@ -338,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--set", nargs="*", default=[], help="ModelConfig overrides, e.g. attention_impl=chunked"
     )
+    p.add_argument("--objective", default="lm", help="a registered train.objective")
     p.add_argument("--json", default="", help="also write the result here")
     a = p.parse_args(argv)
     _set_device_count(a.devices)
@@ -358,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         a.micro_batch or None,
         _parse_kv(a.set, "set"),
         a.loss_chunk,
+        objective=a.objective,
     )
     if a.json:
         with open(a.json, "w") as f:

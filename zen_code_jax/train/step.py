@@ -2,12 +2,16 @@
 
 One optimizer step = `global_batch_size` sequences, split into micro-batches of
 `micro_batch_size` that a `lax.scan` inside the jitted step runs one after another,
-summing gradients and loss sums; the sum is divided once by the number of loss tokens.
+summing gradients and the objective's sums (`train/objectives.py`, chosen by
+`train.objective`); the sums are divided once by the number of loss tokens.
 So the update does not depend on how the batch is split (up to float summation order),
 and a 4M-token batch runs on any number of devices by changing only the micro-batch.
 
 Micro-batch k takes rows k, k+n, k+2n, ... (n micro-batches): each device's contiguous
 block of rows splits evenly across micro-batches, so no data moves between devices.
+
+The step takes (state, batch, extra): `extra` is the objective's frozen inputs (e.g. a
+teacher's params), a jit argument with its own shardings; `{}` for `lm` and `sft`.
 """
 
 from __future__ import annotations
@@ -22,17 +26,13 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from zen_code_jax.data.batch import FIELDS, Batch
-from zen_code_jax.model import transformer as tm
 from zen_code_jax.model.config import ModelConfig
 from zen_code_jax.parallel.rules import DEFAULT_RULES, Rules, batch_sharding
-from zen_code_jax.train.loss import (
-    LossSums,
-    chunked_loss_sums,
-    loss_sums_from_logits,
-    objective,
-)
+from zen_code_jax.train.objectives import STEP_METRICS, Objective, build_objective, make_loss_fn
 from zen_code_jax.train.optimizer import global_norm, make_optimizer
 from zen_code_jax.train.state import TrainState
+
+Aux = tuple[jax.Array, dict[str, jax.Array]]  # (loss tokens, the objective's metric sums)
 
 
 def micro_batching(config: Any, mesh: Mesh) -> tuple[int, int]:
@@ -59,52 +59,39 @@ def micro_batching(config: Any, mesh: Mesh) -> tuple[int, int]:
     return micro, global_bs // micro
 
 
-def make_loss_fn(model_cfg: ModelConfig, config: Any) -> Callable[[Any, Batch], LossSums]:
-    """(params, batch) -> loss sums; chunked over positions when train.loss_chunk_size>0."""
-    model = tm.Transformer(model_cfg)
-    chunk = int(config.train.loss_chunk_size)
-
-    def loss_sums(params: Any, batch: Batch) -> LossSums:
-        args = (batch.inputs, batch.positions, batch.segment_ids)
-        if chunk > 0:
-            hidden = model.apply({"params": params}, *args, return_hidden=True)
-            kernel = tm.lm_head_kernel(params, model_cfg)
-            return chunked_loss_sums(
-                hidden, kernel, batch.targets, batch.loss_mask, chunk, model_cfg.dtype
-            )
-        logits = model.apply({"params": params}, *args)
-        return loss_sums_from_logits(logits, batch.targets, batch.loss_mask)
-
-    return loss_sums
-
-
 def _tree_add(a: Any, b: Any) -> Any:
     return jax.tree_util.tree_map(jnp.add, a, b)
 
 
 def build_train_step(
-    model_cfg: ModelConfig, config: Any, mesh: Mesh, state_shardings: TrainState
-) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
-    """The un-jitted step function (the plan lowers it with abstract inputs)."""
+    model_cfg: ModelConfig,
+    config: Any,
+    mesh: Mesh,
+    state_shardings: TrainState,
+    objective: Objective | None = None,
+) -> Callable[[TrainState, Batch, Any], tuple[TrainState, dict]]:
+    """The un-jitted step function (the plan lowers it with abstract inputs).
+
+    `objective` defaults to the one `train.objective` names (`train/objectives.py`).
+    """
     tx, schedule = make_optimizer(config)
     micro, n_micro = micro_batching(config, mesh)
-    z_coef = float(config.optimizer.z_loss)
-    loss_sums = make_loss_fn(model_cfg, config)
+    obj = objective or build_objective(model_cfg, config, mesh)
     param_shardings = state_shardings.params
     mb_spec = batch_sharding(mesh).spec  # P(('data','fsdp'), 'sequence')
 
-    def grad_fn(params: Any, mb: Batch) -> tuple[Any, LossSums]:
+    def grad_fn(params: Any, mb: Batch, extra: Any) -> tuple[Any, Aux]:
         def f(p):
-            sums = loss_sums(p, mb)
-            return objective(sums, z_coef), sums
+            out = obj.sums(p, mb, extra)
+            return out.objective, (out.count, out.metrics)
 
-        grads, sums = jax.grad(f, has_aux=True)(params)
-        return grads, sums
+        grads, aux = jax.grad(f, has_aux=True)(params)
+        return grads, aux
 
-    def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
+    def step(state: TrainState, batch: Batch, extra: Any) -> tuple[TrainState, dict]:
         params = state.params
         if n_micro == 1:
-            grads, sums = grad_fn(params, batch)
+            grads, (count, sums) = grad_fn(params, batch, extra)
         else:
             # [G, S] -> [n, micro, S]: micro-batch k = rows k, k+n, ... (no data movement).
             def split(x):
@@ -119,11 +106,13 @@ def build_train_step(
                 params,
                 param_shardings,
             )
-            zero = jnp.zeros((), jnp.float32)
-            init = (zeros, {"ce_sum": zero, "z_sum": zero, "count": zero})
+            # The objective's sums, as zeros of their shapes (float32 scalars for `lm`).
+            first = jax.tree.map(lambda x: x[0], mbs)
+            aux_shape = jax.eval_shape(lambda p, mb: grad_fn(p, mb, extra)[1], params, first)
+            aux_zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shape)
 
             def body(carry, mb):
-                g, s = grad_fn(params, mb)
+                g, s = grad_fn(params, mb, extra)
                 g = jax.tree_util.tree_map(
                     lambda x, sh: jax.lax.with_sharding_constraint(x.astype(jnp.float32), sh),
                     g,
@@ -131,23 +120,24 @@ def build_train_step(
                 )
                 return (_tree_add(carry[0], g), _tree_add(carry[1], s)), None
 
-            (grads, sums), _ = jax.lax.scan(body, init, mbs)
-        count = sums["count"]
+            (grads, (count, sums)), _ = jax.lax.scan(body, (zeros, aux_zero), mbs)
         denom = jnp.maximum(count, 1.0)
         grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
         grad_norm = global_norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, params)
         new_params = optax.apply_updates(params, updates)
-        metrics = {
-            "loss": sums["ce_sum"] / denom,
-            "z_loss": sums["z_sum"] / denom,
-            "grad_norm": grad_norm,
-            "lr": schedule(state.step),
-            "tokens": count,
-        }
+        clash = set(sums) & set(STEP_METRICS)
+        if clash or "loss" not in sums:
+            raise ValueError(
+                f"Objective {obj.name!r} returns metrics {sorted(sums)}: it must return "
+                f"'loss' and none of {list(STEP_METRICS)} (the step adds those)."
+            )
+        metrics = {name: value / denom for name, value in sums.items()}
+        metrics.update({"grad_norm": grad_norm, "lr": schedule(state.step), "tokens": count})
         new_state = TrainState(step=state.step + 1, params=new_params, opt_state=opt_state)
         return new_state, metrics
 
+    step.objective = obj  # type: ignore[attr-defined]
     return step
 
 
@@ -166,17 +156,25 @@ def jit_train_step(
     rules: Rules = DEFAULT_RULES,
     donate: bool = True,
     compiler_options: dict[str, Any] | None = None,
+    objective: Objective | None = None,
 ):
-    """jax.jit of the step with explicit in/out shardings (not yet wrapped in the mesh)."""
-    step = build_train_step(model_cfg, config, mesh, state_shardings)
+    """jax.jit of the step with explicit in/out shardings (not yet wrapped in the mesh).
+
+    Inputs (state, batch, extra): `extra` (the objective's frozen inputs) is an argument
+    with the objective's own shardings, never donated. The objective is `.objective`.
+    """
+    step = build_train_step(model_cfg, config, mesh, state_shardings, objective)
+    obj = step.objective  # type: ignore[attr-defined]
     replicated = NamedSharding(mesh, PartitionSpec())
-    return jax.jit(
+    jitted = jax.jit(
         step,
-        in_shardings=(state_shardings, batch_shardings(mesh, rules)),
+        in_shardings=(state_shardings, batch_shardings(mesh, rules), obj.frozen.shardings),
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,) if donate else (),
         compiler_options=compiler_options,
     )
+    jitted.objective = obj  # type: ignore[attr-defined]
+    return jitted
 
 
 def make_train_step(
@@ -187,25 +185,36 @@ def make_train_step(
     rules: Rules = DEFAULT_RULES,
     donate: bool = True,
     compiler_options: dict[str, Any] | None = None,
-) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
-    """step_fn(state, batch) -> (state, metrics); jitted, sharded, state donated.
+    objective: Objective | None = None,
+) -> Callable[..., tuple[TrainState, dict]]:
+    """step_fn(state, batch, extra=None) -> (state, metrics); jitted, sharded, state donated.
 
     `batch` is a `Batch` of numpy arrays (single process; jit shards them) or global jax.Arrays
-    from `zen_code_jax.parallel.multihost.make_global_batch` (multi-host).
-    Metrics (replicated scalars): loss (mean CE over loss tokens), z_loss (mean
-    logsumexp^2), grad_norm (before clipping), lr (used for this update), tokens.
-    `compiler_options` go to XLA (tests use {'xla_backend_optimization_level': 0} to
-    halve compile time on CPU).
+    from `zen_code_jax.parallel.multihost.make_global_batch` (multi-host). `extra` is the
+    objective's frozen inputs (`step_fn.objective.frozen.load()`); None for objectives
+    without any. Metrics (replicated scalars): the objective's (for `lm`: loss = mean CE
+    over loss tokens, z_loss = mean logsumexp^2), grad_norm (before clipping), lr (used for
+    this update), tokens. `compiler_options` go to XLA (tests use
+    {'xla_backend_optimization_level': 0} to halve compile time on CPU).
     """
     jitted = jit_train_step(
-        model_cfg, config, mesh, state_shardings, rules, donate, compiler_options
+        model_cfg, config, mesh, state_shardings, rules, donate, compiler_options, objective
     )
+    obj = jitted.objective  # type: ignore[attr-defined]
 
-    def step_fn(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
+    def step_fn(state: TrainState, batch: Batch, extra: Any = None) -> tuple[TrainState, dict]:
+        if extra is None:
+            if not obj.frozen.empty:
+                raise ValueError(
+                    f"Objective {obj.name!r} reads frozen inputs: pass "
+                    "extra=step_fn.objective.frozen.load() to the step (or to train.loop.train)."
+                )
+            extra = {}
         with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
-            return jitted(state, batch)
+            return jitted(state, batch, extra)
 
     step_fn.jitted = jitted  # type: ignore[attr-defined]
+    step_fn.objective = obj  # type: ignore[attr-defined]
     return step_fn
 
 
@@ -217,7 +226,8 @@ def make_eval_step(
     compiler_options: dict[str, Any] | None = None,
 ) -> Callable[[Any, Batch], dict]:
     """fn(params, batch) -> {'loss_sum', 'tokens'} (sums, so callers can average over
-    many batches exactly). Params keep their sharding; the batch is sharded on entry."""
+    many batches exactly). Params keep their sharding; the batch is sharded on entry.
+    Always next-token CE (held-out loss), whatever the training objective."""
     loss_sums = make_loss_fn(model_cfg, config)
     replicated = NamedSharding(mesh, PartitionSpec())
 
