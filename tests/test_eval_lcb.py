@@ -273,6 +273,34 @@ def test_a_wrong_answer_on_a_private_test_fails(release):
     assert res.records[0]["failed_test"] == 2
 
 
+def test_the_expected_outputs_are_not_on_disk_for_the_candidate(release):
+    p = {q["task_id"]: q for q in livecodebench.load_problems(options(release))}["abc001_a"]
+    cheat = (
+        "import json, os, sys\n"
+        "data = sys.stdin.read()\n"
+        "if os.path.exists('tests.json'):\n"
+        "    for t in json.load(open('tests.json')):\n"
+        "        if t['input'] == data:\n"
+        "            print(t['output'])\n"
+        "else:\n"
+        "    print('gone')\n"
+    )
+    res = graded([p], {"abc001_a": [fence(cheat)]})
+    assert res.records[0]["result"] == "wrong_answer"
+    assert "'gone'" in res.records[0]["stderr"]
+
+
+def test_a_problem_with_big_tests_gets_room_for_them():
+    big = "x" * (40 << 20)  # 40 MiB of input: over the default 16 MiB file and 64 MiB disk
+    p = {"tests": [{"input": big, "output": "1"}] * 2}
+    lim = livecodebench.problem_limits(SandboxLimits(), p, 6.0)
+    assert lim.timeout_s == (6 + 1) * 2 + 5 and lim.cpu_s == 19
+    assert lim.max_file_bytes > len(big) and lim.max_disk_mb >= 64 + 3 * 80
+    assert lim.memory_mb >= 1024 + 4 * 80
+    small = livecodebench.problem_limits(SandboxLimits(timeout_s=60), {"tests": [p["tests"][0]]}, 1)
+    assert small.timeout_s == 60
+
+
 class Oracle:
     """Answers every prompt with its problem's solution for even seeds, junk for odd ones."""
 

@@ -25,6 +25,11 @@ with `__name__ == "__main__"` and its input on the real file descriptor 0 (so `i
 the test normally; lcb_runner wraps the program in a function (so `global` statements can
 fail) and patches `sys.stdin` with a StringIO (no `.buffer`).
 
+The harness deletes its input files before the candidate runs (no reading the expected
+outputs from disk). What stays possible, as with every in-process harness (HumanEval's
+included): a hostile candidate can introspect the harness's memory (`sys._getframe`, `gc`)
+for the tests, or patch the comparison; docs/sandbox.md lists such test-gaming residuals.
+
 The verdict is the sandbox's trusted one: `main()` returns only when every test passed and
 raises SystemExit(1) otherwise; the last stderr line (`LCB_RESULT {...}`) says why, for the
 records (diagnostics only: the candidate can print too).
@@ -59,6 +64,7 @@ STAR_IMPORTS = (
 )
 PLAIN_IMPORTS = STAR_IMPORTS[:-2]  # every module but builtins and typing, imported by name
 RESULT_TAG = "LCB_RESULT"
+INPUT_FILES = ("settings.json", "tests.json", "solution.py")
 
 
 class TestTimeout(BaseException):
@@ -91,7 +97,8 @@ def stdout_matches(output: str, expected: str) -> tuple[bool, str]:
     """LiveCodeBench's stdin/stdout comparison: (match, why not)."""
     got, want = lines_of(output), lines_of(expected)
     if len(got) != len(want):
-        return False, f"output has {len(got)} lines, expected {len(want)}"
+        head = "\n".join(got[:3])[:80]
+        return False, f"output has {len(got)} lines, expected {len(want)}; starts {head!r}"
     for i, (g, w) in enumerate(zip(got, want)):
         if g == w:
             continue
@@ -194,13 +201,17 @@ def run_stdio(source: str, tests: list, timeout_s: float) -> None:
 
 
 def main() -> None:
-    """Grade `solution.py` on `tests.json` as `settings.json` says."""
-    with open("settings.json", encoding="utf-8") as f:
-        settings = json.load(f)
-    with open("tests.json", encoding="utf-8") as f:
-        tests = [(t["input"], t["output"]) for t in json.load(f)]
-    with open("solution.py", encoding="utf-8") as f:
-        source = f.read()
+    """Grade `solution.py` on `tests.json` as `settings.json` says. The three files are
+    removed before the candidate runs, so it cannot read the expected outputs from disk."""
+    data = {}
+    for name in INPUT_FILES:
+        with open(name, encoding="utf-8") as f:
+            data[name] = f.read()
+        os.remove(name)
+    settings = json.loads(data["settings.json"])
+    tests = [(t["input"], t["output"]) for t in json.loads(data["tests.json"])]
+    source = data["solution.py"]
+    del data
     if settings["func_name"]:
         run_functional(source, settings["func_name"], tests, float(settings["timeout_s"]))
     else:

@@ -274,6 +274,24 @@ def global_timeout(problem: dict[str, Any], timeout_s: float) -> float:
     return (timeout_s + 1.0) * len(problem["tests"]) + 5.0
 
 
+def problem_limits(base: SandboxLimits, problem: dict[str, Any], timeout_s: float) -> SandboxLimits:
+    """`base` widened for one problem: LiveCodeBench's global time limit, and room for its
+    tests (some releases hold tens of MiB per problem) on top of what the program may use:
+    the tests file and one input on the run's disk, the largest input as one file (the
+    harness writes it to fd 0), the parsed tests in memory."""
+    t = max(base.timeout_s, global_timeout(problem, timeout_s))
+    mib = math.ceil(sum(len(x["input"]) + len(x["output"]) for x in problem["tests"]) / 2**20)
+    largest = max(len(x["input"].encode("utf-8")) for x in problem["tests"])
+    return dataclasses.replace(
+        base,
+        timeout_s=t,
+        cpu_s=math.ceil(t),
+        max_disk_mb=base.max_disk_mb + 3 * mib,
+        max_file_bytes=max(base.max_file_bytes, largest + (1 << 20)),
+        memory_mb=base.memory_mb + 4 * mib,
+    )
+
+
 def _outcome(stderr: str) -> dict[str, Any]:
     for line in reversed(stderr.splitlines()):
         if line.startswith(lcb_harness.RESULT_TAG + " "):
@@ -303,10 +321,9 @@ def score(
         outs = outputs.get(p["task_id"])
         if not outs:
             raise ValueError(f"No outputs for {p['task_id']}; give each problem >= 1 sample.")
+        lim = problem_limits(base, p, timeout_s)
         for out in outs:
             out = truncate_at_stops(out, STOP_SEQUENCES)
-            t = max(base.timeout_s, global_timeout(p, timeout_s))
-            lim = dataclasses.replace(base, timeout_s=t, cpu_s=math.ceil(t))
             jobs.append((p, out, extract_code(out, extract), lim))
     results: list[Any] = [None] * len(jobs)
     by_limits: dict[SandboxLimits, list[int]] = {}
