@@ -120,6 +120,7 @@ def test_rows_load_with_public_then_private_tests_sorted_by_question_id(release)
 def test_a_directory_of_release_files_loads_every_file(tmp_path):
     (tmp_path / "test.jsonl").write_text(json.dumps(ROWS[0]) + "\n")
     (tmp_path / "test2.jsonl").write_text(json.dumps(ROWS[2]) + "\n")
+    (tmp_path / "predictions.jsonl").write_text('{"not": "a problem"}\n')  # not a release file
     probs = livecodebench.load_problems(options(tmp_path))
     assert sorted(p["task_id"] for p in probs) == ["3001", "abc001_a"]
 

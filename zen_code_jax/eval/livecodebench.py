@@ -162,13 +162,15 @@ def normalize_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def release_files(path: str) -> list[Path]:
-    """`path` itself, or the `*.jsonl` files of a directory in name order (test.jsonl,
-    test2.jsonl, ... of a release)."""
+    """`path` itself, or the release files of a directory (test.jsonl, test2.jsonl, ...,
+    in name order)."""
     p = Path(path) if path else None
     if p is not None and p.is_dir():
-        files = sorted(p.glob("*.jsonl"))
+        files = sorted(p.glob("test*.jsonl"))
         if not files:
-            raise FileNotFoundError(f"{p} has no *.jsonl files; point {_SETTING}.path at one.")
+            raise FileNotFoundError(
+                f"{p} has no test*.jsonl release files; point {_SETTING}.path at one."
+            )
         return files
     return [Path(path)]
 
