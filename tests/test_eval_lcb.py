@@ -262,16 +262,21 @@ def test_correct_wrong_timeout_and_crash_on_stdin_and_functional(release):
     assert res.metrics["num_problems"] == 3.0
 
 
-def test_a_wrong_answer_on_a_private_test_fails(release):
+def test_a_wrong_answer_on_a_private_test_fails_and_fd0_input_works(release):
     p = {q["task_id"]: q for q in livecodebench.load_problems(options(release))}["abc001_a"]
     # right on the public test (two cases), wrong once a case has a negative number
     code = (
         "t = int(input())\nfor _ in range(t):\n    a, b = map(int, input().split())\n"
         "    print(abs(a) + abs(b))\n"
     )
-    res = graded([p], {"abc001_a": [fence(code)]})
+    fd0 = (  # reads fd 0 directly and ends with sys.exit(): both fine, as in lcb_runner
+        "import sys\nv = list(map(int, open(0).read().split()))\n"
+        "print('\\n'.join(str(v[i] + v[i + 1]) for i in range(1, len(v), 2)))\nsys.exit(0)\n"
+    )
+    res = graded([p], {"abc001_a": [fence(code), fence(fd0)]})
     assert res.records[0]["result"] == "wrong_answer"
     assert res.records[0]["failed_test"] == 2
+    assert res.records[1]["result"] == "passed", res.records[1]["stderr"]
 
 
 def test_the_expected_outputs_are_not_on_disk_for_the_candidate(release):

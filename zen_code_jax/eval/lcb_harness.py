@@ -35,6 +35,7 @@ raises SystemExit(1) otherwise; the last stderr line (`LCB_RESULT {...}`) says w
 records (diagnostics only: the candidate can print too).
 """
 
+import gc
 import io
 import json
 import os
@@ -164,8 +165,9 @@ def _run_program(code, text: str) -> str:
     with open("stdin.txt", "w", encoding="utf-8") as f:
         f.write(text)
     fd = os.open("stdin.txt", os.O_RDONLY)
-    os.dup2(fd, 0)
-    os.close(fd)
+    if fd != 0:  # fd 0 is free when the last test's program closed it (`open(0)`)
+        os.dup2(fd, 0)
+        os.close(fd)
     sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115
     buf = io.BytesIO()
     out = io.TextIOWrapper(buf, encoding="utf-8", write_through=True)
@@ -180,6 +182,9 @@ def _run_program(code, text: str) -> str:
     finally:
         sys.stdout = sys.__stdout__
         sys.stdin = sys.__stdin__
+        # Collect this run's objects now: a file the program left open on fd 0 closes fd 0
+        # when collected, which must not happen during the next test.
+        gc.collect()
 
 
 def run_stdio(source: str, tests: list, timeout_s: float) -> None:
