@@ -146,6 +146,7 @@ def test_bad_options_fail_early_with_the_fix():
         (dict(since="2024-08-01", until="2024-07-01"), "after"),
         (dict(difficulties=("extreme",)), "choose from"),
         (dict(extract="xml"), "choose from"),
+        (dict(numbers="fuzzy"), "choose from"),
     ]:
         with pytest.raises(ValueError, match=msg):
             check_task_options({"task_options": {"livecodebench": bad}})
@@ -199,6 +200,31 @@ def test_code_is_taken_between_the_first_two_fence_lines():
 )
 def test_stdout_comparison_follows_livecodebench(got, want, ok):
     assert lcb_harness.stdout_matches(got, want)[0] is ok
+
+
+@pytest.mark.parametrize(
+    "got,want,ok",
+    [
+        ("0.333333", "0.3333333", True),  # within rtol 1e-5
+        ("0.3333", "0.3333333", False),
+        ("1000000.1", "1000000", True),
+        ("2 0.5", "2 0.500001", True),
+        ("2 0.5", "2 0.50001", False),
+        ("2", "2 0", False),
+        ("yes", "no", False),
+    ],
+)
+def test_stdout_comparison_with_float_tolerance(got, want, ok):
+    assert lcb_harness.stdout_matches(got, want, "allclose")[0] is ok
+    assert lcb_harness.close_floats(got, want) is ok
+
+
+def test_the_number_rule_reaches_the_sandboxed_harness(release):
+    p = {q["task_id"]: q for q in livecodebench.load_problems(options(release))}["abc002_b"]
+    near = fence("a, b = map(int, input().split())\nprint(a / b + 1e-7)\n")
+    strict = graded([p], {"abc002_b": [near]})
+    loose = graded([p], {"abc002_b": [near]}, numbers="allclose")
+    assert (strict.records[0]["result"], loose.records[0]["result"]) == ("wrong_answer", "passed")
 
 
 # ------------------------------------------------------------------------- sandboxed grading

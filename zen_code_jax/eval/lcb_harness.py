@@ -16,7 +16,9 @@ It follows LiveCodeBench's grading rules (lcb_runner/evaluation/testing_util.py)
   expected`;
 - stdin/stdout problems: the output and the expected output are stripped, split into lines,
   each line stripped; the line counts must agree and each line must match exactly or, token
-  by token, as equal decimal numbers (`decimal.Decimal`, so 0.50 == 0.5 but 0.333 != 0.3333).
+  by token, as equal decimal numbers (`decimal.Decimal`, so 0.50 == 0.5 but 0.333 != 0.3333;
+  today's lcb_runner) or, with `numbers="allclose"`, as floats within numpy.allclose's
+  default tolerance (lcb_runner's earlier, APPS-derived grader).
 
 Where we differ from lcb_runner, on the lenient side, because the candidate runs as a program
 rather than as a function built from its source: each stdin test executes the program anew
@@ -94,8 +96,20 @@ def decimals(line: str) -> list[Decimal] | None:
         return None
 
 
-def stdout_matches(output: str, expected: str) -> tuple[bool, str]:
-    """LiveCodeBench's stdin/stdout comparison: (match, why not)."""
+def close_floats(line: str, expected: str) -> bool:
+    """Token-wise float closeness, |a - b| <= 1e-8 + 1e-5 * |b| (numpy.allclose's defaults,
+    as lcb_runner's earlier grader compared outputs); False if a token is not a number."""
+    try:
+        a, b = [float(t) for t in line.split()], [float(t) for t in expected.split()]
+    except ValueError:
+        return False
+    return len(a) == len(b) and all(abs(x - y) <= 1e-8 + 1e-5 * abs(y) for x, y in zip(a, b))
+
+
+def stdout_matches(output: str, expected: str, numbers: str = "decimal") -> tuple[bool, str]:
+    """LiveCodeBench's stdin/stdout comparison: (match, why not). Lines that differ as text
+    may still match as numbers: equal decimals (`numbers="decimal"`, today's lcb_runner) or
+    close floats (`"allclose"`, its earlier grader)."""
     got, want = lines_of(output), lines_of(expected)
     if len(got) != len(want):
         head = "\n".join(got[:3])[:80]
@@ -103,8 +117,12 @@ def stdout_matches(output: str, expected: str) -> tuple[bool, str]:
     for i, (g, w) in enumerate(zip(got, want)):
         if g == w:
             continue
-        dg, dw = decimals(g), decimals(w)
-        if dg is None or dw is None or dg != dw:
+        if numbers == "allclose":
+            ok = close_floats(g, w)
+        else:
+            dg, dw = decimals(g), decimals(w)
+            ok = dg is not None and dw is not None and dg == dw
+        if not ok:
             return False, f"line {i + 1}: {g[:80]!r} != {w[:80]!r}"
     return True, ""
 
@@ -187,7 +205,7 @@ def _run_program(code, text: str) -> str:
         gc.collect()
 
 
-def run_stdio(source: str, tests: list, timeout_s: float) -> None:
+def run_stdio(source: str, tests: list, timeout_s: float, numbers: str = "decimal") -> None:
     """Run the program on every test's input; fail at the first output mismatch."""
     try:
         code = compile(prelude() + "\n" + source, "solution.py", "exec")
@@ -200,7 +218,7 @@ def run_stdio(source: str, tests: list, timeout_s: float) -> None:
             _fail("time_limit", i, "")
         except BaseException as e:  # noqa: BLE001
             _fail("runtime_error", i, repr(e))
-        ok, why = stdout_matches(got, out)
+        ok, why = stdout_matches(got, out, numbers)
         if not ok:
             _fail("wrong_answer", i, why)
 
@@ -220,4 +238,4 @@ def main() -> None:
     if settings["func_name"]:
         run_functional(source, settings["func_name"], tests, float(settings["timeout_s"]))
     else:
-        run_stdio(source, tests, float(settings["timeout_s"]))
+        run_stdio(source, tests, float(settings["timeout_s"]), settings["numbers"])

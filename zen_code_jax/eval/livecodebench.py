@@ -56,6 +56,7 @@ STOP_SEQUENCES: tuple[str, ...] = ("###",)
 DIFFICULTIES = ("easy", "medium", "hard")
 PLATFORMS = ("leetcode", "codeforces", "atcoder")
 EXTRACT_MODES = ("fences", "raw")
+NUMBER_RULES = ("decimal", "allclose")
 PASS_KS: tuple[int, ...] = (1, 5, 10)
 _SETTING = "eval.task_options.livecodebench"
 
@@ -75,7 +76,9 @@ class LcbOptions:
 
     `since` / `until`: contest dates (YYYY-MM-DD, inclusive; "" = open). `platforms`,
     `difficulties`: keep only these (() = all). `fewshot_dir`: lcb_runner's few-shot example
-    directory (one-shot prompt), "" = zero-shot. `extract`: "fences" or "raw".
+    directory (one-shot prompt), "" = zero-shot. `extract`: "fences" or "raw". `numbers`:
+    how stdout lines compare as numbers, "decimal" (equal decimals, today's lcb_runner) or
+    "allclose" (floats within numpy.allclose's tolerance, lcb_runner's earlier grader).
     `timeout_s`: per test, LiveCodeBench's 6 s.
     """
 
@@ -86,6 +89,7 @@ class LcbOptions:
     difficulties: tuple[str, ...] = ()
     fewshot_dir: str = ""
     extract: str = "fences"
+    numbers: str = "decimal"
     timeout_s: float = 6.0
 
     def __post_init__(self) -> None:
@@ -98,6 +102,8 @@ class LcbOptions:
                 raise ValueError(f"{_SETTING}.{name}: unknown {bad}; choose from {valid}.")
         if self.extract not in EXTRACT_MODES:
             raise ValueError(f"{_SETTING}.extract={self.extract!r}; choose from {EXTRACT_MODES}.")
+        if self.numbers not in NUMBER_RULES:
+            raise ValueError(f"{_SETTING}.numbers={self.numbers!r}; choose from {NUMBER_RULES}.")
         if self.timeout_s <= 0:
             raise ValueError(f"{_SETTING}.timeout_s must be > 0, got {self.timeout_s}.")
 
@@ -259,10 +265,12 @@ def harness_source() -> str:
     return Path(lcb_harness.__file__).read_text(encoding="utf-8") + "\n\nmain()\n"
 
 
-def program(problem: dict[str, Any], code: str, timeout_s: float) -> Program:
+def program(
+    problem: dict[str, Any], code: str, timeout_s: float, numbers: str = "decimal"
+) -> Program:
     """One grading run of `code` on every test of `problem` (single-process: the candidate
     runs in the harness's process)."""
-    settings = {"func_name": problem["func_name"], "timeout_s": timeout_s}
+    settings = {"func_name": problem["func_name"], "timeout_s": timeout_s, "numbers": numbers}
     files = {
         "solution.py": code,
         "tests.json": json.dumps(problem["tests"]),
@@ -312,6 +320,7 @@ def score(
     workers: int = 2,
     timeout_s: float = 6.0,
     extract: str = "fences",
+    numbers: str = "decimal",
     ks: Sequence[int] | None = None,
 ) -> TaskResult:
     """pass@k of model outputs ({task_id: [output, ...]}): each is cut at `###`, its code
@@ -332,7 +341,7 @@ def score(
     for i, job in enumerate(jobs):
         by_limits.setdefault(job[3], []).append(i)
     for lim, idx in by_limits.items():
-        progs = [program(jobs[i][0], jobs[i][2], timeout_s) for i in idx]
+        progs = [program(jobs[i][0], jobs[i][2], timeout_s, numbers) for i in idx]
         for i, res in zip(idx, run_programs(progs, limits=lim, workers=workers)):
             results[i] = res
     records, by_key, by_diff = [], {}, {}
@@ -399,6 +408,7 @@ class LiveCodeBenchTask(Task):
             workers=ctx.workers,
             timeout_s=options.timeout_s,
             extract=options.extract,
+            numbers=options.numbers,
         )
 
 
