@@ -95,6 +95,7 @@ def test_diff_extraction_prefers_tagged_then_fenced_then_raw():
     assert patches.extract_diff("text\n" + ELSEWHERE) == ELSEWHERE
     assert patches.extract_diff("```python\nprint(1)\n```\n" + ELSEWHERE) == ELSEWHERE
     assert patches.extract_diff(OUTPUTS["calc__calc-4"]) == ""
+    assert patches.extract_diff("--- Fix below ---\n" + ELSEWHERE) == ELSEWHERE  # not a header
 
 
 def test_patches_apply_exactly_and_report_why_not():

@@ -16,7 +16,7 @@ import re
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 _TAGGED = re.compile(r"<(patch|diff)>\n?(.*?)(?:</\1>|\Z)", re.DOTALL)
 _FENCED = re.compile(r"```([\w+-]*)[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
-_START = re.compile(r"^(diff --git |--- )", re.MULTILINE)
+_START = re.compile(r"^(diff --git |--- .*\n\+\+\+ )", re.MULTILINE)
 
 
 @dataclasses.dataclass
@@ -58,8 +58,8 @@ class FilePatch:
 def extract_diff(output: str) -> str:
     """The diff in a model output: a <patch>/<diff> block (its closing tag optional, as a
     stop sequence may have cut it), else a ```diff / ```patch fence, else any fenced block
-    that holds a diff, else the raw text; from its first `diff --git` or `---` line on ("" if
-    there is none)."""
+    that holds a diff, else the raw text; from its first `diff --git` line, or `---` line
+    followed by a `+++` line, on ("" if there is none)."""
     candidates = [m.group(2) for m in _TAGGED.finditer(output)]
     fenced = list(_FENCED.finditer(output))
     candidates += [m.group(2) for m in fenced if m.group(1) in ("diff", "patch")]
