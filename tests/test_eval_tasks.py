@@ -783,7 +783,9 @@ def test_registry_and_unknown_task_error():
         "humaneval_infilling_openai_random_span_light",
         "heldout_fim",
         "heldout_loss",
+        "livecodebench",
         "repo_completion",
+        "swebench",
         "mbpp",
         "multipl_e",
     }

@@ -33,9 +33,11 @@ TASK_MODULES: dict[str, str] = {
     "humaneval_infilling_openai_multi": "zen_code_jax.eval.infilling",
     "humaneval_infilling_openai_random_span": "zen_code_jax.eval.infilling",
     "humaneval_infilling_openai_random_span_light": "zen_code_jax.eval.infilling",
+    "livecodebench": "zen_code_jax.eval.livecodebench",
     "mbpp": "zen_code_jax.eval.mbpp",
     "multipl_e": "zen_code_jax.eval.multipl_e",
     "repo_completion": "zen_code_jax.eval.repo_completion",
+    "swebench": "zen_code_jax.eval.swebench",
 }
 
 _cache: dict[str, Task] = {}
