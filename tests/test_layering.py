@@ -38,7 +38,7 @@ ALLOWED: dict[str, set[str]] = {
         "experiment",
     },
 }
-INFRA = {"checkpoint", "tracking", "rundir", "hf"}
+INFRA = {"checkpoint", "tracking", "rundir", "hf", "resolve"}
 
 
 def part_of(module: str) -> str:

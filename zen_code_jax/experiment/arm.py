@@ -43,8 +43,9 @@ from zen_code_jax.experiment.evaluate import evaluate, heldout_batches
 from zen_code_jax.experiment.plan import mfu_device_count, peak_flops
 from zen_code_jax.hf.checkpoint import HFCheckpoint
 from zen_code_jax.hf.load import load_params
-from zen_code_jax.hf.rundir import check_architecture, hf_spec, load_tokenizer
+from zen_code_jax.hf.rundir import check_architecture, load_tokenizer
 from zen_code_jax.parallel import batch_sharding, make_mesh, multihost
+from zen_code_jax.resolve import parse_checkpoint
 from zen_code_jax.rundir import RunDir
 from zen_code_jax.tracking import NullWriter, SummaryWriter, truncate_after
 from zen_code_jax.train.hooks import Hooks
@@ -78,13 +79,6 @@ def resolve_steps(config: ml_collections.ConfigDict, data_iter: Any) -> int:
     return epochs * int(per_epoch)
 
 
-def init_checkpoint_dir(spec: str, run_dir: RunDir) -> Path:
-    """`arm:NAME` -> the sibling arm's run dir; anything else is a path."""
-    if spec.startswith("arm:"):
-        return run_dir.path.parent / spec[4:]
-    return Path(spec)
-
-
 def _global_batches(data_iter: Iterator[Batch], mesh: Any, global_batch: int) -> Iterator[Batch]:
     """Per-host rows -> global arrays sharded over the mesh (multi-process runs)."""
     sharding = batch_sharding(mesh)
@@ -114,7 +108,9 @@ def run_arm(
     model_cfg = model_config_from(config.model)
     make_data = dataset_fn or make_dataset
 
-    hf_dir = hf_spec(str(config.train.init_checkpoint))
+    init = str(config.train.init_checkpoint)
+    init_ref = parse_checkpoint(init, run_dir=run_dir) if init else None
+    hf_dir = str(init_ref.path) if init_ref is not None and init_ref.kind == "hf" else None
     hf_ckpt, hf_tok = None, None
     if hf_dir is not None:  # an HF base: its weights, and its tokenizer for the data
         hf_ckpt = HFCheckpoint.open(hf_dir)
@@ -185,11 +181,13 @@ def run_arm(
         )
         print(f"[{arm}] initialized params from HF checkpoint {hf_dir}", flush=True)
     elif config.train.init_checkpoint:
-        src = init_checkpoint_dir(config.train.init_checkpoint, run_dir)
+        src = init_ref.path
         # Params only (no AdamW moments), straight into this arm's shardings.
         target = abstract_like(state.params)
         params, meta, _, _ = restore_params_only(
-            src, sharding_fn=lambda _: jax.tree.map(lambda a: a.sharding, target)
+            src,
+            step=init_ref.step,
+            sharding_fn=lambda _: jax.tree.map(lambda a: a.sharding, target),
         )
         if meta.get("identity") != ident:
             raise ValueError(
