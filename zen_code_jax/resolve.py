@@ -311,7 +311,7 @@ def _load_run(
     model_cfg: ModelConfig | None,
     rules: Sequence[Any] | None,
 ) -> LoadedModel:
-    if not ref.path.exists():
+    if not ref.path.exists() and not ref.arm:
         raise CheckpointSpecError(f"{ref.spec or ref.path}: no such directory; give {_FORMS}.")
     try:
         find_checkpoint_dir(ref.path)
