@@ -158,3 +158,18 @@ def test_engine_from_run_carries_the_runs_facts(run, tiny_tokenizer):
     assert ids[0] == tiny_tokenizer.repo_name_id  # the qwen2.5 layout, not `# File:`
     in_memory = InferenceEngine.from_run(path, params=params[1])
     assert in_memory.facts.repo_format == "qwen2.5" and _same(in_memory.params, params[1])
+
+
+def test_arm_dependency_without_checkpoint_is_a_usage_error(run):
+    """`experiments/run.py --arm=X` for an arm that starts from a sibling not trained yet."""
+    from zen_code_jax.experiment.cli import UsageError, arm_setup
+
+    path, _, _ = run
+    config = base_config()
+    config.name = path.parent.name
+    config.train.init_checkpoint = "arm:nope"
+    with pytest.raises(UsageError, match=r"starts from arm 'nope'.*Run --arm=nope first"):
+        arm_setup(config, "ft", path.parent.parent, "train")
+    config.train.init_checkpoint = "arm:base"
+    cfg, run_dir = arm_setup(config, "ft", path.parent.parent, "train")
+    assert run_dir.path == path.parent / "ft" and cfg.arm == "ft"
