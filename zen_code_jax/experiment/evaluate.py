@@ -90,10 +90,19 @@ def evaluate(
     tasks = list(config.eval.tasks)
     if tasks:
         # The trainer's weights, with every other fact (repository format, ...) resolved
-        # from the run directory as for any checkpoint.
+        # from the run directory as for any checkpoint (`step` given: no checkpoint listing,
+        # which would be a collective in a multi-process run; only process 0 is here).
         engine = InferenceEngine.from_run(
-            run_dir.path, params=params, max_batch_size=max(1, int(config.eval.batch_size))
+            run_dir.path,
+            params=params,
+            step=step,
+            max_batch_size=max(1, int(config.eval.batch_size)),
         )
+        if engine.model_cfg != model_cfg:
+            raise ValueError(
+                f"{run_dir.config_json} describes another model than the one trained; "
+                "rerun the arm so its config.json is rewritten."
+            )
         ctx = EvalContext(
             config=config,
             engine=engine,
