@@ -14,6 +14,7 @@ import pytest
 from conftest import FakeCorpus
 
 from zen_code_jax.config import base_config
+from zen_code_jax.data.repo_format import RepoFormat
 from zen_code_jax.eval import heldout, humaneval, infilling, mbpp, multipl_e, repo_completion
 from zen_code_jax.eval.__main__ import main as cli_main
 from zen_code_jax.eval.base import EvalContext
@@ -467,6 +468,9 @@ class OracleCorpusEngine:
             out.append(nxt[:-2] if self.wrong else nxt + "\nmore")
         return out
 
+    def generate_ids(self, prompt_ids, **kw):
+        return self.generate([self.tok.decode(ids) for ids in prompt_ids], **kw)
+
     def token_logprobs(self, contexts, continuations):
         self.max_scored = max(len(c) + len(t) for c, t in zip(contexts, continuations))
         return [
@@ -608,11 +612,15 @@ def test_repo_completion_settings_and_scores():
         assert res.metrics[f"{s}/edit_similarity"] == 1.0
     assert engine.max_prompt <= 400 - 32
     ex = repo_completion.sample_examples(corpus, 3, seed=0)[0]
-    cross = repo_completion.build_prompt(ex, "cross_file_first", tok, 10_000)
-    infile = repo_completion.build_prompt(ex, "in_file", tok, 10_000)
+    fmt = RepoFormat("report")
+
+    def prompt(setting, n):
+        return tok.decode(repo_completion.build_prompt(ex, setting, fmt, tok, n))
+
+    cross, infile = prompt("cross_file_first", 10_000), prompt("in_file", 10_000)
     assert cross.count("# File: ") == 3 and infile.count("# File: ") == 1
     assert cross.endswith(infile) and infile.startswith(f"# File: {ex['path']}\n")
-    short = repo_completion.build_prompt(ex, "cross_file_first", tok, 200)
+    short = prompt("cross_file_first", 200)
     assert short.startswith("# File: ") and f"# File: {ex['path']}\n" in short
     assert len(tok.encode(short)) <= 200
     wrong = get_task("repo_completion").evaluate(
@@ -841,7 +849,6 @@ def test_score_checkpoint_and_cli_wiring(tmp_path, monkeypatch, capsys):
     The checkpoint and engine are stand-ins here (their own tests cover them); this checks
     that the runner passes the right things between them.
     """
-    import zen_code_jax.checkpoint as ckpt_mod
     from zen_code_jax.eval import runner
 
     run = tmp_path / "exp" / "arm"
@@ -850,14 +857,21 @@ def test_score_checkpoint_and_cli_wiring(tmp_path, monkeypatch, capsys):
     config = cfg()
     seen = {}
 
-    class FakeEngine(OracleCorpusEngine):
-        def __init__(self, params, model_cfg, tokenizer, mesh=None, *, max_batch_size=16):
-            seen["engine"] = (params, model_cfg, tokenizer, max_batch_size)
-            super().__init__(FakeCorpus.synthetic(n_repos=2), tokenizer)
-
     mc = types.SimpleNamespace(vocab_size=512)
-    monkeypatch.setattr(runner, "restore_for_inference", lambda d: ("P", mc, tok, config))
-    monkeypatch.setattr(ckpt_mod, "find_checkpoint_dir", lambda d: run / "checkpoints")
+
+    class FakeEngine(OracleCorpusEngine):
+        model_cfg, tokenizer = mc, tok
+        repo_format = RepoFormat("report")
+
+        @classmethod
+        def from_run(cls, spec, *, max_batch_size=16):
+            seen["engine"] = (spec, max_batch_size)
+            engine = cls(FakeCorpus.synthetic(n_repos=2), tok)
+            engine.facts = types.SimpleNamespace(step=40)
+            return engine
+
+    facts = types.SimpleNamespace(config=config)
+    monkeypatch.setattr(runner, "run_facts", lambda d: facts)
     monkeypatch.setattr(runner, "InferenceEngine", FakeEngine)
     monkeypatch.setattr(
         runner, "corpus_loader", lambda c, v, w: seen.setdefault("corpus", []).append((v, w))
@@ -867,7 +881,7 @@ def test_score_checkpoint_and_cli_wiring(tmp_path, monkeypatch, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["mbpp"]["pass@1"] == 0.0  # the fake engine's generate is not an MBPP solver
     assert out["mbpp"]["num_problems"] == 2 and config.eval.limit == 2
-    assert seen["engine"] == ("P", mc, tok, config.eval.batch_size)
+    assert seen["engine"] == (run, config.eval.batch_size)
     assert seen["corpus"] == [(512, tmp_path.resolve())]  # WORKDIR = RUN/../..
     assert len((run / "eval" / "mbpp.jsonl").read_text().splitlines()) == 2
     assert json.loads((run / "eval" / "summary.json").read_text())["mbpp"]["step"] == 40

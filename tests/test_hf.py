@@ -182,7 +182,7 @@ def test_greedy_generation_matches_transformers(fixtures, imported):
     from zen_code_jax.infer.engine import CompletionRequest, InferenceEngine
 
     _, model = fixtures[False]
-    engine = InferenceEngine.from_run_dir(str(imported[False]))
+    engine = InferenceEngine.from_run(str(imported[False]))
     tok = engine.tokenizer
     prompts = [tok.encode("def add(a, b):\n    return"), tok.encode("import json\n")]
     done = engine.complete([CompletionRequest(p, 16) for p in prompts])

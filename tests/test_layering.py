@@ -45,7 +45,6 @@ ALLOWED: dict[str, set[str]] = {
         "experiment",
     },
 }
-INFRA = {"checkpoint", "tracking", "rundir", "hf"}
 # Scripts inside the package that a fresh interpreter runs as files, never imported as
 # `zen_code_jax` modules, so they have no place in the layers; instead they must import
 # none of our modules (`test_standalone_scripts_import_nothing_of_ours`).
@@ -57,6 +56,7 @@ KNOWN_CYCLES: dict[frozenset[str], str] = {
     # type); the integrator deletes this entry when merging that change.
     frozenset({"zen_code_jax.infer.server", "zen_code_jax.infer.server_http"}): "issue 17",
 }
+INFRA = {"checkpoint", "tracking", "rundir", "hf", "resolve"}
 
 
 def part_of(module: str) -> str:

@@ -399,6 +399,16 @@ def restore_for_inference(
     )
     config = config_from_dict(meta["config"])
     model_cfg = model_config_from(config.model)
+    tokenizer = checkpoint_tokenizer(meta, tok_json, run_dir, model_cfg)
+    return params, model_cfg, tokenizer, config
+
+
+def checkpoint_tokenizer(
+    meta: Mapping[str, Any], tok_json: Mapping[str, Any] | None, run_dir: str | Path, model_cfg: Any
+) -> Any:
+    """The tokenizer a checkpoint was trained with: its own copy (else `RUN/tokenizer/`),
+    checked against the recorded fingerprint and the model's vocabulary, so eval and
+    serving can never pair weights with the wrong tokenizer."""
     if tok_json:
         tokenizer = tokenizer_from_json(tok_json)
     else:
@@ -408,7 +418,7 @@ def restore_for_inference(
             f"The tokenizer found for {run_dir} is not the one its checkpoint was trained with."
         )
     tokenizer.check_compatible(model_cfg)
-    return params, model_cfg, tokenizer, config
+    return tokenizer
 
 
 def latest_step(run_dir: str | Path) -> int | None:

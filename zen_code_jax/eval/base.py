@@ -3,7 +3,7 @@ class and the text helpers. The registry (`zen_code_jax.eval.registry`) finds ta
 
 A task can (1) export its problems as JSON-able dicts (`python -m zen_code_jax.eval
 --export=TASK`) and (2) score a model given an `EvalContext` (an engine with the
-`InferenceEngine` interface: `generate`, `infill`, `token_logprobs`; the tokenizer; the run's
+`InferenceEngine` interface: `generate`, `generate_ids`, `infill`, `token_logprobs`; the tokenizer; the run's
 config; the prepared corpus for held-out tasks). Scoring returns per-sample records (written
 to `RUN/eval/<task>.jsonl`) and summary scalars (written to TensorBoard).
 
@@ -21,6 +21,8 @@ from typing import Any, Protocol
 
 import ml_collections
 
+from zen_code_jax.data.hf_tokenizer import check_repo_format
+from zen_code_jax.data.repo_format import RepoFormat
 from zen_code_jax.eval.options import NoOptions, parse_options
 from zen_code_jax.eval.sandbox import SandboxLimits
 from zen_code_jax.eval.stats import per_problem_standard_errors
@@ -30,6 +32,8 @@ class Completer(Protocol):
     """What tasks need from `zen_code_jax.infer.engine.InferenceEngine`."""
 
     def generate(self, prompts: list[str], **kwargs: Any) -> list[str]: ...
+
+    def generate_ids(self, prompt_ids: list[list[int]], **kwargs: Any) -> list[str]: ...
 
     def infill(self, prefixes: list[str], suffixes: list[str], **kwargs: Any) -> list[str]: ...
 
@@ -42,12 +46,20 @@ class Completer(Protocol):
 class EvalContext:
     """Everything a task may use. `config` is the run's full config (reads `eval`, `seed`,
     `train.seq_len`); `corpus` is a `PreparedCorpus` (held-out tasks only), or a callable
-    that builds it on first use."""
+    that builds it on first use; `repo_format` is the run's repository format as resolved
+    for its engine (`InferenceEngine.repo_format.name`; "" = resolve `data.repo_format`
+    against the tokenizer, as training does)."""
 
     config: ml_collections.ConfigDict
     engine: Completer | None = None
     tokenizer: Any = None
     corpus: Any = None
+    repo_format: str = ""
+
+    def repo_layout(self) -> RepoFormat:
+        """The token layout of repository prompts: the one training windows were built in."""
+        configured = self.repo_format or str(self.config.data.repo_format)
+        return RepoFormat(check_repo_format(self.tokenizer, configured))
 
     @property
     def eval_cfg(self) -> ml_collections.ConfigDict:

@@ -2,21 +2,27 @@
 
 For each sample (seeded by (config.seed, sample index) only) we pick a held-out repository
 with at least two files, a target file and a non-blank target line (not the first line,
-at least 3 non-space characters). The model sees the target file's `# File:` header and the
-lines before the target, and must produce the next line. Two settings:
+at least 3 non-space characters). The model sees the target file's header and the lines
+before the target, and must produce the next line. Two settings:
 
-- `cross_file_first`: the other files of the repository first, in the repository-window
-  format (`# File: {path}\\n{content}\\n`, dependencies before users via
-  `data.import_graph.order_files`), then the in-file context. Exactly the training layout.
-- `in_file`: the in-file context only.
+- `cross_file_first`: the repository's opening and its other files first (dependencies
+  before users via `data.import_graph.order_files`), then the target's header and its
+  in-file context.
+- `in_file`: the target's header and in-file context only.
+
+Prompts are token ids built by `data.repo_format.RepoFormat` in the run's repository
+format (`EvalContext.repo_layout()`: the run's resolved `data.repo_format`), the code that
+lays out training windows, so every context file and the target's header are token for
+token what training showed the model (report: `# File: {path}` headers; qwen2.5 /
+starcoder2: `<|repo_name|>` / `<|file_sep|>` sentinels). The in-file prefix is encoded on
+its own, as the target's content is in training up to its own cut.
 
 The prompt fits `eval.context_tokens` minus the generation budget: the target's header
 always stays, its in-file prefix is trimmed from the left (whole lines), and cross-file
-context fills what is left with whole files, nearest the target first. (The prompt string is
-encoded as one text; training encodes each file block on its own, so token boundaries at
-file starts can differ slightly.) Scores: exact match
-and edit similarity (1 - Levenshtein distance / longer length) of the first generated line
-vs the target line, both with surrounding whitespace stripped.
+context fills what is left with whole files, nearest the target first (the repository
+opening is kept when any file is). Scores: exact match and edit similarity
+(1 - Levenshtein distance / longer length) of the first generated line vs the target line,
+both with surrounding whitespace stripped.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from zen_code_jax.data.import_graph import order_files
-from zen_code_jax.data.repo_window import file_block, file_header
+from zen_code_jax.data.repo_format import RepoFormat, comment_header
 from zen_code_jax.eval.base import EvalContext, Task, TaskResult
 from zen_code_jax.eval.heldout import _STREAMS, DEFAULT_SAMPLES, split_lines, trim_left
 
@@ -53,14 +59,6 @@ def edit_similarity(pred: str, target: str) -> float:
     if not a and not b:
         return 1.0
     return 1.0 - levenshtein(a, b) / max(len(a), len(b))
-
-
-def _header(path: str) -> str:
-    return file_header(path)
-
-
-def _block(path: str, content: str) -> str:
-    return file_block(path, content)
 
 
 def _order(files: Sequence[tuple[str, str]]) -> list[str]:
@@ -89,16 +87,14 @@ def sample_examples(corpus: Any, n: int, seed: int) -> list[dict[str, Any]]:
                 continue
             k = cands[int(rng.integers(len(cands)))]
             others = [(src[j]["path"], src[j]["content"]) for j in range(a, b) if j != t]
-            order = _order(others)
             by_path = dict(others)
             out.append(
                 {
                     "task_id": f"repo_completion/{i}",
-                    "repo": name,
+                    "repo": str(name),
                     "path": rec["path"],
-                    "header": _header(rec["path"]),
                     "in_file": "".join(lines[:k]),
-                    "cross_file_blocks": [_block(p, by_path[p]) for p in order],
+                    "context_files": [[p, by_path[p]] for p in _order(others)],
                     "target": lines[k].rstrip("\n"),
                 }
             )
@@ -106,25 +102,31 @@ def sample_examples(corpus: Any, n: int, seed: int) -> list[dict[str, Any]]:
     return out
 
 
-def build_prompt(ex: dict[str, Any], setting: str, tok: Any, max_tokens: int) -> str:
-    """The prompt for one setting within max_tokens: the target file's header always stays;
-    its prefix is trimmed from the left (whole lines) first-come; cross-file context fills
-    the remaining room with whole files, the ones nearest the target kept."""
+def build_prompt(
+    ex: dict[str, Any], setting: str, fmt: RepoFormat, tok: Any, max_tokens: int
+) -> list[int]:
+    """The prompt's token ids for one setting within max_tokens, in layout `fmt`: the
+    target's header always stays; its prefix is trimmed from the left (whole lines) first;
+    cross-file context fills the remaining room with whole files, the ones nearest the
+    target kept, after the repository opening (`fmt.repo_ids`, only when a file is kept)."""
     if setting not in SETTINGS:
         raise ValueError(f"Unknown repo_completion setting {setting!r}; use one of {SETTINGS}.")
-    head = len(tok.encode(ex["header"]))
-    infile = ex["header"] + trim_left(ex["in_file"], tok, max_tokens - head)
+    header = fmt.header_ids(ex["path"], tok)
+    infile = [*header, *tok.encode(trim_left(ex["in_file"], tok, max_tokens - len(header)))]
     if setting == "in_file":
         return infile
-    room = max_tokens - len(tok.encode(infile))
-    kept: list[str] = []
-    for block in reversed(ex["cross_file_blocks"]):
-        n = len(tok.encode(block))
-        if n > room:
+    opening = fmt.repo_ids(ex["repo"], tok)
+    room = max_tokens - len(infile) - len(opening)
+    kept: list[list[int]] = []
+    for path, content in reversed(ex["context_files"]):
+        ids = fmt.file_ids(path, content, tok)
+        if len(ids) > room:
             break
-        kept.append(block)
-        room -= n
-    return "".join(reversed(kept)) + infile
+        kept.append(ids)
+        room -= len(ids)
+    if not kept:
+        return infile
+    return [*opening, *(t for ids in reversed(kept) for t in ids), *infile]
 
 
 class RepoCompletionTask(Task):
@@ -137,10 +139,15 @@ class RepoCompletionTask(Task):
 
     def problems(self, ctx: EvalContext) -> list[dict[str, Any]]:
         exs = sample_examples(ctx.get_corpus(), self._n(ctx), ctx.seed)
+        if ctx.tokenizer is None:  # no run: the text of the report layout
+            return [
+                {**e, "prompt": _report_text(e), "canonical_solution": e["target"]} for e in exs
+            ]
+        fmt, tok = ctx.repo_layout(), ctx.tokenizer
         return [
             {
                 **e,
-                "prompt": "".join(e["cross_file_blocks"]) + e["header"] + e["in_file"],
+                "prompt": tok.decode(build_prompt(e, SETTINGS[0], fmt, tok, 1 << 30)),
                 "canonical_solution": e["target"],
             }
             for e in exs
@@ -152,11 +159,12 @@ class RepoCompletionTask(Task):
         kw = ctx.decode_kwargs()
         budget = ctx.context_tokens() - kw["max_new_tokens"]
         exs = sample_examples(ctx.get_corpus(), self._n(ctx), ctx.seed)
+        fmt = ctx.repo_layout()
         metrics: dict[str, float] = {}
         records: list[dict[str, Any]] = []
         for setting in SETTINGS:
-            prompts = [build_prompt(e, setting, tok, budget) for e in exs]
-            gens = engine.generate(prompts, stop=("\n",), seed=ctx.seed, **kw)
+            prompts = [build_prompt(e, setting, fmt, tok, budget) for e in exs]
+            gens = engine.generate_ids(prompts, stop=("\n",), seed=ctx.seed, **kw)
             em, es = [], []
             for e, g in zip(exs, gens):
                 pred = g.split("\n", 1)[0]
@@ -180,6 +188,13 @@ class RepoCompletionTask(Task):
             metrics[f"{setting}/edit_similarity"] = float(np.mean(es)) if es else 0.0
         metrics["num_samples"] = float(len(exs))
         return TaskResult(metrics, records)
+
+
+def _report_text(ex: dict[str, Any]) -> str:
+    """The cross-file prompt as text in the report layout (an export without a run)."""
+    files = [*ex["context_files"], (ex["path"], ex["in_file"])]
+    text = "".join(f"{comment_header(p)}{c}\n" for p, c in files)
+    return text[:-1]  # the target's prefix has no trailer
 
 
 TASKS = (RepoCompletionTask(),)

@@ -21,12 +21,13 @@ from typing import Any
 
 import ml_collections
 
-from zen_code_jax.checkpoint import latest_step, restore_for_inference
+from zen_code_jax.checkpoint import latest_step
 from zen_code_jax.config import apply_overrides
 from zen_code_jax.data.prepare import prepare_corpus
 from zen_code_jax.eval.base import EvalContext
 from zen_code_jax.eval.registry import check_task_options, get_task
 from zen_code_jax.infer.engine import InferenceEngine
+from zen_code_jax.resolve import run_facts
 from zen_code_jax.rundir import RunDir
 from zen_code_jax.tracking import SummaryWriter
 
@@ -94,27 +95,29 @@ def score_checkpoint(
     overrides: Mapping[str, Any] | None = None,
     workdir: str | Path | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Load RUN's newest checkpoint (`restore_for_inference`) and score it on the tasks
-    (default: the run's config.eval.tasks), labelled with the checkpoint's step.
+    """Load RUN's newest checkpoint (`InferenceEngine.from_run`: params only, with the
+    run's tokenizer and repository format) and score it on the tasks (default: the run's
+    config.eval.tasks), labelled with the step it loaded.
 
     `overrides`: dotted config keys (`{"eval.limit": 20}`, via `config.apply_overrides`).
     `workdir`: the WORKDIR holding `cache/` for held-out tasks (default: the run's own).
     """
     run = RunDir(run_dir)
-    params, model_cfg, tokenizer, config = restore_for_inference(run.path)
+    config = run_facts(run.path).config
+    assert config is not None  # a run directory always has one
     if overrides:
         apply_overrides(config, overrides)
     names = list(task_names) if task_names else list(config.eval.tasks)
     for n in names:
         get_task(n)
-    engine = InferenceEngine(
-        params, model_cfg, tokenizer, max_batch_size=max(1, int(config.eval.batch_size))
-    )
+    engine = InferenceEngine.from_run(run.path, max_batch_size=max(1, int(config.eval.batch_size)))
+    facts = engine.facts
     ctx = EvalContext(
         config=config,
         engine=engine,
-        tokenizer=tokenizer,
-        corpus=corpus_loader(config, model_cfg.vocab_size, workdir or run.workdir),
+        tokenizer=engine.tokenizer,
+        corpus=corpus_loader(config, engine.model_cfg.vocab_size, workdir or run.workdir),
+        repo_format=engine.repo_format.name,
     )
-    step = latest_step(run.path)
+    step = facts.step if facts is not None else latest_step(run.path)
     return run_tasks(ctx, names, run.path, step=step if step is not None else 0)

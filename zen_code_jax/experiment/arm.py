@@ -34,7 +34,6 @@ from zen_code_jax.checkpoint import (
     CheckpointError,
     abstract_like,
     identity,
-    restore_params_only,
     tokenizer_to_json,
 )
 from zen_code_jax.config import config_from_dict, config_to_dict, model_config_from
@@ -46,10 +45,10 @@ from zen_code_jax.experiment import hooks as arm_hooks
 from zen_code_jax.experiment.evaluate import evaluate, heldout_batches
 from zen_code_jax.experiment.plan import mfu_device_count, peak_flops
 from zen_code_jax.hf.checkpoint import HFCheckpoint
-from zen_code_jax.hf.load import load_params
-from zen_code_jax.hf.rundir import check_architecture, hf_spec, load_tokenizer
+from zen_code_jax.hf.rundir import check_architecture, load_tokenizer
 from zen_code_jax.model.config import ModelConfig
 from zen_code_jax.parallel import batch_sharding, make_mesh, multihost
+from zen_code_jax.resolve import CheckpointRef, load_model, parse_checkpoint
 from zen_code_jax.rundir import RunDir
 from zen_code_jax.tracking import NullWriter, SummaryWriter, truncate_after
 from zen_code_jax.train.hooks import Hooks
@@ -91,13 +90,6 @@ def resolve_steps(config: ml_collections.ConfigDict, data_iter: Any) -> int:
     return epochs * int(per_epoch)
 
 
-def init_checkpoint_dir(spec: str, run_dir: RunDir) -> Path:
-    """`arm:NAME` -> the sibling arm's run dir; anything else is a path."""
-    if spec.startswith("arm:"):
-        return run_dir.path.parent / spec[4:]
-    return Path(spec)
-
-
 def _global_batches(data_iter: Iterator[Batch], mesh: Any, global_batch: int) -> Iterator[Batch]:
     """Per-host rows -> global arrays sharded over the mesh (multi-process runs)."""
     sharding = batch_sharding(mesh)
@@ -131,24 +123,25 @@ class ArmData:
     corpus: Any
     tokenizer: Any
     data_iter: Any  # this process's training batches (resumable: get_state/set_state)
-    hf_ckpt: HFCheckpoint | None  # an `hf:` train.init_checkpoint, opened
-    hf_dir: Path | None
+    init_ref: CheckpointRef | None  # train.init_checkpoint, parsed (None when empty)
 
 
 def prepare_data(
-    config: ml_collections.ConfigDict, workdir: str | Path, make_data: DatasetFn
+    config: ml_collections.ConfigDict, workdir: str | Path, make_data: DatasetFn, run_dir: RunDir
 ) -> ArmData:
     """(cached) corpus -> tokenizer checks -> training iterator -> the final config.
 
-    An `hf:` base's tokenizer tokenizes the data, so that directory is opened first.
+    `train.init_checkpoint` is parsed first (`resolve.parse_checkpoint`: a bad name fails
+    before any work), and an `hf:` base's tokenizer tokenizes the data.
     """
     model_cfg = model_config_from(config.model)
-    hf_dir = hf_spec(str(config.train.init_checkpoint))
-    hf_ckpt, hf_tok = None, None
-    if hf_dir is not None:  # an HF base: its weights, and its tokenizer for the data
-        hf_ckpt = HFCheckpoint.open(hf_dir)
-        check_architecture(hf_ckpt.model_cfg, model_cfg, f"train.init_checkpoint={hf_dir}")
-        hf_tok = load_tokenizer(hf_dir, model_cfg)
+    init = str(config.train.init_checkpoint)
+    init_ref = parse_checkpoint(init, run_dir=run_dir) if init else None
+    hf_tok = None
+    if init_ref is not None and init_ref.kind == "hf":  # an HF base: its tokenizer for the data
+        hf_cfg = HFCheckpoint.open(init_ref.path).model_cfg
+        check_architecture(hf_cfg, model_cfg, f"train.init_checkpoint={init_ref.path}")
+        hf_tok = load_tokenizer(init_ref.path, model_cfg)
     corpus = multihost.primary_first(
         prepare_corpus, config.data, model_cfg.vocab_size, str(workdir), hf_tok
     )
@@ -168,7 +161,7 @@ def prepare_data(
         shard_count=procs,
     )
     final = resolve_config(config, repo_format=repo_format, steps=resolve_steps(config, data_iter))
-    return ArmData(final, model_cfg, corpus, tokenizer, data_iter, hf_ckpt, hf_dir)
+    return ArmData(final, model_cfg, corpus, tokenizer, data_iter, init_ref)
 
 
 def _init_params(
@@ -180,30 +173,24 @@ def _init_params(
     ident: dict[str, Any],
     arm: str,
 ) -> TrainState:
-    """A fresh state's params from `train.init_checkpoint` (HF directory, run or `arm:`);
-    unchanged when it is empty."""
-    model_cfg, hf_ckpt, hf_dir = data.model_cfg, data.hf_ckpt, data.hf_dir
-    if hf_ckpt is not None:
-        # Streamed tensor by tensor into the state's shardings and dtype (docs/hf.md).
-        state = state.replace(
-            params=load_params(hf_ckpt, model_cfg, target=abstract_like(state.params))
+    """A fresh state's params from `train.init_checkpoint` (HF directory, run or `arm:`),
+    loaded by the one resolver: params only (no AdamW moments), streamed straight into this
+    arm's shardings and dtype; unchanged when it is empty."""
+    ref = data.init_ref
+    if ref is None:
+        return state
+    hf = ref.kind == "hf"
+    loaded = load_model(
+        ref, target=abstract_like(state.params), model_cfg=data.model_cfg if hf else None
+    )
+    if not hf and loaded.identity != ident:
+        raise ValueError(
+            f"train.init_checkpoint={config.train.init_checkpoint!r} ({ref.path}) has a "
+            "different model config or tokenizer than this arm; initialize from a run with "
+            "the same model group and data (tokenizer) settings."
         )
-        print(f"[{arm}] initialized params from HF checkpoint {hf_dir}", flush=True)
-    elif config.train.init_checkpoint:
-        src = init_checkpoint_dir(config.train.init_checkpoint, run_dir)
-        # Params only (no AdamW moments), straight into this arm's shardings.
-        target = abstract_like(state.params)
-        params, meta, _, _ = restore_params_only(
-            src, sharding_fn=lambda _: jax.tree.map(lambda a: a.sharding, target)
-        )
-        if meta.get("identity") != ident:
-            raise ValueError(
-                f"train.init_checkpoint={config.train.init_checkpoint!r} ({src}) has a different "
-                "model config or tokenizer than this arm; initialize from a run with the same "
-                "model group and data (tokenizer) settings."
-            )
-        state = state.replace(params=params)
-        print(f"[{arm}] initialized params from {src} (step {meta['step']})", flush=True)
+    src = f"HF checkpoint {ref.path}" if hf else f"{ref.path} (step {loaded.step})"
+    print(f"[{arm}] initialized params from {src}", flush=True)
     return state
 
 
@@ -374,7 +361,7 @@ def run_arm(
     arm = config.arm or "main"
     primary = multihost.is_primary()
     make_data = dataset_fn or make_dataset
-    data = prepare_data(config, workdir, make_data)
+    data = prepare_data(config, workdir, make_data, run_dir)
     total = int(data.config.train.steps)
     if primary and total != int(config.train.steps):
         print(f"[{arm}] {config.train.epochs} epochs = {total} steps", flush=True)

@@ -29,6 +29,7 @@ from zen_code_jax.config import (
     config_to_dict,
 )
 from zen_code_jax.eval.registry import check_task_options
+from zen_code_jax.resolve import parse_checkpoint
 from zen_code_jax.rundir import RunDir
 
 _LOADED: dict[str, Any] = {}
@@ -163,12 +164,11 @@ def arm_setup(
     cfg.arm = arm
     run_dir = RunDir.of(workdir, config.name, arm)
     init = str(cfg.train.init_checkpoint)
-    if init.startswith("arm:") and mode in ("all", "train"):
-        dep = RunDir(run_dir.path.parent / init[4:])
-        if not dep.checkpoints.is_dir():
-            raise UsageError(
-                f"Arm {arm!r} starts from arm {init[4:]!r} (train.init_checkpoint={init!r}), "
-                f"which has no checkpoint in {dep.path}. Run --arm={init[4:]} first, or run "
-                "without --arm to run every arm in order."
-            )
+    dep = parse_checkpoint(init, run_dir=run_dir) if init.startswith("arm:") else None
+    if dep is not None and mode in ("all", "train") and not dep.has_checkpoint():
+        raise UsageError(
+            f"Arm {arm!r} starts from arm {dep.arm!r} (train.init_checkpoint={init!r}), "
+            f"which has no checkpoint in {dep.path}. Run --arm={dep.arm} first, or run "
+            "without --arm to run every arm in order."
+        )
     return cfg, run_dir

@@ -89,10 +89,27 @@ def evaluate(
             writer.scalars(step, {"heldout_batches/loss": loss}, prefix="eval/")
     tasks = list(config.eval.tasks)
     if tasks:
-        engine = InferenceEngine(
-            params, model_cfg, tokenizer, max_batch_size=max(1, int(config.eval.batch_size))
+        # The trainer's weights, with every other fact (repository format, ...) resolved
+        # from the run directory as for any checkpoint (`step` given: no checkpoint listing,
+        # which would be a collective in a multi-process run; only process 0 is here).
+        engine = InferenceEngine.from_run(
+            run_dir.path,
+            params=params,
+            step=step,
+            max_batch_size=max(1, int(config.eval.batch_size)),
         )
-        ctx = EvalContext(config=config, engine=engine, tokenizer=tokenizer, corpus=corpus)
+        if engine.model_cfg != model_cfg:
+            raise ValueError(
+                f"{run_dir.config_json} describes another model than the one trained; "
+                "rerun the arm so its config.json is rewritten."
+            )
+        ctx = EvalContext(
+            config=config,
+            engine=engine,
+            tokenizer=tokenizer,
+            corpus=corpus,
+            repo_format=engine.repo_format.name,
+        )
         summaries = run_tasks(ctx, tasks, run_dir.path, step=step, writer=writer)
         for task, values in summaries.items():
             metrics.update({f"{task}/{k}": float(v) for k, v in values.items()})

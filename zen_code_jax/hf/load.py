@@ -37,7 +37,7 @@ from safetensors import safe_open
 
 from zen_code_jax.hf.checkpoint import HFCheckpoint
 from zen_code_jax.model.config import ModelConfig
-from zen_code_jax.model.transformer import Transformer
+from zen_code_jax.model.params import abstract_params
 from zen_code_jax.parallel.mesh import make_mesh
 from zen_code_jax.parallel.rules import DEFAULT_RULES
 
@@ -90,13 +90,7 @@ def _sizes(cfg: ModelConfig) -> dict[str, int]:
 
 def param_shardings(cfg: ModelConfig, mesh: Mesh) -> Any:
     """Abstract params (ShapeDtypeStruct with NamedSharding) of `cfg` on `mesh`."""
-    model = Transformer(cfg)
-    tokens = jnp.zeros((1, 8), jnp.int32)
-    boxed = jax.eval_shape(
-        lambda: model.init(
-            jax.random.key(0), tokens, jnp.zeros_like(tokens), jnp.ones_like(tokens)
-        )["params"]
-    )
+    boxed = abstract_params(cfg)
     specs = nn.get_partition_spec(boxed)
     shardings = nn.logical_to_mesh_sharding(specs, mesh, list(DEFAULT_RULES))
     unboxed = nn.meta.unbox(boxed)

@@ -3,8 +3,8 @@
 `import_hf(DIR, RUN)` writes a run directory (config.json, tokenizer/, checkpoints/0/ with
 the params and identity, generation_config.json) that eval, serving, export and
 `train.init_checkpoint` accept like any trained run. `export_run(RUN, OUT)` is the
-inverse. `load_hf(DIR)` gives (params, ModelConfig, tokenizer) without writing anything,
-for `--hf_dir` flags and `train.init_checkpoint="hf:DIR"`.
+inverse. `load_hf(DIR)` gives (params, ModelConfig, tokenizer) without writing anything;
+checkpoint names (`hf:DIR`, ...) are parsed and loaded by `zen_code_jax.resolve`.
 """
 
 from __future__ import annotations
@@ -45,18 +45,6 @@ OWN_FIELDS = (
     "initializer_range",
     "max_position_embeddings",
 )
-
-
-def hf_spec(spec: str) -> str | None:
-    """`hf:DIR` -> DIR; anything else -> None (the `train.init_checkpoint` convention)."""
-    if not spec.startswith("hf:"):
-        return None
-    if not spec[3:]:
-        raise HFFormatError(
-            "train.init_checkpoint='hf:' names no directory; give hf:PATH (for "
-            "experiments/repo_ft_from_hf.py: --config=...:SCALE,hf=PATH)."
-        )
-    return spec[3:]
 
 
 def load_tokenizer(hf_dir: str | Path, model_cfg: ModelConfig) -> Any:

@@ -15,37 +15,32 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import sys
 import sysconfig
 from collections.abc import Sequence
 from pathlib import Path
 
-import flax.linen as nn
 import jax
-import numpy as np
 
-from zen_code_jax.checkpoint import restore_for_inference
-from zen_code_jax.config import config_from_dict, model_config_from
 from zen_code_jax.data.tokenizer import Tokenizer
 from zen_code_jax.data.tokenizer_load import load_tokenizer
-from zen_code_jax.hf.rundir import load_hf
 from zen_code_jax.infer.engine import InferenceEngine, random_params
 from zen_code_jax.infer.protocol import Limits
 from zen_code_jax.infer.server import CompletionServer
 from zen_code_jax.model.config import get_preset
-from zen_code_jax.model.transformer import Transformer
 from zen_code_jax.parallel.compilation_cache import enable_compilation_cache
 from zen_code_jax.parallel.mesh import make_mesh
-from zen_code_jax.parallel.rules import DEFAULT_RULES
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The server's flags (see the module docstring)."""
     p = argparse.ArgumentParser(prog="python -m zen_code_jax.infer", description=__doc__)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run_dir", help="run directory WORKDIR/<experiment>/<arm> to serve")
+    src.add_argument(
+        "--run_dir",
+        help="run directory WORKDIR/<experiment>/<arm> (or RUN/checkpoints/STEP) to serve",
+    )
     src.add_argument("--hf_dir", help="HF Qwen2 directory to serve (weights streamed in)")
     src.add_argument(
         "--random_preset", help="serve random weights of this model preset (e.g. tiny)"
@@ -98,21 +93,6 @@ def parse_mesh(spec: str) -> dict[str, int]:
     return out
 
 
-def _run_model_cfg(run_dir: str):
-    """The run's model config, from its config.json (the run-directory contract)."""
-    data = json.loads((Path(run_dir) / "config.json").read_text())
-    return model_config_from(config_from_dict(data).model)
-
-
-def _param_specs(cfg) -> dict:
-    """Logical PartitionSpecs of the model's params (for restoring straight onto a mesh)."""
-    dummy = np.zeros((1, 1), np.int32)
-    abstract = jax.eval_shape(
-        lambda: Transformer(cfg).init(jax.random.key(0), dummy, dummy, dummy + 1)
-    )["params"]
-    return nn.get_partition_spec(abstract)
-
-
 def _default_dtype() -> str:
     return "float32" if jax.default_backend() == "cpu" else "bfloat16"
 
@@ -122,35 +102,20 @@ def build_engine(args: argparse.Namespace) -> tuple[InferenceEngine, str]:
     sharded on --mesh), or random weights of a preset (for testing the server)."""
     mesh = make_mesh(parse_mesh(args.mesh)) if args.mesh else None
     dtype = args.dtype or _default_dtype()
-    if args.run_dir:
-        sharding_fn = None
-        if mesh is not None:
-            specs = _param_specs(_run_model_cfg(args.run_dir))
-
-            def sharding_fn(abstract):  # the model's logical axes, on --mesh
-                return nn.logical_to_mesh_sharding(specs, mesh, list(DEFAULT_RULES))
-
-        params, cfg, tok, _ = restore_for_inference(
-            args.run_dir, step=args.step, sharding_fn=sharding_fn
+    if args.run_dir or args.hf_dir:
+        spec = args.run_dir or f"hf:{args.hf_dir}"
+        engine = InferenceEngine.from_run(
+            spec, mesh=mesh, dtype=dtype, step=args.step, max_batch_size=args.max_batch_size
         )
-        if args.tokenizer:
+        if args.tokenizer and args.run_dir:
             other = load_tokenizer(args.tokenizer)
-            if other.fingerprint() != tok.fingerprint():
+            if other.fingerprint() != engine.tokenizer.fingerprint():
                 raise SystemExit(
                     f"--tokenizer={args.tokenizer} is not the tokenizer {args.run_dir} was "
                     "trained with; drop --tokenizer (the run's own is used)."
                 )
-        engine = InferenceEngine(
-            params, cfg.replace(dtype=dtype), tok, mesh, max_batch_size=args.max_batch_size
-        )
-        name = args.model_name or args.run_dir.rstrip("/").split("/")[-1]
-        return engine, name
-    if args.hf_dir:
-        params, cfg, tok = load_hf(args.hf_dir)
-        engine = InferenceEngine(
-            params, cfg.replace(dtype=dtype), tok, mesh, max_batch_size=args.max_batch_size
-        )
-        return engine, args.model_name or args.hf_dir.rstrip("/").split("/")[-1]
+        assert engine.facts is not None
+        return engine, args.model_name or engine.facts.ref.path.name
     cfg = get_preset(args.random_preset).replace(dtype=dtype)
     if args.tokenizer:
         tok = load_tokenizer(args.tokenizer)

@@ -17,24 +17,26 @@ batch pads little; the caller's order is restored.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
 
-from zen_code_jax.checkpoint import restore_for_inference
 from zen_code_jax.data.fim import fim_prompt_tokens
 from zen_code_jax.data.hf_tokenizer import check_repo_format
 from zen_code_jax.data.repo_format import RepoFormat
 from zen_code_jax.infer import decode as dec
 from zen_code_jax.model.config import ModelConfig
-from zen_code_jax.model.transformer import Transformer
+from zen_code_jax.model.params import abstract_params, param_partition_specs
 from zen_code_jax.parallel.rules import DEFAULT_RULES
+from zen_code_jax.resolve import CheckpointRef, RunFacts, load_model, run_facts, stop_ids
 
 FIM_MODES = ("psm", "spm")
 
@@ -85,10 +87,7 @@ def random_params(cfg: ModelConfig, seed: int = 0, scale: float | None = None) -
     threefry draws for every weight take seconds of XLA compile on CPU).
     """
 
-    dummy = np.zeros((1, 1), np.int32)
-    abstract = nn.unbox(
-        jax.eval_shape(lambda: Transformer(cfg).init(jax.random.key(0), dummy, dummy, dummy + 1))
-    )["params"]
+    abstract = nn.unbox(abstract_params(cfg))
     rng = np.random.default_rng(seed)
     std = cfg.initializer_range if scale is None else scale
 
@@ -117,15 +116,19 @@ class InferenceEngine:
         min_batch_bucket: int = 1,
         rules: Any = None,
         repo_format: str = "",
+        facts: RunFacts | None = None,
     ):
         """max_batch_size: rows decoded together; min_batch_bucket: smallest padded batch
         (a server that pads every batch to the same size compiles fewer shapes);
         repo_format: the training run's `data.repo_format` (repository prompts; "" = the
-        tokenizer's own: report for ours, qwen2.5 / starcoder2 for those HF tokenizers)."""
+        tokenizer's own: report for ours, qwen2.5 / starcoder2 for those HF tokenizers);
+        facts: what the checkpoint was resolved to (`from_run` sets it; None for weights
+        handed in directly, e.g. the trainer's own or random ones)."""
         tokenizer.check_compatible(model_cfg)
         self.repo_format = RepoFormat(check_repo_format(tokenizer, repo_format))
         self.model_cfg = model_cfg
         self.tokenizer = tokenizer
+        self.facts = facts
         self.mesh = mesh
         self.max_batch_size = int(max_batch_size)
         if rules is None:
@@ -137,18 +140,50 @@ class InferenceEngine:
             dp = int(shape.get("data", 1) * shape.get("fsdp", 1))
             self.batch_multiple = math.lcm(self.batch_multiple, dp)
         self.params = dec.cast_for_inference(self._place_params(params), model_cfg)
-        self.stop_ids = tuple(sorted(set(tokenizer.special_ids) | {tokenizer.eot_id}))
+        self.stop_ids = stop_ids(tokenizer)
         self._lock = threading.Lock()  # one decode at a time (the server has many threads)
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_run_dir(
-        cls, run_dir: str, mesh: jax.sharding.Mesh | None = None, **kwargs: Any
+    def from_run(
+        cls,
+        spec: str | Path | CheckpointRef,
+        *,
+        mesh: jax.sharding.Mesh | None = None,
+        dtype: str | None = None,
+        step: int | None = None,
+        rules: Any = None,
+        params: Any = None,
+        **kwargs: Any,
     ) -> InferenceEngine:
-        """Load the latest checkpoint of a run (WORKDIR/<experiment>/<arm>/) for decoding."""
-        params, model_cfg, tokenizer, config = restore_for_inference(run_dir)
-        kwargs.setdefault("repo_format", str(config.data.repo_format))
-        return cls(params, model_cfg, tokenizer, mesh, **kwargs)
+        """The engine of a checkpoint: a run directory, `RUN/checkpoints/STEP`, `hf:DIR`
+        or an HF directory (`zen_code_jax.resolve`), at `step` (default: the newest).
+
+        Reads the parameters only (no optimizer moments), straight onto `mesh` by the
+        model's logical axes (default: one device), and carries every resolved fact: the
+        model config (`dtype` = the compute dtype, default the run's), the tokenizer the
+        weights were trained with, the run's repository format and the stop ids.
+        `params`: the run's weights already in memory (the trainer's, at the end of an
+        arm); then only the facts are read from the run directory. Other keyword
+        arguments go to the constructor (`max_batch_size`, ...).
+        """
+        if params is None:
+            facts: RunFacts = load_model(spec, mesh=mesh, step=step, rules=rules)
+            params = facts.params  # type: ignore[attr-defined]
+            facts = dataclasses.replace(facts, params=None)
+        else:
+            facts = run_facts(spec, step=step)
+        cfg = facts.model_cfg if dtype is None else facts.model_cfg.replace(dtype=dtype)
+        return cls(
+            params,
+            cfg,
+            facts.tokenizer,
+            mesh,
+            rules=rules,
+            repo_format=facts.repo_format,
+            facts=facts,
+            **kwargs,
+        )
 
     def _place_params(self, params: Any) -> Any:
         """Unbox params; with a mesh, shard them by their logical axes (model rules)."""
@@ -162,12 +197,7 @@ class InferenceEngine:
             specs = nn.get_partition_spec(params)
             params = nn.unbox(params)
         else:
-            cfg = self.model_cfg
-            dummy = np.zeros((1, 1), np.int32)
-            abstract = jax.eval_shape(
-                lambda: Transformer(cfg).init(jax.random.key(0), dummy, dummy, dummy + 1)
-            )["params"]
-            specs = nn.get_partition_spec(abstract)
+            specs = param_partition_specs(self.model_cfg)
         shardings = nn.logical_to_mesh_sharding(specs, self.mesh, list(self.rules))
         return jax.device_put(params, shardings)
 
@@ -274,6 +304,32 @@ class InferenceEngine:
                 self._encode_prompt(p), max_new_tokens, temperature, top_p, tuple(stop), seed, i
             )
             for i, p in enumerate(prompts)
+        ]
+        return [c.text for c in self.complete(reqs)]
+
+    def generate_ids(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] = (),
+        seed: int = 0,
+    ) -> list[str]:
+        """`generate` for prompts given as token ids (row i samples with (seed, i)): for
+        prompts holding sentinel ids (repository layouts), which text cannot spell."""
+        reqs = [
+            CompletionRequest(
+                list(ids) or [self.tokenizer.eot_id],
+                max_new_tokens,
+                temperature,
+                top_p,
+                tuple(stop),
+                seed,
+                i,
+            )
+            for i, ids in enumerate(prompt_ids)
         ]
         return [c.text for c in self.complete(reqs)]
 

@@ -8,6 +8,7 @@ from zen_code_jax.model.config import (
     non_embedding_param_count,
     param_count,
 )
+from zen_code_jax.model.params import abstract_params, param_partition_specs
 from zen_code_jax.model.transformer import (
     KV_CACHE_AXES,
     Transformer,
@@ -20,10 +21,12 @@ __all__ = [
     "PRESETS",
     "ModelConfig",
     "Transformer",
+    "abstract_params",
     "dot_product_attention",
     "get_preset",
     "init_kv_cache",
     "lm_head_kernel",
     "non_embedding_param_count",
     "param_count",
+    "param_partition_specs",
 ]
