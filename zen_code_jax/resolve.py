@@ -42,8 +42,8 @@ from zen_code_jax.checkpoint import (
     restore_params_only,
 )
 from zen_code_jax.config import config_from_dict, model_config_from
-from zen_code_jax.data.hf_tokenizer import check_repo_format
 from zen_code_jax.data import tokenizer_load
+from zen_code_jax.data.hf_tokenizer import check_repo_format
 from zen_code_jax.hf.checkpoint import CONFIG_FILE, HFCheckpoint
 from zen_code_jax.hf.load import default_mesh, param_shardings
 from zen_code_jax.hf.load import load_params as load_hf_params
