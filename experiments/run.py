@@ -26,7 +26,7 @@ from absl import flags, logging
 from zen_code_jax.checkpoint import CheckpointError
 from zen_code_jax.experiment import cli
 from zen_code_jax.experiment.arm import run_arm
-from zen_code_jax.experiment.plan import print_plan
+from zen_code_jax.experiment.forecast import print_plan
 from zen_code_jax.experiment.report import write_report
 from zen_code_jax.parallel import multihost
 from zen_code_jax.parallel.compilation_cache import enable_compilation_cache

@@ -43,7 +43,7 @@ from zen_code_jax.data.pipeline import make_dataset
 from zen_code_jax.data.prepare import prepare_corpus
 from zen_code_jax.experiment import hooks as arm_hooks
 from zen_code_jax.experiment.evaluate import evaluate, heldout_batches
-from zen_code_jax.experiment.plan import mfu_device_count, peak_flops
+from zen_code_jax.experiment.forecast import mfu_device_count, peak_flops
 from zen_code_jax.hf.checkpoint import HFCheckpoint
 from zen_code_jax.hf.rundir import check_architecture, load_tokenizer
 from zen_code_jax.model.config import ModelConfig
