@@ -128,12 +128,12 @@ def import_hf(
         gen = Path(hf_dir) / GENERATION_CONFIG_FILE
         if gen.is_file():
             shutil.copyfile(gen, tmp / GENERATION_CONFIG_FILE)
-        ckpt = Checkpointer(run.checkpoints, async_save=False)
-        key = jax.random.key_data(jax.random.key(0))
+        # Uncompressed: Orbax writes each array from its own buffer (no second copy).
+        ckpt = Checkpointer(run.checkpoints, async_save=False, compress=False)
         meta = {
             "identity": identity(cfg, tok),
             "config": config_to_dict(config),
-            "rng": np.asarray(key).tolist(),
+            "rng": seed0_key_data().tolist(),
             "hf_source": str(Path(hf_dir).resolve()),
         }
         ckpt.save(
@@ -150,6 +150,15 @@ def import_hf(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return RunDir(out)
+
+
+def seed0_key_data() -> np.ndarray:
+    """`jax.random.key_data(jax.random.key(0))` without running XLA for it when the default
+    PRNG is threefry (its seed-0 key is two zero words): the first computation of a
+    process compiles, which costs ~40 MB of resident code and buffers in the import."""
+    if jax.config.jax_default_prng_impl == "threefry2x32":
+        return np.zeros((2,), np.uint32)
+    return np.asarray(jax.random.key_data(jax.random.key(0)))
 
 
 def export_run(
