@@ -408,6 +408,14 @@ def restore_for_inference(
     params, meta, tok_json, _ = restore_params_only(
         run_dir, step=step, sharding_fn=sharding_fn, dtype=dtype
     )
+    return (params, *inference_facts(run_dir, meta, tok_json))
+
+
+def inference_facts(
+    run_dir: str | Path, meta: Mapping[str, Any], tok_json: Mapping[str, Any] | None
+) -> tuple[Any, Any, Any]:
+    """(model_cfg, tokenizer, config) of a checkpoint from its meta and tokenizer items
+    (what `restore_for_inference` returns beside the params; the tokenizer is checked)."""
     config = config_from_dict(meta["config"])
     model_cfg = model_config_from(config.model)
     if tok_json:
@@ -419,7 +427,7 @@ def restore_for_inference(
             f"The tokenizer found for {run_dir} is not the one its checkpoint was trained with."
         )
     tokenizer.check_compatible(model_cfg)
-    return params, model_cfg, tokenizer, config
+    return model_cfg, tokenizer, config
 
 
 def latest_step(run_dir: str | Path) -> int | None:

@@ -9,6 +9,7 @@ for `--hf_dir` flags and `train.init_checkpoint="hf:DIR"`.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -18,12 +19,15 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
 from zen_code_jax.checkpoint import (
     Checkpointer,
+    CheckpointError,
+    find_checkpoint_dir,
     identity,
-    restore_for_inference,
+    inference_facts,
     tokenizer_to_json,
 )
 from zen_code_jax.config import base_config, config_to_dict
@@ -169,17 +173,56 @@ def export_run(
     max_shard_size: str | int = "5GB",
     overwrite: bool = False,
 ) -> Path:
-    """Export a run's newest checkpoint as an HF directory (see `export.export_params`)."""
-    params, cfg, tok, _ = restore_for_inference(run_dir)
+    """Export a run's newest checkpoint as an HF directory (see `export.export_params`).
+
+    The parameters are read one leaf at a time (an Orbax partial restore of that leaf),
+    written and dropped, so the process holds one leaf, never the whole model."""
+    ckpt = Checkpointer(find_checkpoint_dir(run_dir), async_save=False)
+    try:
+        step = ckpt.latest_step()
+        if step is None:
+            raise CheckpointError(f"{ckpt.directory} holds no finished checkpoint yet.")
+        meta = ckpt.read_meta(step)
+        tok_json = None
+        if (ckpt.step_dir(step) / "tokenizer").exists():
+            tok_json = ckpt.manager.restore(
+                step, args=ocp.args.Composite(tokenizer=ocp.args.JsonRestore())
+            )["tokenizer"]
+        cfg, tok, _ = inference_facts(run_dir, meta, tok_json)
+        metadata = ckpt.manager.item_metadata(step)["state"]["params"]
+        state_dir = ckpt.step_dir(step) / "state"
+    finally:
+        ckpt.close()
     gen_path = Path(run_dir) / GENERATION_CONFIG_FILE
     gen = json.loads(gen_path.read_text()) if gen_path.is_file() else None
-    return export_params(
-        params,
-        cfg,
-        hf_dir,
-        tokenizer=tok,
-        dtype=dtype,
-        max_shard_size=max_shard_size,
-        generation_config=gen,
-        overwrite=overwrite,
+    with ocp.PyTreeCheckpointer() as reader:
+        return export_params(
+            functools.partial(_restore_leaf, reader, state_dir, metadata),
+            cfg,
+            hf_dir,
+            tokenizer=tok,
+            dtype=dtype,
+            max_shard_size=max_shard_size,
+            generation_config=gen,
+            overwrite=overwrite,
+        )
+
+
+def _restore_leaf(reader: Any, state_dir: Path, metadata: Any, path: str) -> jax.Array:
+    """One params leaf ("layers/mlp/up_proj/kernel") of a checkpoint, on the first device."""
+    keys = path.split("/")
+    md = metadata
+    for k in keys:
+        md = md[k]
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target: Any = jax.ShapeDtypeStruct(tuple(md.shape), md.dtype, sharding=sharding)
+    args: Any = ocp.ArrayRestoreArgs(sharding=sharding, dtype=md.dtype)
+    for k in reversed(["params", *keys]):
+        target, args = {k: target}, {k: args}
+    restored = reader.restore(
+        state_dir,
+        args=ocp.args.PyTreeRestore(item=target, restore_args=args, partial_restore=True),
     )
+    for k in ["params", *keys]:
+        restored = restored[k]
+    return restored

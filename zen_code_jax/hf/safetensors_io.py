@@ -20,7 +20,7 @@ import json
 import math
 import os
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -122,36 +122,56 @@ def read_header(fd: int, where: str) -> dict[str, Any]:
     return header
 
 
-def write_safetensors(
-    path: str | Path,
-    specs: Sequence[tuple[str, np.dtype, tuple[int, ...]]],
-    produce: Callable[[int], np.ndarray],
-    metadata: dict[str, str] | None = None,
-) -> None:
-    """Write a .safetensors file whose tensors come one at a time from `produce(k)`.
+class SafetensorsWriter:
+    """A .safetensors file written one tensor at a time, in any order (`os.pwrite` at its
+    offset): the header is laid out from `specs` (name, dtype, shape) up front, so host
+    memory holds the tensor being written, never the file. `close()` checks that every
+    tensor was written."""
 
-    `specs[k]` is (name, dtype, shape) of the k-th tensor, known up front so the header is
-    written first; `produce(k)` returns that tensor (checked against its spec) and is
-    dropped once written, so host memory holds one tensor, never the file.
-    """
-    header: dict[str, Any] = {"__metadata__": dict(metadata or {})} if metadata else {}
-    offset = 0
-    for name, dtype, shape in specs:
-        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-        header[name] = {
-            "dtype": NAME_OF[np.dtype(dtype)],
-            "shape": list(shape),
-            "data_offsets": [offset, offset + nbytes],
-        }
-        offset += nbytes
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
-        for k, (name, dtype, shape) in enumerate(specs):
-            x = produce(k)
-            if x.dtype != np.dtype(dtype) or tuple(x.shape) != tuple(shape):
-                raise ValueError(f"{path}: tensor {name} came as {x.dtype}{x.shape}, not {shape}.")
-            f.write(memoryview(np.ascontiguousarray(x).reshape(-1).view(np.uint8)))
-            del x
+    def __init__(
+        self,
+        path: str | Path,
+        specs: Sequence[tuple[str, np.dtype, tuple[int, ...]]],
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+        self._spans: dict[str, tuple[np.dtype, tuple[int, ...], int]] = {}
+        offset = 0
+        for name, dtype, shape in specs:
+            dtype = np.dtype(dtype)
+            nbytes = math.prod(shape) * dtype.itemsize
+            header[name] = {
+                "dtype": NAME_OF[dtype],
+                "shape": list(shape),
+                "data_offsets": [offset, offset + nbytes],
+            }
+            self._spans[name] = (dtype, tuple(shape), offset)
+            offset += nbytes
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)
+        self._data = 8 + len(blob)
+        self._todo = set(self._spans)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.pwrite(self._fd, struct.pack("<Q", len(blob)) + blob, 0)
+        os.ftruncate(self._fd, self._data + offset)
+
+    def write(self, name: str, x: np.ndarray) -> None:
+        """Write tensor `name` (its dtype and shape must be the header's)."""
+        dtype, shape, offset = self._spans[name]
+        if x.dtype != dtype or tuple(x.shape) != shape:
+            raise ValueError(f"{self.path}: tensor {name} came as {x.dtype}{x.shape}, not {shape}.")
+        view = memoryview(np.ascontiguousarray(x).reshape(-1).view(np.uint8))
+        done = 0
+        while done < len(view):
+            done += os.pwrite(self._fd, view[done:], self._data + offset + done)
+        self._todo.discard(name)
+
+    def close(self, check: bool = True) -> None:
+        """Close the file; with `check`, raise if a tensor of the header was never written."""
+        if self._fd < 0:
+            return
+        os.close(self._fd)
+        self._fd = -1
+        if check and self._todo:
+            raise ValueError(f"{self.path}: tensors never written: {sorted(self._todo)[:3]}")
