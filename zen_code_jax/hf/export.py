@@ -15,6 +15,7 @@ crash leaves no half-written model.
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import math
 import os
@@ -170,6 +171,7 @@ def export_params(
                 name, _, layer, split, perm = plan[k]
                 where[k].write(name, to_hf_tensor(leaf, layer, split, perm, np_dtype))
             del leaf
+            gc.collect()  # a restored leaf can sit in a reference cycle: free it now
         for w in writers:
             w.close()
         if n > 1:

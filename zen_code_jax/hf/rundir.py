@@ -208,15 +208,15 @@ def export_run(
         )
 
 
-def _restore_leaf(reader: Any, state_dir: Path, metadata: Any, path: str) -> jax.Array:
-    """One params leaf ("layers/mlp/up_proj/kernel") of a checkpoint, on the first device."""
+def _restore_leaf(reader: Any, state_dir: Path, metadata: Any, path: str) -> np.ndarray:
+    """One params leaf ("layers/mlp/up_proj/kernel") of a checkpoint, as a host array
+    (restored as numpy: a device array would cost a second copy while it is placed)."""
     keys = path.split("/")
     md = metadata
     for k in keys:
         md = md[k]
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target: Any = jax.ShapeDtypeStruct(tuple(md.shape), md.dtype, sharding=sharding)
-    args: Any = ocp.ArrayRestoreArgs(sharding=sharding, dtype=md.dtype)
+    target: Any = np.empty((0,), md.dtype)  # a placeholder: only the type is used
+    args: Any = ocp.RestoreArgs(restore_type=np.ndarray, dtype=md.dtype)
     for k in reversed(["params", *keys]):
         target, args = {k: target}, {k: args}
     restored = reader.restore(
