@@ -171,7 +171,8 @@ def export_params(
                 name, _, layer, split, perm = plan[k]
                 where[k].write(name, to_hf_tensor(leaf, layer, split, perm, np_dtype))
             del leaf
-            gc.collect()  # a restored leaf can sit in a reference cycle: free it now
+            if not isinstance(params, Mapping):
+                gc.collect()  # a fetched leaf can sit in a reference cycle: free it now
         for w in writers:
             w.close()
         if n > 1:
