@@ -54,7 +54,10 @@ class TensorSlice:
     def __getitem__(self, index: Any) -> np.ndarray:
         index = index if isinstance(index, tuple) else (index,)
         index = index + (slice(None),) * (len(self.shape) - len(index))
-        bounds = [s.indices(n)[:2] for s, n in zip(index, self.shape, strict=True)]
+        spans = [s.indices(n) for s, n in zip(index, self.shape, strict=True)]
+        if any(step != 1 for _, _, step in spans):
+            raise ValueError(f"{self._where}: only contiguous slices are read, got {index}")
+        bounds = [(a, max(a, b)) for a, b, _ in spans]
         if not self.shape:
             out = np.empty((), self.dtype)
             _pread_into(self._fd, out, self._begin, self._where)
