@@ -13,8 +13,9 @@ in a fresh subprocess so peaks do not mix:
                 convert" path
 
 Memory is the peak of RssAnon (anonymous memory: what the process allocated) above the
-process baseline after imports, sampled every millisecond by a thread; file-backed pages
-of the mmap'd shards are page cache, reclaimable, and reported apart (peak VmHWM).
+process baseline after imports, sampled every millisecond by a thread; the whole
+process's peak RSS is reported apart (VmHWM). For the import and export *commands* as
+whole processes, see tests/test_hf_memory.py and docs/measurements.md.
 """
 
 from __future__ import annotations

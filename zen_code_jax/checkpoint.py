@@ -138,9 +138,15 @@ class Checkpointer:
         keep_last: int = 3,
         keep_every: int = 0,
         async_save: bool = True,
+        compress: bool = True,
     ) -> None:
+        """`compress=False` writes the state's arrays without zstd: Orbax then streams each
+        array from its own buffer, while compressed chunks are held in memory until the
+        save commits (a 1B-parameter save after an HF import added ~1.6 GB). Every restore
+        path reads either (the codec is in each array's metadata)."""
         self.directory = Path(directory).absolute()
         self._options = dict(keep_last=keep_last, keep_every=keep_every, async_save=async_save)
+        self._compress = compress
         self._open()
 
     def _open(self) -> None:
@@ -155,7 +161,11 @@ class Checkpointer:
             self.directory,
             options=options,
             item_handlers={
-                "state": ocp.StandardCheckpointHandler(),
+                "state": (
+                    ocp.StandardCheckpointHandler()
+                    if self._compress
+                    else ocp.PyTreeCheckpointHandler(use_compression=False)
+                ),
                 "data": grain.checkpoint.CheckpointHandler(),
                 "meta": ocp.JsonCheckpointHandler(),
                 "tokenizer": ocp.JsonCheckpointHandler(),
@@ -172,8 +182,9 @@ class Checkpointer:
         tokenizer_json: Mapping[str, Any] | None = None,
     ) -> None:
         """Start saving `step` (asynchronously if configured); returns once arrays are copied."""
+        save = ocp.args.StandardSave if self._compress else ocp.args.PyTreeSave
         items = {
-            "state": ocp.args.StandardSave(state),
+            "state": save(state),
             "meta": ocp.args.JsonSave({**meta, "step": int(step)}),
         }
         if data_iter is not None:
@@ -397,10 +408,18 @@ def restore_for_inference(
     params, meta, tok_json, _ = restore_params_only(
         run_dir, step=step, sharding_fn=sharding_fn, dtype=dtype
     )
+    return (params, *inference_facts(run_dir, meta, tok_json))
+
+
+def inference_facts(
+    run_dir: str | Path, meta: Mapping[str, Any], tok_json: Mapping[str, Any] | None
+) -> tuple[Any, Any, Any]:
+    """(model_cfg, tokenizer, config) of a checkpoint from its meta and tokenizer items
+    (what `restore_for_inference` returns beside the params; the tokenizer is checked)."""
     config = config_from_dict(meta["config"])
     model_cfg = model_config_from(config.model)
     tokenizer = checkpoint_tokenizer(meta, tok_json, run_dir, model_cfg)
-    return params, model_cfg, tokenizer, config
+    return model_cfg, tokenizer, config
 
 
 def checkpoint_tokenizer(

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from zen_code_jax.checkpoint import CheckpointError
 from zen_code_jax.data.tokenizer_base import TokenizerError
 from zen_code_jax.hf.checkpoint import HFFormatError
 from zen_code_jax.hf.rundir import export_run, import_hf
@@ -46,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             out = export_run(a.run_dir, a.hf_dir, dtype=a.dtype, max_shard_size=a.max_shard_size)
             print(f"exported {a.run_dir} -> {out} in {time.perf_counter() - t0:.1f}s")
-    except (HFFormatError, TokenizerError, FileExistsError, ValueError) as e:
+    except (HFFormatError, TokenizerError, CheckpointError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -4,27 +4,34 @@ The output loads with `transformers.AutoModelForCausalLM.from_pretrained(OUT)` (
 no missing or unexpected keys), and so with vLLM and llama.cpp's converter. Tensors are
 fetched one at a time (a stacked layer tensor one layer at a time) from the sharded
 arrays, mapped back with the inverse of `load.py`'s transpose + reshape, cast to the
-export dtype and gathered into shards of at most `max_shard_size` bytes, so host memory
-stays at about one shard. Everything goes into a temporary sibling directory renamed at
-the end: a crash leaves no half-written model.
+export dtype and written straight to its place in its output file (shards of at most
+`max_shard_size` bytes, laid out up front; `safetensors_io.SafetensorsWriter`), so host
+memory holds one tensor, never a shard. `params` may also be a function of the leaf path
+(`export_run` restores one leaf at a time with it, so the parameters are never all
+resident). Everything goes into a temporary sibling directory renamed at the end: a
+crash leaves no half-written model.
 """
 
 from __future__ import annotations
 
+import functools
+import gc
 import json
 import math
 import os
 import re
 import shutil
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import jax
 import ml_dtypes
 import numpy as np
-from safetensors.numpy import save_file
 
 from zen_code_jax.hf.checkpoint import CONFIG_FILE, GENERATION_CONFIG_FILE, INDEX_FILE, SINGLE_FILE
 from zen_code_jax.hf.load import leaf_sources
+from zen_code_jax.hf.safetensors_io import SafetensorsWriter
 from zen_code_jax.model.config import ModelConfig
 from zen_code_jax.model.hf_convert import hf_config_from_model_config
 
@@ -66,12 +73,24 @@ def hf_tensor_plan(cfg: ModelConfig) -> list[tuple[str, str, int | None, tuple, 
 
 
 def to_hf_tensor(leaf: Any, layer: int | None, split: tuple, perm: tuple, dtype: Any) -> np.ndarray:
-    """One HF tensor from our (possibly sharded, possibly stacked) leaf."""
-    x = leaf[layer] if layer is not None else leaf
-    x = np.asarray(x)  # gathers this one tensor to the host
+    """One HF tensor from our (possibly sharded, possibly stacked) leaf.
+
+    Only this tensor reaches the host: a leaf on one CPU device is viewed in place (no
+    copy, no compiled slice); otherwise the layer is sliced on the devices, then gathered.
+    """
+    single_cpu = (
+        isinstance(leaf, jax.Array)
+        and len(leaf.sharding.device_set) == 1
+        and next(iter(leaf.sharding.device_set)).platform == "cpu"
+    )
+    if single_cpu or not isinstance(leaf, jax.Array):
+        x = np.asarray(leaf)
+        x = x[layer] if layer is not None else x
+    else:
+        x = np.asarray(leaf[layer] if layer is not None else leaf)
     inverse = tuple(int(i) for i in np.argsort(perm))
     hf_shape = tuple(math.prod(g) for g in split)
-    return np.ascontiguousarray(x.transpose(inverse).reshape(hf_shape).astype(dtype))
+    return np.ascontiguousarray(x.transpose(inverse).reshape(hf_shape)).astype(dtype, copy=False)
 
 
 def hf_config_dict(cfg: ModelConfig, dtype: str, tokenizer: Any | None) -> dict[str, Any]:
@@ -82,7 +101,7 @@ def hf_config_dict(cfg: ModelConfig, dtype: str, tokenizer: Any | None) -> dict[
 
 
 def export_params(
-    params: Any,
+    params: Mapping[str, Any] | Callable[[str], Any],
     cfg: ModelConfig,
     out_dir: str | Path,
     *,
@@ -92,11 +111,15 @@ def export_params(
     generation_config: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write `params` (our tree) as an HF directory at `out_dir`; returns it."""
+    """Write `params` as an HF directory at `out_dir`; returns it.
+
+    `params`: our tree, or a function of a leaf path ("layers/mlp/up_proj/kernel") giving
+    that leaf, called once per leaf (so a caller can fetch leaves one at a time).
+    """
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass a new --hf_dir or delete it first.")
-    if "params" in params and "embed" not in params:
+    if isinstance(params, Mapping) and "params" in params and "embed" not in params:
         params = params["params"]
     dtype = dtype or cfg.param_dtype
     if dtype not in NP_DTYPES:
@@ -123,16 +146,35 @@ def export_params(
     tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    get_leaf: Callable[[str], Any] = (
+        functools.partial(_get, params) if isinstance(params, Mapping) else params
+    )
+    writers: list[SafetensorsWriter] = []
     try:
         weight_map: dict[str, str] = {}
+        where: dict[int, SafetensorsWriter] = {}
         for fname, group in zip(names, groups):
-            tensors = {}
+            specs = []
             for k in group:
-                name, path, layer, split, perm = plan[k]
-                tensors[name] = to_hf_tensor(_get(params, path), layer, split, perm, np_dtype)
+                name, _, _, split, _ = plan[k]
+                specs.append((name, np_dtype, tuple(math.prod(g) for g in split)))
                 weight_map[name] = fname
-            save_file(tensors, str(tmp / fname), metadata={"format": "pt"})
-            del tensors
+            writers.append(SafetensorsWriter(tmp / fname, specs, metadata={"format": "pt"}))
+            where |= {k: writers[-1] for k in group}
+        # Leaf by leaf (each leaf fetched once), one tensor in flight.
+        by_leaf: dict[str, list[int]] = {}
+        for k, (_, path, _, _, _) in enumerate(plan):
+            by_leaf.setdefault(path, []).append(k)
+        for path, ks in by_leaf.items():
+            leaf = get_leaf(path)
+            for k in ks:
+                name, _, layer, split, perm = plan[k]
+                where[k].write(name, to_hf_tensor(leaf, layer, split, perm, np_dtype))
+            del leaf
+            if not isinstance(params, Mapping):
+                gc.collect()  # a fetched leaf can sit in a reference cycle: free it now
+        for w in writers:
+            w.close()
         if n > 1:
             index = {"metadata": {"total_size": int(sum(sizes))}, "weight_map": weight_map}
             (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
@@ -161,5 +203,7 @@ def export_params(
             shutil.rmtree(out)
         os.rename(tmp, out)
     finally:
+        for w in writers:
+            w.close(check=False)
         shutil.rmtree(tmp, ignore_errors=True)
     return out

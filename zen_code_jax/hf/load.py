@@ -4,8 +4,9 @@ Why streaming: the peers' top complaint is host RAM (a whole-state-dict converte
 the checkpoint several times over in memory). Here every parameter leaf is built from
 the safetensors files directly into its target sharding:
 
-* a device's shard of one HF tensor is read with `safe_open(...).get_slice` (only its
-  rows/columns), reshaped and transposed as a view into our layout (the same mapping as
+* a device's shard of one HF tensor is read with `SafetensorsReader.get_slice` (only its
+  rows/columns, by `os.preadv` into our own buffer: no mmap, so no shard page stays in the
+  process's resident set once consumed; see `safetensors_io.py`), reshaped and transposed as a view into our layout (the same mapping as
   `model/hf_convert.py`: transpose + reshape only);
 * shards up to `CHUNK_BYTES` go through `jax.make_array_from_callback` (the callback
   returns that view, which `device_put` copies once);
@@ -33,9 +34,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
-from safetensors import safe_open
 
 from zen_code_jax.hf.checkpoint import HFCheckpoint
+from zen_code_jax.hf.safetensors_io import SafetensorsReader
 from zen_code_jax.model.config import ModelConfig
 from zen_code_jax.model.params import abstract_params
 from zen_code_jax.parallel.mesh import make_mesh
@@ -259,7 +260,7 @@ def load_params(
             f = ckpt.weight_map[name]
             if f not in handles:
                 path = ckpt.directory / f
-                handles[f] = stack.enter_context(safe_open(path, framework="numpy"))
+                handles[f] = stack.enter_context(SafetensorsReader(path))
             return handles[f].get_slice(name)
 
         for path, (names, split, perm) in leaf_sources(cfg).items():

@@ -9,6 +9,7 @@ checkpoint names (`hf:DIR`, ...) are parsed and loaded by `zen_code_jax.resolve`
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -17,12 +18,15 @@ from typing import Any
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
 from zen_code_jax.checkpoint import (
     Checkpointer,
+    CheckpointError,
+    find_checkpoint_dir,
     identity,
-    restore_for_inference,
+    inference_facts,
     tokenizer_to_json,
 )
 from zen_code_jax.config import base_config, config_to_dict, model_group
@@ -108,12 +112,12 @@ def import_hf(
         gen = Path(hf_dir) / GENERATION_CONFIG_FILE
         if gen.is_file():
             shutil.copyfile(gen, tmp / GENERATION_CONFIG_FILE)
-        ckpt = Checkpointer(run.checkpoints, async_save=False)
-        key = jax.random.key_data(jax.random.key(0))
+        # Uncompressed: Orbax writes each array from its own buffer (no second copy).
+        ckpt = Checkpointer(run.checkpoints, async_save=False, compress=False)
         meta = {
             "identity": identity(cfg, tok),
             "config": config_to_dict(config),
-            "rng": np.asarray(key).tolist(),
+            "rng": seed0_key_data().tolist(),
             "hf_source": str(Path(hf_dir).resolve()),
         }
         ckpt.save(
@@ -132,6 +136,15 @@ def import_hf(
     return RunDir(out)
 
 
+def seed0_key_data() -> np.ndarray:
+    """`jax.random.key_data(jax.random.key(0))` without running XLA for it when the default
+    PRNG is threefry (its seed-0 key is two zero words): the first computation of a
+    process compiles, which costs ~40 MB of resident code and buffers in the import."""
+    if jax.config.jax_default_prng_impl == "threefry2x32":
+        return np.zeros((2,), np.uint32)
+    return np.asarray(jax.random.key_data(jax.random.key(0)))
+
+
 def export_run(
     run_dir: str | Path,
     hf_dir: str | Path,
@@ -140,17 +153,56 @@ def export_run(
     max_shard_size: str | int = "5GB",
     overwrite: bool = False,
 ) -> Path:
-    """Export a run's newest checkpoint as an HF directory (see `export.export_params`)."""
-    params, cfg, tok, _ = restore_for_inference(run_dir)
+    """Export a run's newest checkpoint as an HF directory (see `export.export_params`).
+
+    The parameters are read one leaf at a time (an Orbax partial restore of that leaf),
+    written and dropped, so the process holds one leaf, never the whole model."""
+    ckpt = Checkpointer(find_checkpoint_dir(run_dir), async_save=False)
+    try:
+        step = ckpt.latest_step()
+        if step is None:
+            raise CheckpointError(f"{ckpt.directory} holds no finished checkpoint yet.")
+        meta = ckpt.read_meta(step)
+        tok_json = None
+        if (ckpt.step_dir(step) / "tokenizer").exists():
+            tok_json = ckpt.manager.restore(
+                step, args=ocp.args.Composite(tokenizer=ocp.args.JsonRestore())
+            )["tokenizer"]
+        cfg, tok, _ = inference_facts(run_dir, meta, tok_json)
+        metadata = ckpt.manager.item_metadata(step)["state"]["params"]
+        state_dir = ckpt.step_dir(step) / "state"
+    finally:
+        ckpt.close()
     gen_path = Path(run_dir) / GENERATION_CONFIG_FILE
     gen = json.loads(gen_path.read_text()) if gen_path.is_file() else None
-    return export_params(
-        params,
-        cfg,
-        hf_dir,
-        tokenizer=tok,
-        dtype=dtype,
-        max_shard_size=max_shard_size,
-        generation_config=gen,
-        overwrite=overwrite,
+    with ocp.PyTreeCheckpointer() as reader:
+        return export_params(
+            functools.partial(_restore_leaf, reader, state_dir, metadata),
+            cfg,
+            hf_dir,
+            tokenizer=tok,
+            dtype=dtype,
+            max_shard_size=max_shard_size,
+            generation_config=gen,
+            overwrite=overwrite,
+        )
+
+
+def _restore_leaf(reader: Any, state_dir: Path, metadata: Any, path: str) -> np.ndarray:
+    """One params leaf ("layers/mlp/up_proj/kernel") of a checkpoint, as a host array
+    (restored as numpy: a device array would cost a second copy while it is placed)."""
+    keys = path.split("/")
+    md = metadata
+    for k in keys:
+        md = md[k]
+    target: Any = np.empty((0,), md.dtype)  # a placeholder: only the type is used
+    args: Any = ocp.RestoreArgs(restore_type=np.ndarray, dtype=md.dtype)
+    for k in reversed(["params", *keys]):
+        target, args = {k: target}, {k: args}
+    restored = reader.restore(
+        state_dir,
+        args=ocp.args.PyTreeRestore(item=target, restore_args=args, partial_restore=True),
     )
+    for k in ["params", *keys]:
+        restored = restored[k]
+    return restored
