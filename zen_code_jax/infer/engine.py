@@ -249,8 +249,9 @@ class InferenceEngine:
         """Decode token-level requests (any mix of settings); results in request order.
 
         The slot engine run synchronously: every request a row of the one decoder, the
-        longest prompts admitted first; a row's tokens depend on its own prompt and
-        (seed, sample_index), never on which requests share the call."""
+        longest prompts admitted first. A row's random draws are keyed by its own
+        (seed, sample_index, step) only, so its tokens do not depend on which requests
+        share the call (up to float rounding, e.g. of how its prompt was chunked)."""
         limit = self.model_cfg.max_position_embeddings
         for r in requests:
             r.check(limit)
