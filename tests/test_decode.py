@@ -243,8 +243,8 @@ def test_infill_returns_greedy_middle(engine, params, tok):
 
 def test_complete_runs_more_rows_than_slots_in_request_order(engine, params, prompts):
     """Evaluation's driver: 10 rows through 4 slots (a finished row's slot takes the next),
-    any mix of budgets and settings, results in request order; a longer row later grows
-    the decoder (rebuilt once, to the next power of two)."""
+    any mix of budgets and settings, results in request order; a later call's longer row
+    gets a longer cache."""
     rows = [prompts[i % 4][: 3 + i] for i in range(10)]
     budgets = [NEW, 3, 7, 1, NEW, 5, 9, 2, 11, 4]
     settings = [(0.0, 1.0), (1.0, 0.9)] * 5
@@ -265,10 +265,9 @@ def test_complete_runs_more_rows_than_slots_in_request_order(engine, params, pro
         length=32,
     )
     assert [(c.token_ids, c.finish_reason) for c in got] == ref
-    assert engine.slots == 4 and engine.decoder.max_len == 256
-    long = (prompts[2] * 30)[:300]
+    assert engine.slots == 4
+    long = (prompts[2] * 30)[:300]  # beyond the first call's 256 positions
     (c,) = engine.complete([CompletionRequest(long, 5)])
-    assert engine.decoder.max_len == 512
     ((ids, reason),) = reference_decode(
         params, CFG, [long], 5, stop_ids=engine.stop_ids, length=320
     )
@@ -298,8 +297,13 @@ def test_sharded_decode_matches_single_device(params, tok, prompts):
     reqs = [CompletionRequest(p, NEW) for p in prompts]
     want = [c.token_ids for c in single.complete(reqs)]
     assert [c.token_ids for c in sharded.complete(reqs)] == want
-    # The cache is laid out [L, B, T, KV, Dh] and sharded by the model's logical rules.
-    sharding = sharded.decoder.cache["k"].sharding
+    decoder = sharded.slot_decoder(256, windows=(256,))  # what complete() builds
+    job = Job(reqs, stream=False)
+    sharded.scheduler(decoder).run(job)
+    assert [r.completion().token_ids for r in job.rows] == want
+    # The cache is laid out [L, B, T, KV, Dh] and sharded by the model's logical rules,
+    # after every step too (each step donates it and constrains the new one).
+    sharding = decoder.cache["k"].sharding
     assert sharding.mesh.shape == mesh.shape
     assert tuple(sharding.spec)[:4] == (None, ("data", "fsdp"), None, "tensor")
 

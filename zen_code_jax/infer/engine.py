@@ -119,8 +119,6 @@ class InferenceEngine:
         self.stop_ids = tuple(sorted(set(tokenizer.special_ids) | {tokenizer.eot_id}))
         self._lock = threading.Lock()  # one decode at a time (the server has many threads)
         self.prefill_chunk = int(prefill_chunk)
-        self._decoder: SlotDecoder | None = None  # complete()'s, grown to the longest row
-        self._scheduler: Scheduler | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -226,24 +224,16 @@ class InferenceEngine:
         detokenizing with its tokenizer (kwargs: `Scheduler`'s options)."""
         return Scheduler(decoder, self.tokenizer, self.stop_ids, **kwargs)
 
-    @property
-    def decoder(self) -> SlotDecoder | None:
-        """The slot decoder `complete` last ran on (None before the first decode)."""
-        return self._decoder
-
     def _sync_scheduler(self, positions: int) -> Scheduler:
-        """`complete`'s scheduler, on a decoder whose rows hold `positions` tokens: built on
-        first use and rebuilt larger (a power of two, at least one window) when a longer
-        row comes, so evaluation's cache follows its longest row, not the model's context."""
+        """`complete`'s scheduler, on a fresh decoder whose rows hold `positions` tokens
+        (a power of two, at least 256): the cache follows the call's longest row, not the
+        model's context, and lives only as long as the call (as the compiled steps are
+        cached by shape, a new decoder of a seen length compiles nothing)."""
         cfg = self.model_cfg
         max_len = min(cfg.max_position_embeddings, dec.bucket(positions, MIN_SLOT_LENGTH))
-        if self._scheduler is None or self._decoder is None or self._decoder.max_len < max_len:
-            self._scheduler = self._decoder = None  # free the old cache first
-            # One window, the whole cache: it already follows the longest row (at most 2x),
-            # and each extra window would compile one more step per chunk length.
-            self._decoder = self.slot_decoder(max_len, windows=(max_len,))
-            self._scheduler = self.scheduler(self._decoder)
-        return self._scheduler
+        # One window, the whole cache: it already follows the longest row (at most 2x),
+        # and each extra window would compile one more step per chunk length.
+        return self.scheduler(self.slot_decoder(max_len, windows=(max_len,)))
 
     def complete(self, requests: Sequence[CompletionRequest]) -> list[Completion]:
         """Decode token-level requests (any mix of settings); results in request order.
