@@ -21,6 +21,8 @@ from reference_decode import reference_decode
 
 from zen_code_jax.infer.__main__ import build_server, parse_args
 from zen_code_jax.infer.protocol import parse_fim_prompt
+from zen_code_jax.infer.scheduler import Scheduler
+from zen_code_jax.infer.server import CompletionServer
 from zen_code_jax.infer.slots import COMPILES
 
 KEY = "test-key-123"
@@ -491,3 +493,30 @@ def test_cli_speaks_the_project_vocabulary():
     for old in (["--random-preset=tiny"], ["--workdir=W/exp/arm"]):
         with pytest.raises(SystemExit):
             parse_args(old)
+
+
+def test_server_decodes_with_the_scheduler_it_is_given(server):
+    """The decoding machinery is injected: a server built around another scheduler (here
+    one that counts its turns, on a decoder of its own) decodes with it, and sizes its
+    limits from that decoder."""
+
+    class Counting(Scheduler):
+        turns = 0
+
+        def step(self) -> bool:
+            Counting.turns += 1
+            return super().step()
+
+    eng = server.engine
+    sch = Counting(eng.slot_decoder(128, chunk=16), eng.tokenizer, eng.stop_ids)
+    srv = CompletionServer(eng, sch, port=0, api_key=KEY).start()
+    try:
+        body = {"prompt": "def add(a, b):", "max_tokens": 5, "temperature": 0}
+        status, text, _ = raw(srv, "POST", "/v1/completions", body)
+        assert status == 200
+        want = ref(server, eng._encode_prompt("def add(a, b):"), 5).text
+        assert json.loads(text)["choices"][0]["text"] == want
+        assert Counting.turns >= 5  # one prefill turn and a turn per further token
+        assert srv.decoder is sch.dec and srv.limits.max_prompt_tokens == 127
+    finally:
+        srv.shutdown()
