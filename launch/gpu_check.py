@@ -19,11 +19,13 @@ The ablation stage is experiments/run.py itself (see gpu_check.sh).
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import platform
 import subprocess
 import sys
+import sysconfig
 import time
 import traceback
 from pathlib import Path
@@ -326,55 +328,40 @@ def stage_decode(out: Path, dry: bool) -> dict:
     import jax
     import jax.numpy as jnp
 
+    from zen_code_jax.data.tokenizer import Tokenizer
     from zen_code_jax.infer import decode as dec
-    from zen_code_jax.infer.engine import random_params
+    from zen_code_jax.infer.engine import CompletionRequest, InferenceEngine, random_params
+    from zen_code_jax.infer.scheduler import Job, Scheduler
     from zen_code_jax.model.config import get_preset
 
     presets = ("tiny",) if dry else ("cpu_small", "zen_code_1b")
     prompt, new = (16, 4) if dry else (512, 128)
     res: dict[str, Any] = {"prompt_len": prompt, "new_tokens": new, "runs": []}
+    files = sorted(glob.glob(sysconfig.get_paths()["stdlib"] + "/json/*.py"))
+    texts = [open(f).read() for f in files]
     for name in presets:
         cfg = get_preset(name, dtype="float32" if dry else "bfloat16", param_dtype="float32")
         params = dec.cast_for_inference(
             jax.tree.map(jnp.asarray, random_params(cfg, seed=0, scale=0.05)), cfg
         )
+        tok = Tokenizer.train(texts, cfg.vocab_size)
         for b in (1, 16):
             try:
                 rng = np.random.default_rng(0)
                 prompts = rng.integers(10, cfg.vocab_size, (b, prompt)).astype(np.int32)
-                rows = dec.RowParams(
-                    lengths=jnp.full((b,), prompt, jnp.int32),
-                    max_new=jnp.full((b,), new, jnp.int32),
-                    temperature=jnp.zeros((b,), jnp.float32),
-                    top_p=jnp.ones((b,), jnp.float32),
-                    seeds=jnp.zeros((b,), jnp.int32),
-                    sample_index=jnp.arange(b, dtype=jnp.int32),
-                    stop_ids=jnp.full((dec.MAX_STOP_IDS,), -1, jnp.int32),
-                )
-                padded = np.zeros((b, dec.bucket(prompt, dec.MIN_LENGTH_BUCKET)), np.int32)
-                padded[:, :prompt] = prompts
-                nb = dec.bucket(new, dec.MIN_LENGTH_BUCKET)
+                # The slot engine as evaluation drives it: b slots, no stop ids (every row
+                # decodes `new` tokens); a 1-token decode is the prefill.
+                engine = InferenceEngine(params, cfg, tok, max_batch_size=b)
+                max_len = dec.bucket(prompt + new)
+                sch = Scheduler(engine.slot_decoder(max_len, windows=(max_len,)), tok, ())
 
-                def pre(padded=padded, rows=rows, nb=nb, params=params, cfg=cfg):
-                    jax.block_until_ready(
-                        dec.prefill(
-                            params, jnp.asarray(padded), rows, cfg=cfg, max_new_bucket=nb, pad_id=0
-                        )
-                    )
+                def gen(k, sch=sch, prompts=prompts):
+                    job = Job([CompletionRequest(r.tolist(), k) for r in prompts], stream=False)
+                    sch.run(job)
+                    return job
 
-                def gen(k, b=b, prompts=prompts, params=params, cfg=cfg):
-                    return dec.generate_ids(
-                        params,
-                        cfg,
-                        prompts.tolist(),
-                        max_new_tokens=[k] * b,
-                        temperature=[0.0] * b,
-                        top_p=[1.0] * b,
-                        seeds=[0] * b,
-                        sample_index=list(range(b)),
-                        stop_ids=[],
-                        pad_id=0,
-                    )
+                def pre(gen=gen):
+                    gen(1)
 
                 pre()
                 gen(new)  # compile

@@ -1,9 +1,10 @@
-"""KV-cache decoder, sampling, FIM prompts and scoring against independent references.
+"""The one decoder (slot engine + scheduler), sampling, FIM prompts and scoring against
+independent references.
 
 References: the model's own training path (full forward, no cache) for greedy argmax, for a
-no-cache decoder and for teacher-forced log-probs; a numpy nucleus for top-p; the data
-pipeline's `fim_tokens` / `repo_windows` for prompt formats. Tiny preset, float32, random
-params (std 0.2 so argmax margins are not razor thin).
+no-cache decoder (`reference_decode.py`) and for teacher-forced log-probs; a numpy nucleus
+for top-p; the data pipeline's `fim_tokens` / `repo_windows` for prompt formats. Tiny
+preset, float32, random params (std 0.2 so argmax margins are not razor thin).
 """
 
 from __future__ import annotations
@@ -15,19 +16,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference_decode import full_logits as _full_logits
+from reference_decode import reference_decode
 
 from zen_code_jax.data.fim import fim_tokens, unit_draw
 from zen_code_jax.data.repo_format import REPO_FORMATS, RepoFormat
 from zen_code_jax.data.repo_window import repo_windows
 from zen_code_jax.data.tokenizer import Tokenizer
 from zen_code_jax.infer import decode as dec
+from zen_code_jax.infer import slots
 from zen_code_jax.infer.engine import (
     CompletionRequest,
     InferenceEngine,
     random_params,
     truncate_at_stop,
 )
-from zen_code_jax.infer.sampling import row_keys, sample_tokens, top_p_mask
+from zen_code_jax.infer.sampling import top_p_mask
+from zen_code_jax.infer.scheduler import Job, Scheduler
 from zen_code_jax.model import Transformer, get_preset
 
 CFG = get_preset("tiny")  # the server tests use the same config: compiles are shared
@@ -59,88 +64,65 @@ def prompts(tok) -> list[list[int]]:
     return [rng.choice(ok, n).tolist() for n in PROMPT_LENS]
 
 
-@jax.jit
-def _forward(params, tokens, segs):
-    pos = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-    return Transformer(CFG).apply({"params": params}, tokens, pos, segs)
+@pytest.fixture(scope="module")
+def decoder(engine):
+    """The engine's slot decoder with a small prefill chunk: prompts of 9 and 14 tokens
+    take two turns of prefill, riding with the other rows' decoding."""
+    return engine.slot_decoder(64, chunk=8)
 
 
 def full_logits(params, seqs: list[list[int]], length: int = 32) -> np.ndarray:
     """Training-path logits [B, length, V] of right-padded sequences (no KV cache)."""
-    toks = np.zeros((len(seqs), length), np.int32)
-    segs = np.zeros_like(toks)
-    for i, s in enumerate(seqs):
-        toks[i, : len(s)], segs[i, : len(s)] = s, 1
-    return np.asarray(_forward(params, toks, segs))
+    return _full_logits(params, CFG, seqs, length)
 
 
-def run(params, prompts, *, temperature=0.0, top_p=1.0, seed=0, stop_ids=(), max_new=None):
+def run(decoder, tok, prompts, *, temperature=0.0, top_p=1.0, seed=0, stop_ids=(), max_new=None):
+    """Decode token prompts through the slot engine, driven synchronously (row i samples
+    with (seed, i)); `stop_ids` instead of the tokenizer's."""
     n = len(prompts)
-    gens = dec.generate_ids(
-        params,
-        CFG,
-        prompts,
-        max_new_tokens=max_new or [NEW] * n,
-        temperature=[temperature] * n,
-        top_p=[top_p] * n,
-        seeds=[seed] * n,
-        sample_index=list(range(n)),
-        stop_ids=stop_ids,
-        pad_id=1,
-    )
-    return gens
+    budgets = max_new or [NEW] * n
+    reqs = [
+        CompletionRequest(p, m, temperature, top_p, (), seed, i)
+        for i, (p, m) in enumerate(zip(prompts, budgets))
+    ]
+    job = Job(reqs, stream=False)
+    Scheduler(decoder, tok, stop_ids).run(job)
+    return [row.completion() for row in job.rows]
 
 
-def test_greedy_equals_full_forward_argmax_every_step(params, prompts):
-    gens = run(params, prompts)
-    seqs = [p + g.ids for p, g in zip(prompts, gens)]
+def test_greedy_equals_full_forward_argmax_every_step(params, decoder, tok, prompts):
+    gens = run(decoder, tok, prompts)
+    seqs = [p + g.token_ids for p, g in zip(prompts, gens)]
     logits = full_logits(params, seqs)
     for i, (p, g) in enumerate(zip(prompts, gens)):
-        assert len(g.ids) == NEW and g.finish_reason == "length"
+        assert len(g.token_ids) == NEW and g.finish_reason == "length"
         for t in range(NEW):
             # The forward pass over prompt + first t generated tokens predicts token t.
             step_logits = logits[i, len(p) - 1 + t]
-            assert g.ids[t] == int(np.argmax(step_logits)), (i, t)
+            assert g.token_ids[t] == int(np.argmax(step_logits)), (i, t)
             top2 = np.sort(step_logits)[-2:]
             assert top2[1] - top2[0] > 1e-4  # the comparison is not decided by noise
 
 
-@jax.jit
-def _sample(logits, seed, step, temperature, top_p):
-    n = logits.shape[0]
-    keys = row_keys(jnp.full((n,), seed), jnp.arange(n), step)
-    return sample_tokens(logits, keys, jnp.full((n,), temperature), jnp.full((n,), top_p))
-
-
-def nocache_decode(params, prompts, *, temperature, top_p, seed, steps):
-    """Reference decoder: full forward on prompt + generated so far, every step."""
-    seqs = [list(p) for p in prompts]
-    for step in range(steps):
-        logits = full_logits(params, seqs)
-        last = np.stack([logits[i, len(s) - 1] for i, s in enumerate(seqs)])
-        tokens = _sample(last, seed, step, temperature, top_p)
-        for i in range(len(seqs)):
-            seqs[i].append(int(tokens[i]))
-    return [s[len(p) :] for s, p in zip(seqs, prompts)]
-
-
 @pytest.mark.parametrize("temperature,top_p", [(0.0, 1.0), (1.0, 0.9)])
-def test_cache_equals_no_cache(params, prompts, temperature, top_p):
-    gens = run(params, prompts, temperature=temperature, top_p=top_p, seed=3)
-    ref = nocache_decode(params, prompts, temperature=temperature, top_p=top_p, seed=3, steps=NEW)
-    assert [g.ids for g in gens] == ref
+def test_cache_equals_no_cache(params, decoder, tok, prompts, temperature, top_p):
+    gens = run(decoder, tok, prompts, temperature=temperature, top_p=top_p, seed=3)
+    ref = reference_decode(
+        params, CFG, prompts, NEW, temperature=temperature, top_p=top_p, seeds=3, length=32
+    )
+    assert [g.token_ids for g in gens] == [ids for ids, _ in ref]
 
 
-def test_sampling_seeded_and_top_p_tiny_is_greedy(params, prompts):
-    a = run(params, prompts, temperature=1.0, seed=7)
-    b = run(params, prompts, temperature=1.0, seed=7)
-    c = run(params, prompts, temperature=1.0, seed=8)
-    greedy = run(params, prompts)
-    tiny_p = run(params, prompts, temperature=1.0, top_p=1e-6, seed=7)
-    assert [g.ids for g in a] == [g.ids for g in b]
-    assert [g.ids for g in a] != [g.ids for g in c]
-    assert [g.ids for g in a] != [g.ids for g in greedy]
-    assert [g.ids for g in tiny_p] == [g.ids for g in greedy]
+def test_sampling_seeded_and_top_p_tiny_is_greedy(decoder, tok, prompts):
+    a = run(decoder, tok, prompts, temperature=1.0, seed=7)
+    b = run(decoder, tok, prompts, temperature=1.0, seed=7)
+    c = run(decoder, tok, prompts, temperature=1.0, seed=8)
+    greedy = run(decoder, tok, prompts)
+    tiny_p = run(decoder, tok, prompts, temperature=1.0, top_p=1e-6, seed=7)
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+    assert [g.token_ids for g in a] != [g.token_ids for g in c]
+    assert [g.token_ids for g in a] != [g.token_ids for g in greedy]
+    assert [g.token_ids for g in tiny_p] == [g.token_ids for g in greedy]
 
 
 def test_top_p_mask_matches_numpy_nucleus():
@@ -161,18 +143,18 @@ def test_top_p_mask_matches_numpy_nucleus():
         assert set(np.nonzero(got[i])[0].tolist()) == keep, i
 
 
-def test_stop_tokens_and_max_new_tokens(params, prompts):
-    free = run(params, prompts)
+def test_stop_tokens_and_max_new_tokens(decoder, tok, prompts):
+    free = [g.token_ids for g in run(decoder, tok, prompts)]
     # Stop at the token that row 0 emits at step 4: row 0 ends there, excluded.
-    stop = free[0].ids[4]
-    gens = run(params, prompts, stop_ids=[stop])
+    stop = free[0][4]
+    gens = run(decoder, tok, prompts, stop_ids=[stop])
     for f, g in zip(free, gens):
-        cut = f.ids.index(stop) if stop in f.ids else None
-        assert g.ids == f.ids[:cut]
+        cut = f.index(stop) if stop in f else None
+        assert g.token_ids == f[:cut]
         assert g.finish_reason == ("stop" if cut is not None else "length")
     budgets = [1, 5, 0, 12]
-    gens = run(params, prompts, max_new=budgets)
-    assert [g.ids for g in gens] == [f.ids[:m] for f, m in zip(free, budgets)]
+    gens = run(decoder, tok, prompts, max_new=budgets)
+    assert [g.token_ids for g in gens] == [f[:m] for f, m in zip(free, budgets)]
     assert all(g.finish_reason == "length" for g in gens)
 
 
@@ -190,14 +172,19 @@ def test_engine_stop_strings_and_stop_ids(engine, tok):
     assert c.finish_reason in ("stop", "length") and not set(c.token_ids) & set(tok.special_ids)
 
 
-def test_compiles_once_per_bucket(params, prompts):
-    run(params, prompts)
-    run(params, prompts, temperature=1.0, top_p=0.5)
-    before = dict(dec.TRACE_COUNTS)
-    # Other prompt lengths, budgets and settings inside the same buckets: no new trace.
-    run(params, [p[:-1] for p in prompts], max_new=[3, 9, 11, 16], temperature=0.7, seed=5)
-    run(params, prompts[:3], max_new=[2, 2, 2])
-    assert dec.TRACE_COUNTS == before
+def test_compiles_once_per_bucket(engine, decoder, tok, prompts):
+    run(decoder, tok, prompts)
+    run(decoder, tok, prompts, temperature=1.0, top_p=0.5)
+    ctx = [p[:4] for p in prompts]
+    engine.token_logprobs(ctx, prompts)
+    before = dict(slots.TRACE_COUNTS), dict(dec.TRACE_COUNTS)
+    # Other prompt lengths, budgets, settings and row counts in the same (window, chunk)
+    # shapes of the slot decoder, and the same scoring buckets: no new trace.
+    run(decoder, tok, [p[:-1] for p in prompts], max_new=[3, 9, 11, 16], temperature=0.7, seed=5)
+    run(decoder, tok, prompts[:3], max_new=[2, 2, 2])
+    run(decoder, tok, prompts * 3, max_new=[4] * 12)  # more rows than slots
+    engine.token_logprobs(ctx[2:], [p + [5] for p in prompts[2:]])
+    assert (dict(slots.TRACE_COUNTS), dict(dec.TRACE_COUNTS)) == before
     assert dec.bucket(9, 16) == 16 and dec.bucket(17, 16) == 32 and dec.batch_bucket(3, 2) == 4
 
 
@@ -246,23 +233,45 @@ def test_repository_fim_prompt_matches_repo_windows(engine, tok, fmt):
     assert engine.fim_prompt_ids("a", "b", "psm", context=files[:1]) == ctx + plain
 
 
-def test_infill_returns_greedy_middle(engine, tok):
+def test_infill_returns_greedy_middle(engine, params, tok):
     prefixes, suffixes = ["def f(x):\n    ", "import os\n"], ["\n", "\nprint(1)\n"]
     middles = engine.infill(prefixes, suffixes, mode="spm", max_new_tokens=NEW)
-    gens = dec.generate_ids(
-        engine.params,
+    prompts = [engine.fim_prompt_ids(p, s, "spm") for p, s in zip(prefixes, suffixes)]
+    ref = reference_decode(params, CFG, prompts, NEW, stop_ids=engine.stop_ids, length=64)
+    assert middles == [tok.decode(ids) for ids, _ in ref]
+
+
+def test_complete_runs_more_rows_than_slots_in_request_order(engine, params, prompts):
+    """Evaluation's driver: 10 rows through 4 slots (a finished row's slot takes the next),
+    any mix of budgets and settings, results in request order; a later call's longer row
+    gets a longer cache."""
+    rows = [prompts[i % 4][: 3 + i] for i in range(10)]
+    budgets = [NEW, 3, 7, 1, NEW, 5, 9, 2, 11, 4]
+    settings = [(0.0, 1.0), (1.0, 0.9)] * 5
+    reqs = [
+        CompletionRequest(p, m, t, tp, (), 11, i)
+        for i, (p, m, (t, tp)) in enumerate(zip(rows, budgets, settings))
+    ]
+    got = engine.complete(reqs)
+    ref = reference_decode(
+        params,
         CFG,
-        [engine.fim_prompt_ids(p, s, "spm") for p, s in zip(prefixes, suffixes)],
-        max_new_tokens=[NEW] * 2,
-        temperature=[0.0] * 2,
-        top_p=[1.0] * 2,
-        seeds=[0] * 2,
-        sample_index=[0, 1],
+        rows,
+        budgets,
+        temperature=[t for t, _ in settings],
+        top_p=[tp for _, tp in settings],
+        seeds=11,
         stop_ids=engine.stop_ids,
-        pad_id=tok.pad_id,
-        batch_multiple=4,
+        length=32,
     )
-    assert middles == [tok.decode(g.ids) for g in gens]
+    assert [(c.token_ids, c.finish_reason) for c in got] == ref
+    assert engine.slots == 4
+    long = (prompts[2] * 30)[:300]  # beyond the first call's 256 positions
+    (c,) = engine.complete([CompletionRequest(long, 5)])
+    ((ids, reason),) = reference_decode(
+        params, CFG, [long], 5, stop_ids=engine.stop_ids, length=320
+    )
+    assert (c.token_ids, c.finish_reason) == (ids, reason)
 
 
 def test_token_logprobs_equal_full_forward_log_softmax(engine, params):
@@ -288,8 +297,13 @@ def test_sharded_decode_matches_single_device(params, tok, prompts):
     reqs = [CompletionRequest(p, NEW) for p in prompts]
     want = [c.token_ids for c in single.complete(reqs)]
     assert [c.token_ids for c in sharded.complete(reqs)] == want
-    # The cache is laid out [L, B, T, KV, Dh] and sharded by the model's logical rules.
-    sharding = dec.LAST_CACHE_SHARDING["k"]
+    decoder = sharded.slot_decoder(256, windows=(256,))  # what complete() builds
+    job = Job(reqs, stream=False)
+    sharded.scheduler(decoder).run(job)
+    assert [r.completion().token_ids for r in job.rows] == want
+    # The cache is laid out [L, B, T, KV, Dh] and sharded by the model's logical rules,
+    # after every step too (each step donates it and constrains the new one).
+    sharding = decoder.cache["k"].sharding
     assert sharding.mesh.shape == mesh.shape
     assert tuple(sharding.spec)[:4] == (None, ("data", "fsdp"), None, "tensor")
 
@@ -316,41 +330,51 @@ def test_cast_for_inference_is_bit_identical_in_bf16():
     np.testing.assert_array_equal(np.asarray(fwd(params)), np.asarray(fwd(cast)))
 
 
-def test_slot_scheduler_on_a_mesh_matches_the_batch_decoder(engine, params, tok, prompts):
-    """Continuous batching (rows joining between steps, chunked prefill, prefix reuse, a
-    sharded cache) decodes exactly the batch decoder's tokens, greedy and sampled."""
-    from zen_code_jax.infer.scheduler import Job, Row, Scheduler
-    from zen_code_jax.infer.slots import SlotDecoder
+def test_slot_scheduler_on_a_mesh_matches_the_reference_decoder(params, tok, prompts):
+    """Continuous batching on the scheduler's thread (rows joining between steps, chunked
+    prefill, prefix reuse, a sharded cache) decodes exactly the no-cache reference's
+    tokens, greedy and sampled. (Was test_slot_scheduler_on_a_mesh_matches_the_batch_decoder,
+    when evaluation had a batch decoder of its own.)"""
     from zen_code_jax.parallel.mesh import make_mesh
-    from zen_code_jax.parallel.rules import DEFAULT_RULES
 
     mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2, "sequence": 1})
     sharded = InferenceEngine(params, CFG, tok, mesh, max_batch_size=4)
-    decoder = SlotDecoder(
-        sharded.params, CFG, slots=4, max_len=64, chunk=4, mesh=mesh, rules=DEFAULT_RULES
-    )
+    decoder = sharded.slot_decoder(64, chunk=4)
     assert tuple(decoder.cache["k"].sharding.spec)[:4] == (None, ("data", "fsdp"), None, "tensor")
-    sch = Scheduler(decoder, tok, engine.stop_ids).start()
+    sch = sharded.scheduler(decoder).start()
     settings = [(0.0, 1.0, 0), (0.9, 0.8, 3), (0.0, 1.0, 0), (1.0, 1.0, 5)]
     reqs = [CompletionRequest(p, NEW, t, tp, (), s, 0) for p, (t, tp, s) in zip(prompts, settings)]
     # The reused prompt extends prompts[1]: its decode starts from a cached prefix.
     extended = prompts[1] + prompts[0][:3]
     reqs.append(CompletionRequest(extended, NEW))
-    want = [c.token_ids for c in engine.complete(reqs)]
+    want = reference_decode(
+        params,
+        CFG,
+        [r.prompt_ids for r in reqs],
+        NEW,
+        temperature=[r.temperature for r in reqs],
+        top_p=[r.top_p for r in reqs],
+        seeds=[r.seed for r in reqs],
+        sample_index=[0] * len(reqs),
+        stop_ids=sharded.stop_ids,
+        length=32,
+    )
     try:
         jobs = []
         for r in reqs[:4]:
-            jobs.append(Job([Row(r.prompt_ids, NEW, r.temperature, r.top_p, r.seed)]))
+            jobs.append(Job([r]))
             sch.submit(jobs[-1])
         for j in jobs:
             while not j.finished:
                 j.events.get(timeout=120)
         reused = sch.stats["prefix_reused_tokens"]
-        jobs.append(Job([Row(extended, NEW)]))
+        jobs.append(Job([reqs[4]]))
         sch.submit(jobs[-1])
         while not jobs[-1].finished:
             jobs[-1].events.get(timeout=120)
         assert sch.stats["prefix_reused_tokens"] - reused == len(prompts[1])
     finally:
         sch.shutdown()
-    assert [j.rows[0].ids for j in jobs] == want
+    assert [j.rows[0].ids for j in jobs] == [ids for ids, _ in want]
+    with pytest.raises(RuntimeError, match="own thread"):
+        sch.run(Job(reqs[:1]))

@@ -51,11 +51,7 @@ ALLOWED: dict[str, set[str]] = {
 STANDALONE = (PACKAGE / "eval" / "sandbox" / "launcher.py",)  # `python -I -S launcher.py`
 # Import cycles that exist today, each with the change that removes it. Any other cycle
 # fails, and so does an entry here that is no longer a cycle (delete it then).
-KNOWN_CYCLES: dict[frozenset[str], str] = {
-    # Issue 17: helper "decoder" breaks this one (server_http.py imports server.py for a
-    # type); the integrator deletes this entry when merging that change.
-    frozenset({"zen_code_jax.infer.server", "zen_code_jax.infer.server_http"}): "issue 17",
-}
+KNOWN_CYCLES: dict[frozenset[str], str] = {}
 INFRA = {"checkpoint", "tracking", "rundir", "hf", "resolve"}
 
 

@@ -1,9 +1,10 @@
 """The completions server over real HTTP on 127.0.0.1, driven by the official `openai`
 client (and raw sockets where a client would hide the behaviour).
 
-Every decoded answer is checked against the batch decoder called directly
-(`InferenceEngine`, a separate code path), so the slot engine, the scheduler and the
-transport must add nothing. Logprobs are checked against teacher-forced scoring.
+Every decoded answer is checked against the no-cache reference decoder
+(`reference_decode.py`: the model's training path every step, no slots, no scheduler), so
+the slot engine, the scheduler and the transport must add nothing. Logprobs are checked
+against teacher-forced scoring.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import time
 
 import openai
 import pytest
+from reference_decode import reference_decode
 
-from zen_code_jax.infer import decode as dec
 from zen_code_jax.infer.__main__ import build_server, parse_args
-from zen_code_jax.infer.engine import CompletionRequest, InferenceEngine
 from zen_code_jax.infer.protocol import parse_fim_prompt
+from zen_code_jax.infer.scheduler import Scheduler
+from zen_code_jax.infer.server import CompletionServer
 from zen_code_jax.infer.slots import COMPILES
 
 KEY = "test-key-123"
@@ -49,25 +51,12 @@ def server(tmp_path_factory):
     srv.shutdown()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _attach_ref(server, ref_engine):
-    server.ref_engine = ref_engine
-
-
 @pytest.fixture(scope="module")
 def client(server):
     return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
 
 
-REF_BUDGET = 64  # every reference decodes 64 tokens in one (batch 4, budget 64) bucket
-
-
-@pytest.fixture(scope="module")
-def ref_engine(server):
-    eng = server.engine
-    return InferenceEngine(
-        eng.params, eng.model_cfg, eng.tokenizer, max_batch_size=4, min_batch_bucket=4
-    )
+REF_BUDGET = 64  # every reference decodes 64 tokens (one forward length per 128 tokens)
 
 
 class Ref:
@@ -76,23 +65,27 @@ class Ref:
 
 
 def refs(server, prompt_ids, max_new, n=1, temperature=0.0, seed=0):
-    """The batch decoder's completions (the independent reference). A row's first k
-    tokens do not depend on its budget, so one 64-token decode answers every budget."""
+    """The no-cache reference's completions (independent of the slot engine). A row's
+    first k tokens do not depend on its budget, so one 64-token decode answers every
+    budget."""
     eng = server.engine
-    reqs = [
-        CompletionRequest(list(p), REF_BUDGET, temperature, 1.0, (), seed, j)
-        for p in prompt_ids
-        for j in range(n)
-    ]
-    out, old = [], dec.MIN_LENGTH_BUCKET
-    dec.MIN_LENGTH_BUCKET = 128  # one prompt bucket: the references compile once
-    try:
-        done = server.ref_engine.complete(reqs)
-    finally:
-        dec.MIN_LENGTH_BUCKET = old
-    for c in done:
-        ids = c.token_ids[:max_new]
-        reason = "length" if len(c.token_ids) >= max_new else "stop"
+    prompts = [list(p) for p in prompt_ids for _ in range(n)]
+    length = 128 * -(-(max(len(p) for p in prompts) + REF_BUDGET) // 128)
+    done = reference_decode(
+        eng.params,
+        eng.model_cfg,
+        prompts,
+        REF_BUDGET,
+        temperature=temperature,
+        seeds=seed,
+        sample_index=[j for _ in prompt_ids for j in range(n)],
+        stop_ids=eng.stop_ids,
+        length=length,
+    )
+    out = []
+    for token_ids, _ in done:
+        ids = token_ids[:max_new]
+        reason = "length" if len(token_ids) >= max_new else "stop"
         out.append(Ref(eng.tokenizer.decode(ids), ids, reason))
     return out
 
@@ -500,3 +493,30 @@ def test_cli_speaks_the_project_vocabulary():
     for old in (["--random-preset=tiny"], ["--workdir=W/exp/arm"]):
         with pytest.raises(SystemExit):
             parse_args(old)
+
+
+def test_server_decodes_with_the_scheduler_it_is_given(server):
+    """The decoding machinery is injected: a server built around another scheduler (here
+    one that counts its turns, on a decoder of its own) decodes with it, and sizes its
+    limits from that decoder."""
+
+    class Counting(Scheduler):
+        turns = 0
+
+        def step(self) -> bool:
+            Counting.turns += 1
+            return super().step()
+
+    eng = server.engine
+    sch = Counting(eng.slot_decoder(128, chunk=16), eng.tokenizer, eng.stop_ids)
+    srv = CompletionServer(eng, sch, port=0, api_key=KEY).start()
+    try:
+        body = {"prompt": "def add(a, b):", "max_tokens": 5, "temperature": 0}
+        status, text, _ = raw(srv, "POST", "/v1/completions", body)
+        assert status == 200
+        want = ref(server, eng._encode_prompt("def add(a, b):"), 5).text
+        assert json.loads(text)["choices"][0]["text"] == want
+        assert Counting.turns >= 5  # one prefill turn and a turn per further token
+        assert srv.decoder is sch.dec and srv.limits.max_prompt_tokens == 127
+    finally:
+        srv.shutdown()

@@ -138,7 +138,10 @@ def _enable_compilation_cache(args: argparse.Namespace) -> None:
 
 
 def build_server(argv: Sequence[str] | None = None) -> CompletionServer:
-    """Parse `argv` and build (not start) the server, compiled; tests drive it from here."""
+    """Parse `argv` and build (not start) the server, compiled; tests drive it from here.
+
+    The wiring of serving: the engine, its slot decoder (compiled now, `warm_up`), the
+    scheduler that drives it, and the HTTP server around them."""
     args = parse_args(argv)
     _enable_compilation_cache(args)
     engine, name = build_engine(args)
@@ -147,21 +150,25 @@ def build_server(argv: Sequence[str] | None = None) -> CompletionServer:
         max_prompt_tokens=args.max_prompt_tokens or max_context - 1,
         max_tokens=args.max_tokens_limit,
         max_rows=args.max_rows_per_request,
-        max_queue=args.max_queue,
         max_body_bytes=args.max_body_bytes,
         read_timeout_s=args.read_timeout_s,
     )
+    decoder = engine.slot_decoder(max_context, chunk=args.prefill_chunk)
+    decoder.warm_up()
+    scheduler = engine.scheduler(
+        decoder,
+        max_queue=args.max_queue,
+        continuous=args.continuous_batching,
+        prefill_interval=args.prefill_interval,
+    )
     return CompletionServer(
         engine,
+        scheduler,
         model_name=name,
         host=args.host,
         port=args.port,
         limits=limits,
-        max_context=max_context,
-        prefill_chunk=args.prefill_chunk,
-        continuous=args.continuous_batching,
         api_key=args.api_key,
-        prefill_interval=args.prefill_interval,
     )
 
 

@@ -1,4 +1,4 @@
-"""InferenceEngine: text in, text out, on top of the jitted KV-cache decoder.
+"""InferenceEngine: text in, text out, on top of the slot decoder (`slots.py`, `scheduler.py`).
 
 It owns the tokenizer-facing rules that must match training exactly:
 - FIM prompts are built by `zen_code_jax.data.fim.fim_prompt_tokens` (sentinels inserted as
@@ -10,8 +10,12 @@ It owns the tokenizer-facing rules that must match training exactly:
   the FIM format ends a middle with `<|endoftext|>`; a sentinel in the output means it has
   left the document). User stop strings are applied to the detokenized text.
 
-Requests are decoded in batches of at most `max_batch_size` rows, sorted by prompt length so a
-batch pads little; the caller's order is restored.
+Requests are decoded by the package's one decoder, the slot engine, driven synchronously:
+`max_batch_size` KV-cache rows (slots), longest prompts admitted first, each finished row's
+slot taking the next waiting request (continuous batching); results come back in the
+caller's order. The server drives the same engine from the scheduler's thread
+(`slot_decoder`, `scheduler`). Teacher-forced scoring (`token_logprobs`) is one forward
+pass over known tokens (`decode.score`).
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ import dataclasses
 import math
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,50 +36,24 @@ from zen_code_jax.data.fim import fim_prompt_tokens
 from zen_code_jax.data.hf_tokenizer import check_repo_format
 from zen_code_jax.data.repo_format import RepoFormat
 from zen_code_jax.infer import decode as dec
+from zen_code_jax.infer.request import Completion, CompletionRequest, truncate_at_stop
+from zen_code_jax.infer.scheduler import Job, Scheduler
+from zen_code_jax.infer.slots import SlotDecoder
 from zen_code_jax.model.config import ModelConfig
 from zen_code_jax.model.params import abstract_params, param_partition_specs
 from zen_code_jax.parallel.rules import DEFAULT_RULES
 from zen_code_jax.resolve import CheckpointRef, RunFacts, load_model, run_facts, stop_ids
 
+__all__ = [
+    "Completion",
+    "CompletionRequest",
+    "InferenceEngine",
+    "random_params",
+    "truncate_at_stop",
+]
+
 FIM_MODES = ("psm", "spm")
-
-
-@dataclass
-class CompletionRequest:
-    """One row to decode: token ids in, settings per row."""
-
-    prompt_ids: list[int]
-    max_new_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int = 0
-    sample_index: int = 0
-
-
-@dataclass
-class Completion:
-    text: str
-    token_ids: list[int]
-    finish_reason: str  # "stop" | "length"
-    prompt_tokens: int
-    completion_tokens: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.completion_tokens = len(self.token_ids)
-
-
-def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
-    """Cut `text` at the earliest occurrence of any stop string (the stop string excluded)."""
-    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
-
-
-def _check_sampling(temperature: float, top_p: float) -> None:
-    if not (temperature >= 0.0):
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}.")
-    if not (0.0 < top_p <= 1.0):
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}; use 1.0 to disable nucleus.")
+MIN_SLOT_LENGTH = 256  # complete()'s decoder holds at least one cache window per row
 
 
 def random_params(cfg: ModelConfig, seed: int = 0, scale: float | None = None) -> Any:
@@ -117,9 +94,11 @@ class InferenceEngine:
         rules: Any = None,
         repo_format: str = "",
         facts: RunFacts | None = None,
+        prefill_chunk: int = 128,
     ):
-        """max_batch_size: rows decoded together; min_batch_bucket: smallest padded batch
-        (a server that pads every batch to the same size compiles fewer shapes);
+        """max_batch_size: rows decoded together (the slots of `complete`'s decoder);
+        min_batch_bucket: smallest padded batch of `token_logprobs` (and the multiple the
+        slots are rounded up to); prefill_chunk: prompt tokens per decoder turn;
         repo_format: the training run's `data.repo_format` (repository prompts; "" = the
         tokenizer's own: report for ours, qwen2.5 / starcoder2 for those HF tokenizers);
         facts: what the checkpoint was resolved to (`from_run` sets it; None for weights
@@ -142,6 +121,7 @@ class InferenceEngine:
         self.params = dec.cast_for_inference(self._place_params(params), model_cfg)
         self.stop_ids = stop_ids(tokenizer)
         self._lock = threading.Lock()  # one decode at a time (the server has many threads)
+        self.prefill_chunk = int(prefill_chunk)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -243,48 +223,74 @@ class InferenceEngine:
         )
 
     # ------------------------------------------------------------------ decoding
+    @property
+    def slots(self) -> int:
+        """KV-cache rows of this engine's decoders: max_batch_size, rounded up to the
+        batch multiple (the data-parallel size on a mesh)."""
+        m = self.batch_multiple
+        return -(-self.max_batch_size // m) * m
+
+    def slot_decoder(
+        self, max_len: int, *, chunk: int | None = None, windows: Sequence[int] | None = None
+    ) -> SlotDecoder:
+        """A slot decoder on this engine's params, mesh and rules: `self.slots` rows of
+        `max_len` positions, prompts prefilled `chunk` tokens per turn (default
+        `prefill_chunk`), reading `windows` of the cache (default: powers of two). The
+        server builds one and warms it up; `complete` builds its own."""
+        chunk = min(int(chunk or self.prefill_chunk), int(max_len))
+        return SlotDecoder(
+            self.params,
+            self.model_cfg,
+            slots=self.slots,
+            max_len=int(max_len),
+            chunk=chunk,
+            mesh=self.mesh,
+            rules=self.rules,
+            windows=windows,
+        )
+
+    def scheduler(self, decoder: SlotDecoder, **kwargs: Any) -> Scheduler:
+        """A scheduler moving rows through `decoder`, stopping at this engine's stop ids and
+        detokenizing with its tokenizer (kwargs: `Scheduler`'s options)."""
+        return Scheduler(decoder, self.tokenizer, self.stop_ids, **kwargs)
+
+    def _sync_scheduler(self, positions: int) -> Scheduler:
+        """`complete`'s scheduler, on a fresh decoder whose rows hold `positions` tokens
+        (a power of two, at least 256): the cache follows the call's longest row, not the
+        model's context, and lives only as long as the call (as the compiled steps are
+        cached by shape, a new decoder of a seen length compiles nothing)."""
+        cfg = self.model_cfg
+        max_len = min(cfg.max_position_embeddings, dec.bucket(positions, MIN_SLOT_LENGTH))
+        # One window, the whole cache: it already follows the longest row (at most 2x),
+        # and each extra window would compile one more step per chunk length.
+        return self.scheduler(self.slot_decoder(max_len, windows=(max_len,)))
+
     def complete(self, requests: Sequence[CompletionRequest]) -> list[Completion]:
-        """Decode token-level requests (any mix of settings); results in request order."""
+        """Decode token-level requests (any mix of settings); results in request order.
+
+        The slot engine run synchronously: every request a row of the one decoder, the
+        longest prompts admitted first. A row's random draws are keyed by its own
+        (seed, sample_index, step) only, so its tokens do not depend on which requests
+        share the call (up to float rounding, e.g. of how its prompt was chunked)."""
+        limit = self.model_cfg.max_position_embeddings
         for r in requests:
-            _check_sampling(r.temperature, r.top_p)
-        order = sorted(range(len(requests)), key=lambda i: -len(requests[i].prompt_ids))
+            r.check(limit)
         results: list[Completion | None] = [None] * len(requests)
-        for start in range(0, len(order), self.max_batch_size):
-            idx = order[start : start + self.max_batch_size]
-            batch = [requests[i] for i in idx]
-            for i, c in zip(idx, self._complete_batch(batch)):
-                results[i] = c
+        todo = []
+        for i, r in enumerate(requests):
+            if r.max_new_tokens == 0 and not r.prompt_logprobs:  # nothing to run
+                results[i] = Completion("", [], "length", len(r.prompt_ids))
+            else:
+                todo.append(i)
+        todo.sort(key=lambda i: -len(requests[i].prompt_ids))
+        if todo:
+            longest = max(len(requests[i].prompt_ids) + requests[i].max_new_tokens for i in todo)
+            job = Job([requests[i] for i in todo], stream=False)
+            with self._lock:
+                self._sync_scheduler(longest).run(job)
+            for i, row in zip(todo, job.rows):
+                results[i] = row.completion()
         return results  # type: ignore[return-value]
-
-    def _complete_batch(self, batch: list[CompletionRequest]) -> list[Completion]:
-        tok = self.tokenizer
-        any_stop = any(r.stop for r in batch)
-
-        def stop_fn(row: int, ids: list[int]) -> bool:
-            stops = batch[row].stop
-            return bool(stops) and truncate_at_stop(tok.decode(ids), stops)[1]
-
-        with self._context():
-            gens = dec.generate_ids(
-                self.params,
-                self.model_cfg,
-                [r.prompt_ids for r in batch],
-                max_new_tokens=[r.max_new_tokens for r in batch],
-                temperature=[r.temperature for r in batch],
-                top_p=[r.top_p for r in batch],
-                seeds=[r.seed for r in batch],
-                sample_index=[r.sample_index for r in batch],
-                stop_ids=self.stop_ids,
-                pad_id=tok.pad_id,
-                stop_fn=stop_fn if any_stop else None,
-                batch_multiple=self.batch_multiple,
-            )
-        out = []
-        for r, g in zip(batch, gens):
-            text, cut = truncate_at_stop(tok.decode(g.ids), r.stop)
-            reason = "stop" if cut else g.finish_reason
-            out.append(Completion(text, g.ids, reason, len(r.prompt_ids)))
-        return out
 
     def generate(
         self,

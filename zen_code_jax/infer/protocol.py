@@ -1,5 +1,5 @@
 """Request parsing for the completions server: OpenAI `/v1/completions` and llama.cpp
-`/infill` bodies in, scheduler rows out, every client mistake an `APIError` in OpenAI's
+`/infill` bodies in, `CompletionRequest`s (one per row) out, every client mistake an `APIError` in OpenAI's
 error shape (with the `code` clients switch on, e.g. `context_length_exceeded`).
 
 FIM. A request is an infill when it carries `suffix` (OpenAI's insert mode: prompt =
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from zen_code_jax.data.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
-from zen_code_jax.infer.scheduler import Row
+from zen_code_jax.infer.request import CompletionRequest
 from zen_code_jax.infer.slots import TOP_LOGPROBS
 
 SENTINELS = (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)
@@ -64,7 +64,6 @@ class Limits:
     max_prompt_tokens: int
     max_tokens: int = 1024
     max_rows: int = 16  # len(prompt) x n
-    max_queue: int = 64
     max_body_bytes: int = 4 * 1024 * 1024
     read_timeout_s: float = 10.0
 
@@ -73,7 +72,7 @@ class Limits:
 class Parsed:
     """A validated request: rows to decode plus what the response needs."""
 
-    rows: list[Row]
+    requests: list[CompletionRequest]  # one per row (prompt x n)
     echo_texts: list[str]
     opts: dict[str, Any]
 
@@ -192,7 +191,7 @@ class RequestParser:
         if seed is None:
             seed = int.from_bytes(os.urandom(4), "little")
         return dict(
-            max_new=max_tokens,
+            max_new_tokens=max_tokens,
             temperature=float(
                 b.get(
                     "temperature", 1.0, lambda v: _is_num(v) and 0 <= v <= 2, "a number in [0, 2]"
@@ -300,10 +299,13 @@ class RequestParser:
                     ids = self.fim_ids(prefix, suf, mode, ctx, path)
                     if started:
                         ids += eng.tokenizer.encode(started)
-            self.check_length(ids, s["max_new"])
+            self.check_length(ids, s["max_new_tokens"])
             echoes.append(echo_text)
             scored = echo and logprobs is not None
-            rows += [Row(list(ids), sample_index=j, prompt_logprobs=scored, **s) for j in range(n)]
+            rows += [
+                CompletionRequest(list(ids), sample_index=j, prompt_logprobs=scored, **s)
+                for j in range(n)
+            ]
         opts = dict(stream=stream, include_usage=usage, echo=echo, n=n, logprobs=logprobs)
         return Parsed(rows, echoes, opts)
 
@@ -333,8 +335,8 @@ class RequestParser:
             s["temperature"] = 0.0  # llama.vim / llama.vscode expect greedy by default
         stream, _ = self.stream_opts(b)
         ids = self.fim_ids(prefix + prompt, suffix, "psm", ctx, path)
-        self.check_length(ids, s["max_new"])
-        return Parsed([Row(ids, **s)], [prefix + prompt], dict(stream=stream, n=1))
+        self.check_length(ids, s["max_new_tokens"])
+        return Parsed([CompletionRequest(ids, **s)], [prefix + prompt], dict(stream=stream, n=1))
 
 
 def _prompts(prompt: Any, vocab: int) -> list[str | list[int]]:

@@ -1,4 +1,8 @@
-"""Continuous batching: one thread moves rows through the slots of a `SlotDecoder`.
+"""Continuous batching: rows move through the slots of a `SlotDecoder`, one turn at a time.
+
+The one decoding loop of the package. The server runs it on its own thread (`start`,
+`submit` from handler threads, events back); evaluation runs the same turns on the calling
+thread until its rows are done (`run`, driven by `InferenceEngine.complete`).
 
 Each turn the scheduler (1) frees the slots of cancelled rows, (2) admits waiting rows
 into free slots (preferring the free slot whose cached tokens share the longest prefix
@@ -26,25 +30,22 @@ from typing import Any
 
 import numpy as np
 
+from zen_code_jax.infer.request import Completion, CompletionRequest
 from zen_code_jax.infer.slots import Chunk, DecodeRows, SlotDecoder
 
 
 @dataclass
-class Row:
-    """One choice to decode: token prompt and settings."""
+class RowState:
+    """The scheduler's record of one request while it decodes (the request stays a value).
 
-    prompt_ids: list[int]
-    max_new: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-    sample_index: int = 0
-    stop: tuple[str, ...] = ()
-    prompt_logprobs: bool = False  # echo with logprobs: score every prompt token
-    # filled by the scheduler
+    Read by the server's handler after the row's events (`kept_tokens`, `finish_reason`,
+    `prompt_records`) and by `InferenceEngine.complete` (`completion()`)."""
+
+    request: CompletionRequest
     prompt_records: list[tuple[int, float, list[int], list[float]]] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)
     logprobs: list[tuple[float, list[int], list[float]]] = field(default_factory=list)
+    text: str = ""  # the text handed out so far (cut before any stop string)
     sent_chars: int = 0  # characters of text already handed out
     sent_tokens: int = 0  # tokens whose logprobs were handed out
     finish_reason: str | None = None
@@ -52,6 +53,17 @@ class Row:
     slot: int | None = None
     prefilled: int = 0  # prompt tokens in the slot's cache
     reused: int = 0  # of which were already there (prefix reuse)
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        return self.request.prompt_ids
+
+    def completion(self) -> Completion:
+        """The finished row as a result: its released text and the tokens that made it."""
+        if self.finish_reason is None:
+            raise RuntimeError("The row has not finished decoding; run its job to the end.")
+        ids = self.ids[: self.kept_tokens]
+        return Completion(self.text, ids, self.finish_reason, len(self.prompt_ids))
 
 
 @dataclass
@@ -67,10 +79,20 @@ class Event:
 class Job:
     """The rows of one request and the queue of their events (read by the HTTP thread)."""
 
-    def __init__(self, rows: Sequence[Row], alive: Callable[[], bool] | None = None):
+    def __init__(
+        self,
+        requests: Sequence[CompletionRequest],
+        alive: Callable[[], bool] | None = None,
+        *,
+        stream: bool = True,
+    ):
         """alive: polled by the scheduler every turn (False = the client went away), so a
-        disconnect frees the slots at the next step whatever the HTTP thread is doing."""
-        self.rows = list(rows)
+        disconnect frees the slots at the next step whatever the HTTP thread is doing.
+        stream: hand out text as it is decoded (one event per safe piece); False releases
+        each row's text once, when it ends (evaluation reads only the result, and skips
+        the per-token detokenization that streaming needs)."""
+        self.rows = [RowState(r) for r in requests]
+        self.stream = bool(stream)
         self.alive = alive
         self.events: queue.Queue[Event] = queue.Queue()
         self.cancelled = threading.Event()
@@ -91,7 +113,8 @@ class QueueFull(RuntimeError):
 
 
 class Scheduler:
-    """Drive a SlotDecoder from a thread; `submit(job)` from any thread."""
+    """Drive a SlotDecoder: from its own thread (`start`, then `submit(job)` from any
+    thread), or synchronously (`run(job)`)."""
 
     def __init__(
         self,
@@ -157,6 +180,33 @@ class Scheduler:
     def queue_depth(self) -> int:
         return len(self.waiting)
 
+    def run(self, job: Job) -> None:
+        """Decode `job` on the calling thread until every row has finished: the synchronous
+        driver (evaluation). The same turns as the thread's, so a request decodes to the
+        same tokens whichever drives it. Waiting rows are not capped (`max_queue` is the
+        server's back-pressure) and prefixes cached by earlier calls are not reused, so a
+        call's results depend on its own requests only."""
+        if self._thread is not None:
+            raise RuntimeError(
+                "This scheduler runs on its own thread (start()); submit() the job and read "
+                "its events instead of run()."
+            )
+        self.slot_tokens = [[] for _ in range(self.dec.slots)]
+        with self.cond:
+            self.waiting.extend((job, i) for i in range(len(job.rows)))
+            self.stats["requests"] += 1
+        while not job.finished:
+            if not self.step():
+                raise RuntimeError("The scheduler made no progress on an unfinished job (a bug).")
+
+    def step(self) -> bool:
+        """One turn: drop cancelled rows, admit waiting ones, one device call. False when
+        there was nothing to run."""
+        with self.cond:
+            self._drop_cancelled()
+            self._admit()
+        return self._step()
+
     # ------------------------------------------------------------------ loop
     def _loop(self) -> None:
         while True:
@@ -165,9 +215,7 @@ class Scheduler:
                     self.cond.wait(timeout=0.5)
                 if self._stop:
                     return
-                self._drop_cancelled()
-                self._admit()
-            self._step()
+            self.step()
 
     def _has_work(self) -> bool:
         return bool(self.waiting) or self.busy_slots > 0
@@ -207,7 +255,7 @@ class Scheduler:
 
             s = max(free, key=lambda s: (shared(s), -self.slot_used[s]))
             # A scored prompt (echo with logprobs) runs every token through the model.
-            row.prefilled = row.reused = 0 if row.prompt_logprobs else shared(s)
+            row.prefilled = row.reused = 0 if row.request.prompt_logprobs else shared(s)
             self.stats["prefix_reused_tokens"] += row.prefilled
             self.slot_tokens[s] = list(prompt[: row.prefilled])
             row.slot = s
@@ -235,10 +283,11 @@ class Scheduler:
         row = job.rows[i]
         start = row.prefilled
         tokens = row.prompt_ids[start : start + self.dec.chunk]
-        sampling = (row.temperature, row.top_p, row.seed, row.sample_index, 0)
+        r = row.request
+        sampling = (r.temperature, r.top_p, _seed(r.seed), r.sample_index, 0)
         final = start + len(tokens) == len(row.prompt_ids)
         targets = None
-        if row.prompt_logprobs:  # the prompt token each position predicts (none after the last)
+        if r.prompt_logprobs:  # the prompt token each position predicts (none after the last)
             targets = row.prompt_ids[start + 1 : start + len(tokens) + 1]
         chunk = Chunk(row.slot, tokens, start, sampling, final, targets)  # type: ignore[arg-type]
         return job, i, chunk
@@ -257,8 +306,9 @@ class Scheduler:
                 continue
             cols["last"][s] = row.ids[-1]
             cols["pos"][s] = len(row.prompt_ids) + len(row.ids) - 1
-            cols["temp"][s], cols["top_p"][s] = row.temperature, row.top_p
-            cols["seeds"][s], cols["index"][s] = row.seed, row.sample_index
+            r = row.request
+            cols["temp"][s], cols["top_p"][s] = r.temperature, r.top_p
+            cols["seeds"][s], cols["index"][s] = _seed(r.seed), r.sample_index
             cols["steps"][s], cols["active"][s] = len(row.ids), True
             live.append(s)
         if not live:
@@ -267,14 +317,14 @@ class Scheduler:
             *(cols[k].astype(t) for k, t in zip(DecodeRows._fields, DecodeRows.DTYPES))
         )
 
-    def _step(self) -> None:
+    def _step(self) -> bool:
         """One device call: a decode token for every decoding slot and, in the same model
         call, one prefill chunk (chunked prefill riding with decoding, so a turn costs
         about one pass over the weights however many rows it serves)."""
         picked = self._next_chunk()
         live, rows = self._decode_rows()
         if picked is None and rows is None:
-            return
+            return False
         turn = self.dec.run(rows, None if picked is None else picked[2])
         if picked is not None:
             job, i, chunk = picked
@@ -296,11 +346,14 @@ class Scheduler:
                 self._accept(job, i, turn.decoded, s)
         if turn.first is not None:
             job, i, _ = picked  # type: ignore[misc]
-            if job.rows[i].max_new == 0:  # prompt only (e.g. echo scoring): nothing to decode
+            if (
+                job.rows[i].request.max_new_tokens == 0
+            ):  # prompt only (e.g. echo scoring): nothing to decode
                 self._release(job, i, final=True)
                 self._finish(job, i, "length")
             else:
                 self._accept(job, i, turn.first, 0)
+        return True
 
     # ------------------------------------------------------------------ rows
     def _accept(self, job: Job, i: int, out: Any, k: int) -> None:
@@ -321,32 +374,44 @@ class Scheduler:
         self.stats["generated_tokens"] += 1
         if self._release(job, i, final=False):
             self._finish(job, i, "stop")
-        elif len(row.ids) >= row.max_new or len(row.prompt_ids) + len(row.ids) >= self.dec.max_len:
+        elif (
+            len(row.ids) >= row.request.max_new_tokens
+            or len(row.prompt_ids) + len(row.ids) >= self.dec.max_len
+        ):
             self._release(job, i, final=True)
             self._finish(job, i, "length")
 
     def _release(self, job: Job, i: int, *, final: bool) -> bool:
-        """Hand out the row's safe new text; True when a stop string ended it."""
+        """Hand out the row's safe new text; True when a stop string ended it. A job that
+        does not stream only checks its stop strings until the row's final release."""
         row = job.rows[i]
+        stops = row.request.stop
+        quiet = not final and not job.stream
+        if quiet and not stops:
+            return False
         text = self.tok.decode(row.ids)
         cut = -1
-        if row.stop:
-            lo = max(0, row.sent_chars - max(len(s) for s in row.stop))
-            hits = [p for p in (text.find(s, lo) for s in row.stop if s) if p >= 0]
+        if stops:
+            lo = max(0, row.sent_chars - max(len(s) for s in stops))
+            hits = [p for p in (text.find(s, lo) for s in stops if s) if p >= 0]
             cut = min(hits, default=-1)
+        if quiet and cut < 0:
+            return False
         if cut >= 0:
             end = cut
         elif final:
             end = len(text)
         else:
-            end = len(text) - _holdback(text, row.stop)
+            end = len(text) - _holdback(text, stops)
         # Tokens whose text lies (at least partly) before `end`.
         kept = len(row.ids)
         if cut >= 0 or not final:
             kept = _tokens_covering(self.tok, row.ids, end)
         if end > row.sent_chars or final or cut >= 0:
             recs = [(row.ids[t], *row.logprobs[t]) for t in range(row.sent_tokens, kept)]
-            job.events.put(Event(i, text[row.sent_chars : max(end, row.sent_chars)], recs))
+            piece = text[row.sent_chars : max(end, row.sent_chars)]
+            row.text += piece
+            job.events.put(Event(i, piece, recs))
             row.sent_chars = max(end, row.sent_chars)
             row.sent_tokens = max(kept, row.sent_tokens)
         row.kept_tokens = row.sent_tokens
@@ -363,6 +428,11 @@ class Scheduler:
         self.stats["finished_rows"] += 1
         job.events.put(Event(i, "", [], reason))
         job.remaining -= 1  # after the event: a reader that sees `finished` finds it queued
+
+
+def _seed(seed: int) -> int:
+    """A request's seed as the int32 the sampler folds in (any Python int is accepted)."""
+    return int(seed) & 0x7FFFFFFF
 
 
 def _holdback(text: str, stops: Sequence[str]) -> int:

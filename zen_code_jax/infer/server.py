@@ -24,57 +24,48 @@ import hmac
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from http.server import ThreadingHTTPServer
 
 from zen_code_jax.infer.engine import InferenceEngine
 from zen_code_jax.infer.protocol import APIError, Limits, Parsed, RequestParser, parse_fim_prompt
 from zen_code_jax.infer.scheduler import Job, QueueFull, Scheduler
 from zen_code_jax.infer.server_http import make_handler
-from zen_code_jax.infer.slots import COMPILES, SlotDecoder
+from zen_code_jax.infer.slots import COMPILES
 
 __all__ = ["APIError", "CompletionServer", "parse_fim_prompt"]
 
 
 class CompletionServer:
-    """Serve an InferenceEngine over HTTP on `host:port` (port 0 picks a free one)."""
+    """Serve an InferenceEngine over HTTP on `host:port` (port 0 picks a free one).
+
+    The decoding machinery comes in: `scheduler` (which holds its slot decoder) is built
+    and warmed up by the caller (`__main__.build_server`: `engine.slot_decoder`,
+    `warm_up`, `engine.scheduler`), so another decoder or scheduler (a draft model for
+    speculative decoding, another admission policy) needs no change here. Counting
+    compilations starts now: after this, no request may compile.
+    """
 
     def __init__(
         self,
         engine: InferenceEngine,
+        scheduler: Scheduler,
         *,
         model_name: str = "zen-code",
         host: str = "127.0.0.1",
         port: int = 8000,
         limits: Limits | None = None,
-        max_context: int | None = None,
-        prefill_chunk: int = 128,
-        continuous: bool = True,
         api_key: str | None = None,
-        prefill_interval: int = 1,
     ):
+        """engine: prompts and tokenizer (the parser's); scheduler: decodes the rows (not
+        yet started; `start()` starts it); limits: per-request caps (default: prompts up to
+        the decoder's context - 1)."""
         self.engine, self.model_name = engine, model_name
-        cfg = engine.model_cfg
-        max_len = int(max_context or min(cfg.max_position_embeddings, 2048))
+        self.scheduler = scheduler
+        self.decoder = scheduler.dec
+        max_len = self.decoder.max_len
         self.limits = limits or Limits(max_prompt_tokens=max_len - 1)
-        self.decoder = SlotDecoder(
-            engine.params,
-            cfg,
-            slots=engine.max_batch_size,
-            max_len=max_len,
-            chunk=min(prefill_chunk, max_len),
-            mesh=engine.mesh,
-            rules=engine.rules,
-        )
-        self.decoder.warm_up()
         self.compiles_at_start = COMPILES["scheduler"]
-        self.scheduler = Scheduler(
-            self.decoder,
-            engine.tokenizer,
-            engine.stop_ids,
-            max_queue=self.limits.max_queue,
-            continuous=continuous,
-            prefill_interval=prefill_interval,
-        )
         self.parser = RequestParser(engine, model_name, self.limits, max_len)
         self._api_key = (api_key or "").encode()
         self.created = int(time.time())
@@ -165,8 +156,8 @@ class CompletionServer:
         lines.append(f"zen_time_to_first_token_seconds_count {len(ttft)}")
         return "\n".join(lines) + "\n"
 
-    def submit(self, parsed: Parsed, alive=None) -> tuple[str, Job]:
-        job = Job(parsed.rows, alive)
+    def submit(self, parsed: Parsed, alive: Callable[[], bool] | None = None) -> tuple[str, Job]:
+        job = Job(parsed.requests, alive)
         try:
             self.scheduler.submit(job)
         except QueueFull as e:

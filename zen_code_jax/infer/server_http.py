@@ -6,7 +6,9 @@ request, submits it to the server's scheduler and relays the job's events, as se
 events or one JSON body (the protocol is in `server.py`'s docstring).
 
 Why its own module: the server object owns state (scheduler, jobs, counters, limits); the
-handler owns one request's wire format, and reads that state only through `server`.
+handler owns one request's wire format, and reads that state only through `server`, typed
+by the `HandlerServer` protocol (so this module never imports `server.py`: the import runs
+one way, server -> server_http).
 """
 
 from __future__ import annotations
@@ -16,14 +18,34 @@ import os
 import select
 import socket
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from zen_code_jax.infer.protocol import APIError, Parsed
-from zen_code_jax.infer.scheduler import Job
+from zen_code_jax.infer.protocol import APIError, Limits, Parsed, RequestParser
+from zen_code_jax.infer.scheduler import Job, Scheduler
+from zen_code_jax.infer.slots import SlotDecoder
 
-if TYPE_CHECKING:
-    from zen_code_jax.infer.server import CompletionServer
+
+class HandlerServer(Protocol):
+    """What a request handler reads and calls on its server (`server.CompletionServer`)."""
+
+    engine: Any  # its tokenizer detokenizes logprob records
+    model_name: str
+    created: int
+    limits: Limits
+    parser: RequestParser
+    scheduler: Scheduler
+    decoder: SlotDecoder
+
+    def authorized(self, header: str | None) -> bool: ...
+    def count(self, route: str, status: int) -> None: ...
+    def metrics(self) -> str: ...
+    def submit(
+        self, parsed: Parsed, alive: Callable[[], bool] | None = None
+    ) -> tuple[str, Job]: ...
+    def forget(self, cid: str) -> None: ...
+    def cancel(self, cid: str) -> bool: ...
 
 
 def _logprobs_obj(tok: Any, recs: list, k: int, offset: int) -> dict:
@@ -54,7 +76,8 @@ def _prompt_logprobs_obj(tok: Any, row: Any, k: int, completion: dict) -> dict:
     return head
 
 
-def make_handler(server: CompletionServer) -> type[BaseHTTPRequestHandler]:
+def make_handler(server: HandlerServer) -> type[BaseHTTPRequestHandler]:
+    """The handler class of one server (each handler thread reads `server`)."""
     tok = server.engine.tokenizer
 
     class Handler(BaseHTTPRequestHandler):

@@ -1,10 +1,13 @@
 """Slot decoder: a fixed set of KV-cache rows that requests join and leave between steps.
 
-Why. The batch decoder (`decode.py`) pads a batch to its longest prompt and budget and
-runs it to the end, so a 20-token IDE completion waits for a 512-token neighbour, and
-every new bucket compiles on the request path. Here the cache is one array
-`[L, slots, max_len, KV, Dh]` on the mesh and exactly two functions touch it, both with
-shapes fixed at start-up and compiled then (`warm_up`):
+The package's one decoder: the server drives it from the scheduler's thread, evaluation
+drives it synchronously (`scheduler.Scheduler.run`, from `InferenceEngine.complete`).
+
+Why slots. A batch padded to its longest prompt and budget and run to the end makes a
+20-token IDE completion wait for a 512-token neighbour, and every new bucket compiles on
+the request path. Here the cache is one array `[L, slots, max_len, KV, Dh]` on the mesh and
+exactly two functions touch it, both with shapes fixed when the decoder is built (the
+server compiles them all then, `warm_up`; evaluation compiles the ones it meets):
 
 - `mixed_step`: one decode token for every slot and up to `chunk` prompt tokens of one
   slot at positions `start..`, in one model call (the dense layers see all of them at once;
@@ -24,7 +27,7 @@ docs/measurements.md, Serving).
 
 Every per-row setting (position, temperature, top-p, seed, step) is a traced array. The
 sample of a row depends only on (seed, sample index, step) and its own tokens, never on
-its neighbours, as in the batch decoder.
+its neighbours (`sampling.row_keys`).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -50,6 +53,8 @@ COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 # XLA compilations in this process, and those on the scheduler thread (which runs every
 # request's device work: after warm-up it must compile nothing).
 COMPILES = {"count": 0, "scheduler": 0}
+# Times each step function was traced (one per new (window, chunk) shape); tests read it.
+TRACE_COUNTS: dict[str, int] = {"mixed": 0, "decode": 0}
 
 
 def _count_compile(event: str, duration: float, **_: Any) -> None:
@@ -134,6 +139,7 @@ def mixed_step(
     chunk's last real token; sampling: the chunk row's (temp, top_p, seed, index, step))
     and, when `score`, each chunk position's log-probability of `targets` [C] (the next
     prompt token) with its top alternatives (echo with logprobs), else None."""
+    TRACE_COUNTS["mixed"] += 1
     b, c = rows.last.shape[0], tokens.shape[0]
     hidden, cache = Transformer(cfg).apply(
         {"params": params},
@@ -165,6 +171,7 @@ def mixed_step(
 @functools.partial(jax.jit, static_argnames=("cfg", "window"), donate_argnames=("cache",))
 def decode_step(params, cache, rows, *, cfg, window):
     """Feed each slot's last token at its position and sample the next (idle slots: no-op)."""
+    TRACE_COUNTS["decode"] += 1
     hidden, cache = Transformer(cfg).apply(
         {"params": params},
         rows.last[:, None],
@@ -195,7 +202,12 @@ class SlotDecoder:
         chunk: int,
         mesh: jax.sharding.Mesh | None = None,
         rules: Any = (),
+        windows: Sequence[int] | None = None,
     ):
+        """slots x max_len positions of cache, prompts prefilled up to `chunk` tokens per
+        turn; windows: the cache windows a step may read (default `window_buckets`: a
+        server's rows range from keystrokes to whole files; evaluation, whose cache follows
+        its longest row, reads it whole and compiles one step per chunk length)."""
         if not (1 <= slots and 1 <= chunk <= max_len <= cfg.max_position_embeddings):
             raise ValueError(
                 f"Need slots >= 1 and 1 <= prefill chunk ({chunk}) <= max_len ({max_len}) <= "
@@ -204,7 +216,12 @@ class SlotDecoder:
             )
         self.params, self.cfg, self.mesh, self.rules = params, cfg, mesh, tuple(rules)
         self.slots, self.max_len, self.chunk = int(slots), int(max_len), int(chunk)
-        self.windows = window_buckets(self.max_len)
+        self.windows = tuple(sorted(windows)) if windows else window_buckets(self.max_len)
+        if self.windows[-1] != self.max_len or self.windows[0] < 1:
+            raise ValueError(
+                f"Cache windows {self.windows} must lie in [1, max_len] and end at max_len "
+                f"({self.max_len}); omit `windows` for the default powers of two."
+            )
         self.chunks = chunk_buckets(self.chunk)
         with self._context():
             self.cache = constrain_cache_jit(init_kv_cache(cfg, self.slots, self.max_len))
