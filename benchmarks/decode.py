@@ -53,7 +53,7 @@ def main() -> None:
     import transformers
 
     from zen_code_jax.data.tokenizer import Tokenizer
-    from zen_code_jax.infer import decode as dec
+    from zen_code_jax.infer import forward as dec
     from zen_code_jax.infer.engine import CompletionRequest, InferenceEngine, random_params
     from zen_code_jax.infer.scheduler import Job, Scheduler
     from zen_code_jax.model.config import get_preset

@@ -329,7 +329,7 @@ def stage_decode(out: Path, dry: bool) -> dict:
     import jax.numpy as jnp
 
     from zen_code_jax.data.tokenizer import Tokenizer
-    from zen_code_jax.infer import decode as dec
+    from zen_code_jax.infer import forward as dec
     from zen_code_jax.infer.engine import CompletionRequest, InferenceEngine, random_params
     from zen_code_jax.infer.scheduler import Job, Scheduler
     from zen_code_jax.model.config import get_preset

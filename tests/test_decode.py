@@ -23,7 +23,7 @@ from zen_code_jax.data.fim import fim_tokens, unit_draw
 from zen_code_jax.data.repo_format import REPO_FORMATS, RepoFormat
 from zen_code_jax.data.repo_window import repo_windows
 from zen_code_jax.data.tokenizer import Tokenizer
-from zen_code_jax.infer import decode as dec
+from zen_code_jax.infer import forward as dec
 from zen_code_jax.infer import slots
 from zen_code_jax.infer.engine import (
     CompletionRequest,

@@ -30,7 +30,7 @@ from zen_code_jax.data.tokenizer import Tokenizer
 from zen_code_jax.data.tokenizer_base import TokenizerError
 from zen_code_jax.data.tokenizer_load import load_tokenizer
 from zen_code_jax.hf.checkpoint import HFFormatError
-from zen_code_jax.hf.rundir import export_run, import_hf, load_hf
+from zen_code_jax.hf.transfer import export_run, import_hf, load_hf
 from zen_code_jax.model.transformer import Transformer
 
 torch = pytest.importorskip("torch")
@@ -215,7 +215,7 @@ def test_load_on_a_sharded_mesh_matches(fixtures, tmp_path):
 import os
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 import jax, numpy as np
-from zen_code_jax.hf.rundir import load_hf
+from zen_code_jax.hf.transfer import load_hf
 from zen_code_jax.parallel import make_mesh
 from zen_code_jax.hf import load
 load.CHUNK_BYTES = 1 << 18  # force the chunked path for the big leaves too

@@ -16,7 +16,7 @@ the model's logical axes) and returns a `LoadedModel` carrying what a consumer n
 decode with them: the model config, the tokenizer, the repository format and the stop
 ids. `run_facts` resolves the same facts of a run without reading any weight.
 
-Why one module: before, `hf:` was parsed in hf/rundir.py, `arm:` in experiment/arm.py and
+Why one module: before, `hf:` was parsed in hf/transfer.py, `arm:` in experiment/arm.py and
 experiment/cli.py, and the loading sat inline in `run_arm`; an engine built for evaluation
 or serving dropped the run's `data.repo_format`, so repository prompts were built in a
 layout training never showed the model.
@@ -47,7 +47,7 @@ from zen_code_jax.data.hf_tokenizer import check_repo_format
 from zen_code_jax.hf.checkpoint import CONFIG_FILE, HFCheckpoint
 from zen_code_jax.hf.load import default_mesh, param_shardings
 from zen_code_jax.hf.load import load_params as load_hf_params
-from zen_code_jax.hf.rundir import OWN_FIELDS, check_architecture, load_tokenizer
+from zen_code_jax.hf.transfer import OWN_FIELDS, check_architecture, load_hf_tokenizer
 from zen_code_jax.model.config import ModelConfig
 from zen_code_jax.model.params import param_partition_specs
 from zen_code_jax.parallel.rules import DEFAULT_RULES
@@ -230,7 +230,7 @@ def run_facts(
     ref = as_ref(spec, run_dir=run_dir, step=step)
     if ref.kind == "hf":
         ckpt = HFCheckpoint.open(ref.path)
-        tok = load_tokenizer(ref.path, ckpt.model_cfg)
+        tok = load_hf_tokenizer(ref.path, ckpt.model_cfg)
         return RunFacts(**_facts(ref, ckpt.model_cfg, tok, None, None))
     run = RunDir(ref.path)
     if not run.config_json.is_file():
@@ -292,7 +292,7 @@ def _load_hf(
     cfg = model_cfg or ckpt.model_cfg
     if model_cfg is not None:
         check_architecture(ckpt.model_cfg, model_cfg, f"{ref.spec or ref.path}")
-    tok = load_tokenizer(ref.path, cfg)
+    tok = load_hf_tokenizer(ref.path, cfg)
     if dtype is not None:
         if target is None:
             target = param_shardings(cfg, mesh if mesh is not None else default_mesh())

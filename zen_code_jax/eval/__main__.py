@@ -29,7 +29,7 @@ from zen_code_jax.eval.base import EvalContext
 from zen_code_jax.eval.recipes import RECIPES, resolve
 from zen_code_jax.eval.registry import data_overrides, get_task, registry
 from zen_code_jax.eval.runner import corpus_loader, score_checkpoint
-from zen_code_jax.hf.rundir import import_hf
+from zen_code_jax.hf.transfer import import_hf
 from zen_code_jax.rundir import RunDir
 
 

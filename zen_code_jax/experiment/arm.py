@@ -45,7 +45,7 @@ from zen_code_jax.experiment import hooks as arm_hooks
 from zen_code_jax.experiment.evaluate import evaluate, heldout_batches
 from zen_code_jax.experiment.forecast import mfu_device_count, peak_flops
 from zen_code_jax.hf.checkpoint import HFCheckpoint
-from zen_code_jax.hf.rundir import check_architecture, load_tokenizer
+from zen_code_jax.hf.transfer import check_architecture, load_hf_tokenizer
 from zen_code_jax.model.config import ModelConfig
 from zen_code_jax.parallel import batch_sharding, make_mesh, multihost
 from zen_code_jax.resolve import CheckpointRef, load_model, parse_checkpoint
@@ -141,7 +141,7 @@ def prepare_data(
     if init_ref is not None and init_ref.kind == "hf":  # an HF base: its tokenizer for the data
         hf_cfg = HFCheckpoint.open(init_ref.path).model_cfg
         check_architecture(hf_cfg, model_cfg, f"train.init_checkpoint={init_ref.path}")
-        hf_tok = load_tokenizer(init_ref.path, model_cfg)
+        hf_tok = load_hf_tokenizer(init_ref.path, model_cfg)
     corpus = multihost.primary_first(
         prepare_corpus, config.data, model_cfg.vocab_size, str(workdir), hf_tok
     )

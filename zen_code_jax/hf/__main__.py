@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from zen_code_jax.checkpoint import CheckpointError
 from zen_code_jax.data.tokenizer_base import TokenizerError
 from zen_code_jax.hf.checkpoint import HFFormatError
-from zen_code_jax.hf.rundir import export_run, import_hf
+from zen_code_jax.hf.transfer import export_run, import_hf
 
 
 def main(argv: Sequence[str] | None = None) -> int:

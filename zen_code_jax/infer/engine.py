@@ -35,7 +35,7 @@ import numpy as np
 from zen_code_jax.data.fim import fim_prompt_tokens
 from zen_code_jax.data.hf_tokenizer import check_repo_format
 from zen_code_jax.data.repo_format import RepoFormat
-from zen_code_jax.infer import decode as dec
+from zen_code_jax.infer import forward as dec
 from zen_code_jax.infer.request import Completion, CompletionRequest, truncate_at_stop
 from zen_code_jax.infer.scheduler import Job, Scheduler
 from zen_code_jax.infer.slots import SlotDecoder

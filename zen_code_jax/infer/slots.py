@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zen_code_jax.infer.decode import constrain_cache, lm_logits
+from zen_code_jax.infer.forward import constrain_cache, lm_logits
 from zen_code_jax.infer.sampling import row_keys, sample_tokens
 from zen_code_jax.model.config import ModelConfig
 from zen_code_jax.model.transformer import Transformer, init_kv_cache

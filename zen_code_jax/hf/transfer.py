@@ -51,7 +51,7 @@ OWN_FIELDS = (
 )
 
 
-def load_tokenizer(hf_dir: str | Path, model_cfg: ModelConfig) -> Any:
+def load_hf_tokenizer(hf_dir: str | Path, model_cfg: ModelConfig) -> Any:
     """The checkpoint's tokenizer padded to its embedding; errors name the file."""
     try:
         tok = tokenizer_load.load_tokenizer(hf_dir, vocab_size=model_cfg.vocab_size)
@@ -85,7 +85,7 @@ def load_hf(
     cfg = model_cfg or ckpt.model_cfg
     if model_cfg is not None:
         check_architecture(ckpt.model_cfg, model_cfg, str(hf_dir))
-    tok = load_tokenizer(hf_dir, cfg)
+    tok = load_hf_tokenizer(hf_dir, cfg)
     return load_params(ckpt, cfg, mesh=mesh, target=target), cfg, tok
 
 
