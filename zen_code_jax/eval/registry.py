@@ -33,7 +33,9 @@ TASK_MODULES: dict[str, str] = {
     "humaneval_infilling_openai_multi": "zen_code_jax.eval.infilling",
     "humaneval_infilling_openai_random_span": "zen_code_jax.eval.infilling",
     "humaneval_infilling_openai_random_span_light": "zen_code_jax.eval.infilling",
+    "humaneval_plus": "zen_code_jax.eval.plus",
     "mbpp": "zen_code_jax.eval.mbpp",
+    "mbpp_plus": "zen_code_jax.eval.plus",
     "multipl_e": "zen_code_jax.eval.multipl_e",
     "repo_completion": "zen_code_jax.eval.repo_completion",
 }
