@@ -23,7 +23,11 @@ from zen_code_jax.eval.sandbox import SandboxLimits
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 P, F, T = "pass", "fail", "timeout"
 LOOP = "    while True:\n        pass\n"
-SWALLOW = "    while True:\n        try:\n            pass\n        except BaseException:\n            pass\n"
+# the alarm's exception is raised inside the inner loop, i.e. inside the try: swallowed
+SWALLOW = (
+    "    while True:\n        try:\n            while True:\n                pass\n"
+    "        except BaseException:\n            pass\n"
+)
 
 
 def he(n, name, args, doc, canonical, base, plus_, atol=0, contract=""):
@@ -299,7 +303,7 @@ def test_samples_cli_scores_mbpp_and_multipl_e_and_refuses_clearly(tmp_path, cap
     out = json.loads((tmp_path / "m/eval/summary.json").read_text())["multipl_e"]
     assert out["pass@1"] == 0.0 and out["num_problems"] == 1.0
 
-    with pytest.raises(SystemExit, match="no sample for 1 of mbpp's"):
+    with pytest.raises(SystemExit, match="no sample for 2 of mbpp's 3 problems"):
         _write_jsonl(tmp_path / "few.jsonl", rows[:3])
         cli_main(["--tasks=mbpp", f"--data={FIXTURES}/mbpp_small.jsonl",
                   f"--samples={tmp_path}/few.jsonl", f"--out_dir={tmp_path}/x"])  # fmt: skip
