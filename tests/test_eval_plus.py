@@ -167,7 +167,7 @@ def fixture_dir(tmp_path_factory):
 def official(fixture_dir):
     """The official evalplus verdicts {task: [(base, plus), ...]} in samples-file order;
     both data sets evaluated at once, each in a fresh folder and cache (offline)."""
-    pytest.importorskip("evalplus")
+    pytest.importorskip("evalplus", reason="pip install --no-deps evalplus==0.3.1 (README)")
     procs = {}
     for task, (dataset, fname, _, _) in DATASETS.items():
         run = fixture_dir / f"official_{task}"

@@ -786,6 +786,8 @@ def test_registry_and_unknown_task_error():
         "repo_completion",
         "mbpp",
         "multipl_e",
+        "humaneval_plus",
+        "mbpp_plus",
     }
     with pytest.raises(ValueError, match="Valid tasks: heldout_fim"):
         get_task("humaneva")
