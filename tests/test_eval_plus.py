@@ -368,3 +368,30 @@ def test_plus_tasks_registered_with_data_option():
     assert plus.HUMANEVAL_PLUS.stop({}) == ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
     lim = SandboxLimits()
     assert lim.packages == ()  # numpy is added by the task for its tolerance comparisons
+
+
+def test_plus_task_scores_a_model_through_run_tasks(fixture_dir, tmp_path, monkeypatch):
+    """The model path: prompts go to the engine with HumanEval's stops, completions are cut
+    there, then scored; an engine answering the canonical solution scores 1 on base and plus."""
+    from zen_code_jax.config import base_config
+    from zen_code_jax.eval.base import EvalContext
+    from zen_code_jax.eval.runner import run_tasks
+
+    canon = {p["prompt"]: p["canonical_solution"] for p in HUMANEVAL_PLUS}
+    seen = []
+
+    class Oracle:
+        def generate(self, prompts, stop=(), **kw):
+            seen.append(tuple(stop))
+            return [canon[p] + "\ndef junk(:\n" for p in prompts]  # cut at "\ndef"
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(fixture_dir / "ours_cache"))
+    c = base_config()
+    c.eval.task_options = {"humaneval_plus": {"path": str(fixture_dir / "HumanEvalPlus.jsonl.gz")}}
+    out = run_tasks(EvalContext(config=c, engine=Oracle()), ["humaneval_plus"], tmp_path)
+    assert out["humaneval_plus"]["base_pass@1"] == out["humaneval_plus"]["plus_pass@1"] == 1.0
+    assert seen == [plus.HUMANEVAL_PLUS.stops]
+    recs = [
+        json.loads(x) for x in (tmp_path / "eval/humaneval_plus.jsonl").read_text().splitlines()
+    ]
+    assert all("junk" not in r["completion"] for r in recs) and len(recs) == 5

@@ -57,6 +57,9 @@ HARNESS_SOURCE = Path(__file__).with_name("plus_harness.py").read_text(encoding=
 REQUIRED_FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution")
 REQUIRED_FIELDS += ("base_input", "plus_input", "atol")
 SPLITS = ("base", "plus")
+# evalplus caps each test process's address space at 4 GiB (EVALPLUS_MAX_MEMORY_BYTES);
+# a smaller eval.sandbox_memory_mb is raised to this so verdicts do not depend on it.
+EVALPLUS_MEMORY_MB = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,7 +236,7 @@ def canonical_times(
         )
         for p, s in specs
     ]
-    limits = SandboxLimits(timeout_s=600.0, memory_mb=4096, packages=packages)
+    limits = SandboxLimits(timeout_s=600.0, memory_mb=EVALPLUS_MEMORY_MB, packages=packages)
     results = run_programs(progs, limits=limits, workers=workers)
     measured: dict[str, dict[str, list[float]]] = {}
     for (p, s), res in zip(specs, results):
@@ -335,7 +338,14 @@ class PlusTask(PassAtKTask):
                 # evalplus stops the run after min(60, sum of limits) + 2 s; ours adds the
                 # canonical run in the same program and the sandbox's start-up.
                 budget = min(60.0, sum(spec["time_limits"])) + 2 + 2 * sum(t) + limits.timeout_s
-                metas.append(dataclasses.replace(limits, timeout_s=budget, packages=packages))
+                metas.append(
+                    dataclasses.replace(
+                        limits,
+                        timeout_s=budget,
+                        memory_mb=max(limits.memory_mb, EVALPLUS_MEMORY_MB),
+                        packages=packages,
+                    )
+                )
         results = _run_each(progs, metas, workers)
         records, base, plus = [], {}, {}
         for n, (p, c) in enumerate(items):
