@@ -44,6 +44,18 @@ def he(n, name, args, doc, canonical, base, plus_, atol=0, contract=""):
     )
 
 
+FIND_ZERO = """\
+    lo, hi = -1.0, 1.0
+    while poly(xs, lo) * poly(xs, hi) > 0:
+        lo, hi = 2.0 * lo, 2.0 * hi
+    while hi - lo > 1e-10:
+        mid = (lo + hi) / 2.0
+        if poly(xs, mid) * poly(xs, lo) > 0:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+"""
 HUMANEVAL_PLUS = [
     he(0, "add", "a, b", "Sum of a and b.", "    return a + b\n", [[1, 2], [3, 4]], [[-5, 2], [10**12, 1]]),
     he(1, "mean", "xs", "Mean of xs.", "    return sum(xs) / len(xs)\n", [[[1.0, 2.0]], [[1, 2, 3]]], [[[0.1, 0.2, 0.4]], [[1e-7, 3e-7]]]),
@@ -51,6 +63,9 @@ HUMANEVAL_PLUS = [
     he(3, "is_palindrome", "s", "Reads the same backwards.", "    return s == s[::-1]\n", [["aba"], ["ab"]], [[""], ["abcba"]],
        contract='\n    assert isinstance(s, str), "invalid inputs"  # $_CONTRACT_$\n'),
     he(4, "slow_id", "x", "x, after a while.", "    import time\n    time.sleep(0.4)\n    return x\n", [[1]], [[2]]),
+    dict(he(5, "find_zero", "xs", "A zero of the polynomial xs.", FIND_ZERO, [[[1, 2]]], [[[-6, 11, -6, 1]]], atol=1e-6),
+         prompt="import math\n\ndef poly(xs, x):\n    return sum(c * math.pow(x, i) for i, c in enumerate(xs))\n\n"
+         "def find_zero(xs):\n    'A zero of the polynomial xs.'\n"),
 ]  # fmt: skip
 # (task_id, completion or {"solution": ...}, expected (base, plus) status)
 HUMANEVAL_PLUS_SAMPLES = [
@@ -82,7 +97,12 @@ HUMANEVAL_PLUS_SAMPLES = [
     ("HumanEval/3", "    import sys\n    sys.exit(0)\n", (F, F)),
     ("HumanEval/4", "    import time\n    time.sleep(1.2)\n    return x\n", (P, P)),  # 4 x 0.4 s
     ("HumanEval/4", "    import time\n    time.sleep(3.0)\n    return x\n", (F, F)),
+    ("HumanEval/5", FIND_ZERO, (P, P)),  # evalplus 0.3.1: (F, F), its known bug
+    ("HumanEval/5", "    return 0.0\n", (F, F)),
 ]
+# Where evalplus 0.3.1 knowingly differs: find_zero's check never records a pass (fixed
+# upstream; we follow the fix). {task: {sample index: official verdict}}
+OFFICIAL_0_3_1_BUGS = {"humaneval_plus": {21: (F, F)}}
 
 
 def mb(n, name, text, assertion, canonical, base, plus_, atol=0):
@@ -232,7 +252,11 @@ def test_verdicts_equal_the_hand_labels_and_official_evalplus(task, ours, offici
     for r in recs:
         by_task.setdefault(r["task_id"], []).append((r["base_status"], r["plus_status"]))
     got = [by_task[t].pop(0) for t, _, _ in samples]
-    assert official[task] == want  # the official harness really executes (fails, timeouts)
+    bugs = OFFICIAL_0_3_1_BUGS.get(task, {})
+    assert all(samples[i][0] == "HumanEval/5" and samples[i][2] == (P, P) for i in bugs)
+    assert official[task] == [
+        bugs.get(i, v) for i, v in enumerate(want)
+    ]  # the official harness really executes (fails, timeouts)
     assert got == want
     n_base = sum(b == P for b, _ in want)
     n_plus = sum(b == p == P for b, p in want)
@@ -394,4 +418,4 @@ def test_plus_task_scores_a_model_through_run_tasks(fixture_dir, tmp_path, monke
     recs = [
         json.loads(x) for x in (tmp_path / "eval/humaneval_plus.jsonl").read_text().splitlines()
     ]
-    assert all("junk" not in r["completion"] for r in recs) and len(recs) == 5
+    assert all("junk" not in r["completion"] for r in recs) and len(recs) == 6

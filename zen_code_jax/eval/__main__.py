@@ -143,8 +143,9 @@ def _score_samples(a: argparse.Namespace) -> int:
         samples = read_samples(a.samples)
     except (OSError, ValueError) as e:
         raise SystemExit(str(e)) from None
-    ctx = EvalContext(config=cfg, samples=samples)
-    known = {p["task_id"] for n in names for p in get_task(n).load(ctx.options(get_task(n)))}
+    every = cfg.copy_and_resolve_references()
+    every.eval.limit = 0  # a sample beyond --limit is known, just not scored
+    known = {p["task_id"] for n in names for p in get_task(n).problems(EvalContext(every))}
     unknown = sorted(set(samples) - known)
     if unknown:
         raise SystemExit(
@@ -152,7 +153,7 @@ def _score_samples(a: argparse.Namespace) -> int:
             f"(first: {', '.join(unknown[:3])}); check --tasks and --data."
         )
     try:
-        summaries = run_tasks(ctx, names, out)
+        summaries = run_tasks(EvalContext(config=cfg, samples=samples), names, out)
     except ValueError as e:
         raise SystemExit(str(e)) from None
     print(json.dumps(summaries, indent=2, sort_keys=True))
