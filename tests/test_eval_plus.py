@@ -419,3 +419,7 @@ def test_plus_task_scores_a_model_through_run_tasks(fixture_dir, tmp_path, monke
         json.loads(x) for x in (tmp_path / "eval/humaneval_plus.jsonl").read_text().splitlines()
     ]
     assert all("junk" not in r["completion"] for r in recs) and len(recs) == 6
+    from zen_code_jax.experiment.report_stats import task_standard_errors
+
+    ses = task_standard_errors("humaneval_plus", recs, c.eval)
+    assert set(ses) == {"base_pass@1", "plus_pass@1"} and ses["plus_pass@1"] == 0.0
