@@ -100,8 +100,8 @@ HUMANEVAL_PLUS_SAMPLES = [
     ("HumanEval/5", FIND_ZERO, (P, P)),  # evalplus 0.3.1: (F, F), its known bug
     ("HumanEval/5", "    return 0.0\n", (F, F)),
 ]
-# Where evalplus 0.3.1 knowingly differs: find_zero's check never records a pass (fixed
-# upstream; we follow the fix). {task: {sample index: official verdict}}
+# Where evalplus 0.3.1 knowingly differs: find_zero's residual check never records a pass
+# (a bug); ours records it. {task: {sample index: official verdict}}
 OFFICIAL_0_3_1_BUGS = {"humaneval_plus": {21: (F, F)}}
 
 

@@ -19,8 +19,9 @@ evalplus's two tables. The `contract` field is not used in scoring, as in evalpl
 released inputs already satisfy the contracts (contract-violating inputs were dropped when
 the data set was built), so the canonical solution runs on every input as given.
 
-Deliberate difference: HumanEval+'s `find_zero` is checked by its residual as upstream
-evalplus does now; 0.3.1 fails every answer to it (a bug), the canonical one included.
+Deliberate difference: HumanEval+'s `find_zero` passes when evalplus's own residual check
+`|poly(xs, out)| <= atol` holds on every input; 0.3.1 runs that check but never records the
+pass (a bug, reported fixed upstream), so it fails every answer, the canonical one included.
 """
 
 from __future__ import annotations

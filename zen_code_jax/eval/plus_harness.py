@@ -14,7 +14,7 @@ What it reproduces of the official `evalplus` 0.3.1 harness (the rules, not its 
   run stops at the first failing input (evalplus's default fast check);
 - comparison: `out == expected`, then the special oracles (MBPP+ set equality, not-None,
   `sum_div`, `surface_Area`, `digit_distance_nums`, `are_equivalent`; HumanEval+
-  `find_zero` by its residual, as fixed upstream after 0.3.1); a float or all-float
+  `find_zero` by its residual, recording the pass 0.3.1 forgets); a float or all-float
   expected value makes the tolerance 1e-6 when the task's `atol` is 0, and the tolerance
   then stays in force for the later inputs (evalplus updates the same variable); with a
   tolerance, a non-equal output must have the expected type (and length) and be
