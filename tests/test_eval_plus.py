@@ -423,3 +423,25 @@ def test_plus_task_scores_a_model_through_run_tasks(fixture_dir, tmp_path, monke
 
     ses = task_standard_errors("humaneval_plus", recs, c.eval)
     assert set(ses) == {"base_pass@1", "plus_pass@1"} and ses["plus_pass@1"] == 0.0
+
+
+def test_samples_cli_scores_openai_infilling_middles(tmp_path):
+    """The functional HumanEval-Infilling tasks take `completion` = the middle, as given."""
+    from zen_code_jax.eval import infilling
+
+    tasks = infilling.load_infilling("single")[:3]
+    rows = [{"task_id": t["task_id"], "completion": t["canonical_solution"]} for t in tasks]
+    rows += [{"task_id": t["task_id"], "completion": "    return None\n"} for t in tasks]
+    _write_jsonl(tmp_path / "s.jsonl", rows)
+    task = "humaneval_infilling_openai_single"
+    argv = [f"--tasks={task}", "--limit=3", f"--samples={tmp_path}/s.jsonl"]
+    assert cli_main(argv + [f"--out_dir={tmp_path}/out"]) == 0
+    recs = [json.loads(x) for x in (tmp_path / f"out/eval/{task}.jsonl").read_text().splitlines()]
+    by = {}
+    for r in recs:
+        by.setdefault(r["task_id"], []).append(r["passed"])
+    assert by == {t["task_id"]: [True, False] for t in tasks}
+    assert all(r["decoding"]["samples"] == "given" for r in recs)
+    _write_jsonl(tmp_path / "w.jsonl", [{"task_id": t["task_id"], "solution": "x"} for t in tasks])
+    with pytest.raises(SystemExit, match="not `solution`"):
+        cli_main([f"--tasks={task}", "--limit=3", f"--samples={tmp_path}/w.jsonl", "--out_dir=z"])

@@ -134,6 +134,32 @@ def read_samples(path: str | Path) -> dict[str, list[Sample]]:
     return out
 
 
+def require_samples(
+    task: str, problems: Sequence[dict[str, Any]], samples: Mapping[str, list[Sample]]
+) -> None:
+    """Every problem has a given sample (as the official harnesses require), else raise."""
+    missing = [p["task_id"] for p in problems if not samples.get(p["task_id"])]
+    if missing:
+        raise ValueError(
+            f"--samples has no sample for {len(missing)} of {task}'s {len(problems)} problems "
+            f"(first: {', '.join(missing[:3])}); give every problem at least one sample, or "
+            "--limit=N to score the first N problems."
+        )
+
+
+def given_texts(
+    task: str, problems: Sequence[dict[str, Any]], samples: Mapping[str, list[Sample]]
+) -> list[list[str]]:
+    """[problem][sample] completions given for `problems`, for a task whose samples fill a
+    gap (no whole-program `solution` lines)."""
+    require_samples(task, problems, samples)
+    if any(s.whole_program for p in problems for s in samples[p["task_id"]]):
+        raise ValueError(
+            f"--samples: {task} scores `completion` lines (what fills the gap), not `solution`."
+        )
+    return [[s.text for s in samples[p["task_id"]]] for p in problems]
+
+
 class PassAtKTask(Task):
     """pass@k of sampled completions run in the sandbox.
 
@@ -172,13 +198,7 @@ class PassAtKTask(Task):
     ) -> list[tuple[dict[str, Any], str]]:
         """(problem, text) per given sample, in problem then file order; every problem needs
         a sample (as the official harnesses require)."""
-        missing = [p["task_id"] for p in problems if not samples.get(p["task_id"])]
-        if missing:
-            raise ValueError(
-                f"--samples has no sample for {len(missing)} of {self.name}'s {len(problems)} "
-                f"problems (first: {', '.join(missing[:3])}); give every problem at least one "
-                "sample, or --limit=N to score the first N problems."
-            )
+        require_samples(self.name, problems, samples)
         return [
             (self.whole_program(p) if s.whole_program else p, s.text)
             for p in problems
