@@ -332,7 +332,9 @@ def test_samples_cli_scores_mbpp_and_multipl_e_and_refuses_clearly(tmp_path, cap
         cli_main(["--tasks=mbpp", f"--data={FIXTURES}/mbpp_small.jsonl",
                   f"--samples={tmp_path}/few.jsonl", f"--out_dir={tmp_path}/x"])  # fmt: skip
     with pytest.raises(SystemExit, match="heldout_loss cannot score given completions"):
-        cli_main(["--tasks=heldout_loss", f"--samples={tmp_path}/s.jsonl", "--out_dir=x"])
+        cli_main(
+            ["--tasks=heldout_loss", f"--samples={tmp_path}/s.jsonl", f"--out_dir={tmp_path}/h"]
+        )
     with pytest.raises(SystemExit, match="match no problem"):
         _write_jsonl(tmp_path / "odd.jsonl", rows + [{"task_id": "MBPP/0", "completion": ""}])
         cli_main(["--tasks=mbpp", f"--data={FIXTURES}/mbpp_small.jsonl",
@@ -444,4 +446,11 @@ def test_samples_cli_scores_openai_infilling_middles(tmp_path):
     assert all(r["decoding"]["samples"] == "given" for r in recs)
     _write_jsonl(tmp_path / "w.jsonl", [{"task_id": t["task_id"], "solution": "x"} for t in tasks])
     with pytest.raises(SystemExit, match="not `solution`"):
-        cli_main([f"--tasks={task}", "--limit=3", f"--samples={tmp_path}/w.jsonl", "--out_dir=z"])
+        cli_main(
+            [
+                f"--tasks={task}",
+                "--limit=3",
+                f"--samples={tmp_path}/w.jsonl",
+                f"--out_dir={tmp_path}/z",
+            ]
+        )
