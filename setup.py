@@ -38,6 +38,22 @@ EXTRAS = {
         # The Beam runner of prepare is tested in CI (tests/test_beam_prepare.py).
         "apache-beam==2.77.0",
         "openai==3.57.0",  # the server tests drive it with the official client
+        # tests/test_eval_plus.py compares HumanEval+/MBPP+ verdicts with the official
+        # evalplus==0.3.1, installed with `pip install --no-deps evalplus==0.3.1` (README's
+        # test command): its declared requirements pin protobuf<6 (google-generativeai) and
+        # cannot resolve beside tensorboard==2.21.0. These are what its evaluator imports.
+        "wget",
+        "tempdir",
+        "multipledispatch",
+        "appdirs",
+        "tqdm",
+        "termcolor",
+        "fire",
+        "psutil",
+        "rich",
+        "tree-sitter>=0.22.0",
+        "tree-sitter-python>=0.21.0",
+        "datasets>=2.21.0",
     ],
     # data.prepare_runner=beam. 2.77.0 is the newest release; it needs pyarrow<26 and
     # protobuf<7 (pip resolves pyarrow 25.0.1, protobuf 6.33.6; nothing else here pins them).

@@ -6,6 +6,8 @@ python -m zen_code_jax.eval --run_dir=RUN --tasks=humaneval,heldout_loss [--limi
 python -m zen_code_jax.eval --recipe=humaneval_fim_qwen --run_dir=RUN   # a pinned convention
 python -m zen_code_jax.eval --hf_dir=DIR --tasks=humaneval [--run_dir=OUT]  # an HF model
 python -m zen_code_jax.eval --list                                       # tasks and recipes
+python -m zen_code_jax.eval --tasks=humaneval_plus --data=HumanEvalPlus.jsonl.gz \
+    --samples=samples.jsonl --out_dir=OUT     # score completions made elsewhere, no model
 
 --hf_dir imports an HF Qwen2 directory first (`python -m zen_code_jax.hf import`) into
 --run_dir (default: a temporary directory), so its scores and records land in a run dir.
@@ -28,7 +30,7 @@ from zen_code_jax.config import apply_overrides, base_config, config_from_dict, 
 from zen_code_jax.eval.base import EvalContext
 from zen_code_jax.eval.recipes import RECIPES, resolve
 from zen_code_jax.eval.registry import data_overrides, get_task, registry
-from zen_code_jax.eval.runner import corpus_loader, score_checkpoint
+from zen_code_jax.eval.runner import corpus_loader, run_tasks, score_checkpoint
 from zen_code_jax.hf.transfer import import_hf
 from zen_code_jax.rundir import RunDir
 
@@ -62,6 +64,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "for the HumanEval-Infilling tasks; also allowed with --recipe)",
     )
     ap.add_argument("--list", action="store_true", help="list the tasks")
+    ap.add_argument(
+        "--samples",
+        help="score completions made elsewhere (JSONL: task_id + completion, or solution = the "
+        "whole program; several per task for pass@k) instead of a model's",
+    )
+    ap.add_argument(
+        "--out_dir", help="with --samples: where eval/<task>.jsonl and eval/summary.json go"
+    )
     return ap.parse_args(argv)
 
 
@@ -105,6 +115,51 @@ def _export(a: argparse.Namespace) -> int:
     return 0
 
 
+def _score_samples(a: argparse.Namespace) -> int:
+    """--samples: score a samples file on --tasks with no model, records and summary into
+    --out_dir (or --run_dir's eval/), exactly as a model's run writes them."""
+    # local import: the samples path only; keeps the model-scoring imports unchanged
+    from zen_code_jax.eval.execution import read_samples
+
+    names = [t for t in (a.tasks or "").split(",") if t]
+    out = a.out_dir or a.run_dir
+    if not names or not out or a.hf_dir or a.recipe:
+        raise SystemExit(
+            "--samples=FILE needs --tasks=T[,T...] and --out_dir=DIR (or --run_dir=RUN); no "
+            "--hf_dir or --recipe (nothing is generated)."
+        )
+    bad = [n for n in names if not get_task(n).scores_samples]
+    if bad:
+        ok = [n for n, t in sorted(registry().items()) if t.scores_samples]
+        raise SystemExit(
+            f"--samples: {', '.join(bad)} cannot score given completions; tasks that can: "
+            f"{', '.join(ok)}."
+        )
+    run = RunDir(a.run_dir) if a.run_dir else None
+    cfg = config_from_dict(run.read_config()) if run and run.config_json.exists() else None
+    cfg = cfg or base_config()
+    apply_overrides(cfg, _overrides(a, names))
+    try:
+        samples = read_samples(a.samples)
+    except (OSError, ValueError) as e:
+        raise SystemExit(str(e)) from None
+    every = cfg.copy_and_resolve_references()
+    every.eval.limit = 0  # a sample beyond --limit is known, just not scored
+    known = {p["task_id"] for n in names for p in get_task(n).problems(EvalContext(every))}
+    unknown = sorted(set(samples) - known)
+    if unknown:
+        raise SystemExit(
+            f"--samples: {len(unknown)} task_ids match no problem of {', '.join(names)} "
+            f"(first: {', '.join(unknown[:3])}); check --tasks and --data."
+        )
+    try:
+        summaries = run_tasks(EvalContext(config=cfg, samples=samples), names, out)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    print(json.dumps(summaries, indent=2, sort_keys=True))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     a = _parse(argv)
     if a.list:
@@ -116,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.export:
         return _export(a)
+    if a.samples:
+        return _score_samples(a)
     if a.hf_dir:
         names = [t for t in (a.tasks or "").split(",") if t]
         with tempfile.TemporaryDirectory() as tmp:

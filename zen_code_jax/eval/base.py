@@ -42,18 +42,31 @@ class Completer(Protocol):
     ) -> list[Any]: ...
 
 
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """A completion produced elsewhere (the eval CLI's `--samples`): `text` continues the
+    problem's prompt (`completion`), or is the whole program (evalplus's `solution`)."""
+
+    task_id: str
+    text: str
+    whole_program: bool = False
+
+
 @dataclasses.dataclass
 class EvalContext:
     """Everything a task may use. `config` is the run's full config (reads `eval`, `seed`,
     `train.seq_len`); `corpus` is a `PreparedCorpus` (held-out tasks only), or a callable
     that builds it on first use; `repo_format` is the run's repository format as resolved
     for its engine (`InferenceEngine.repo_format.name`; "" = resolve `data.repo_format`
-    against the tokenizer, as training does)."""
+    against the tokenizer, as training does). `samples` ({task_id: [Sample, ...]}):
+    completions given instead of a model; tasks with `scores_samples` score these and
+    generate nothing."""
 
     config: ml_collections.ConfigDict
     engine: Completer | None = None
     tokenizer: Any = None
     corpus: Any = None
+    samples: Mapping[str, list[Sample]] | None = None
     repo_format: str = ""
 
     def repo_layout(self) -> RepoFormat:
@@ -144,6 +157,7 @@ class Task(abc.ABC):
     needs_corpus: bool = False
     options_type: type = NoOptions
     data_option: str | None = None
+    scores_samples: bool = False  # scores given completions (ctx.samples, --samples)
 
     @abc.abstractmethod
     def problems(self, ctx: EvalContext) -> list[dict[str, Any]]:

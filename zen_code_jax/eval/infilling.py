@@ -55,7 +55,7 @@ from zen_code_jax.eval.base import (
     apply_limit,
     sample_many,
 )
-from zen_code_jax.eval.execution import python_job, score_programs
+from zen_code_jax.eval.execution import given_texts, python_job, score_programs
 from zen_code_jax.eval.humaneval import load_problems
 from zen_code_jax.eval.sandbox import SandboxLimits
 
@@ -462,6 +462,7 @@ OPENAI_MAX_NEW_TOKENS = {
 class OpenAIInfillingTask(Task):
     options_type = OfficialFilesOptions
     data_option = "dir"
+    scores_samples = True
 
     def __init__(self, benchmark: str):
         self.benchmark = benchmark
@@ -482,7 +483,10 @@ class OpenAIInfillingTask(Task):
 
     def evaluate(self, ctx: EvalContext) -> TaskResult:
         tasks, source = _limited_benchmark(ctx, self.benchmark, ctx.options(self).dir)
-        gens, settings = _generate(ctx, tasks, self.decoding)
+        if ctx.samples is not None:  # completions made elsewhere (--samples), as given
+            gens, settings = given_texts(self.name, tasks, ctx.samples), {"samples": "given"}
+        else:
+            gens, settings = _generate(ctx, tasks, self.decoding)
         settings["source"] = source
         settings["sandbox_timeout_s"] = float(ctx.eval_cfg.sandbox_timeout_s)
         return score_openai(tasks, gens, settings, ctx.sandbox_limits(), ctx.workers)
