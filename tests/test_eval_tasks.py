@@ -855,6 +855,20 @@ def test_cli_export(capsys):
         cli_main(["--export=heldout_loss"])
 
 
+def test_cli_set_sets_eval_keys_and_task_options_and_refuses_the_rest(capsys):
+    mbpp = os.path.join(FIXTURES, "mbpp_small.jsonl")
+    cli_main(["--export=mbpp", f"--set=eval.task_options.mbpp.path={mbpp}", "--set=eval.limit=2"])
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    with pytest.raises(SystemExit, match="Unknown config key 'eval.bogus'"):
+        cli_main(["--export=humaneval", "--set=eval.bogus=1"])
+    with pytest.raises(SystemExit, match=r"unknown option\(s\) \['pth'\]; mbpp takes \['path'"):
+        cli_main(["--export=mbpp", f"--set=eval.task_options.mbpp.pth={mbpp}"])
+    with pytest.raises(SystemExit, match="other config groups belong to training"):
+        cli_main(["--export=humaneval", "--set=train.steps=1"])
+    with pytest.raises(SystemExit, match="mbpp task needs"):  # missing data: one line
+        cli_main(["--export=mbpp"])
+
+
 def test_score_checkpoint_and_cli_wiring(tmp_path, monkeypatch, capsys):
     """`--run_dir` scoring: checkpoint restore, engine, overrides, corpus path, outputs.
 

@@ -29,7 +29,7 @@ from typing import Any
 from zen_code_jax.config import apply_overrides, base_config, config_from_dict, model_config_from
 from zen_code_jax.eval.base import EvalContext
 from zen_code_jax.eval.recipes import RECIPES, resolve
-from zen_code_jax.eval.registry import data_overrides, get_task, registry
+from zen_code_jax.eval.registry import check_task_options, data_overrides, get_task, registry
 from zen_code_jax.eval.runner import corpus_loader, run_tasks, score_checkpoint
 from zen_code_jax.hf.transfer import import_hf
 from zen_code_jax.rundir import RunDir
@@ -63,6 +63,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="folder with OpenAI's official HumanEval-*Infilling.jsonl[.gz] files (--data "
         "for the HumanEval-Infilling tasks; also allowed with --recipe)",
     )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="eval.KEY=VALUE",
+        help="set an evaluation setting, repeatable: any `eval.*` key, e.g. "
+        "--set=eval.task_options.livecodebench.since=2024-06-01 or --set=eval.top_p=0.95 "
+        "(typed like the config; an unknown key or task option is an error naming the valid ones)",
+    )
     ap.add_argument("--list", action="store_true", help="list the tasks")
     ap.add_argument(
         "--samples",
@@ -75,8 +84,23 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def _set_flags(pairs: list[str]) -> dict[str, str]:
+    """`--set eval.KEY=VALUE` pairs; only `eval.*`: scoring a run never changes what it trained."""
+    o: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.startswith("eval."):
+            raise SystemExit(
+                f"--set={pair!r}: give eval.KEY=VALUE (an evaluation setting, e.g. "
+                "eval.task_options.livecodebench.since=2024-06-01); other config groups "
+                "belong to training."
+            )
+        o[key] = value
+    return o
+
+
 def _overrides(a: argparse.Namespace, names: list[str]) -> dict[str, Any]:
-    o: dict[str, Any] = {}
+    o: dict[str, Any] = _set_flags(a.set)
     for k in ("limit", "num_samples", "temperature", "max_new_tokens"):
         if getattr(a, k) is not None:
             o[f"eval.{k}"] = getattr(a, k)
@@ -88,6 +112,14 @@ def _overrides(a: argparse.Namespace, names: list[str]) -> dict[str, Any]:
             o.update(data_overrides(names, data))
         except ValueError as e:
             raise SystemExit(str(e)) from None
+    # Checked now against the schema and the tasks' options, so a typo is one line, not a
+    # traceback after the model has loaded.
+    probe = base_config()
+    try:
+        apply_overrides(probe, o)
+        check_task_options(probe.eval)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     return o
 
 
@@ -161,7 +193,13 @@ def _score_samples(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = _parse(argv)
+    try:
+        return _main(_parse(argv))
+    except FileNotFoundError as e:  # a task's data file or a run directory: say which
+        raise SystemExit(str(e)) from None
+
+
+def _main(a: argparse.Namespace) -> int:
     if a.list:
         for name, t in sorted(registry().items()):
             print(f"{name:44s} {t.description}")
