@@ -47,7 +47,7 @@ from zen_code_jax.data.hf_tokenizer import check_repo_format
 from zen_code_jax.hf.checkpoint import CONFIG_FILE, HFCheckpoint
 from zen_code_jax.hf.load import default_mesh, param_shardings
 from zen_code_jax.hf.load import load_params as load_hf_params
-from zen_code_jax.hf.transfer import OWN_FIELDS, check_architecture, load_hf_tokenizer
+from zen_code_jax.hf.transfer import architecture_diff, check_architecture, load_hf_tokenizer
 from zen_code_jax.model.config import ModelConfig
 from zen_code_jax.model.params import param_partition_specs
 from zen_code_jax.parallel.rules import DEFAULT_RULES
@@ -334,15 +334,13 @@ def _load_run(
     )
     config = config_from_dict(meta["config"])
     cfg = model_config_from(config.model)
-    if model_cfg is not None:
-        a, b = cfg.to_dict(), model_cfg.to_dict()
-        diff = sorted(k for k in a if k not in OWN_FIELDS and a[k] != b[k])
-        if diff:
-            raise CheckpointSpecError(
-                f"{ref.spec or ref.path}: its architecture differs from the model asked for ("
-                + ", ".join(f"{k}: checkpoint {a[k]!r} vs asked {b[k]!r}" for k in diff)
-                + "); load it into a model with the same model group."
-            )
+    diff = architecture_diff(cfg, model_cfg, "asked") if model_cfg is not None else ""
+    if diff:
+        raise CheckpointSpecError(
+            f"{ref.spec or ref.path}: its architecture differs from the model asked for ("
+            + diff
+            + "); load it into a model with the same model group."
+        )
     tok = checkpoint_tokenizer(meta, tok_json, ref.path, cfg)
     return LoadedModel(
         **_facts(ref, cfg, tok, config, at), params=params, identity=meta.get("identity")

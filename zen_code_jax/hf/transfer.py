@@ -60,14 +60,21 @@ def load_hf_tokenizer(hf_dir: str | Path, model_cfg: ModelConfig) -> Any:
     return tok
 
 
+def architecture_diff(have: ModelConfig, want: ModelConfig, want_name: str = "run") -> str:
+    """ "" when the two configs describe one architecture (our own fields such as
+    scan_layers may differ), else the differing fields, `name: checkpoint X vs run Y, ...`."""
+    a, b = have.to_dict(), want.to_dict()
+    diff = sorted(k for k in a if k not in OWN_FIELDS and a[k] != b[k])
+    return ", ".join(f"{k}: checkpoint {a[k]!r} vs {want_name} {b[k]!r}" for k in diff)
+
+
 def check_architecture(hf_cfg: ModelConfig, run_cfg: ModelConfig, where: str) -> None:
     """Raise unless the two configs describe the same architecture (own fields may differ)."""
-    a, b = hf_cfg.to_dict(), run_cfg.to_dict()
-    diff = sorted(k for k in a if k not in OWN_FIELDS and a[k] != b[k])
+    diff = architecture_diff(hf_cfg, run_cfg)
     if diff:
         raise HFFormatError(
             f"{where}: the HF checkpoint's architecture differs from the run's model group ("
-            + ", ".join(f"{k}: checkpoint {a[k]!r} vs run {b[k]!r}" for k in diff)
+            + diff
             + "); set the model group from the checkpoint (zen_code_jax.config.model_group)."
         )
 

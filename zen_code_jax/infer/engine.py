@@ -305,13 +305,14 @@ class InferenceEngine:
         """Left-to-right continuations of raw-text prompts (row i samples with (seed, i))."""
         if isinstance(prompts, str):
             raise TypeError("prompts must be a list of strings, not one string; wrap it: [prompt].")
-        reqs = [
-            CompletionRequest(
-                self._encode_prompt(p), max_new_tokens, temperature, top_p, tuple(stop), seed, i
-            )
-            for i, p in enumerate(prompts)
-        ]
-        return [c.text for c in self.complete(reqs)]
+        return self.generate_ids(
+            [self._encode_prompt(p) for p in prompts],
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop=stop,
+            seed=seed,
+        )
 
     def generate_ids(
         self,
