@@ -218,12 +218,12 @@ async def test_incremental_edits_then_non_ascii_utf16_position(local):
             content_changes=[
                 change(0, 4, 0, 5, "10"),  # x = 10
                 change(1, 0, 1, 0, 's = "😀中文" + '),  # insert before `y = 2`
-                change(1, 12, 1, 17, ""),  # delete `y = 2` (after 4+1+2+1+... UTF-16 units)
+                change(1, 13, 1, 18, ""),  # delete `y = 2`: 13 UTF-16 units precede it
             ],
         )
     )
     # line 1 is now `s = "😀中文" + `: the emoji is 2 UTF-16 units, the CJK 1 each
-    p = await _prompt(local, uri, 1, 12)
+    p = await _prompt(local, uri, 1, 13)
     assert p.prefix == 'x = 10\ns = "😀中文" + '
     assert p.suffix == "\n"
     p = await _prompt(local, uri, 1, 7)  # just after the emoji
@@ -260,6 +260,11 @@ async def test_prompt_equals_the_training_window_of_the_same_files(local, tiny_t
         )
     )
     line, ch = tx.position_at(doc, len(pre))
+    p = await _prompt(local, uri, line, ch)
+    assert "edit.py" in p.context and "util.py" in p.context  # edited earlier: joins
+    local.workspace_did_change_configuration(
+        lsp.DidChangeConfigurationParams(settings={"recentDocuments": 0})
+    )
     p = await _prompt(local, uri, line, ch)
     assert list(p.context) == ["util.py"] and p.path == "main.py"
     ids = list(p.ids)
