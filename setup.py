@@ -25,7 +25,12 @@ INSTALL_REQUIRES = [
     "scipy",  # the report's bootstrap standard errors (also a jax dependency)
 ]
 
+# The language server (zen_code_jax/lsp, docs/lsp.md): pygls 2 + lsprotocol 2025 (LSP 3.18
+# inline completion), httpx for the remote backend.
+LSP = ["pygls==2.1.1", "lsprotocol==2025.0.0", "httpx==0.29.0"]
+
 EXTRAS = {
+    "lsp": LSP,
     # torch and transformers are test-time references only; never imported at run time.
     "test": [
         "pytest",
@@ -38,6 +43,8 @@ EXTRAS = {
         # The Beam runner of prepare is tested in CI (tests/test_beam_prepare.py).
         "apache-beam==2.77.0",
         "openai==3.57.0",  # the server tests drive it with the official client
+        *LSP,
+        "pytest-lsp==1.0.1",  # the language server's tests: a real LSP client harness
     ],
     # data.prepare_runner=beam. 2.77.0 is the newest release; it needs pyarrow<26 and
     # protobuf<7 (pip resolves pyarrow 25.0.1, protobuf 6.33.6; nothing else here pins them).
