@@ -77,10 +77,12 @@ class Backend(Protocol):
 
 def load_engine(src: EngineSource) -> Any:
     """The engine for `src` (params only, one row at a time). The one place that constructs
-    an engine: when `InferenceEngine.from_run` lands, only this function changes."""
+    an engine: when `InferenceEngine.from_run(run_dir, step=, dtype=)` lands, the run-dir
+    branch becomes that call."""
     # local import: jax and the model are heavy; a remote backend never loads them
     import jax
 
+    from zen_code_jax.checkpoint import restore_for_inference
     from zen_code_jax.data.tokenizer_load import load_tokenizer
     from zen_code_jax.hf.rundir import load_hf
     from zen_code_jax.infer.engine import InferenceEngine, random_params
@@ -88,7 +90,11 @@ def load_engine(src: EngineSource) -> Any:
 
     dtype = src.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
     if src.run_dir:
-        return InferenceEngine.from_run_dir(src.run_dir, max_batch_size=1)
+        params, cfg, tok, config = restore_for_inference(src.run_dir, step=src.step)
+        fmt = str(config.data.repo_format)  # the layout the run trained on
+        return InferenceEngine(
+            params, cfg.replace(dtype=dtype), tok, None, max_batch_size=1, repo_format=fmt
+        )
     if src.hf_dir:
         params, cfg, tok = load_hf(src.hf_dir)
         return InferenceEngine(params, cfg.replace(dtype=dtype), tok, None, max_batch_size=1)

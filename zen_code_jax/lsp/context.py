@@ -32,6 +32,7 @@ from zen_code_jax.data.import_graph import build_import_graph, language_of, orde
 SKIP_DIRS = {".git", ".hg", ".svn", "node_modules", "__pycache__", ".venv", "venv", "build"}
 MAX_FILE_BYTES = 256 * 1024  # a bigger file is data, not context
 MAX_INDEXED = 20000  # workspace paths indexed for import resolution
+REINDEX_S = 10.0  # re-walk the workspace at most this often (files come and go)
 
 
 def uri_to_path(uri: str) -> Path | None:
@@ -58,6 +59,7 @@ class Workspace:
     def __init__(self, root: Path | None):
         self.root = root.resolve() if root is not None else None
         self._paths: list[str] | None = None
+        self._indexed_at = 0.0
         self._cache: dict[str, tuple[float, str]] = {}
         self.edited: dict[str, float] = {}  # uri -> time of the last edit
 
@@ -76,8 +78,10 @@ class Workspace:
             return None
 
     def paths(self) -> list[str]:
-        """Source paths under the root that the import graph knows (indexed once)."""
-        if self._paths is None:
+        """Source paths under the root that the import graph knows (re-walked at most
+        every `REINDEX_S` seconds, so new files are found)."""
+        if self._paths is None or time.monotonic() - self._indexed_at > REINDEX_S:
+            self._indexed_at = time.monotonic()
             out: list[str] = []
             if self.root is not None:
                 for dirpath, dirs, files in os.walk(self.root):
