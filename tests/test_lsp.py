@@ -442,3 +442,36 @@ async def test_llama_infill_api_and_shutdown_exit(recorder, tmp_path):
     await client.shutdown_session()  # shutdown, then exit: the process ends with 0
     assert client._server.returncode == 0
     await client.stop()
+
+
+# ----------------------------------------------------------------------------- a real run
+@pytest.mark.slow
+@pytestmark_async
+async def test_run_dir_backend_loads_the_checkpoint_in_the_runs_format(tmp_path_factory):
+    """`--run_dir --step`: a 2-step smoke run's checkpoint and tokenizer, and the prompt in
+    the run's `data.repo_format` (what `load_engine` must keep doing when it changes)."""
+    from test_experiments import ok, run_cli, smoke_workdir
+
+    from zen_code_jax.checkpoint import restore_for_inference
+    from zen_code_jax.data.hf_tokenizer import check_repo_format
+    from zen_code_jax.data.repo_format import RepoFormat
+
+    wd = smoke_workdir(tmp_path_factory)
+    args = ["--config.name=lsp_run", "--mode=train", "--config.train.steps=2"]
+    ok(run_cli(wd, "experiments/pretrain.py:smoke", *args, devices=1))
+    run = wd / "lsp_run" / "main"
+    _, _, tok, config = restore_for_inference(run, step=2)
+    fmt = RepoFormat(check_repo_format(tok, str(config.data.repo_format)))
+    root = _workspace(tmp_path_factory.mktemp("ws") / "runproj")
+    client = await _start([f"--run_dir={run}", "--step=2"], root, None)
+    uri = (root / "main.py").as_uri()
+    _open(client, uri, MAIN)
+    p = await _prompt(client, uri, 4, 4)
+    assert list(p.context) == ["util.py"]
+    want = fmt.fim_prompt_ids(
+        [("util.py", UTIL)], "main.py", p.prefix, p.suffix, "psm", tok, root.name
+    )
+    assert list(p.ids) == want
+    assert (await _inline(client, uri, 4, 4)) is not None
+    await client.shutdown_session()
+    await client.stop()
