@@ -44,7 +44,11 @@ def _workspace(path: Path) -> Path:
 
 
 async def _start(
-    args: list[str], root: Path, encodings: list[str] | None, options: dict | None = None
+    args: list[str],
+    root: Path,
+    encodings: list[str] | None,
+    options: dict | None = None,
+    inline: bool = False,
 ) -> LanguageClient:
     """A pytest-lsp client connected to `python -m zen_code_jax.lsp ARGS`, initialized."""
     cfg = ClientServerConfig(server_command=[sys.executable, "-m", "zen_code_jax.lsp", *args])
@@ -53,6 +57,10 @@ async def _start(
         general=lsp.GeneralClientCapabilities(position_encodings=encodings),
         window=lsp.WindowClientCapabilities(work_done_progress=True),
     )
+    if inline:  # a client with LSP 3.18 inline completion (VS Code, Neovim 0.12)
+        caps.text_document = lsp.TextDocumentClientCapabilities(
+            inline_completion=lsp.InlineCompletionClientCapabilities()
+        )
     client.init_result = await client.initialize_session(
         lsp.InitializeParams(
             capabilities=caps,
@@ -423,12 +431,17 @@ async def test_bad_setting_is_reported_by_name(remote):
     )
     msg = await remote.wait_for_notification(lsp.WINDOW_SHOW_MESSAGE)
     assert "debounce" in msg.message and "debounceMs" in msg.message
+    remote.workspace_did_change_configuration(
+        lsp.DidChangeConfigurationParams(settings={"completionItems": "sometimes"})
+    )
+    msg = await remote.wait_for_notification(lsp.WINDOW_SHOW_MESSAGE)
+    assert "completionItems" in msg.message and "'auto', 'always', 'never'" in msg.message
 
 
 @pytestmark_async
 async def test_llama_infill_api_and_shutdown_exit(recorder, tmp_path):
     root = _workspace(tmp_path / "lproj")
-    client = await _start([f"--url={recorder}", "--api=llama_infill"], root, None)
+    client = await _start([f"--url={recorder}", "--api=llama_infill"], root, None, inline=True)
     uri = (root / "main.py").as_uri()
     _open(client, uri, "import util\nx = \n")
     _Recorder.bodies.clear()
@@ -439,6 +452,15 @@ async def test_llama_infill_api_and_shutdown_exit(recorder, tmp_path):
     assert body["input_extra"] == [{"filename": "util.py", "text": UTIL}]
     assert body["n_predict"] == 32 and body["path"] == "main.py"
     assert [i.insert_text for i in got.items] == ["a = 1"]
+    # this client shows inline completions: completion items would decode twice
+    _Recorder.bodies.clear()
+    items = await client.text_document_completion_async(
+        lsp.CompletionParams(
+            text_document=lsp.TextDocumentIdentifier(uri=uri),
+            position=lsp.Position(line=1, character=4),
+        )
+    )
+    assert list(items.items) == [] and _Recorder.bodies == []
     await client.shutdown_session()  # shutdown, then exit: the process ends with 0
     assert client._server.returncode == 0
     await client.stop()

@@ -54,6 +54,14 @@ class ZenLanguageServer(LanguageServer):
         enc = self.workspace.position_encoding if self.protocol.workspace else None
         return str(getattr(enc, "value", enc) or "utf-16")
 
+    def completion_items_wanted(self) -> bool:
+        """Whether `textDocument/completion` answers (see `Settings.completionItems`)."""
+        mode = self.settings.completionItems
+        if mode != "auto":
+            return mode == "always"
+        td = self.client_capabilities.text_document
+        return td is None or td.inline_completion is None
+
     # ------------------------------------------------------------------ completion
     def build_request(self, uri: str, pos: lsp.Position) -> tuple[InfillRequest, tx.Cursor, bool]:
         """The backend request for a position, the cursor, and whether it is multi-line."""
@@ -224,6 +232,8 @@ def create_server(backend: Backend, settings: Settings | None = None) -> ZenLang
         lsp.TEXT_DOCUMENT_COMPLETION, lsp.CompletionOptions(trigger_characters=[".", "(", " "])
     )
     async def completion(ls: ZenLanguageServer, params: lsp.CompletionParams) -> lsp.CompletionList:
+        if not ls.completion_items_wanted():
+            return lsp.CompletionList(is_incomplete=True, items=[])
         text = await ls.complete_at(params.text_document.uri, params.position)
         if not text:
             return lsp.CompletionList(is_incomplete=True, items=[])

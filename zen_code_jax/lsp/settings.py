@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any
 
 MULTILINE = ("auto", "always", "never")
+COMPLETION_ITEMS = ("auto", "always", "never")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,7 +22,9 @@ class Settings:
     completion budgets; contextTokens: tokens of repository context at most;
     recentDocuments: recently edited open documents that may join the imported files;
     maxPrefixChars / maxSuffixChars: text around the cursor sent at most;
-    multiline: "auto" (the cursor's position decides), "always", "never"."""
+    multiline: "auto" (the cursor's position decides), "always", "never";
+    completionItems: answer `textDocument/completion` "auto" (only for clients without
+    inline completion, so a client with both does not decode twice), "always", "never"."""
 
     debounceMs: int = 25
     maxTokensSingleLine: int = 32
@@ -32,6 +35,7 @@ class Settings:
     maxSuffixChars: int = 2000
     temperature: float = 0.0
     multiline: str = "auto"
+    completionItems: str = "auto"
 
     def updated(self, raw: Any) -> Settings:
         """These settings with the keys of `raw` replaced (validated)."""
@@ -54,6 +58,7 @@ class Settings:
             if want is int and value < 0:
                 raise ValueError(f"Setting {key!r} must be >= 0, got {value}.")
             out[key] = value
-        if out.get("multiline", self.multiline) not in MULTILINE:
-            raise ValueError(f"Setting 'multiline' must be one of {MULTILINE}.")
+        for key, allowed in (("multiline", MULTILINE), ("completionItems", COMPLETION_ITEMS)):
+            if out.get(key, getattr(self, key)) not in allowed:
+                raise ValueError(f"Setting {key!r} must be one of {allowed}.")
         return dataclasses.replace(self, **out)
