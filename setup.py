@@ -25,7 +25,12 @@ INSTALL_REQUIRES = [
     "scipy",  # the report's bootstrap standard errors (also a jax dependency)
 ]
 
+# The language server (zen_code_jax/lsp, docs/lsp.md): pygls 2 + lsprotocol 2025 (LSP 3.18
+# inline completion), httpx for the remote backend.
+LSP = ["pygls==2.1.1", "lsprotocol==2025.0.0", "httpx==0.29.0"]
+
 EXTRAS = {
+    "lsp": LSP,
     # torch and transformers are test-time references only; never imported at run time.
     "test": [
         "pytest",
@@ -41,19 +46,22 @@ EXTRAS = {
         # tests/test_eval_plus.py compares HumanEval+/MBPP+ verdicts with the official
         # evalplus==0.3.1, installed with `pip install --no-deps evalplus==0.3.1` (README's
         # test command): its declared requirements pin protobuf<6 (google-generativeai) and
-        # cannot resolve beside tensorboard==2.21.0. These are what its evaluator imports.
-        "wget",
-        "tempdir",
-        "multipledispatch",
-        "appdirs",
-        "tqdm",
-        "termcolor",
-        "fire",
-        "psutil",
-        "rich",
-        "tree-sitter>=0.22.0",
-        "tree-sitter-python>=0.21.0",
-        "datasets>=2.21.0",
+        # cannot resolve beside tensorboard==2.21.0. These are what its evaluator imports,
+        # pinned at the versions the comparison was run with.
+        "wget==3.2",
+        "tempdir==0.7.1",
+        "multipledispatch==1.0.0",
+        "appdirs==1.4.4",
+        "tqdm==4.70.1",
+        "termcolor==3.3.0",
+        "fire==0.7.1",
+        "psutil==7.2.2",
+        "rich==15.0.0",
+        "tree-sitter==0.26.1",
+        "tree-sitter-python==0.25.0",
+        "datasets==5.2.0",
+        *LSP,
+        "pytest-lsp==1.0.1",  # the language server's tests: a real LSP client harness
     ],
     # data.prepare_runner=beam. 2.77.0 is the newest release; it needs pyarrow<26 and
     # protobuf<7 (pip resolves pyarrow 25.0.1, protobuf 6.33.6; nothing else here pins them).

@@ -32,6 +32,8 @@ ALLOWED: dict[str, set[str]] = {
     "train": {"model", "parallel", "config", "data", "infra"},
     "infer": {"model", "parallel", "config", "data", "infra"},
     "eval": {"model", "parallel", "config", "data", "infra", "infer"},
+    # the language server (issue 19): beside eval, above infer and data
+    "lsp": {"model", "parallel", "config", "data", "infra", "infer"},
     "experiment": {"model", "parallel", "config", "data", "infra", "train", "infer", "eval"},
     "experiments": {
         "model",
