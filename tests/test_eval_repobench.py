@@ -558,3 +558,42 @@ def test_crosscodeeval_options_languages_and_errors(cce_file, tmp_path):
         cce.load_rows(cce.CrossCodeEvalOptions(path=str(tmp_path / "nope.jsonl")))
     with pytest.raises(ValueError, match="eval.fim_mode"):
         cce.build_prompt(rows[0], RepoFormat("report"), None, 100, "pms")
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_both_tasks_through_run_tasks_with_a_real_engine(
+    tiny_tokenizer, rb_dir, cce_file, tmp_path
+):
+    """A random tiny model behind `InferenceEngine`, the qwen2.5 layout, `run_tasks` (the eval
+    CLI's path): records and summary written, metrics in range, SEs from the records."""
+    from zen_code_jax.eval.runner import run_tasks
+    from zen_code_jax.infer.engine import InferenceEngine, random_params
+    from zen_code_jax.model import get_preset
+
+    model_cfg = get_preset("tiny")
+    engine = InferenceEngine(
+        random_params(model_cfg, seed=0, scale=0.2),
+        model_cfg,
+        tiny_tokenizer,
+        repo_format="qwen2.5",
+    )
+    c = cfg(context_tokens=192, limit=1)
+    c.eval.task_options = {
+        "repobench": dict(path=str(rb_dir), max_new_tokens=6),
+        "crosscodeeval": dict(path=str(cce_file), max_new_tokens=6),
+    }
+    ctx = EvalContext(config=c, engine=engine, tokenizer=tiny_tokenizer, repo_format="qwen2.5")
+    out = run_tasks(ctx, ["repobench", "crosscodeeval"], tmp_path, step=1, log=lambda s: None)
+    assert (
+        out["repobench"]["num_samples"] == 3.0 and out["crosscodeeval"]["num_samples"] == 3.0
+    )  # limit 1 per language
+    for task in ("repobench", "crosscodeeval"):
+        recs = [
+            json.loads(x) for x in (tmp_path / "eval" / f"{task}.jsonl").read_text().splitlines()
+        ]
+        assert recs and all(r["prompt_tokens"] <= 192 - 6 for r in recs)
+        assert all(0.0 <= r["edit_similarity"] <= 1.0 for r in recs)
+        assert 0.0 <= out[task]["edit_similarity"] <= 1.0
