@@ -139,6 +139,11 @@ def test_edit_similarity_equals_fuzzywuzzy_ratio_by_hand():
     assert rb.fuzz_ratio("x = 1", "x = 1") == 100 and rb.fuzz_ratio("", "") == 100
     assert rb.fuzz_ratio("a", "") == 0 and rb.fuzz_ratio("", "a") == 0
     assert rb.edit_similarity("abcd", "abce") == 0.75
+    # difflib's ratio depends on the order; RepoBench's eval.py passes the ground truth first.
+    # "babcbb" vs "bbcac": the longest match found first differs, 2*3/11 vs 2*2/11.
+    a, b = "babcbb", "bbcac"
+    assert (rb.fuzz_ratio(a, b), rb.fuzz_ratio(b, a)) == (55, 36)
+    assert rb.edit_similarity(a, b) == rb.fuzz_ratio(b, a) / 100
     # Unstripped, as RepoBench's edit_similarity_score: indentation counts.
     assert rb.edit_similarity("    return x", "return x") == round(100 * 16 / 20) / 100
     assert rb.exact_match("    return  x ", "return x") and not rb.exact_match(
@@ -161,6 +166,7 @@ def test_edit_similarity_equals_the_fuzzywuzzy_package_when_installed():
     ]
     for a, b in pairs:
         assert rb.fuzz_ratio(a, b) == fuzz.ratio(a, b), (a, b)
+        assert rb.edit_similarity(a, b) == fuzz.ratio(b, a) / 100  # RepoBench: (truth, pred)
 
 
 def test_first_code_line_skips_blank_and_comment_lines():
@@ -285,7 +291,7 @@ def test_repobench_wrong_and_empty_answers_score_by_hand(tiny_tokenizer, rb_dir)
     by = {r["task_id"]: r for r in res.records}
     wrong = by["python/cross_file_first/0"]
     assert wrong["prediction"] == "    return to_metres(sq.side) * 2" and not wrong["exact_match"]
-    m = difflib.SequenceMatcher(None, wrong["prediction"], RB_FIRST[0]["next_line"])
+    m = difflib.SequenceMatcher(None, RB_FIRST[0]["next_line"], wrong["prediction"])
     # 33 of the 33 + 34 characters match: round(100 * 66 / 67) = 99.
     assert wrong["edit_similarity"] == round(100 * m.ratio()) / 100 == 0.99
     assert by["java/cross_file_first/0"]["edit_similarity"] == 0.0

@@ -23,7 +23,7 @@ offline proxy and training windows do.)
 Scoring, as RepoBench's `run.py` + `eval.py`: the prediction is the first generated line that
 is neither blank nor a comment (`#`, `//`, or a docstring / block-comment run), else the first
 line; exact match is `pred.split() == next_line.split()` (whitespace-insensitive); edit
-similarity is fuzzywuzzy's `fuzz.ratio(pred, next_line)` / 100 (difflib's SequenceMatcher
+similarity is fuzzywuzzy's `fuzz.ratio(next_line, pred)` / 100 (difflib's SequenceMatcher
 ratio, rounded to an integer percentage; equal strings 1, one empty 0), computed here with
 the stdlib's difflib: what fuzzywuzzy 0.18.0 (RepoBench's requirements) computes without
 python-Levenshtein. CodeBLEU (RepoBench's third metric) is not computed. Metrics per setting
@@ -101,8 +101,10 @@ def fuzz_ratio(a: str, b: str) -> int:
 
 
 def edit_similarity(pred: str, target: str) -> float:
-    """RepoBench's edit similarity of one pair, in [0, 1] (`fuzz.ratio` / 100, unstripped)."""
-    return fuzz_ratio(pred, target) / 100.0
+    """RepoBench's edit similarity of one pair, in [0, 1]: `fuzz.ratio(target, pred)` / 100
+    on the unstripped lines (its eval.py passes the ground truth first; difflib's ratio is
+    not always symmetric)."""
+    return fuzz_ratio(target, pred) / 100.0
 
 
 def exact_match(pred: str, target: str) -> bool:
