@@ -23,6 +23,7 @@ from zen_code_jax.eval.options import parse_options
 
 # task name -> module that defines it (in its `TASKS` tuple).
 TASK_MODULES: dict[str, str] = {
+    "crosscodeeval": "zen_code_jax.eval.crosscodeeval",
     "heldout_fim": "zen_code_jax.eval.heldout",
     "heldout_loss": "zen_code_jax.eval.heldout",
     "humaneval": "zen_code_jax.eval.humaneval",
@@ -39,6 +40,7 @@ TASK_MODULES: dict[str, str] = {
     "mbpp_plus": "zen_code_jax.eval.plus",
     "multipl_e": "zen_code_jax.eval.multipl_e",
     "repo_completion": "zen_code_jax.eval.repo_completion",
+    "repobench": "zen_code_jax.eval.repobench",
     "swebench": "zen_code_jax.eval.swebench",
 }
 
