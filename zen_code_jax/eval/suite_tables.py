@@ -168,7 +168,7 @@ def _language_cells(inp: _Inputs) -> list[Cell]:
                     100.0 * sum(means) / len(means),
                     None if math.isnan(se) else 100.0 * se,
                     value,
-                    f"multipl_e {codes[0]} ({len(means)} problems)",
+                    f"multipl_e {codes[0]} ({len(means)} problem{'s' if len(means) != 1 else ''})",
                 )
             )
         elif lang == "Python" and "humaneval" in inp.summaries:
