@@ -205,3 +205,44 @@ def test_suite_refuses_mixed_or_missing_arguments(hf_dir, tmp_path):
         main(["--hf_dir", str(hf_dir), "--suite=report"])
     with pytest.raises(SystemExit, match="valid suites: report"):
         main(["--run_dir", str(tmp_path), "--suite=nope"])
+
+
+def test_an_experiment_selects_the_suite_by_config(hf_dir, tmp_path):
+    """`eval.suite = "report"` in a config: the arm's evaluate step scores the suite's tasks
+    that have data (beside `eval.tasks`) and writes the tables into RUN/eval/report/."""
+    from zen_code_jax.experiment.evaluate import evaluate
+    from zen_code_jax.resolve import load_model
+    from zen_code_jax.rundir import RunDir
+    from zen_code_jax.tracking import SummaryWriter
+
+    run = tmp_path / "exp" / "arm"
+    import_hf(hf_dir, run)
+    loaded = load_model(str(run))
+    config = loaded.config
+    config.eval.tasks = ()
+    config.eval.suite = "report"
+    config.eval.limit = 1
+    config.eval.max_new_tokens = 4
+    check_task_options(config.eval)
+    writer = SummaryWriter(run)
+    try:
+        metrics = evaluate(
+            RunDir(run),
+            config,
+            params=loaded.params,
+            model_cfg=loaded.model_cfg,
+            tokenizer=loaded.tokenizer,
+            corpus=None,
+            writer=writer,
+            step=0,
+        )
+    finally:
+        writer.close()
+    assert {k.split("/")[0] for k in metrics} == {
+        "humaneval",
+        "humaneval_infill_single",
+        "humaneval_infill_multi",
+    }
+    doc = _check_outputs(run / "eval" / "report")
+    he = _rows(doc, paper.BENCHMARKS)["HumanEval (pass@1)"]
+    assert he["ours"] == pytest.approx(100 * metrics["humaneval/pass@1"])
