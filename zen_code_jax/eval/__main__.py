@@ -266,6 +266,9 @@ def _main(a: argparse.Namespace) -> int:
         print("\nrecipes (--recipe=NAME):")
         for name, r in RECIPES.items():
             print(f"{name:44s} {', '.join(r.tasks)}: {r.description}")
+        print("\nsuites (--suite=NAME; the tasks whose data is set run):")
+        for name, tasks in SUITES.items():
+            print(f"{name:44s} {', '.join(tasks)}")
         return 0
     if a.export:
         return _export(a)
