@@ -299,7 +299,7 @@ def test_humaneval_infilling_openai_oracle_passes_wrong_fails(single, multi):
         )
         ctx = EvalContext(config=c, engine=oracle)
         res = get_task(name).evaluate(ctx)
-        assert res.metrics == {"pass@1": 1.0, "num_tasks": 3.0}, name
+        assert res.metrics == {"pass@1": 1.0, "exact_match": 1.0, "num_tasks": 3.0}, name
         want = 128 if name.endswith("single") else 256
         assert oracle.calls == [
             dict(mode="psm", stop=(), seed=c.seed, n=want, temperature=0.0, top_p=1.0)
@@ -309,14 +309,18 @@ def test_humaneval_infilling_openai_oracle_passes_wrong_fails(single, multi):
     # humaneval_infill_single), so it fails; a plain wrong line fails too.
     t = {x["task_id"]: x for x in single}["SingleLineInfilling/HumanEval/9/L7"]
     kept_going = t["canonical_solution"] + "        return []\n"  # right line, then more
-    for answers, want in (
-        ([t["canonical_solution"]], 1.0),
-        ([kept_going], 0.0),
-        (["            pass\n"], 0.0),
-        ([t["canonical_solution"], "x"], 0.5),
+    # Exact match is against the file's canonical middle, trailing whitespace forgiven.
+    padded = t["canonical_solution"].rstrip("\n") + "   \n\n"
+    for answers, want, em in (
+        ([t["canonical_solution"]], 1.0, 1.0),
+        ([padded], 1.0, 1.0),
+        ([kept_going], 0.0, 0.0),
+        (["            pass\n"], 0.0, 0.0),
+        ([t["canonical_solution"], "x"], 0.5, 0.5),
     ):
         res = infilling.score_openai([t], [answers], {"k": 1}, LIMITS, 1)
         assert res.metrics["pass@1"] == want, answers
+        assert res.metrics["exact_match"] == em, answers
         assert res.records[0]["decoding"] == {"k": 1}
 
 

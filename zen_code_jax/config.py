@@ -154,6 +154,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict(
         dict(
             tasks=("heldout_loss",),  # a tuple so --config.eval.tasks="('a','b')" works
+            # A named task list run after `tasks` (eval.registry.SUITES): "report" runs the
+            # paper's benchmarks whose data is configured and writes eval/report/ (Tables
+            # 4-6 beside the paper's numbers; eval/suite.py). "" = none.
+            suite="",
             max_new_tokens=64,
             temperature=0.0,
             top_p=1.0,

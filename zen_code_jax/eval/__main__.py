@@ -6,6 +6,7 @@ python -m zen_code_jax.eval --run_dir=RUN --tasks=humaneval,heldout_loss [--limi
 python -m zen_code_jax.eval --recipe=humaneval_fim_qwen --run_dir=RUN   # a pinned convention
 python -m zen_code_jax.eval --hf_dir=DIR --tasks=humaneval [--run_dir=OUT]  # an HF model
 python -m zen_code_jax.eval --list                                       # tasks and recipes
+python -m zen_code_jax.eval --run_dir=RUN --suite=report [--data_dir=DIR] # the paper's tables
 python -m zen_code_jax.eval --tasks=humaneval_plus --data=HumanEvalPlus.jsonl.gz \
     --samples=samples.jsonl --out_dir=OUT     # score completions made elsewhere, no model
 
@@ -29,8 +30,15 @@ from typing import Any
 from zen_code_jax.config import apply_overrides, base_config, config_from_dict, model_config_from
 from zen_code_jax.eval.base import EvalContext
 from zen_code_jax.eval.recipes import RECIPES, resolve
-from zen_code_jax.eval.registry import check_task_options, data_overrides, get_task, registry
+from zen_code_jax.eval.registry import (
+    SUITES,
+    check_task_options,
+    data_overrides,
+    get_task,
+    registry,
+)
 from zen_code_jax.eval.runner import corpus_loader, run_tasks, score_checkpoint
+from zen_code_jax.eval.suite import score_suite
 from zen_code_jax.hf.transfer import import_hf
 from zen_code_jax.rundir import RunDir
 
@@ -72,6 +80,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--set=eval.task_options.livecodebench.since=2024-06-01 or --set=eval.top_p=0.95 "
         "(typed like the config; an unknown key or task option is an error naming the valid ones)",
     )
+    ap.add_argument(
+        "--suite",
+        help="a named task list (report: the paper's Tables 4-6): runs its tasks whose data "
+        "is set, skips the others with the reason, writes tables.md/.json/.png into "
+        "RUN/eval/report/ (or --out_dir)",
+    )
+    ap.add_argument(
+        "--data_dir",
+        help="with --suite: a folder holding the benchmarks' published files (HumanEvalPlus-"
+        "*.jsonl.gz, MbppPlus-*.jsonl.gz, mbpp.jsonl, HumanEval-*Infilling.jsonl.gz, ...); "
+        "each found file sets its task's data option",
+    )
     ap.add_argument("--list", action="store_true", help="list the tasks")
     ap.add_argument(
         "--samples",
@@ -79,7 +99,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "whole program; several per task for pass@k) instead of a model's",
     )
     ap.add_argument(
-        "--out_dir", help="with --samples: where eval/<task>.jsonl and eval/summary.json go"
+        "--out_dir",
+        help="with --samples: where eval/<task>.jsonl and eval/summary.json go; with "
+        "--suite: where the tables go",
     )
     return ap.parse_args(argv)
 
@@ -192,6 +214,44 @@ def _score_samples(a: argparse.Namespace) -> int:
     return 0
 
 
+def _suite(a: argparse.Namespace) -> int:
+    """--suite=NAME: score the suite's tasks that have data on a run or an HF directory and
+    write the paper's tables beside its numbers (eval/suite.py)."""
+    if not a.suite or a.tasks or a.recipe or a.samples or a.data:
+        raise SystemExit(
+            "--suite=NAME runs its own task list: give --suite (with --data_dir=DIR and/or "
+            "--set=eval.task_options.T.path=F for the data), without --tasks, --recipe, "
+            "--samples or --data."
+        )
+    if a.suite not in SUITES:
+        raise SystemExit(f"--suite={a.suite!r} is not a suite; valid suites: {', '.join(SUITES)}.")
+    if not (a.run_dir or a.hf_dir) or (a.hf_dir and not (a.run_dir or a.out_dir)):
+        raise SystemExit(
+            "--suite needs --run_dir=RUN, or --hf_dir=DIR with --out_dir=OUT (or --run_dir to "
+            "keep the imported run) for the tables."
+        )
+    overrides = _overrides(a, [])
+    with tempfile.TemporaryDirectory() as tmp:
+        run = a.run_dir if not a.hf_dir else (a.run_dir or f"{tmp}/hf_import/main")
+        if a.hf_dir:
+            import_hf(a.hf_dir, run)
+        try:
+            summaries, folder = score_suite(
+                run,
+                a.suite,
+                overrides=overrides,
+                data_dir=a.data_dir,
+                workdir=a.workdir,
+                out_dir=a.out_dir,
+                checkpoint=a.hf_dir or "",
+            )
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
+    print(json.dumps(summaries, indent=2, sort_keys=True))
+    print(f"tables: {folder}/tables.md, tables.json, tables.png", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(_parse(argv))
@@ -206,9 +266,14 @@ def _main(a: argparse.Namespace) -> int:
         print("\nrecipes (--recipe=NAME):")
         for name, r in RECIPES.items():
             print(f"{name:44s} {', '.join(r.tasks)}: {r.description}")
+        print("\nsuites (--suite=NAME; the tasks whose data is set run):")
+        for name, tasks in SUITES.items():
+            print(f"{name:44s} {', '.join(tasks)}")
         return 0
     if a.export:
         return _export(a)
+    if a.suite or a.data_dir:
+        return _suite(a)
     if a.samples:
         return _score_samples(a)
     if a.hf_dir:

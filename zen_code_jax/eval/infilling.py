@@ -30,7 +30,8 @@ Two published conventions, each a task of its own whose settings are pinned (nev
 - `humaneval_infilling_openai_{single,multi,random_span,random_span_light}`: OpenAI's
   HumanEval-Infilling (Bavarian et al. 2022): the completion as generated (no stop words, no
   post-processing) runs as `prompt + completion + suffix + "\n" + test + "\n" +
-  check(entry_point)`; functional pass@1. Single and multi are derived as above unless the
+  check(entry_point)`; functional pass@1, and exact match of the completion against the
+  file's canonical middle (`normalize`d as above), as the paper's Table 6 has both. Single and multi are derived as above unless the
   task's `dir` option (`eval.task_options = {TASK: dict(dir=...)}`, or `--data`) holds the
   official files; random-span(-light) spans are random draws, so they exist only as the
   official files in that folder. `humaneval_fim_qwen` takes the same option.
@@ -469,7 +470,7 @@ class OpenAIInfillingTask(Task):
         self.name = "humaneval_infilling_openai_" + benchmark.replace("-line", "").replace("-", "_")
         self.description = (
             f"OpenAI HumanEval-Infilling {benchmark} ({OFFICIAL_COUNTS[benchmark]} tasks): "
-            "functional pass@1, greedy, completion used as generated"
+            "functional pass@1 and exact match, greedy, completion used as generated"
         )
         self.decoding = Decoding(
             convention=f"OpenAI HumanEval-Infilling {benchmark} (openai/human-eval-infilling)",
@@ -507,11 +508,12 @@ def score_openai(
             comps.append(g)
             progs.append(python_job(openai_program(t, g)))
     res = score_programs(keys, progs, comps, limits=limits, workers=workers, ks=(1,))
-    for r in res.records:
-        r["decoding"] = settings
-    return TaskResult(
-        {"pass@1": res.metrics["pass@1"], "num_tasks": float(len(tasks))}, res.records
-    )
+    middles = {t["task_id"]: t["canonical_solution"] for t in tasks}
+    for r, c in zip(res.records, comps):  # exact match against the file's canonical middle
+        r["decoding"], r["exact_match"] = settings, normalize(c) == normalize(middles[r["task_id"]])
+    em = sum(r["exact_match"] for r in res.records) / max(1, len(res.records))
+    metrics = {"pass@1": res.metrics["pass@1"], "exact_match": em}
+    return TaskResult({**metrics, "num_tasks": float(len(tasks))}, res.records)
 
 
 CONVENTION_TASKS = (QwenFimTask(),) + tuple(OpenAIInfillingTask(b) for b in OFFICIAL_FILES)

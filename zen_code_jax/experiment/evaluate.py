@@ -14,6 +14,7 @@ import ml_collections
 from zen_code_jax.data.batch import Batch
 from zen_code_jax.eval.base import EvalContext
 from zen_code_jax.eval.runner import run_tasks
+from zen_code_jax.eval.suite import plan_suite, write_suite_report
 from zen_code_jax.experiment.hooks import batches_loss
 from zen_code_jax.infer.engine import InferenceEngine
 from zen_code_jax.model.config import ModelConfig
@@ -72,7 +73,8 @@ def evaluate(
     eval_step: Callable | None = None,
     dataset_fn: DatasetFn | None = None,
 ) -> dict[str, float]:
-    """Run `config.eval.tasks` on `params` and record the arm's hparams + final metrics.
+    """Run `config.eval.tasks` on `params` and record the arm's hparams + final metrics;
+    with `eval.suite` also the suite's tasks that have data, then its tables (eval/report/).
 
     `eval.runner.run_tasks` writes eval/<task>.jsonl, eval/summary.json and the
     `eval/<task>/<metric>` scalars. With an experiment's own data pipeline (e.g. SFT) the
@@ -88,6 +90,8 @@ def evaluate(
             run_dir.update_summary(step, {"heldout_batches": {"loss": loss}})
             writer.scalars(step, {"heldout_batches/loss": loss}, prefix="eval/")
     tasks = list(config.eval.tasks)
+    suite = plan_suite(config.eval, config.eval.suite) if config.eval.get("suite") else None
+    tasks += [t for t in (suite.run if suite else ()) if t not in tasks]
     if tasks:
         # The trainer's weights, with every other fact (repository format, ...) resolved
         # from the run directory as for any checkpoint (`step` given: no checkpoint listing,
@@ -113,6 +117,8 @@ def evaluate(
         summaries = run_tasks(ctx, tasks, run_dir.path, step=step, writer=writer)
         for task, values in summaries.items():
             metrics.update({f"{task}/{k}": float(v) for k, v in values.items()})
+    if suite is not None:  # eval.suite: the paper's tables into RUN/eval/report/
+        write_suite_report(run_dir.path, config.eval, suite)
     writer.hparams(arm_hparams(config), metrics, step)
     writer.flush()
     return metrics
