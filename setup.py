@@ -62,6 +62,9 @@ EXTRAS = {
         "datasets==5.2.0",
         *LSP,
         "pytest-lsp==1.0.1",  # the language server's tests: a real LSP client harness
+        # tests/test_eval_repobench.py checks our edit similarity against the fuzzywuzzy
+        # RepoBench and CrossCodeEval score with (pure-Python path, no python-Levenshtein).
+        "fuzzywuzzy==0.18.0",
     ],
     # data.prepare_runner=beam. 2.77.0 is the newest release; it needs pyarrow<26 and
     # protobuf<7 (pip resolves pyarrow 25.0.1, protobuf 6.33.6; nothing else here pins them).
