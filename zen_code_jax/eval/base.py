@@ -133,6 +133,22 @@ class EvalContext:
             top_p=float(e.top_p),
         )
 
+    def prompt_budget(self, max_new_tokens: int, setting: str) -> tuple[dict[str, Any], int]:
+        """Decoding settings with a task's own `max_new_tokens` (0 = the shared one) and the
+        prompt tokens left beside them in `context_tokens`; no room is an error naming the
+        two settings (`setting`: the task's option group, e.g. eval.task_options.repobench)."""
+        kw = self.decode_kwargs()
+        if max_new_tokens:
+            kw["max_new_tokens"] = int(max_new_tokens)
+        budget = self.context_tokens() - kw["max_new_tokens"]
+        if budget <= 0:
+            raise ValueError(
+                f"eval.context_tokens ({self.context_tokens()}) leaves no room for a prompt "
+                f"beside max_new_tokens={kw['max_new_tokens']}; raise eval.context_tokens or "
+                f"lower {setting}.max_new_tokens."
+            )
+        return kw, budget
+
 
 @dataclasses.dataclass
 class TaskResult:

@@ -306,16 +306,7 @@ class CrossCodeEvalTask(Task):
         engine = ctx.need_engine()
         options = ctx.options(self)
         rows = self._rows(ctx)
-        kw = ctx.decode_kwargs()
-        if options.max_new_tokens:
-            kw["max_new_tokens"] = options.max_new_tokens
-        budget = ctx.context_tokens() - kw["max_new_tokens"]
-        if budget <= 0:
-            raise ValueError(
-                f"eval.context_tokens ({ctx.context_tokens()}) leaves no room for a prompt "
-                f"beside max_new_tokens={kw['max_new_tokens']}; raise eval.context_tokens or "
-                f"lower {_SETTING}.max_new_tokens."
-            )
+        kw, budget = ctx.prompt_budget(options.max_new_tokens, _SETTING)
         fmt, tok, mode = ctx.repo_layout(), ctx.tokenizer, str(ctx.eval_cfg.fim_mode)
         built = [build_prompt(r, fmt, tok, budget, mode) for r in rows]
         texts: list[list[str]] = [[] for _ in rows]
