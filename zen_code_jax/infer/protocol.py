@@ -158,7 +158,7 @@ class RequestParser:
 
     def check_model(self, b: _Body) -> None:
         model = b.d.get("model")
-        if model is not None and model != self.model_name:
+        if model not in (None, "", self.model_name):  # "" (llama.vim): the default model
             raise APIError(
                 404,
                 f"The model {model!r} does not exist on this server; it serves "
@@ -328,15 +328,67 @@ class RequestParser:
         )
         ctx = [(str(f.get("filename", "")), f.get("text", "")) for f in extra] or None
         _, path = _context(b)
-        if "n_predict" in b.d and "max_tokens" not in b.d:
-            b.d["max_tokens"] = None if b.d["n_predict"] in (-1, None) else b.d["n_predict"]
+        n_predict = b.get(
+            "n_predict", None, lambda v: _is_int(v) and v >= -1, "an integer >= -1 (-1: no cap)"
+        )
+        unlimited = n_predict == -1 and b.d.get("max_tokens") is None
+        if n_predict is not None and n_predict > self.limits.max_tokens:
+            n_predict = self.limits.max_tokens  # llama.cpp caps n_predict at its own limit
+        if n_predict is not None and b.d.get("max_tokens") is None:
+            b = _Body({**b.d, "max_tokens": None if unlimited else n_predict})
         s = self.sampling(b)
-        if "temperature" not in b.d:
+        ed = _editor_opts(b)
+        if "temperature" not in b.d or ed["top_k"] == 1:
             s["temperature"] = 0.0  # llama.vim / llama.vscode expect greedy by default
+        if ed["samplers"] is not None and "top_p" not in ed["samplers"]:
+            s["top_p"] = 1.0  # a sampler left out of the chain does not apply
         stream, _ = self.stream_opts(b)
         ids = self.fim_ids(prefix + prompt, suffix, "psm", ctx, path)
+        if unlimited:  # n_predict -1: up to the end of the context
+            self.check_length(ids, 0)
+            s["max_new_tokens"] = max(0, self.max_len - len(ids))
         self.check_length(ids, s["max_new_tokens"])
-        return Parsed([CompletionRequest(ids, **s)], [prefix + prompt], dict(stream=stream, n=1))
+        row = CompletionRequest(
+            ids,
+            n_indent=ed["n_indent"],
+            t_max_prompt_ms=ed["t_max_prompt_ms"],
+            t_max_predict_ms=ed["t_max_predict_ms"],
+            **s,
+        )
+        opts = dict(stream=stream, n=1, response_fields=ed["response_fields"])
+        return Parsed([row], [prefix + prompt], opts)
+
+
+# llama.cpp's sampler names (`samplers`: the chain's order); this server samples with
+# temperature and top_p on the device, so the others are accepted and have no effect.
+LLAMA_SAMPLERS = frozenset(
+    "dry top_k typ_p typical_p top_p min_p xtc temperature infill penalties top_n_sigma".split()
+)
+
+
+def _editor_opts(b: _Body) -> dict[str, Any]:
+    """llama.cpp /infill's editor fields (llama.vim and llama.vscode send them all)."""
+    ms = lambda v: _is_num(v) and v >= 0  # noqa: E731
+    strs = lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)  # noqa: E731
+    samplers = b.get("samplers", None, strs, "a list of sampler names")
+    bad = sorted(set(samplers or ()) - LLAMA_SAMPLERS)
+    if bad:
+        raise RequestError(
+            f"Unknown sampler(s) {bad} in `samplers`; use names from {sorted(LLAMA_SAMPLERS)}.",
+            "samplers",
+        )
+    b.get("cache_prompt", True, lambda v: isinstance(v, bool), "true or false")
+    b.get("id_slot", -1, lambda v: _is_int(v) and v >= -1, "an integer >= -1")
+    return dict(
+        top_k=b.get("top_k", 0, lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: off)"),
+        samplers=samplers,
+        n_indent=b.get("n_indent", 0, lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+        t_max_prompt_ms=float(b.get("t_max_prompt_ms", 0, ms, "a number of ms >= 0 (0: off)")),
+        t_max_predict_ms=float(b.get("t_max_predict_ms", 0, ms, "a number of ms >= 0 (0: off)")),
+        response_fields=b.get(
+            "response_fields", None, strs, 'a list of field paths ("timings/prompt_n")'
+        ),
+    )
 
 
 def _prompts(prompt: Any, vocab: int) -> list[str | list[int]]:

@@ -34,6 +34,13 @@ class CompletionRequest:
     seed: int = 0
     sample_index: int = 0
     prompt_logprobs: bool = False
+    # llama.cpp's editor controls (/infill; 0 = off): stop when a later line is indented
+    # less than n_indent; a prompt-phase budget (admission to first token: over it, nothing
+    # is generated); a generation budget that applies once a newline was generated (so an
+    # editor gets at least the current line, as llama.cpp does).
+    n_indent: int = 0
+    t_max_prompt_ms: float = 0.0
+    t_max_predict_ms: float = 0.0
 
     def check(self, max_positions: int) -> None:
         """Raise ValueError naming the fix when the request cannot be decoded."""
@@ -81,3 +88,24 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     """Cut `text` at the earliest occurrence of any stop string (the stop string excluded)."""
     cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def indent_cut(text: str, n_indent: int) -> int:
+    """Where llama.cpp's `n_indent` rule cuts `text` (-1: nowhere).
+
+    A line after the first whose indentation (spaces and tabs, one each) is below
+    `n_indent` once its first other character arrives (a newline included: a blank line)
+    ends the completion there: the text keeps that line's newline and indentation, as
+    llama.cpp's server erases from the first character past the indentation.
+    """
+    if n_indent <= 0:
+        return -1
+    nl = text.find("\n")
+    while nl >= 0:
+        i = nl + 1
+        while i < len(text) and text[i] in " \t":
+            i += 1
+        if i < len(text) and i - (nl + 1) < n_indent:
+            return i
+        nl = text.find("\n", nl + 1)
+    return -1

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from zen_code_jax.infer.request import Completion, CompletionRequest
+from zen_code_jax.infer.request import Completion, CompletionRequest, indent_cut
 from zen_code_jax.infer.slots import Chunk, DecodeRows, SlotDecoder
 
 
@@ -53,6 +53,11 @@ class RowState:
     slot: int | None = None
     prefilled: int = 0  # prompt tokens in the slot's cache
     reused: int = 0  # of which were already there (prefix reuse)
+    stop_type: str = ""  # llama.cpp's why: "eos", "word" (a stop string), "limit"
+    stop_word: str = ""  # the stop string that ended it (stop_type "word")
+    t_admitted: float = 0.0  # monotonic times: into a slot, first token, finished
+    t_prompt_done: float = 0.0
+    t_done: float = 0.0
 
     @property
     def prompt_ids(self) -> list[int]:
@@ -259,6 +264,7 @@ class Scheduler:
             self.stats["prefix_reused_tokens"] += row.prefilled
             self.slot_tokens[s] = list(prompt[: row.prefilled])
             row.slot = s
+            row.t_admitted = time.monotonic()
             self.slot_rows[s] = (job, i)
             self.slot_used[s] = time.monotonic()
 
@@ -346,9 +352,13 @@ class Scheduler:
                 self._accept(job, i, turn.decoded, s)
         if turn.first is not None:
             job, i, _ = picked  # type: ignore[misc]
-            if (
-                job.rows[i].request.max_new_tokens == 0
-            ):  # prompt only (e.g. echo scoring): nothing to decode
+            row = job.rows[i]
+            row.t_prompt_done = time.monotonic()
+            budget = row.request.t_max_prompt_ms
+            over = budget > 0 and (row.t_prompt_done - row.t_admitted) * 1000 > budget
+            if row.request.max_new_tokens == 0 or over:
+                # prompt only (e.g. echo scoring, or the prompt phase ran over its budget)
+                row.stop_type = "limit"
                 self._release(job, i, final=True)
                 self._finish(job, i, "length")
             else:
@@ -364,6 +374,7 @@ class Scheduler:
             job.first_token = time.monotonic()
             self.ttft.append(job.first_token - job.submitted)
         if tok in self.stop_ids:
+            row.stop_type = "eos"
             self._release(job, i, final=True)
             self._finish(job, i, "stop")
             return
@@ -372,31 +383,48 @@ class Scheduler:
             (float(out.logprob[k]), out.top_ids[k].tolist(), out.top_logprobs[k].tolist())
         )
         self.stats["generated_tokens"] += 1
-        if self._release(job, i, final=False):
+        why = self._release(job, i, final=False)
+        if why:
+            row.stop_type = why
             self._finish(job, i, "stop")
         elif (
             len(row.ids) >= row.request.max_new_tokens
             or len(row.prompt_ids) + len(row.ids) >= self.dec.max_len
+            or self._over_predict_budget(row)
         ):
+            row.stop_type = "limit"
             self._release(job, i, final=True)
             self._finish(job, i, "length")
 
-    def _release(self, job: Job, i: int, *, final: bool) -> bool:
-        """Hand out the row's safe new text; True when a stop string ended it. A job that
-        does not stream only checks its stop strings until the row's final release."""
-        row = job.rows[i]
-        stops = row.request.stop
-        quiet = not final and not job.stream
-        if quiet and not stops:
+    def _over_predict_budget(self, row: RowState) -> bool:
+        """llama.cpp's t_max_predict_ms: over budget once a newline has been generated."""
+        budget = row.request.t_max_predict_ms
+        if budget <= 0 or (time.monotonic() - row.t_prompt_done) * 1000 <= budget:
             return False
+        return "\n" in self.tok.decode(row.ids)
+
+    def _release(self, job: Job, i: int, *, final: bool) -> str:
+        """Hand out the row's safe new text; "word" when a stop string ended it, "limit"
+        when the n_indent rule did, "" otherwise. A job that does not stream only checks
+        its stop strings until the row's final release."""
+        row = job.rows[i]
+        stops, n_indent = row.request.stop, row.request.n_indent
+        quiet = not final and not job.stream
+        if quiet and not stops and not n_indent:
+            return ""
         text = self.tok.decode(row.ids)
-        cut = -1
+        cut, why = -1, ""
         if stops:
             lo = max(0, row.sent_chars - max(len(s) for s in stops))
-            hits = [p for p in (text.find(s, lo) for s in stops if s) if p >= 0]
-            cut = min(hits, default=-1)
+            hits = [(p, s) for p, s in ((text.find(s, lo), s) for s in stops if s) if p >= 0]
+            if hits:
+                cut, word = min(hits)
+                why, row.stop_word = "word", word
+        ind = indent_cut(text, n_indent)
+        if ind >= 0 and (cut < 0 or ind < cut):
+            cut, why, row.stop_word = ind, "limit", ""
         if quiet and cut < 0:
-            return False
+            return ""
         if cut >= 0:
             end = cut
         elif final:
@@ -415,11 +443,12 @@ class Scheduler:
             row.sent_chars = max(end, row.sent_chars)
             row.sent_tokens = max(kept, row.sent_tokens)
         row.kept_tokens = row.sent_tokens
-        return cut >= 0
+        return why if cut >= 0 else ""
 
     def _finish(self, job: Job, i: int, reason: str) -> None:
         row = job.rows[i]
         row.finish_reason = reason
+        row.t_done = time.monotonic()
         if row.slot is not None:
             self.slot_rows[row.slot] = None
             self.slot_used[row.slot] = time.monotonic()

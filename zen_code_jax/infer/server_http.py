@@ -76,6 +76,71 @@ def _prompt_logprobs_obj(tok: Any, row: Any, k: int, completion: dict) -> dict:
     return head
 
 
+def dumps(obj: Any) -> str:
+    """Compact JSON (no spaces after separators), llama.cpp's spelling: llama.vim accepts an
+    /infill reply only if it matches `"content"\\s*:"`."""
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def _rate(n: int, ms: float) -> tuple[float, float]:
+    """(ms per token, tokens per second), 0 where undefined."""
+    return (ms / n if n else 0.0), (1000.0 * n / ms if ms > 0 else 0.0)
+
+
+def infill_obj(row: Any, content: str, model: str, max_len: int) -> dict:
+    """llama.cpp's /infill reply for a finished row (the fields llama.vim and llama.vscode
+    read): generated `tokens`, `timings`, `stop_type` ("eos", "word", "limit"),
+    `stopping_word`, `truncated` (prompt + generated reached the context) and
+    `tokens_cached` (prompt tokens reused from a slot's cache)."""
+    prompt_n = len(row.prompt_ids) - row.reused
+    prompt_ms = max(0.0, row.t_prompt_done - row.t_admitted) * 1000 if row.t_prompt_done else 0.0
+    predicted_n = len(row.ids)
+    predicted_ms = max(0.0, row.t_done - row.t_prompt_done) * 1000 if row.t_prompt_done else 0.0
+    p_tok, p_sec = _rate(prompt_n, prompt_ms)
+    g_tok, g_sec = _rate(predicted_n, predicted_ms)
+    return {
+        "content": content,
+        "tokens": row.ids[: row.kept_tokens],
+        "stop": True,
+        "model": model,
+        "tokens_predicted": row.kept_tokens,
+        "tokens_evaluated": len(row.prompt_ids),
+        "tokens_cached": row.reused,
+        "truncated": len(row.prompt_ids) + len(row.ids) >= max_len,
+        "stop_type": row.stop_type or "limit",
+        "stopping_word": row.stop_word,
+        "timings": {
+            "prompt_n": prompt_n,
+            "prompt_ms": prompt_ms,
+            "prompt_per_token_ms": p_tok,
+            "prompt_per_second": p_sec,
+            "predicted_n": predicted_n,
+            "predicted_ms": predicted_ms,
+            "predicted_per_token_ms": g_tok,
+            "predicted_per_second": g_sec,
+        },
+    }
+
+
+def select_fields(obj: dict, fields: list[str] | None) -> dict:
+    """llama.cpp's `response_fields`: only the named paths ("timings/prompt_n"), each under
+    its path as the key (llama.vim reads `timings/prompt_n` at the top level); paths that
+    name nothing are left out. None: the whole object."""
+    if fields is None:
+        return obj
+    out = {}
+    for path in fields:
+        v: Any = obj
+        for part in path.split("/"):
+            if not isinstance(v, dict) or part not in v:
+                break
+            v = v[part]
+        else:
+            if path:
+                out[path] = v
+    return out
+
+
 def make_handler(server: HandlerServer) -> type[BaseHTTPRequestHandler]:
     """The handler class of one server (each handler thread reads `server`)."""
     tok = server.engine.tokenizer
@@ -99,7 +164,7 @@ def make_handler(server: HandlerServer) -> type[BaseHTTPRequestHandler]:
             server.count(self.path.split("?")[0], code)
 
         def _json(self, code: int, obj: dict, headers: dict | None = None) -> None:
-            self._send(code, json.dumps(obj).encode(), "application/json", headers)
+            self._send(code, dumps(obj).encode(), "application/json", headers)
 
         def _error(self, e: APIError) -> None:
             self._json(e.status, e.body(), e.headers)
@@ -289,17 +354,8 @@ def make_handler(server: HandlerServer) -> type[BaseHTTPRequestHandler]:
             rows = job.rows
             if infill:
                 r = rows[0]
-                self._json(
-                    200,
-                    {
-                        "content": texts[0],
-                        "stop": True,
-                        "model": server.model_name,
-                        "tokens_predicted": r.kept_tokens,
-                        "tokens_evaluated": len(r.prompt_ids),
-                        "stop_type": "eos" if r.finish_reason == "stop" else "limit",
-                    },
-                )
+                obj = infill_obj(r, texts[0], server.model_name, server.decoder.max_len)
+                self._json(200, select_fields(obj, parsed.opts.get("response_fields")))
                 return
             o, choices = parsed.opts, []
             for i, r in enumerate(rows):
@@ -347,7 +403,7 @@ def make_handler(server: HandlerServer) -> type[BaseHTTPRequestHandler]:
             offsets = [0] * len(job.rows)
 
             def send(obj: dict | str) -> None:
-                data = obj if isinstance(obj, str) else json.dumps(obj)
+                data = obj if isinstance(obj, str) else dumps(obj)
                 self.wfile.write(f"data: {data}\n\n".encode())
                 self.wfile.flush()
 
@@ -371,11 +427,9 @@ def make_handler(server: HandlerServer) -> type[BaseHTTPRequestHandler]:
                     continue
                 if infill:
                     r = job.rows[0]
-                    msg = {"content": ev.text, "stop": ev.finish_reason is not None}
+                    msg = {"content": ev.text, "stop": False}
                     if ev.finish_reason:
-                        msg.update(
-                            tokens_predicted=r.kept_tokens, tokens_evaluated=len(r.prompt_ids)
-                        )
+                        msg = infill_obj(r, ev.text, server.model_name, server.decoder.max_len)
                     send(msg)
                     continue
                 lp = None
