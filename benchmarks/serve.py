@@ -68,7 +68,7 @@ def one_request(
             if not chunk:
                 break
             buf += chunk
-            n = buf.count(b'"text": "') - buf.count(b'"text": ""')
+            n = buf.count(b'"text":"') - buf.count(b'"text":""')  # compact JSON
             if n and ttft is None:
                 ttft = time.monotonic() - t0
             pieces = n

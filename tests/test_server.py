@@ -430,7 +430,7 @@ def test_cancel_mid_stream_frees_slot_next_step_others_unaffected(server, client
     s.settimeout(10)
     while b"[DONE]" not in buf:
         buf += s.recv(4096)
-    assert b'"finish_reason": "cancelled"' in buf
+    assert b'"finish_reason":"cancelled"' in buf  # compact JSON (as llama.cpp writes it)
     s.close()
 
 
