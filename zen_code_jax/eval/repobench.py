@@ -327,13 +327,21 @@ def grouped_standard_errors(
             if any(field in r for r in rs):
                 out[f"{prefix}{field}"] = mean_se(per_problem_mean(rs, field))
 
-    add("", records)
+    for prefix, rs in _groups(records, group_keys):
+        add(prefix, rs)
+    return out
+
+
+def _groups(
+    records: list[dict[str, Any]], group_keys: Sequence[str]
+) -> list[tuple[str, list[dict[str, Any]]]]:
+    """("", all records), then ("<key values>/", their records) for every breakdown."""
+    out: list[tuple[str, list[dict[str, Any]]]] = [("", records)]
     for keys in _group_key_sets(records, group_keys):
         groups: dict[str, list[dict[str, Any]]] = {}
         for r in records:
             groups.setdefault("/".join(str(r[k]) for k in keys) + "/", []).append(r)
-        for prefix, rs in groups.items():
-            add(prefix, rs)
+        out.extend(groups.items())
     return out
 
 
@@ -358,13 +366,8 @@ def group_means(
             if vals:
                 out[f"{prefix}{field}"] = sum(vals) / len(vals)
 
-    add("", records)
-    for keys in _group_key_sets(records, group_keys):
-        groups: dict[str, list[dict[str, Any]]] = {}
-        for r in records:
-            groups.setdefault("/".join(str(r[k]) for k in keys) + "/", []).append(r)
-        for prefix, rs in groups.items():
-            add(prefix, rs)
+    for prefix, rs in _groups(records, group_keys):
+        add(prefix, rs)
     return out
 
 
