@@ -364,7 +364,11 @@ def test_auth_json_body_limits_and_keepalive_after_404(server, client):
 
 def test_stalled_upload_times_out_without_blocking_others(server, client):
     s = socket.create_connection(("127.0.0.1", server.port))
-    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{")
+    s.sendall(
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + KEY.encode()
+        + b"\r\nContent-Length: 500\r\n\r\n{"
+    )
     t0 = time.monotonic()
     r = client.completions.create(model=server.model_name, prompt="x", max_tokens=2)
     assert r.choices  # served while the upload stalls

@@ -27,7 +27,7 @@ from zen_code_jax.data.tokenizer import Tokenizer
 from zen_code_jax.data.tokenizer_load import load_tokenizer
 from zen_code_jax.infer.engine import InferenceEngine, random_params
 from zen_code_jax.infer.protocol import Limits
-from zen_code_jax.infer.server import CompletionServer
+from zen_code_jax.infer.server import CompletionServer, ConnectionLimits
 from zen_code_jax.model.config import get_preset
 from zen_code_jax.parallel.compilation_cache import enable_compilation_cache
 from zen_code_jax.parallel.mesh import make_mesh
@@ -66,7 +66,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max_rows_per_request", type=int, default=16, help="len(prompt) x n")
     p.add_argument("--max_queue", type=int, default=64, help="waiting rows before 429")
     p.add_argument("--max_body_bytes", type=int, default=4 * 1024 * 1024)
-    p.add_argument("--read_timeout_s", type=float, default=10.0)
+    p.add_argument(
+        "--read_timeout_s",
+        type=float,
+        default=10.0,
+        help="whole-request deadline: headers and body must arrive within it (else 408)",
+    )
+    p.add_argument("--backlog", type=int, default=2048, help="listen backlog (queued connects)")
+    p.add_argument(
+        "--max_connections",
+        type=int,
+        default=512,
+        help="open connections / in-flight requests before 503 (uvicorn limit_concurrency)",
+    )
+    p.add_argument("--keep_alive_s", type=float, default=5.0, help="idle keep-alive timeout")
     p.add_argument("--api_key", default=os.environ.get("ZEN_API_KEY"), help="or ZEN_API_KEY")
     p.add_argument(
         "--continuous_batching",
@@ -169,6 +182,11 @@ def build_server(argv: Sequence[str] | None = None) -> CompletionServer:
         port=args.port,
         limits=limits,
         api_key=args.api_key,
+        connections=ConnectionLimits(
+            backlog=args.backlog,
+            max_connections=args.max_connections,
+            keep_alive_s=args.keep_alive_s,
+        ),
     )
 
 

@@ -145,7 +145,8 @@ class Scheduler:
         self.waiting: collections.deque[tuple[Job, int]] = collections.deque()
         self.cond = threading.Condition()
         self.stats = collections.Counter()
-        self.ttft: list[float] = []
+        # Called with each job's time to first token (seconds; the server's histogram).
+        self.on_first_token: Callable[[float], None] | None = None
         self._stop = False
         self._thread: threading.Thread | None = None
 
@@ -372,7 +373,8 @@ class Scheduler:
         tok = int(out.token[k])
         if job.first_token is None:
             job.first_token = time.monotonic()
-            self.ttft.append(job.first_token - job.submitted)
+            if self.on_first_token is not None:
+                self.on_first_token(job.first_token - job.submitted)
         if tok in self.stop_ids:
             row.stop_type = "eos"
             self._release(job, i, final=True)

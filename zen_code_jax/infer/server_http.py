@@ -1,34 +1,75 @@
-"""The completions server's HTTP request handler: routing, body limits, auth, SSE relay.
+"""The completions server's HTTP application (FastAPI on Starlette): routes, auth, SSE.
 
-`make_handler(server)` builds the `BaseHTTPRequestHandler` class that `CompletionServer`
-(`server.py`) gives to its `ThreadingHTTPServer`. A handler thread reads and validates a
-request, submits it to the server's scheduler and relays the job's events, as server-sent
-events or one JSON body (the protocol is in `server.py`'s docstring).
+`make_app(server)` builds the ASGI app that `CompletionServer` (`server.py`) serves with
+uvicorn (`transport.py`). A request goes through:
 
-Why its own module: the server object owns state (scheduler, jobs, counters, limits); the
-handler owns one request's wire format, and reads that state only through `server`, typed
-by the `HandlerServer` protocol (so this module never imports `server.py`: the import runs
-one way, server -> server_http).
+1. `_Gate` (pure ASGI, before any route): the path without its trailing slash, the API
+   key checked from the headers alone (401 before a byte of the body is read, so an
+   unauthenticated client cannot make the server buffer or parse anything), a declared
+   body over the cap refused (413, connection closed), and every reply counted in
+   `/metrics` under a fixed route label.
+2. The route: the body read with a running size cap (chunked uploads too), parsed and
+   type-checked by `schemas.parse_body` (400, never 422 or 500), turned into rows by
+   `protocol.RequestParser` on a worker thread (tokenizing a long prompt must not stall
+   the event loop), submitted to the scheduler thread.
+3. The relay: the scheduler thread hands each event to the loop
+   (`loop.call_soon_threadsafe`, `LoopQueue`), and the route answers with one JSON body
+   or server-sent events (Starlette's `StreamingResponse`; `data: [DONE]` last). A client
+   that disconnects cancels its job (its slots are free at the next scheduler turn):
+   streaming through Starlette's disconnect listener, whole replies through a watcher on
+   the ASGI `receive` channel.
+
+Why its own module: the server object owns state (scheduler, jobs, metrics, limits); this
+module owns the wire format and reads that state only through `HandlerServer`, so it never
+imports `server.py` (the import runs one way, server -> server_http).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import select
-import socket
+import asyncio
+import queue
 import time
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
+from fastapi import FastAPI, Request
+from fastapi.responses import Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from zen_code_jax.infer.metrics import ServerMetrics
 from zen_code_jax.infer.protocol import APIError, Limits, Parsed, RequestParser
-from zen_code_jax.infer.scheduler import Job, Scheduler
+from zen_code_jax.infer.responses import (
+    dumps,
+    infill_obj,
+    logprobs_obj,
+    prompt_logprobs_obj,
+    select_fields,
+    usage,
+)
+from zen_code_jax.infer.scheduler import Event, Job, Scheduler
+from zen_code_jax.infer.schemas import (
+    CancelBody,
+    Choice,
+    Completion,
+    CompletionBody,
+    Health,
+    InfillBody,
+    ModelCard,
+    ModelList,
+    parse_body,
+)
 from zen_code_jax.infer.slots import SlotDecoder
+from zen_code_jax.infer.transport import EOF_IS_DISCONNECT
+
+OPEN_ROUTES = frozenset({"/health"})  # everything else needs the API key (when one is set)
 
 
 class HandlerServer(Protocol):
-    """What a request handler reads and calls on its server (`server.CompletionServer`)."""
+    """What the app reads and calls on its server (`server.CompletionServer`)."""
 
     engine: Any  # its tokenizer detokenizes logprob records
     model_name: str
@@ -37,421 +78,319 @@ class HandlerServer(Protocol):
     parser: RequestParser
     scheduler: Scheduler
     decoder: SlotDecoder
+    metrics: ServerMetrics
 
     def authorized(self, header: str | None) -> bool: ...
-    def count(self, route: str, status: int) -> None: ...
-    def metrics(self) -> str: ...
-    def submit(
-        self, parsed: Parsed, alive: Callable[[], bool] | None = None
-    ) -> tuple[str, Job]: ...
+    def submit(self, parsed: Parsed, events: queue.Queue | None = None) -> tuple[str, Job]: ...
     def forget(self, cid: str) -> None: ...
     def cancel(self, cid: str) -> bool: ...
 
 
-def _logprobs_obj(tok: Any, recs: list, k: int, offset: int) -> dict:
-    """OpenAI's legacy completions logprobs: tokens, token_logprobs, top_logprobs, offsets."""
-    tokens, lps, tops, offs = [], [], [], []
-    for tid, lp, top_ids, top_lps in recs:
-        s = tok.decode([tid])
-        tokens.append(s)
-        lps.append(lp)
-        tops.append({tok.decode([t]): v for t, v in list(zip(top_ids, top_lps))[:k]})
-        offs.append(offset)
-        offset += len(s)
-    return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offs}
+class JSON(Response):
+    """Compact JSON (llama.cpp's spelling; llama.vim matches `"content"\\s*:"`)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content).encode()
 
 
-def _prompt_logprobs_obj(tok: Any, row: Any, k: int, completion: dict) -> dict:
-    """Echo with logprobs (OpenAI's legacy scoring call, e.g. lm-evaluation-harness with
-    max_tokens=0): the prompt's tokens first, the first one without a log-probability,
-    then the completion's. Offsets follow the decoded prompt tokens (for a FIM or
-    repository prompt: the layout the model saw, not the echoed text)."""
-    first = row.prompt_ids[0]
-    head = _logprobs_obj(tok, [(first, None, [], [])] + row.prompt_records, k, 0)
-    head["top_logprobs"][0] = None
-    shift = sum(len(t) for t in head["tokens"]) - (completion["text_offset"] or [0])[0]
-    for key in ("tokens", "token_logprobs", "top_logprobs"):
-        head[key] += completion[key]
-    head["text_offset"] += [o + shift for o in completion["text_offset"]]
-    return head
+def error_response(e: APIError) -> Response:
+    return JSON(e.body(), e.status, headers=e.headers)
 
 
-def dumps(obj: Any) -> str:
-    """Compact JSON (no spaces after separators), llama.cpp's spelling: llama.vim accepts an
-    /infill reply only if it matches `"content"\\s*:"`."""
-    return json.dumps(obj, separators=(",", ":"))
+class Gone(Response):
+    """The client went away (or its request timed out, answered 408 by the transport):
+    send nothing."""
+
+    def __init__(self) -> None:
+        super().__init__(status_code=499)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        return None
 
 
-def _rate(n: int, ms: float) -> tuple[float, float]:
-    """(ms per token, tokens per second), 0 where undefined."""
-    return (ms / n if n else 0.0), (1000.0 * n / ms if ms > 0 else 0.0)
+class LoopQueue(queue.Queue):
+    """A job's event queue whose `put` (on the scheduler thread) hands each event to the
+    event loop's asyncio queue: the thread never blocks and the loop never polls."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        super().__init__()
+        self.loop, self.aq = loop, asyncio.Queue[Event]()
+
+    def put(self, item: Event, block: bool = True, timeout: float | None = None) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.aq.put_nowait, item)
+        except RuntimeError:  # the loop has closed (server shutting down): nobody listens
+            pass
 
 
-def infill_obj(row: Any, content: str, model: str, max_len: int) -> dict:
-    """llama.cpp's /infill reply for a finished row (the fields llama.vim and llama.vscode
-    read): generated `tokens`, `timings`, `stop_type` ("eos", "word", "limit"),
-    `stopping_word`, `truncated` (prompt + generated reached the context) and
-    `tokens_cached` (prompt tokens reused from a slot's cache)."""
-    prompt_n = len(row.prompt_ids) - row.reused
-    prompt_ms = max(0.0, row.t_prompt_done - row.t_admitted) * 1000 if row.t_prompt_done else 0.0
-    predicted_n = len(row.ids)
-    predicted_ms = max(0.0, row.t_done - row.t_prompt_done) * 1000 if row.t_prompt_done else 0.0
-    p_tok, p_sec = _rate(prompt_n, prompt_ms)
-    g_tok, g_sec = _rate(predicted_n, predicted_ms)
-    return {
-        "content": content,
-        "tokens": row.ids[: row.kept_tokens],
-        "stop": True,
-        "model": model,
-        "tokens_predicted": row.kept_tokens,
-        "tokens_evaluated": len(row.prompt_ids),
-        "tokens_cached": row.reused,
-        "truncated": len(row.prompt_ids) + len(row.ids) >= max_len,
-        "stop_type": row.stop_type or "limit",
-        "stopping_word": row.stop_word,
-        "timings": {
-            "prompt_n": prompt_n,
-            "prompt_ms": prompt_ms,
-            "prompt_per_token_ms": p_tok,
-            "prompt_per_second": p_sec,
-            "predicted_n": predicted_n,
-            "predicted_ms": predicted_ms,
-            "predicted_per_token_ms": g_tok,
-            "predicted_per_second": g_sec,
-        },
-    }
+class _Gate:
+    """Path normalization, auth before the body, declared-size cap, request counting."""
 
+    def __init__(self, app: ASGIApp, server: HandlerServer):
+        self.app, self.server = app, server
 
-def select_fields(obj: dict, fields: list[str] | None) -> dict:
-    """llama.cpp's `response_fields`: only the named paths ("timings/prompt_n"), each under
-    its path as the key (llama.vim reads `timings/prompt_n` at the top level); paths that
-    name nothing are left out. None: the whole object."""
-    if fields is None:
-        return obj
-    out = {}
-    for path in fields:
-        v: Any = obj
-        for part in path.split("/"):
-            if not isinstance(v, dict) or part not in v:
-                break
-            v = v[part]
-        else:
-            if path:
-                out[path] = v
-    return out
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"].rstrip("/") or "/"
+        scope = {**scope, "path": path}
 
+        async def counted(msg: Message) -> None:
+            if msg["type"] == "http.response.start":
+                self.server.metrics.count(path, msg["status"])
+            await send(msg)
 
-def make_handler(server: HandlerServer) -> type[BaseHTTPRequestHandler]:
-    """The handler class of one server (each handler thread reads `server`)."""
-    tok = server.engine.tokenizer
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        timeout = server.limits.read_timeout_s  # socket timeout: stalled uploads end (408)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            if os.environ.get("ZEN_SERVER_LOG"):
-                super().log_message(format, *args)
-
-        def _send(self, code: int, data: bytes, ctype: str, headers: dict | None = None) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(data)))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(data)
-            server.count(self.path.split("?")[0], code)
-
-        def _json(self, code: int, obj: dict, headers: dict | None = None) -> None:
-            self._send(code, dumps(obj).encode(), "application/json", headers)
-
-        def _error(self, e: APIError) -> None:
-            self._json(e.status, e.body(), e.headers)
-
-        def _read_body(self) -> Any:
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                length = -1
-            limit = server.limits.max_body_bytes
-            if length > limit:
-                self.close_connection = True  # the body is not read: the connection is spent
-                raise APIError(
-                    413,
-                    f"The request body has {length} bytes, more than this server's limit of "
-                    f"{limit}; send less context.",
-                    code="request_too_large",
-                )
-            if length < 0:
-                self.close_connection = True
-                raise APIError(400, "Bad Content-Length header; send the body's byte count.")
-            try:
-                raw = self.rfile.read(length)
-            except TimeoutError:
-                self.close_connection = True
-                raise APIError(
-                    408,
-                    f"The request body did not arrive within {server.limits.read_timeout_s:g} s.",
-                    code="request_timeout",
-                ) from None
-            if len(raw) < length:
-                self.close_connection = True
-                raise APIError(400, "The connection closed before the whole body arrived.")
-            if length == 0:
-                return None
-            try:
-                return json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise APIError(
-                    400,
-                    f"The request body is not valid JSON ({e}); send a JSON object such as "
-                    '{"prompt": "def f():", "max_tokens": 16}.',
-                    code="invalid_json",
-                ) from None
-
-        def _auth(self) -> None:
-            if not server.authorized(self.headers.get("Authorization")):
+        headers = Headers(scope=scope)
+        try:
+            if path not in OPEN_ROUTES and not self.server.authorized(headers.get("authorization")):
                 raise APIError(
                     401,
-                    "Invalid or missing API key; send `Authorization: Bearer <key>` with the key "
-                    "the server was started with (--api_key or ZEN_API_KEY).",
+                    "Invalid or missing API key; send `Authorization: Bearer <key>` with the "
+                    "key the server was started with (--api_key or ZEN_API_KEY).",
                     code="invalid_api_key",
                     kind="authentication_error",
                 )
+            declared = headers.get("content-length")
+            if declared is not None:
+                if not declared.isdigit():
+                    raise APIError(400, "Bad Content-Length header; send the body's byte count.")
+                _check_size(int(declared), self.server.limits.max_body_bytes)
+        except APIError as e:
+            await error_response(e)(scope, receive, counted)
+            return
+        await self.app(scope, receive, counted)
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server naming)
-            path = self.path.split("?")[0].rstrip("/")
-            try:
-                if path == "/health":
-                    self._json(
-                        200,
-                        {
-                            "status": "ok",
-                            "model": server.model_name,
-                            "slots": server.decoder.slots,
-                            "busy_slots": server.scheduler.busy_slots,
-                            "context_length": server.decoder.max_len,
-                        },
-                    )
-                    return
-                self._auth()
-                if path == "/metrics":
-                    self._send(200, server.metrics().encode(), "text/plain; version=0.0.4")
-                elif path == "/v1/models":
-                    self._json(
-                        200,
-                        {
-                            "object": "list",
-                            "data": [
-                                {
-                                    "id": server.model_name,
-                                    "object": "model",
-                                    "created": server.created,
-                                    "owned_by": "zen-code-jax",
-                                }
-                            ],
-                        },
-                    )
-                else:
-                    raise APIError(
-                        404,
-                        f"No route GET {path}; use GET /health, /metrics or /v1/models.",
-                        code="not_found",
-                        kind="not_found_error",
-                    )
-            except APIError as e:
-                self._error(e)
 
-        def do_POST(self) -> None:  # noqa: N802
-            path = self.path.split("?")[0].rstrip("/")
-            try:
-                body = self._read_body()  # always read: keep-alive stays in sync
-                self._auth()
-                if path in ("/v1/completions", "/completions"):
-                    self._serve(server.parser.completion(body), infill=False)
-                elif path == "/infill":
-                    self._serve(server.parser.infill(body), infill=True)
-                elif path == "/v1/cancel":
-                    cid = body.get("id") if isinstance(body, dict) else None
-                    self._json(200, {"id": cid, "cancelled": server.cancel(str(cid))})
-                elif path in ("/v1/chat/completions", "/chat/completions"):
-                    raise APIError(
-                        404,
-                        "This server has no chat endpoint: it serves a code-completion model. "
-                        "Use POST /v1/completions (in Continue: a tabAutocompleteModel with "
-                        "useLegacyCompletionsEndpoint; see docs/serving.md).",
-                        code="not_found",
-                        kind="not_found_error",
-                    )
-                else:
-                    raise APIError(
-                        404,
-                        f"No route POST {path}; use POST /v1/completions or /infill.",
-                        code="not_found",
-                        kind="not_found_error",
-                    )
-            except APIError as e:
-                self._error(e)
-            except (BrokenPipeError, ConnectionResetError):
-                self.close_connection = True
-            except Exception as e:  # a bug: say so instead of dropping the connection
-                self._json(
-                    500, APIError(500, f"{type(e).__name__}: {e}", kind="server_error").body()
-                )
+def _check_size(n: int, limit: int) -> None:
+    if n > limit:
+        raise APIError(
+            413,
+            f"The request body has {n} bytes or more, more than this server's limit of "
+            f"{limit}; send less context.",
+            code="request_too_large",
+            headers={"Connection": "close"},  # the rest of the body is not read
+        )
 
-        # ---------------------------------------------------------------- decoding
-        def _alive(self) -> bool:
-            """False once the client closed its side (the scheduler polls it every turn)."""
-            try:
-                r, _, _ = select.select([self.connection], [], [], 0)
-                return not (r and self.connection.recv(1, socket.MSG_PEEK) == b"")
-            except OSError:
-                return False
 
-        def _gone(self) -> bool:
-            return not self._alive()
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body (Content-Length or chunked), refused past `limit` bytes."""
+    chunks, n = [], 0
+    async for chunk in request.stream():
+        n += len(chunk)
+        _check_size(n, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
-        def _events(self, job: Job):
-            while not job.finished:
-                try:
-                    ev = job.events.get(timeout=0.05)
-                except Exception:  # queue.Empty
-                    ev = None
-                if self._gone():
-                    job.cancel()
-                    server.scheduler.wake()
-                    raise BrokenPipeError("client went away")
-                if ev is not None:
-                    yield ev
-            while not job.events.empty():
-                yield job.events.get()
 
-        def _serve(self, parsed: Parsed, *, infill: bool) -> None:
-            cid, job = server.submit(parsed, self._alive)
-            try:
-                if parsed.opts["stream"]:
-                    self._stream(cid, job, parsed, infill)
-                else:
-                    self._whole(cid, job, parsed, infill)
-            finally:
-                if not job.finished:
-                    job.cancel()
-                    server.scheduler.wake()
-                server.forget(cid)
+async def job_events(job: Job, q: LoopQueue) -> AsyncIterator[Event]:
+    """A job's events until each row has finished. Rows cancelled before they reached a
+    slot get no event from the scheduler: they end here as "cancelled"."""
+    left = {i for i in range(len(job.rows))}
+    get: asyncio.Task | None = None
+    try:
+        while left:
+            get = get or asyncio.ensure_future(q.aq.get())
+            done, _ = await asyncio.wait({get}, timeout=0.5)
+            if not done:
+                if job.cancelled.is_set():
+                    for i in sorted(left):
+                        r = job.rows[i]
+                        if r.finish_reason is None and r.t_admitted == 0.0:
+                            left.discard(i)
+                            yield Event(i, "", [], "cancelled")
+                continue
+            ev, get = get.result(), None
+            if ev.finish_reason is not None:
+                left.discard(ev.row)
+            yield ev
+    finally:
+        if get is not None:
+            get.cancel()
 
-        def _usage(self, job: Job) -> dict:
-            p = sum(len(r.prompt_ids) for r in job.rows)
-            c = sum(r.kept_tokens for r in job.rows)
-            return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
-        def _whole(self, cid: str, job: Job, parsed: Parsed, infill: bool) -> None:
-            texts = ["" for _ in job.rows]
-            recs: list[list] = [[] for _ in job.rows]
-            for ev in self._events(job):
+def make_app(server: HandlerServer) -> ASGIApp:
+    """The ASGI application of one server."""
+    tok = server.engine.tokenizer
+    app = FastAPI(title="zen-code-jax completions", docs_url=None, redoc_url=None, openapi_url=None)
+    app.router.redirect_slashes = False
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, e: APIError) -> Response:
+        return error_response(e)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, e: ClientDisconnect) -> Response:
+        return Gone()
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, e: Exception) -> Response:  # a bug: say so, as JSON
+        return error_response(APIError(500, f"{type(e).__name__}: {e}", kind="server_error"))
+
+    @app.get("/health")
+    async def health() -> Response:
+        sch, dec = server.scheduler, server.decoder
+        return JSON(
+            Health(
+                model=server.model_name,
+                slots=dec.slots,
+                busy_slots=sch.busy_slots,
+                context_length=dec.max_len,
+            ).model_dump()
+        )
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(server.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        card = ModelCard(id=server.model_name, created=server.created)
+        return JSON(ModelList(data=[card]).model_dump())
+
+    @app.post("/v1/completions")
+    @app.post("/completions")
+    async def completions(request: Request) -> Response:
+        body = parse_body(CompletionBody, await read_body(request, server.limits.max_body_bytes))
+        parsed = await run_in_threadpool(server.parser.completion, body)
+        return await serve(request, parsed, infill=False)
+
+    @app.post("/infill")
+    async def infill(request: Request) -> Response:
+        body = parse_body(InfillBody, await read_body(request, server.limits.max_body_bytes))
+        parsed = await run_in_threadpool(server.parser.infill, body)
+        return await serve(request, parsed, infill=True)
+
+    @app.post("/v1/cancel")
+    async def cancel(request: Request) -> Response:
+        body = parse_body(CancelBody, await read_body(request, server.limits.max_body_bytes))
+        return JSON({"id": body["id"], "cancelled": server.cancel(body["id"])})
+
+    @app.post("/v1/chat/completions")
+    @app.post("/chat/completions")
+    async def chat() -> Response:
+        raise APIError(
+            404,
+            "This server has no chat endpoint: it serves a code-completion model. Use POST "
+            "/v1/completions (in Continue: a tabAutocompleteModel with "
+            "useLegacyCompletionsEndpoint; see docs/serving.md).",
+            code="not_found",
+            kind="not_found_error",
+        )
+
+    @app.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"])
+    async def no_route(request: Request) -> Response:
+        raise APIError(
+            404,
+            f"No route {request.method} {request.url.path}; use POST /v1/completions or "
+            "/infill, GET /health, /metrics or /v1/models.",
+            code="not_found",
+            kind="not_found_error",
+        )
+
+    async def serve(request: Request, parsed: Parsed, *, infill: bool) -> Response:
+        q = LoopQueue(asyncio.get_running_loop())
+        cid, job = server.submit(parsed, q)
+        if parsed.opts["stream"]:
+            setattr(request.state, EOF_IS_DISCONNECT, True)
+            return StreamingResponse(
+                _released(cid, job, sse(cid, job, q, parsed, infill)),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
+            )
+        watcher = asyncio.ensure_future(_watch_disconnect(request, job))
+        try:
+            texts, recs = ["" for _ in job.rows], [[] for _ in job.rows]
+            async for ev in job_events(job, q):
                 texts[ev.row] += ev.text
                 recs[ev.row] += ev.logprobs
-            rows = job.rows
-            if infill:
-                r = rows[0]
-                obj = infill_obj(r, texts[0], server.model_name, server.decoder.max_len)
-                self._json(200, select_fields(obj, parsed.opts.get("response_fields")))
-                return
-            o, choices = parsed.opts, []
-            for i, r in enumerate(rows):
-                head = parsed.echo_texts[i // o["n"]] if o["echo"] else ""
-                lp = None
-                if o["logprobs"] is not None:
-                    lp = _logprobs_obj(tok, recs[i][: r.kept_tokens], o["logprobs"], len(head))
-                    if o["echo"]:
-                        lp = _prompt_logprobs_obj(tok, r, o["logprobs"], lp)
-                choices.append(
-                    {
-                        "text": head + texts[i],
-                        "index": i,
-                        "logprobs": lp,
-                        "finish_reason": r.finish_reason,
-                    }
-                )
-            self._json(
-                200,
-                {
-                    "id": cid,
-                    "object": "text_completion",
-                    "created": int(time.time()),
-                    "model": server.model_name,
-                    "choices": choices,
-                    "usage": self._usage(job),
-                },
+        finally:
+            watcher.cancel()
+            _release(cid, job)
+        return JSON(whole(cid, job, parsed, infill, texts, recs))
+
+    async def _watch_disconnect(request: Request, job: Job) -> None:
+        """The body has been read: the next ASGI message is the client's disconnect."""
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        job.cancel()
+        server.scheduler.wake()
+
+    def _release(cid: str, job: Job) -> None:
+        if not job.finished:
+            job.cancel()
+            server.scheduler.wake()
+        server.forget(cid)
+
+    async def _released(cid: str, job: Job, it: AsyncIterator[str]) -> AsyncIterator[str]:
+        """`it`, and the job cancelled however it ends (a disconnect cancels the stream)."""
+        try:
+            async for s in it:
+                yield s
+        finally:
+            _release(cid, job)
+
+    def whole(cid: str, job: Job, parsed: Parsed, infill: bool, texts: list, recs: list) -> dict:
+        rows, o = job.rows, parsed.opts
+        if infill:
+            obj = infill_obj(rows[0], texts[0], server.model_name, server.decoder.max_len)
+            return select_fields(obj.model_dump(), o.get("response_fields"))
+        choices = []
+        for i, r in enumerate(rows):
+            head = parsed.echo_texts[i // o["n"]] if o["echo"] else ""
+            lp = None
+            if o["logprobs"] is not None:
+                lp = logprobs_obj(tok, recs[i][: r.kept_tokens], o["logprobs"], len(head))
+                if o["echo"]:
+                    lp = prompt_logprobs_obj(tok, r, o["logprobs"], lp)
+            choices.append(
+                Choice(text=head + texts[i], index=i, logprobs=lp, finish_reason=r.finish_reason)
             )
+        out = Completion(
+            id=cid,
+            created=int(time.time()),
+            model=server.model_name,
+            choices=choices,
+            usage=usage(rows),
+        )
+        return out.model_dump()
 
-        def _stream(self, cid: str, job: Job, parsed: Parsed, infill: bool) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Cache-Control", "no-cache")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.close_connection = True
-            server.count(self.path.split("?")[0], 200)
-            o = parsed.opts
-            base = {
-                "id": cid,
-                "object": "text_completion",
-                "created": int(time.time()),
-                "model": server.model_name,
-            }
-            offsets = [0] * len(job.rows)
+    async def sse(
+        cid: str, job: Job, q: LoopQueue, parsed: Parsed, infill: bool
+    ) -> AsyncIterator[str]:
+        o, created = parsed.opts, int(time.time())
+        offsets = [0] * len(job.rows)
 
-            def send(obj: dict | str) -> None:
-                data = obj if isinstance(obj, str) else dumps(obj)
-                self.wfile.write(f"data: {data}\n\n".encode())
-                self.wfile.flush()
+        def chunk(choices: list[Choice], **kw: Any) -> str:
+            c = Completion(id=cid, created=created, model=server.model_name, choices=choices, **kw)
+            return f"data: {c.model_dump_json()}\n\n"
 
-            if o.get("echo"):
-                for i in range(len(job.rows)):
-                    send(
-                        {
-                            **base,
-                            "choices": [
-                                {
-                                    "text": parsed.echo_texts[i // o["n"]],
-                                    "index": i,
-                                    "logprobs": None,
-                                    "finish_reason": None,
-                                }
-                            ],
-                        }
-                    )
-            for ev in self._events(job):
-                if not ev.text and ev.finish_reason is None and not ev.logprobs:
-                    continue
-                if infill:
+        if o.get("echo"):
+            for i in range(len(job.rows)):
+                yield chunk([Choice(text=parsed.echo_texts[i // o["n"]], index=i)])
+        async for ev in job_events(job, q):
+            if not ev.text and ev.finish_reason is None and not ev.logprobs:
+                continue
+            if infill:
+                msg: Any = {"content": ev.text, "stop": False}
+                if ev.finish_reason:
                     r = job.rows[0]
-                    msg = {"content": ev.text, "stop": False}
-                    if ev.finish_reason:
-                        msg = infill_obj(r, ev.text, server.model_name, server.decoder.max_len)
-                    send(msg)
-                    continue
-                lp = None
-                if o["logprobs"] is not None and ev.logprobs:
-                    lp = _logprobs_obj(tok, ev.logprobs, o["logprobs"], offsets[ev.row])
-                offsets[ev.row] += len(ev.text)
-                send(
-                    {
-                        **base,
-                        "choices": [
-                            {
-                                "text": ev.text,
-                                "index": ev.row,
-                                "logprobs": lp,
-                                "finish_reason": ev.finish_reason,
-                            }
-                        ],
-                    }
-                )
-            if not infill and o.get("include_usage"):
-                send({**base, "choices": [], "usage": self._usage(job)})
-            if not infill:
-                send("[DONE]")
+                    msg = infill_obj(r, ev.text, server.model_name, server.decoder.max_len)
+                    msg = msg.model_dump()
+                yield f"data: {dumps(msg)}\n\n"
+                continue
+            lp = None
+            if o["logprobs"] is not None and ev.logprobs:
+                lp = logprobs_obj(tok, ev.logprobs, o["logprobs"], offsets[ev.row])
+            offsets[ev.row] += len(ev.text)
+            yield chunk(
+                [Choice(text=ev.text, index=ev.row, logprobs=lp, finish_reason=ev.finish_reason)]
+            )
+        if not infill and o.get("include_usage"):
+            yield chunk([], usage=usage(job.rows))
+        if not infill:
+            yield "data: [DONE]\n\n"
 
-    return Handler
+    return _Gate(app, server)
