@@ -44,6 +44,10 @@ from zen_code_jax.infer.responses import dumps
 EOF_IS_DISCONNECT = "eof_is_disconnect"
 
 
+# When a half-closed connection is probed (see `_probe`): covers round trips up to ~1.5 s.
+PROBE_DELAYS_S = (0.05, 0.1, 0.2, 0.4, 0.8)
+
+
 def timeout_response(deadline_s: float) -> bytes:
     """The raw 408 sent when a request's headers and body did not arrive in time."""
     body = dumps(
@@ -92,8 +96,25 @@ def deadline_protocol(deadline_s: float, on_timeout: Callable[[], None]) -> type
                 return None  # a stream: the client closed, cancel it now
             if cycle is not None and not cycle.response_complete and complete:
                 self._half_closed = True
+                self._probe(PROBE_DELAYS_S)
                 return True  # keep our writing side open: the response is still coming
             return None  # asyncio closes the transport: uvicorn's disconnect
+
+        def _probe(self, delays: tuple[float, ...]) -> None:
+            """Tell a half-close from a close: write an interim `100 Continue` (which any
+            HTTP/1.1 client skips) now and after each delay. A closed peer answers the
+            first write with a reset, so a later one fails and uvicorn sees the
+            disconnect (the job is cancelled); a half-closed peer reads them and waits."""
+            cycle = self.cycle
+            if cycle is None or cycle.response_started or self.transport.is_closing():
+                return
+            try:
+                interim = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+                self.transport.write(self.conn.send(interim))
+            except h11.LocalProtocolError:
+                return
+            if delays:
+                self.loop.call_later(delays[0], self._probe, delays[1:])
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
