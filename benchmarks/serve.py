@@ -16,6 +16,13 @@ p50/p95 latency of the awaited completions, tokens/s delivered, the share of dec
 tokens (decoded and prefilled) thrown away by cancellations, and compilations after start-up (must be 0).
 
     python benchmarks/serve.py [--preset cpu_small] [--users 1,8] [--duration_s 20]
+
+Connection burst (`--scenario burst`): 100 simultaneous connects each sending a request
+the moment it connects; reports connect times (a full listen backlog shows as ~1 s SYN
+retries) and connect-to-response times (goal: all within 100 ms), against a tiny server
+of ours or any running server (`--url http://127.0.0.1:8000`, e.g. the old one):
+
+    python benchmarks/serve.py --scenario burst [--url URL] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import glob
 import json
 import random
 import select
+import selectors
 import socket
 import sys
 import sysconfig
@@ -104,6 +112,58 @@ def user(port, text, stop_at, rng, args, out):
         time.sleep(rng.uniform(0.05, 0.2))  # the user reads, then types on
 
 
+def connection_burst(host: str, port: int, n: int = 100, path: str = "/health") -> dict:
+    """`n` simultaneous connects (non-blocking, one thread, so the client adds no thread
+    scheduling), each sending `GET path` the moment it connects. Per connection: connect
+    time (a full listen backlog shows as ~1 s SYN retries) and accept-to-response time
+    (connect done -> whole response read). Goal: every response within 100 ms."""
+    sel = selectors.DefaultSelector()
+    req = f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    t0 = time.monotonic()
+    state = {}
+    for i in range(n):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setblocking(False)
+        s.connect_ex((host, port))
+        state[s] = {"i": i, "connected": None, "done": None, "buf": b""}
+        sel.register(s, selectors.EVENT_WRITE)
+    left, deadline = n, t0 + 30
+    while left and time.monotonic() < deadline:
+        for key, _ in sel.select(timeout=1):
+            s, st = key.fileobj, state[key.fileobj]
+            now = time.monotonic()
+            if st["connected"] is None:
+                if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                    st["done"], left = float("nan"), left - 1
+                    sel.unregister(s)
+                    continue
+                st["connected"] = now
+                s.sendall(req)
+                sel.modify(s, selectors.EVENT_READ)
+                continue
+            chunk = s.recv(65536)
+            st["buf"] += chunk
+            if not chunk:
+                st["done"], left = now, left - 1
+                sel.unregister(s)
+    for s in state:
+        s.close()
+    rows = list(state.values())
+    ok = [r for r in rows if r["buf"].startswith(b"HTTP/1.1 200")]
+    connect = [r["connected"] - t0 for r in rows if r["connected"] is not None]
+    serve = [r["done"] - r["connected"] for r in ok if r["done"] is not None]
+    return {
+        "connections": n,
+        "answered_200": len(ok),
+        "connect_p50_ms": 1000 * pct(connect, 0.5),
+        "connect_max_ms": 1000 * max(connect, default=float("nan")),
+        "serve_p50_ms": 1000 * pct(serve, 0.5),
+        "serve_p95_ms": 1000 * pct(serve, 0.95),
+        "serve_max_ms": 1000 * max(serve, default=float("nan")),
+        "within_100ms": sum(x <= 0.1 for x in serve),
+    }
+
+
 def run(server, users: int, args, files: list[str]) -> dict:
     st = server.scheduler.stats
     before = dict(st)
@@ -154,7 +214,18 @@ def main() -> None:
     ap.add_argument("--prefill_chunk", type=int, default=128)
     ap.add_argument("--servers", default="ours,baseline")
     ap.add_argument("--prefill_interval", type=int, default=1)
+    ap.add_argument(
+        "--scenario",
+        default="users",
+        choices=("users", "burst"),
+        help="burst: 100 simultaneous connects (against --url, or a tiny server of ours)",
+    )
+    ap.add_argument("--url", default=None, help="burst: a running server (e.g. an old one)")
+    ap.add_argument("--repeats", type=int, default=5, help="burst: rounds")
     args = ap.parse_args()
+    if args.scenario == "burst":
+        burst_main(args)
+        return
     files = [
         open(f).read() for f in sorted(glob.glob(sysconfig.get_paths()["stdlib"] + "/json/*.py"))
     ]
@@ -203,6 +274,32 @@ def main() -> None:
         if len(lat) >= 2:
             lo, hi = min(lat), max(lat)
             print(f"{name}: p95 latency {hi} users / {lo} user = {lat[hi] / lat[lo]:.2f}x")
+
+
+def burst_main(args) -> None:
+    """The connection-burst scenario: `--repeats` rounds of 100 simultaneous connects."""
+    server = None
+    if args.url:
+        host, port = args.url.removeprefix("http://").rsplit(":", 1)
+    else:
+        server = build_server(["--random_preset=tiny", "--port=0", "--max_context=256"]).start()
+        host, port = "127.0.0.1", str(server.port)
+    print(
+        "| round | answered 200 | connect p50 / max (ms) | served p50 / p95 / max (ms) "
+        "| within 100 ms |"
+    )
+    print("|---|---|---|---|---|")
+    for k in range(args.repeats):
+        r = connection_burst(host, int(port))
+        print(
+            f"| {k} | {r['answered_200']}/{r['connections']} | {r['connect_p50_ms']:.1f} / "
+            f"{r['connect_max_ms']:.1f} | {r['serve_p50_ms']:.1f} / {r['serve_p95_ms']:.1f} / "
+            f"{r['serve_max_ms']:.1f} | {r['within_100ms']} |",
+            flush=True,
+        )
+        time.sleep(0.5)
+    if server is not None:
+        server.shutdown()
 
 
 if __name__ == "__main__":

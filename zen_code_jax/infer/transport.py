@@ -15,8 +15,10 @@ protocol class (`DeadlineH11Protocol`):
   (`shutdown(SHUT_WR)`, e.g. `nc -N`) still gets its response. uvicorn treats end-of-file
   as a disconnect; here an EOF after a complete request keeps the connection open for
   writing and closes it after the response. TCP cannot tell a half-close from a close
-  until a write fails, so a route that streams marks its request (`EOF_IS_DISCONNECT`):
-  there an EOF is the editor's cancel, and frees the slots at the next scheduler turn.
+  until a write fails: a route that streams marks its request (`EOF_IS_DISCONNECT`), and
+  there an EOF is the editor's cancel (slots free at the next scheduler turn); for a
+  whole-body reply the connection is probed with interim `100 Continue` responses, so a
+  closed client is still found (and its job cancelled) within a round trip or two.
 
 `serve_in_thread` runs the server on its own thread and event loop, on a socket bound and
 listening before it returns (port 0 picks a free port, known at once).
