@@ -106,6 +106,16 @@ def get(path: str, extra: bytes = AUTH) -> bytes:
 COMPLETION = json.dumps({"prompt": "def f(x):", "max_tokens": 3, "temperature": 0}).encode()
 
 
+def wait_until(cond, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def open_connections(srv: CompletionServer) -> set:
+    return srv._http.server.server_state.connections  # uvicorn's live connection set
+
+
 def error(body: bytes) -> dict:
     return json.loads(body)["error"]
 
@@ -316,13 +326,13 @@ def test_connection_cap_answers_503(server):
     srv.start()
     try:
         held = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(3)]
-        time.sleep(0.2)
+        wait_until(lambda: len(open_connections(srv)) == 3)
         s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
         s.sendall(get("/health", extra=b""))
         assert s.recv(4096).startswith(b"HTTP/1.1 503")
         for h in held + [s]:
             h.close()
-        time.sleep(0.2)
+        wait_until(lambda: not open_connections(srv))
         status, _, _ = Conn(srv.port).send(get("/health", extra=b"")).response()
         assert status == 200  # the cap counts open connections only
     finally:
@@ -341,7 +351,5 @@ def test_stream_disconnects_leak_no_slot(server):
             assert got
             buf += got
         s.close()
-    deadline = time.monotonic() + 10
-    while (sch.busy_slots or sch.queue_depth) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: not (sch.busy_slots or sch.queue_depth or server.jobs))
     assert sch.busy_slots == 0 and sch.queue_depth == 0 and not server.jobs
