@@ -27,6 +27,7 @@ listening before it returns (port 0 picks a free port, known at once).
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -170,7 +171,14 @@ class ThreadedServer:
 
     def __init__(self, app: Any, sock: socket.socket, config: dict[str, Any]):
         self.sock = sock
-        self.config = uvicorn.Config(app, lifespan="off", log_level="warning", **config)
+        log = bool(os.environ.get("ZEN_SERVER_LOG"))  # an access log line per request
+        self.config = uvicorn.Config(
+            app,
+            lifespan="off",
+            log_level="info" if log else "warning",
+            access_log=log,
+            **config,
+        )
         self.server = uvicorn.Server(self.config)
         self._thread: threading.Thread | None = None
 
