@@ -326,7 +326,7 @@ class Scheduler:
         start = row.prefilled
         tokens = row.prompt_ids[start : start + self.dec.chunk]
         r = row.request
-        sampling = (r.temperature, r.top_p, _seed(r.seed), r.sample_index, 0)
+        sampling = (r.temperature, r.top_p, _seed(r.seed), r.sample_index, 0, r.top_k, r.chain)
         final = start + len(tokens) == len(row.prompt_ids)
         targets = None
         if r.prompt_logprobs:  # the prompt token each position predicts (none after the last)
@@ -352,6 +352,7 @@ class Scheduler:
             cols["temp"][s], cols["top_p"][s] = r.temperature, r.top_p
             cols["seeds"][s], cols["index"][s] = _seed(r.seed), r.sample_index
             cols["steps"][s], cols["active"][s] = len(row.ids), True
+            cols["top_k"][s], cols["chain"][s] = r.top_k, r.chain
             live.append(s)
         if not live:
             return live, None
