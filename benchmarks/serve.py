@@ -16,6 +16,14 @@ p50/p95 latency of the awaited completions, tokens/s delivered, the share of dec
 tokens (decoded and prefilled) thrown away by cancellations, and compilations after start-up (must be 0).
 
     python benchmarks/serve.py [--preset cpu_small] [--users 1,8] [--duration_s 20]
+
+`--scenario hog` (fairness across requests): one single-line user (sequential 20-token
+greedy completions, none cancelled) alone, then while a hog request (n=16, --hog_tokens
+each) runs; p50/p95 latency of both phases, their ratio (goal <= 2x) and the hog's
+completion time, for the server with fairness (--max_slot_share 0.5, short budgets
+first) and without it (--max_slot_share 1, first come first served):
+
+    python benchmarks/serve.py --scenario hog [--hog_tokens 256] [--hog_n 16]
 """
 
 from __future__ import annotations
@@ -142,6 +150,97 @@ def run(server, users: int, args, files: list[str]) -> dict:
     }
 
 
+def _hog_phases(name: str, flags: list[str], args, body: dict, hog_body: dict) -> dict:
+    """One server: the user alone, then beside the hog (until it ends or enough samples)."""
+    server = build_server(
+        [
+            f"--random_preset={args.preset}",
+            "--port=0",
+            f"--max_batch_size={args.slots}",
+            "--max_context=1024",
+            f"--prefill_chunk={args.prefill_chunk}",
+            "--max_queue=256",
+            *flags,
+        ]
+    ).start()
+    done, hog_time = threading.Event(), {}
+
+    def user(n: int, until: threading.Event | None = None) -> list[float]:
+        lat: list[float] = []
+        while len(lat) < n and not (until is not None and until.is_set()):
+            lat.append(one_request(server.port, body, None)[1] or float("nan"))
+            time.sleep(0.05)
+        return lat
+
+    def run_hog() -> None:
+        t0 = time.monotonic()
+        one_request(server.port, hog_body, None)
+        hog_time["s"] = time.monotonic() - t0
+        done.set()
+
+    user(2)  # warm the path; not measured
+    alone = user(args.hog_samples)
+    t = threading.Thread(target=run_hog)
+    t.start()
+    time.sleep(0.5)  # the hog's rows are in their slots
+    beside = user(args.hog_samples, until=done)
+    t.join()
+    r = {
+        "server": name,
+        "alone_p50": pct(alone, 0.5),
+        "alone_p95": pct(alone, 0.95),
+        "hog_p50": pct(beside, 0.5),
+        "hog_p95": pct(beside, 0.95),
+        "beside": len(beside),
+        "hog_s": hog_time["s"],
+        "compiles": server.compiles_since_start,
+    }
+    r["ratio"] = r["hog_p95"] / r["alone_p95"]
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}))
+    server.shutdown()
+    return r
+
+
+def hog_scenario(args, files: list[str]) -> None:
+    """The single-line user's latency alone and beside an n x hog_tokens request, with and
+    without fairness (scheduler.Admission), on one server each; prints a table."""
+    text = files[0]
+    cursor = len(text) // 3
+    body = {
+        "prompt": text[max(0, cursor - args.prompt_chars) : cursor],
+        "suffix": text[cursor : cursor + 200],
+        "max_tokens": args.max_tokens,
+        "temperature": 0,
+        "stream": True,
+    }
+    hog_body = {
+        "prompt": "def main():\n",
+        "n": args.hog_n,
+        "max_tokens": args.hog_tokens,
+        "temperature": 1.0,
+        "seed": 1,
+        "stream": True,
+    }
+    rows = [
+        _hog_phases(name, flags, args, body, hog_body)
+        for name, flags in (
+            ("fair", ["--max_slot_share=0.5", "--short_first=true"]),
+            ("fifo", ["--max_slot_share=1", "--short_first=false"]),
+        )
+    ]
+    print(
+        f"\n| server | user p50 / p95 alone (s) | beside n={args.hog_n} x {args.hog_tokens} hog "
+        "(s) | p95 ratio | completions beside | hog done in (s) | compiles |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['server']} | {r['alone_p50']:.3f} / {r['alone_p95']:.3f} | "
+            f"{r['hog_p50']:.3f} / {r['hog_p95']:.3f} | {r['ratio']:.2f}x | {r['beside']} | "
+            f"{r['hog_s']:.1f} | {r['compiles']} |"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--preset", default="cpu_small")
@@ -154,11 +253,18 @@ def main() -> None:
     ap.add_argument("--prefill_chunk", type=int, default=128)
     ap.add_argument("--servers", default="ours,baseline")
     ap.add_argument("--prefill_interval", type=int, default=1)
+    ap.add_argument("--scenario", default="users", choices=("users", "hog"))
+    ap.add_argument("--hog_n", type=int, default=16, help="hog scenario: the hog's n")
+    ap.add_argument("--hog_tokens", type=int, default=256, help="hog: max_tokens per row")
+    ap.add_argument("--hog_samples", type=int, default=15, help="hog: user requests/phase")
     args = ap.parse_args()
     files = [
         open(f).read() for f in sorted(glob.glob(sysconfig.get_paths()["stdlib"] + "/json/*.py"))
     ]
     files = [f for f in files if len(f) > 4 * args.prompt_chars] or files
+    if args.scenario == "hog":
+        hog_scenario(args, files)
+        return
     rows = []
     for name, flag in (("ours", "true"), ("baseline", "false")):
         if name not in args.servers.split(","):
