@@ -150,6 +150,33 @@ def run(server, users: int, args, files: list[str]) -> dict:
     }
 
 
+def _completion(port: int, body: dict) -> tuple[float, float, int]:
+    """(ttft, latency, completion tokens) of a streamed request read to its end; the token
+    count from the usage chunk (random weights may stop a row early at a special id)."""
+    data = json.dumps({**body, "stream": True, "stream_options": {"include_usage": True}})
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(data)).encode() + b"\r\n\r\n" + data.encode()
+        )
+        buf, ttft = b"", float("nan")
+        while b"data: [DONE]" not in buf:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+            if ttft != ttft and b'"usage"' not in buf and b"data: {" in buf:
+                ttft = time.monotonic() - t0
+    latency = time.monotonic() - t0
+    tokens = 0
+    for line in buf.split(b"\n"):
+        if line.startswith(b"data: {") and b'"usage"' in line:
+            usage = json.loads(line[6:]).get("usage") or {}
+            tokens = max(tokens, int(usage.get("completion_tokens", 0)))
+    return ttft, latency, tokens
+
+
 def _hog_phases(name: str, flags: list[str], args, body: dict, hog_body: dict) -> dict:
     """One server: the user alone, then beside the hog (until it ends or enough samples)."""
     server = build_server(
@@ -163,28 +190,38 @@ def _hog_phases(name: str, flags: list[str], args, body: dict, hog_body: dict) -
             *flags,
         ]
     ).start()
+    # Random weights end rows early at special ids (a 20-token request made 2 tokens, the
+    # hog 70% of its budget): without stop ids every row runs to its budget, so the
+    # workload has the shape the scenario names.
+    server.scheduler.stop_ids = frozenset()
     done, hog_time = threading.Event(), {}
+
+    ttft: list[float] = []
+    user_tokens: list[int] = []
 
     def user(n: int, until: threading.Event | None = None) -> list[float]:
         lat: list[float] = []
         while len(lat) < n and not (until is not None and until.is_set()):
-            lat.append(one_request(server.port, body, None)[1] or float("nan"))
+            first, total, k = _completion(server.port, body)
+            ttft.append(first)
+            lat.append(total)
+            user_tokens.append(k)
             time.sleep(0.05)
         return lat
 
     def run_hog() -> None:
-        t0 = time.monotonic()
-        one_request(server.port, hog_body, None)
-        hog_time["s"] = time.monotonic() - t0
+        _, hog_time["s"], hog_time["tokens"] = _completion(server.port, hog_body)
         done.set()
 
     user(2)  # warm the path; not measured
     alone = user(args.hog_samples)
     t = threading.Thread(target=run_hog)
     t.start()
-    time.sleep(0.5)  # the hog's rows are in their slots
+    time.sleep(0.2)  # the hog's rows are in their slots
     beside = user(args.hog_samples, until=done)
+    beside_ttft = ttft[-len(beside) :]
     t.join()
+    after = user(args.hog_samples)  # alone again: how much the machine's load drifted
     r = {
         "server": name,
         "alone_p50": pct(alone, 0.5),
@@ -192,7 +229,11 @@ def _hog_phases(name: str, flags: list[str], args, body: dict, hog_body: dict) -
         "hog_p50": pct(beside, 0.5),
         "hog_p95": pct(beside, 0.95),
         "beside": len(beside),
+        "hog_ttft_p95": pct(beside_ttft, 0.95),
+        "after_p95": pct(after, 0.95),
         "hog_s": hog_time["s"],
+        "hog_tokens": hog_time["tokens"],
+        "user_tokens": sum(user_tokens) / len(user_tokens),
         "compiles": server.compiles_since_start,
     }
     r["ratio"] = r["hog_p95"] / r["alone_p95"]
@@ -230,14 +271,16 @@ def hog_scenario(args, files: list[str]) -> None:
     ]
     print(
         f"\n| server | user p50 / p95 alone (s) | beside n={args.hog_n} x {args.hog_tokens} hog "
-        "(s) | p95 ratio | completions beside | hog done in (s) | compiles |"
+        "(s) | p95 ratio | TTFT p95 beside (s) | alone again p95 (s) | completions beside "
+        "| hog done in (s) | hog tokens | user tokens | compiles |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['server']} | {r['alone_p50']:.3f} / {r['alone_p95']:.3f} | "
-            f"{r['hog_p50']:.3f} / {r['hog_p95']:.3f} | {r['ratio']:.2f}x | {r['beside']} | "
-            f"{r['hog_s']:.1f} | {r['compiles']} |"
+            f"{r['hog_p50']:.3f} / {r['hog_p95']:.3f} | {r['ratio']:.2f}x | "
+            f"{r['hog_ttft_p95']:.3f} | {r['after_p95']:.3f} | {r['beside']} | "
+            f"{r['hog_s']:.1f} | {r['hog_tokens']} | {r['user_tokens']:.1f} | {r['compiles']} |"
         )
 
 
