@@ -23,6 +23,14 @@ retries) and connect-to-response times (goal: all within 100 ms), against a tiny
 of ours or any running server (`--url http://127.0.0.1:8000`, e.g. the old one):
 
     python benchmarks/serve.py --scenario burst [--url URL] [--repeats 5]
+
+`--scenario hog` (fairness across requests): one single-line user (sequential 20-token
+greedy completions, none cancelled) alone, then while a hog request (n=16, --hog_tokens
+each) runs; p50/p95 latency of both phases, their ratio (goal <= 2x) and the hog's
+completion time, for the server with fairness (--max_slot_share 0.5, short budgets
+first) and without it (--max_slot_share 1, first come first served):
+
+    python benchmarks/serve.py --scenario hog [--hog_tokens 256] [--hog_n 16]
 """
 
 from __future__ import annotations
@@ -202,6 +210,140 @@ def run(server, users: int, args, files: list[str]) -> dict:
     }
 
 
+def _completion(port: int, body: dict) -> tuple[float, float, int]:
+    """(ttft, latency, completion tokens) of a streamed request read to its end; the token
+    count from the usage chunk (random weights may stop a row early at a special id)."""
+    data = json.dumps({**body, "stream": True, "stream_options": {"include_usage": True}})
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(data)).encode() + b"\r\n\r\n" + data.encode()
+        )
+        buf, ttft = b"", float("nan")
+        while b"data: [DONE]" not in buf:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+            if ttft != ttft and b'"usage"' not in buf and b"data: {" in buf:
+                ttft = time.monotonic() - t0
+    latency = time.monotonic() - t0
+    tokens = 0
+    for line in buf.split(b"\n"):
+        if line.startswith(b"data: {") and b'"usage"' in line:
+            usage = json.loads(line[6:]).get("usage") or {}
+            tokens = max(tokens, int(usage.get("completion_tokens", 0)))
+    return ttft, latency, tokens
+
+
+def _hog_phases(name: str, flags: list[str], args, body: dict, hog_body: dict) -> dict:
+    """One server: the user alone, then beside the hog (until it ends or enough samples)."""
+    server = build_server(
+        [
+            f"--random_preset={args.preset}",
+            "--port=0",
+            f"--max_batch_size={args.slots}",
+            "--max_context=1024",
+            f"--prefill_chunk={args.prefill_chunk}",
+            "--max_queue=256",
+            *flags,
+        ]
+    ).start()
+    # Random weights end rows early at special ids (a 20-token request made 2 tokens, the
+    # hog 70% of its budget): without stop ids every row runs to its budget, so the
+    # workload has the shape the scenario names.
+    server.scheduler.stop_ids = frozenset()
+    done, hog_time = threading.Event(), {}
+
+    ttft: list[float] = []
+    user_tokens: list[int] = []
+
+    def user(n: int, until: threading.Event | None = None) -> list[float]:
+        lat: list[float] = []
+        while len(lat) < n and not (until is not None and until.is_set()):
+            first, total, k = _completion(server.port, body)
+            ttft.append(first)
+            lat.append(total)
+            user_tokens.append(k)
+            time.sleep(0.05)
+        return lat
+
+    def run_hog() -> None:
+        _, hog_time["s"], hog_time["tokens"] = _completion(server.port, hog_body)
+        done.set()
+
+    user(2)  # warm the path; not measured
+    alone = user(args.hog_samples)
+    t = threading.Thread(target=run_hog)
+    t.start()
+    time.sleep(0.2)  # the hog's rows are in their slots
+    beside = user(args.hog_samples, until=done)
+    beside_ttft = ttft[-len(beside) :]
+    t.join()
+    after = user(args.hog_samples)  # alone again: how much the machine's load drifted
+    r = {
+        "server": name,
+        "alone_p50": pct(alone, 0.5),
+        "alone_p95": pct(alone, 0.95),
+        "hog_p50": pct(beside, 0.5),
+        "hog_p95": pct(beside, 0.95),
+        "beside": len(beside),
+        "hog_ttft_p95": pct(beside_ttft, 0.95),
+        "after_p95": pct(after, 0.95),
+        "hog_s": hog_time["s"],
+        "hog_tokens": hog_time["tokens"],
+        "user_tokens": sum(user_tokens) / len(user_tokens),
+        "compiles": server.compiles_since_start,
+    }
+    r["ratio"] = r["hog_p95"] / r["alone_p95"]
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}))
+    server.shutdown()
+    return r
+
+
+def hog_scenario(args, files: list[str]) -> None:
+    """The single-line user's latency alone and beside an n x hog_tokens request, with and
+    without fairness (scheduler.Admission), on one server each; prints a table."""
+    text = files[0]
+    cursor = len(text) // 3
+    body = {
+        "prompt": text[max(0, cursor - args.prompt_chars) : cursor],
+        "suffix": text[cursor : cursor + 200],
+        "max_tokens": args.max_tokens,
+        "temperature": 0,
+        "stream": True,
+    }
+    hog_body = {
+        "prompt": "def main():\n",
+        "n": args.hog_n,
+        "max_tokens": args.hog_tokens,
+        "temperature": 1.0,
+        "seed": 1,
+        "stream": True,
+    }
+    rows = [
+        _hog_phases(name, flags, args, body, hog_body)
+        for name, flags in (
+            ("fair", ["--max_slot_share=0.5", "--short_first=true"]),
+            ("fifo", ["--max_slot_share=1", "--short_first=false"]),
+        )
+    ]
+    print(
+        f"\n| server | user p50 / p95 alone (s) | beside n={args.hog_n} x {args.hog_tokens} hog "
+        "(s) | p95 ratio | TTFT p95 beside (s) | alone again p95 (s) | completions beside "
+        "| hog done in (s) | hog tokens | user tokens | compiles |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['server']} | {r['alone_p50']:.3f} / {r['alone_p95']:.3f} | "
+            f"{r['hog_p50']:.3f} / {r['hog_p95']:.3f} | {r['ratio']:.2f}x | "
+            f"{r['hog_ttft_p95']:.3f} | {r['after_p95']:.3f} | {r['beside']} | "
+            f"{r['hog_s']:.1f} | {r['hog_tokens']} | {r['user_tokens']:.1f} | {r['compiles']} |"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--preset", default="cpu_small")
@@ -217,11 +359,14 @@ def main() -> None:
     ap.add_argument(
         "--scenario",
         default="users",
-        choices=("users", "burst"),
+        choices=("users", "burst", "hog"),
         help="burst: 100 simultaneous connects (against --url, or a tiny server of ours)",
     )
     ap.add_argument("--url", default=None, help="burst: a running server (e.g. an old one)")
     ap.add_argument("--repeats", type=int, default=5, help="burst: rounds")
+    ap.add_argument("--hog_n", type=int, default=16, help="hog scenario: the hog's n")
+    ap.add_argument("--hog_tokens", type=int, default=256, help="hog: max_tokens per row")
+    ap.add_argument("--hog_samples", type=int, default=15, help="hog: user requests/phase")
     args = ap.parse_args()
     if args.scenario == "burst":
         burst_main(args)
@@ -230,6 +375,9 @@ def main() -> None:
         open(f).read() for f in sorted(glob.glob(sysconfig.get_paths()["stdlib"] + "/json/*.py"))
     ]
     files = [f for f in files if len(f) > 4 * args.prompt_chars] or files
+    if args.scenario == "hog":
+        hog_scenario(args, files)
+        return
     rows = []
     for name, flag in (("ours", "true"), ("baseline", "false")):
         if name not in args.servers.split(","):

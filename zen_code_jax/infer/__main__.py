@@ -25,6 +25,7 @@ import jax
 
 from zen_code_jax.data.tokenizer import Tokenizer
 from zen_code_jax.data.tokenizer_load import load_tokenizer
+from zen_code_jax.infer.admission import Admission
 from zen_code_jax.infer.engine import InferenceEngine, random_params
 from zen_code_jax.infer.protocol import Limits
 from zen_code_jax.infer.server import CompletionServer, ConnectionLimits
@@ -65,6 +66,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max_prompt_tokens", type=int, default=None, help="default: context-1")
     p.add_argument("--max_rows_per_request", type=int, default=16, help="len(prompt) x n")
     p.add_argument("--max_queue", type=int, default=64, help="waiting rows before 429")
+    # fairness across requests (scheduler.Admission)
+    p.add_argument(
+        "--max_slot_share",
+        type=float,
+        default=0.5,
+        help="most of the slots one request's rows (n, list prompts) hold at once (1: no cap)",
+    )
+    p.add_argument(
+        "--short_first",
+        type=lambda v: v.lower() in ("1", "true", "yes"),
+        default=True,
+        help="admit waiting rows with short max_tokens first (aged: none starves)",
+    )
+    p.add_argument(
+        "--admission_aging", type=float, default=1.0, help="budget tokens forgiven per turn"
+    )
     p.add_argument("--max_body_bytes", type=int, default=4 * 1024 * 1024)
     p.add_argument(
         "--read_timeout_s",
@@ -166,6 +183,10 @@ def build_server(argv: Sequence[str] | None = None) -> CompletionServer:
         max_body_bytes=args.max_body_bytes,
         read_timeout_s=args.read_timeout_s,
     )
+    try:
+        admission = Admission(args.max_slot_share, args.short_first, args.admission_aging)
+    except ValueError as e:
+        raise SystemExit(f"--max_slot_share / --admission_aging: {e}") from None
     decoder = engine.slot_decoder(max_context, chunk=args.prefill_chunk)
     decoder.warm_up()
     scheduler = engine.scheduler(
@@ -173,6 +194,7 @@ def build_server(argv: Sequence[str] | None = None) -> CompletionServer:
         max_queue=args.max_queue,
         continuous=args.continuous_batching,
         prefill_interval=args.prefill_interval,
+        admission=admission,
     )
     return CompletionServer(
         engine,

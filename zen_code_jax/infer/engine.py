@@ -247,6 +247,8 @@ class InferenceEngine:
             mesh=self.mesh,
             rules=self.rules,
             windows=windows,
+            eog_ids=self.stop_ids,
+            eot_id=self.tokenizer.eot_id,
         )
 
     def scheduler(self, decoder: SlotDecoder, **kwargs: Any) -> Scheduler:

@@ -202,6 +202,7 @@ class RequestParser:
             ),
             seed=int(seed) & 0x7FFFFFFF,
             stop=tuple(s for s in stop if s),
+            top_k=max(0, b.get("top_k", 0, _is_int, "an integer (<= 0: off)")),
         )
 
     def stream_opts(self, b: _Body) -> tuple[bool, bool]:
@@ -353,14 +354,16 @@ class RequestParser:
             n_indent=ed["n_indent"],
             t_max_prompt_ms=ed["t_max_prompt_ms"],
             t_max_predict_ms=ed["t_max_predict_ms"],
+            samplers=None if ed["samplers"] is None else tuple(ed["samplers"]),
             **s,
         )
         opts = dict(stream=stream, n=1, response_fields=ed["response_fields"])
         return Parsed([row], [prefix + prompt], opts)
 
 
-# llama.cpp's sampler names (`samplers`: the chain's order); this server samples with
-# temperature and top_p on the device, so the others are accepted and have no effect.
+# llama.cpp's sampler names (`samplers`: the chain's order); the device sampler applies
+# top_k, top_p, temperature and infill in the order given (sampling.py); the others are
+# accepted and have no effect.
 LLAMA_SAMPLERS = frozenset(
     "dry top_k typ_p typical_p top_p min_p xtc temperature infill penalties top_n_sigma".split()
 )

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from zen_code_jax.infer.sampling import GREEDY_EPS
+from zen_code_jax.infer.sampling import GREEDY_EPS, chain_code
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,11 @@ class CompletionRequest:
     n_indent: int = 0
     t_max_prompt_ms: float = 0.0
     t_max_predict_ms: float = 0.0
+    # Keep only the top_k most likely tokens (0: off), and llama.cpp's `samplers`: the
+    # order of top_k / top_p / temperature / infill (None: temperature, top_k, top_p;
+    # a sampler left out does not apply). Greedy rows ignore both.
+    top_k: int = 0
+    samplers: tuple[str, ...] | None = None
 
     def check(self, max_positions: int) -> None:
         """Raise ValueError naming the fix when the request cannot be decoded."""
@@ -56,6 +61,8 @@ class CompletionRequest:
             raise ValueError(
                 f"top_p must be in (0, 1], got {self.top_p}; use 1.0 to disable nucleus."
             )
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}.")
         n = len(self.prompt_ids) + self.max_new_tokens
         if n > max_positions:
             raise ValueError(
@@ -67,6 +74,11 @@ class CompletionRequest:
     @property
     def greedy(self) -> bool:
         return self.temperature <= GREEDY_EPS
+
+    @property
+    def chain(self) -> int:
+        """The sampler order as the decoder carries it (`sampling.chain_code`)."""
+        return chain_code(self.samplers)
 
 
 @dataclass

@@ -9,6 +9,9 @@ into free slots (preferring the free slot whose cached tokens share the longest 
 with the prompt), (3) runs one model call that decodes a token for every decoding row and
 prefills one chunk of the oldest row still prefilling (chunked prefill inside the decode
 batch, as Sarathi-Serve does), and hands each row's new text to its job as an event.
+Admission is first come, first served unless an `Admission` policy says otherwise (the
+server's): then one request's rows hold at most a share of the slots, and waiting rows
+with short budgets go first, aged so that a long one is never passed over forever.
 A row leaves at a stop id, a stop string, its budget or the end of its slot. With
 `continuous=False` (the benchmark's baseline) rows are admitted only into an empty
 machine, i.e. static batching.
@@ -30,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from zen_code_jax.infer.admission import Admission
 from zen_code_jax.infer.request import Completion, CompletionRequest, indent_cut
 from zen_code_jax.infer.slots import Chunk, DecodeRows, SlotDecoder
 
@@ -102,6 +106,7 @@ class Job:
         self.events: queue.Queue[Event] = queue.Queue()
         self.cancelled = threading.Event()
         self.submitted = time.monotonic()
+        self.queued_turn = 0  # the scheduler turn it was queued at (admission's aging)
         self.first_token: float | None = None
         self.remaining = len(self.rows)
 
@@ -130,14 +135,18 @@ class Scheduler:
         max_queue: int = 64,
         continuous: bool = True,
         prefill_interval: int = 1,
+        admission: Admission = Admission(),
     ):
         """prefill_interval: while rows are decoding, one prefill chunk per this many decode
-        steps (1: every turn; larger trades time to first token for steadier decoding)."""
+        steps (1: every turn; larger trades time to first token for steadier decoding).
+        admission: fairness across requests (default: first come, first served)."""
         self.dec, self.tok = decoder, tokenizer
         self.stop_ids = frozenset(int(i) for i in stop_ids)
         self.max_queue, self.continuous = int(max_queue), bool(continuous)
         self.prefill_interval = max(1, int(prefill_interval))
         self._since_prefill = 0
+        self.admission = admission
+        self.turn = 0  # turns run (step() calls): the clock of admission's aging
         n = decoder.slots
         self.slot_rows: list[tuple[Job, int] | None] = [None] * n
         self.slot_tokens: list[list[int]] = [[] for _ in range(n)]  # valid cache contents
@@ -169,6 +178,7 @@ class Scheduler:
             if len(self.waiting) + len(job.rows) > self.max_queue:
                 self.stats["rejected_queue_full"] += 1
                 raise QueueFull(f"{len(self.waiting)} rows are waiting (cap {self.max_queue}).")
+            job.queued_turn = self.turn
             self.waiting.extend((job, i) for i in range(len(job.rows)))
             self.stats["requests"] += 1
             self.cond.notify_all()
@@ -199,6 +209,7 @@ class Scheduler:
             )
         self.slot_tokens = [[] for _ in range(self.dec.slots)]
         with self.cond:
+            job.queued_turn = self.turn
             self.waiting.extend((job, i) for i in range(len(job.rows)))
             self.stats["requests"] += 1
         while not job.finished:
@@ -211,6 +222,7 @@ class Scheduler:
         with self.cond:
             self._drop_cancelled()
             self._admit()
+            self.turn += 1
         return self._step()
 
     # ------------------------------------------------------------------ loop
@@ -242,13 +254,25 @@ class Scheduler:
                 self._finish(job, i, "cancelled")
 
     def _admit(self) -> None:
+        """Fill free slots from the waiting rows, in `admission_order`, skipping rows whose
+        request already holds its share of the slots; each row takes the free slot whose
+        cache shares the longest prefix with its prompt (then the least recently used)."""
         if not self.continuous and self.busy_slots:
             return
-        while self.waiting:
-            free = [s for s, r in enumerate(self.slot_rows) if r is None]
+        free = [s for s, r in enumerate(self.slot_rows) if r is None]
+        if not free or not self.waiting:
+            return
+        cap = self.admission.cap(self.dec.slots)
+        held = collections.Counter(id(e[0]) for e in filter(None, self.slot_rows))
+        taken: set[int] = set()
+        for k in self.admission_order():
             if not free:
-                return
-            job, i = self.waiting.popleft()
+                break
+            job, i = self.waiting[k]
+            if held[id(job)] >= cap:
+                continue
+            held[id(job)] += 1
+            taken.add(k)
             row = job.rows[i]
             prompt = row.prompt_ids
 
@@ -260,6 +284,7 @@ class Scheduler:
                 return n
 
             s = max(free, key=lambda s: (shared(s), -self.slot_used[s]))
+            free.remove(s)
             # A scored prompt (echo with logprobs) runs every token through the model.
             row.prefilled = row.reused = 0 if row.request.prompt_logprobs else shared(s)
             self.stats["prefix_reused_tokens"] += row.prefilled
@@ -268,6 +293,17 @@ class Scheduler:
             row.t_admitted = time.monotonic()
             self.slot_rows[s] = (job, i)
             self.slot_used[s] = time.monotonic()
+        if taken:
+            self.waiting = collections.deque(
+                e for k, e in enumerate(self.waiting) if k not in taken
+            )
+
+    def admission_order(self) -> list[int]:
+        """Indices into `waiting` in the order rows are offered a free slot."""
+        return self.admission.order(
+            [(j.rows[i].request.max_new_tokens, j.queued_turn) for j, i in self.waiting],
+            self.turn,
+        )
 
     def _next_chunk(self) -> tuple[Job, int, Chunk] | None:
         """The next prefill chunk (of the oldest row still prefilling), or None this turn."""
@@ -291,7 +327,7 @@ class Scheduler:
         start = row.prefilled
         tokens = row.prompt_ids[start : start + self.dec.chunk]
         r = row.request
-        sampling = (r.temperature, r.top_p, _seed(r.seed), r.sample_index, 0)
+        sampling = (r.temperature, r.top_p, _seed(r.seed), r.sample_index, 0, r.top_k, r.chain)
         final = start + len(tokens) == len(row.prompt_ids)
         targets = None
         if r.prompt_logprobs:  # the prompt token each position predicts (none after the last)
@@ -317,6 +353,7 @@ class Scheduler:
             cols["temp"][s], cols["top_p"][s] = r.temperature, r.top_p
             cols["seeds"][s], cols["index"][s] = _seed(r.seed), r.sample_index
             cols["steps"][s], cols["active"][s] = len(row.ids), True
+            cols["top_k"][s], cols["chain"][s] = r.top_k, r.chain
             live.append(s)
         if not live:
             return live, None

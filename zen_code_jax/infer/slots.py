@@ -25,7 +25,8 @@ Both read only the cache window [0, W) that the call needs, W one of `window_buc
 costs what its longest live row holds, not the whole cache (measured in
 docs/measurements.md, Serving).
 
-Every per-row setting (position, temperature, top-p, seed, step) is a traced array. The
+Every per-row setting (position, temperature, top-p, top-k, sampler order, seed, step) is
+a traced array. The
 sample of a row depends only on (seed, sample index, step) and its own tokens, never on
 its neighbours (`sampling.row_keys`).
 """
@@ -44,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zen_code_jax.infer.forward import constrain_cache, lm_logits
-from zen_code_jax.infer.sampling import row_keys, sample_tokens
+from zen_code_jax.infer.sampling import SamplerVocab, row_keys, sample_tokens, sampler_vocab
 from zen_code_jax.model.config import ModelConfig
 from zen_code_jax.model.transformer import Transformer, init_kv_cache
 
@@ -87,8 +88,13 @@ class DecodeRows(NamedTuple):
     seeds: np.ndarray
     index: np.ndarray  # sample index (n > 1 choices)
     steps: np.ndarray  # tokens the row has generated so far
+    top_k: np.ndarray  # 0: off
+    chain: np.ndarray  # the row's sampler order (`sampling.chain_code`)
 
-    DTYPES = (np.int32, np.int32, bool, np.float32, np.float32, np.int32, np.int32, np.int32)
+    DTYPES = (
+        *(np.int32, np.int32, bool, np.float32, np.float32),
+        *(np.int32, np.int32, np.int32, np.int32, np.int32),
+    )
 
 
 class Chunk(NamedTuple):
@@ -97,7 +103,8 @@ class Chunk(NamedTuple):
     slot: int
     tokens: list[int]
     start: int
-    sampling: tuple[float, float, int, int, int]  # temp, top_p, seed, sample index, step
+    # temp, top_p, seed, sample index, step, top_k, chain (DecodeRows' sampling columns)
+    sampling: tuple[float, float, int, int, int, int, int]
     final: bool  # the prompt's last chunk: its last token's sample is the first new token
     # echo with logprobs: the prompt token after each chunk position (None: not scored)
     targets: list[int] | None = None
@@ -120,9 +127,9 @@ class Turn(NamedTuple):
     scored: Scored | None
 
 
-def _sample(logits, temperature, top_p, seeds, sample_index, steps):
+def _sample(logits, vocab, temperature, top_p, seeds, sample_index, steps, top_k, chain):
     keys = row_keys(seeds, sample_index, steps)
-    tok = sample_tokens(logits, keys, temperature, top_p)
+    tok = sample_tokens(logits, keys, temperature, top_p, top_k, chain, vocab)
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     chosen = jnp.take_along_axis(logp, tok[:, None], axis=-1)[:, 0]
     top_lp, top_ids = jax.lax.top_k(logp, TOP_LOGPROBS)
@@ -131,12 +138,13 @@ def _sample(logits, temperature, top_p, seeds, sample_index, steps):
 
 @functools.partial(jax.jit, static_argnames=("cfg", "window", "score"), donate_argnames=("cache",))
 def mixed_step(
-    params, cache, rows, tokens, valid, slot, start, sampling, targets, *, cfg, window, score
+    params, cache, rows, tokens, valid, slot, start, sampling, targets, vocab, *, cfg, window, score
 ):
     """One model call for a decode token of every slot (`rows`: DecodeRows arrays; idle
     slots write nothing) and the chunk `tokens` [C] of slot `slot` at positions start..
     (the first `valid` are real). Returns the cache, slots + 1 samples (the last from the
-    chunk's last real token; sampling: the chunk row's (temp, top_p, seed, index, step))
+    chunk's last real token; sampling: the chunk row's DecodeRows sampling columns; vocab:
+    the infill sampler's `SamplerVocab`)
     and, when `score`, each chunk position's log-probability of `targets` [C] (the next
     prompt token) with its top alternatives (echo with logprobs), else None."""
     TRACE_COUNTS["mixed"] += 1
@@ -155,21 +163,19 @@ def mixed_step(
     h = hidden[0]
     picked = jnp.concatenate([h[:b], jax.lax.dynamic_index_in_dim(h, b + valid - 1)])
     logits = lm_logits(picked, cfg, params)
-    temp, top_p, seed, index, step = (
-        jnp.concatenate([col, x[None]])
-        for col, x in zip((rows.temp, rows.top_p, rows.seeds, rows.index, rows.steps), sampling)
-    )
+    columns = (rows.temp, rows.top_p, rows.seeds, rows.index, rows.steps, rows.top_k, rows.chain)
+    both = [jnp.concatenate([col, x[None]]) for col, x in zip(columns, sampling)]
     scores = None
     if score:
         logp = jax.nn.log_softmax(lm_logits(h[b:], cfg, params).astype(jnp.float32), axis=-1)
         chosen = jnp.take_along_axis(logp, jnp.maximum(targets, 0)[:, None], axis=-1)[:, 0]
         top_lp, top_ids = jax.lax.top_k(logp, TOP_LOGPROBS)
         scores = (chosen, top_ids.astype(jnp.int32), top_lp)
-    return cache, _sample(logits, temp, top_p, seed, index, step), scores
+    return cache, _sample(logits, vocab, *both), scores
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "window"), donate_argnames=("cache",))
-def decode_step(params, cache, rows, *, cfg, window):
+def decode_step(params, cache, rows, vocab, *, cfg, window):
     """Feed each slot's last token at its position and sample the next (idle slots: no-op)."""
     TRACE_COUNTS["decode"] += 1
     hidden, cache = Transformer(cfg).apply(
@@ -183,7 +189,8 @@ def decode_step(params, cache, rows, *, cfg, window):
     )
     cache = constrain_cache(cache)
     logits = lm_logits(hidden[:, -1], cfg, params)
-    return cache, _sample(logits, rows.temp, rows.top_p, rows.seeds, rows.index, rows.steps)
+    columns = (rows.temp, rows.top_p, rows.seeds, rows.index, rows.steps, rows.top_k, rows.chain)
+    return cache, _sample(logits, vocab, *columns)
 
 
 class SlotDecoder:
@@ -203,11 +210,14 @@ class SlotDecoder:
         mesh: jax.sharding.Mesh | None = None,
         rules: Any = (),
         windows: Sequence[int] | None = None,
+        eog_ids: Sequence[int] = (),
+        eot_id: int | None = None,
     ):
         """slots x max_len positions of cache, prompts prefilled up to `chunk` tokens per
         turn; windows: the cache windows a step may read (default `window_buckets`: a
         server's rows range from keystrokes to whole files; evaluation, whose cache follows
-        its longest row, reads it whole and compiles one step per chunk length)."""
+        its longest row, reads it whole and compiles one step per chunk length); eog_ids,
+        eot_id: the end-of-generation ids and the end-of-text id, for the infill sampler."""
         if not (1 <= slots and 1 <= chunk <= max_len <= cfg.max_position_embeddings):
             raise ValueError(
                 f"Need slots >= 1 and 1 <= prefill chunk ({chunk}) <= max_len ({max_len}) <= "
@@ -223,6 +233,7 @@ class SlotDecoder:
                 f"({self.max_len}); omit `windows` for the default powers of two."
             )
         self.chunks = chunk_buckets(self.chunk)
+        self.vocab: SamplerVocab = sampler_vocab(cfg.vocab_size, eog_ids, eot_id)
         with self._context():
             self.cache = constrain_cache_jit(init_kv_cache(cfg, self.slots, self.max_len))
 
@@ -246,7 +257,7 @@ class SlotDecoder:
         if idle:  # a prefill alone: every slot idle (no writes; their attention over the
             # window still runs, the price of one executable family for both cases)
             z = np.zeros((self.slots,), np.int32)
-            rows = DecodeRows(z, z, z.astype(bool), z.astype(np.float32), z + 1.0, z, z, z)
+            rows = DecodeRows(z, z, z.astype(bool), z.astype(np.float32), z + 1.0, z, z, z, z, z)
         rows = DecodeRows(*(np.asarray(x, t) for x, t in zip(rows, DecodeRows.DTYPES)))
         first = [int(rows.pos[rows.active].max())] if rows.active.any() else [0]
         if chunk is not None:
@@ -257,7 +268,7 @@ class SlotDecoder:
         with self._context():
             if chunk is None:
                 self.cache, out = decode_step(
-                    self.params, self.cache, rows, cfg=self.cfg, window=window
+                    self.params, self.cache, rows, self.vocab, cfg=self.cfg, window=window
                 )
                 return Turn(Sampled(*(np.asarray(x) for x in out)), None, None)
             score = chunk.targets is not None
@@ -278,6 +289,7 @@ class SlotDecoder:
                 np.int32(chunk.start),
                 tuple(np.asarray(x, t) for x, t in zip(chunk.sampling, DecodeRows.DTYPES[3:])),
                 targets,
+                self.vocab,
                 cfg=self.cfg,
                 window=window,
                 score=score,
@@ -303,11 +315,12 @@ class SlotDecoder:
         for w in self.windows:
             # A greedy and a sampled row take different branches of one executable.
             for temp, top_p in ((0.0, 1.0), (1.0, 0.5)):
-                rows = DecodeRows(z, z, z.astype(bool), z + temp, z + top_p, z, z, z)
+                rows = DecodeRows(z, z, z.astype(bool), z + temp, z + top_p, z, z, z, z, z)
                 self.run(rows, None, window=w)
                 for c in self.chunks:
-                    self.run(rows, Chunk(0, [0] * c, 0, (temp, top_p, 0, 0, 0), True), window=w)
-            scored = Chunk(0, [0], 0, (0.0, 1.0, 0, 0, 0), True, targets=[0])
+                    sampling = (temp, top_p, 0, 0, 0, 0, 0)
+                    self.run(rows, Chunk(0, [0] * c, 0, sampling, True), window=w)
+            scored = Chunk(0, [0], 0, (0.0, 1.0, 0, 0, 0, 0, 0), True, targets=[0])
             self.run(None, scored, window=w)
 
 
