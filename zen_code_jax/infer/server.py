@@ -144,8 +144,15 @@ class CompletionServer:
             "cancelled_rows",
             "wasted_tokens",
             "rejected_queue_full",
+            "spec_draft_tokens",
+            "spec_accepted_tokens",
+            "spec_verify_steps",
         ):
             lines += [f"# TYPE zen_{k}_total counter", f"zen_{k}_total {st[k]}"]
+        lines += [
+            "# TYPE zen_spec_acceptance_rate gauge",
+            f"zen_spec_acceptance_rate {sch.acceptance_rate:.6f}",
+        ]
         lines.append("# TYPE zen_time_to_first_token_seconds histogram")
         for le in (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0):
             lines.append(
