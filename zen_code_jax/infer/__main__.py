@@ -26,6 +26,7 @@ import jax
 from zen_code_jax.data.tokenizer import Tokenizer
 from zen_code_jax.data.tokenizer_load import load_tokenizer
 from zen_code_jax.infer.admission import Admission
+from zen_code_jax.infer.drafting import SPEC_MODES, SpecConfig
 from zen_code_jax.infer.engine import InferenceEngine, random_params
 from zen_code_jax.infer.protocol import Limits
 from zen_code_jax.infer.server import CompletionServer, ConnectionLimits
@@ -109,6 +110,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
     p.add_argument("--compilation_cache_dir", default=None)
     p.add_argument("--seed", type=int, default=0, help="seed of --random_preset weights")
+    p.add_argument(
+        "--speculative",
+        choices=SPEC_MODES,
+        default="off",
+        help="speculative decoding: ngram (prompt lookup) or model (--draft); greedy "
+        "completions are unchanged, sampled ones keep their distribution",
+    )
+    p.add_argument("--draft", default=None, help="draft checkpoint spec (run dir, hf:DIR)")
+    p.add_argument("--spec_max_draft", type=int, default=4, help="drafts per row and call")
+    p.add_argument(
+        "--spec_max_batch", type=int, default=4, help="speculate while <= this many rows decode"
+    )
     return p.parse_args(argv)
 
 
@@ -187,10 +200,19 @@ def build_server(argv: Sequence[str] | None = None) -> CompletionServer:
         admission = Admission(args.max_slot_share, args.short_first, args.admission_aging)
     except ValueError as e:
         raise SystemExit(f"--max_slot_share / --admission_aging: {e}") from None
+    if args.speculative != "off":
+        spec = SpecConfig(
+            mode=args.speculative, max_draft=args.spec_max_draft, max_batch=args.spec_max_batch
+        )
+        engine.set_speculative(spec, args.draft)
     decoder = engine.slot_decoder(max_context, chunk=args.prefill_chunk)
     decoder.warm_up()
+    speculator = engine.speculator(decoder)
+    if speculator is not None:
+        speculator.warm_up()
     scheduler = engine.scheduler(
         decoder,
+        speculator=speculator,
         max_queue=args.max_queue,
         continuous=args.continuous_batching,
         prefill_interval=args.prefill_interval,

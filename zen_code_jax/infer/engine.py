@@ -36,6 +36,7 @@ from zen_code_jax.data.fim import fim_prompt_tokens
 from zen_code_jax.data.hf_tokenizer import check_repo_format
 from zen_code_jax.data.repo_format import RepoFormat
 from zen_code_jax.infer import forward as dec
+from zen_code_jax.infer.drafting import ModelDrafter, NgramDrafter, SpecConfig, Speculator
 from zen_code_jax.infer.request import Completion, CompletionRequest, truncate_at_stop
 from zen_code_jax.infer.scheduler import Job, Scheduler
 from zen_code_jax.infer.slots import SlotDecoder
@@ -122,6 +123,8 @@ class InferenceEngine:
         self.stop_ids = stop_ids(tokenizer)
         self._lock = threading.Lock()  # one decode at a time (the server has many threads)
         self.prefill_chunk = int(prefill_chunk)
+        self.speculative = SpecConfig()  # off: set_speculative turns it on
+        self.draft: InferenceEngine | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -251,9 +254,67 @@ class InferenceEngine:
             eot_id=self.tokenizer.eot_id,
         )
 
+    def set_speculative(
+        self, config: SpecConfig, draft: str | Path | CheckpointRef | InferenceEngine | None = None
+    ) -> None:
+        """Decode speculatively from now on (`complete` and every `scheduler`): prompt
+        lookup (`config.mode == "ngram"`) or a draft model (`"model"`: `draft` is a
+        checkpoint spec, loaded params-only onto this engine's mesh in its dtype, or an
+        engine). The draft must use this engine's tokenizer. Greedy outputs are unchanged;
+        sampled ones keep their distribution (docs/infer.md, Speculative decoding)."""
+        if config.mode == "model":
+            if draft is None:
+                raise ValueError("--speculative=model needs --draft=SPEC (a run dir or hf:DIR).")
+            if not isinstance(draft, InferenceEngine):
+                draft = InferenceEngine.from_run(
+                    draft, mesh=self.mesh, dtype=self.model_cfg.dtype, rules=self.rules
+                )
+            mine, theirs = self.tokenizer.fingerprint(), draft.tokenizer.fingerprint()
+            if mine != theirs:
+                target = self.facts.ref.path if self.facts is not None else "the target"
+                name = draft.facts.ref.path if draft.facts is not None else "the draft"
+                raise ValueError(
+                    f"The draft model {name} has tokenizer {theirs[:12]} but the target "
+                    f"{target} has {mine[:12]}: drafts must be the target's token ids; use a "
+                    "draft trained with the target's tokenizer (e.g. its Flash student)."
+                )
+            self.draft = draft
+        else:
+            self.draft = None
+        self.speculative = config
+
+    def speculator(self, decoder: SlotDecoder) -> Speculator | None:
+        """The drafter and policy for `decoder` (None when speculation is off); a draft
+        model gets its own slot decoder of the same slots, length and windows."""
+        cfg = self.speculative
+        if not cfg.on:
+            return None
+        if cfg.mode == "ngram":
+            return Speculator(cfg, decoder, NgramDrafter(cfg))
+        assert self.draft is not None
+        if self.draft.model_cfg.max_position_embeddings < decoder.max_len:
+            raise ValueError(
+                f"The draft model holds {self.draft.model_cfg.max_position_embeddings} "
+                f"positions, fewer than the decoder's {decoder.max_len}; lower --max_context."
+            )
+        draft_dec = SlotDecoder(
+            self.draft.params,
+            self.draft.model_cfg,
+            slots=decoder.slots,
+            max_len=decoder.max_len,
+            chunk=decoder.chunk,
+            mesh=self.mesh,
+            rules=self.rules,
+            windows=decoder.windows,
+        )
+        drafter = ModelDrafter(draft_dec, cfg, self.model_cfg.vocab_size)
+        return Speculator(cfg, decoder, drafter)
+
     def scheduler(self, decoder: SlotDecoder, **kwargs: Any) -> Scheduler:
         """A scheduler moving rows through `decoder`, stopping at this engine's stop ids and
-        detokenizing with its tokenizer (kwargs: `Scheduler`'s options)."""
+        detokenizing with its tokenizer (kwargs: `Scheduler`'s options), speculating when
+        `set_speculative` turned it on."""
+        kwargs.setdefault("speculator", self.speculator(decoder))
         return Scheduler(decoder, self.tokenizer, self.stop_ids, **kwargs)
 
     def _sync_scheduler(self, positions: int) -> Scheduler:

@@ -41,6 +41,9 @@ SCHEDULER_COUNTERS = (
     "cancelled_rows",
     "wasted_tokens",
     "rejected_queue_full",
+    "spec_draft_tokens",
+    "spec_accepted_tokens",
+    "spec_verify_steps",
 )
 
 

@@ -34,8 +34,9 @@ from typing import Any
 import numpy as np
 
 from zen_code_jax.infer.admission import Admission
+from zen_code_jax.infer.drafting import Plan, RowSpec, Speculator
 from zen_code_jax.infer.request import Completion, CompletionRequest, indent_cut
-from zen_code_jax.infer.slots import Chunk, DecodeRows, SlotDecoder
+from zen_code_jax.infer.slots import Chunk, DecodeRows, Sampled, SlotDecoder
 
 
 @dataclass
@@ -62,6 +63,7 @@ class RowState:
     t_admitted: float = 0.0  # monotonic times: into a slot, first token, finished
     t_prompt_done: float = 0.0
     t_done: float = 0.0
+    spec: RowSpec = field(default_factory=RowSpec)  # speculative decoding's record
 
     @property
     def prompt_ids(self) -> list[int]:
@@ -136,11 +138,14 @@ class Scheduler:
         continuous: bool = True,
         prefill_interval: int = 1,
         admission: Admission = Admission(),
+        speculator: Speculator | None = None,
     ):
         """prefill_interval: while rows are decoding, one prefill chunk per this many decode
         steps (1: every turn; larger trades time to first token for steadier decoding).
-        admission: fairness across requests (default: first come, first served)."""
+        admission: fairness across requests (default: first come, first served).
+        speculator: drafts verified in decode turns (`drafting.Speculator`; None: off)."""
         self.dec, self.tok = decoder, tokenizer
+        self.spec = speculator
         self.stop_ids = frozenset(int(i) for i in stop_ids)
         self.max_queue, self.continuous = int(max_queue), bool(continuous)
         self.prefill_interval = max(1, int(prefill_interval))
@@ -208,6 +213,8 @@ class Scheduler:
                 "its events instead of run()."
             )
         self.slot_tokens = [[] for _ in range(self.dec.slots)]
+        if self.spec is not None:
+            self.spec.reset()
         with self.cond:
             job.queued_turn = self.turn
             self.waiting.extend((job, i) for i in range(len(job.rows)))
@@ -369,6 +376,12 @@ class Scheduler:
         live, rows = self._decode_rows()
         if picked is None and rows is None:
             return False
+        if picked is None and self.spec is not None:
+            entries = [(s, self._row(s)) for s in live]
+            plan = self.spec.plan(entries, rows)  # type: ignore[arg-type]
+            if plan is not None:
+                self._verify(live, rows, plan)  # type: ignore[arg-type]
+                return True
         turn = self.dec.run(rows, None if picked is None else picked[2])
         if picked is not None:
             job, i, chunk = picked
@@ -402,6 +415,43 @@ class Scheduler:
             else:
                 self._accept(job, i, turn.first, 0)
         return True
+
+    def _row(self, s: int) -> RowState:
+        job, i = self.slot_rows[s]  # type: ignore[misc]
+        return job.rows[i]
+
+    def _verify(self, live: list[int], rows: DecodeRows, plan: Plan) -> None:
+        """Speculative decode turn: verify every row's drafts in one target call, then
+        take each row's accepted drafts and its correction (or bonus) token in order,
+        stopping where the row ends (a stop id, stop string or budget inside the run).
+        Rejected drafts roll back by never entering the row's tokens: the next call
+        starts at the row's new length and overwrites them."""
+        out = self.dec.verify(rows, plan.drafts, plan.lens, plan.q)
+        self.stats["decode_steps"] += 1
+        self.stats["spec_verify_steps"] += 1
+        for s in live:
+            job, i = self.slot_rows[s]  # type: ignore[misc]
+            row = job.rows[i]
+            a, d = int(out.accepted[s]), int(plan.lens[s])
+            self.slot_tokens[s].append(row.ids[-1])
+            self.slot_tokens[s].extend(int(t) for t in plan.drafts[s, :a])
+            self.stats["spec_draft_tokens"] += d
+            self.stats["spec_accepted_tokens"] += a
+            assert self.spec is not None
+            self.spec.update(row.spec, d, a)
+            for j in range(a + 1):
+                if row.finish_reason is not None:
+                    break
+                sampled = Sampled(
+                    out.token[:, j], out.logprob[:, j], out.top_ids[:, j], out.top_logprobs[:, j]
+                )
+                self._accept(job, i, sampled, s)
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted / drafted tokens over the scheduler's life (0 before any draft)."""
+        drafted = self.stats["spec_draft_tokens"]
+        return self.stats["spec_accepted_tokens"] / drafted if drafted else 0.0
 
     # ------------------------------------------------------------------ rows
     def _accept(self, job: Job, i: int, out: Any, k: int) -> None:

@@ -142,6 +142,7 @@ class CompletionServer:
             "zen_slots_busy": sch.busy_slots,
             "zen_slots_total": self.decoder.slots,
             "zen_compilations_since_start": self.compiles_since_start,
+            "zen_spec_acceptance_rate": sch.acceptance_rate,
         }
 
     def metrics_text(self) -> str:

@@ -46,10 +46,16 @@ import numpy as np
 
 from zen_code_jax.infer.forward import constrain_cache, lm_logits
 from zen_code_jax.infer.sampling import SamplerVocab, row_keys, sample_tokens, sampler_vocab
+from zen_code_jax.infer.speculative import (
+    TOP_LOGPROBS,
+    Verified,
+    as_numpy_verified,
+    draft_step,
+    verify_step,
+)
 from zen_code_jax.model.config import ModelConfig
 from zen_code_jax.model.transformer import Transformer, init_kv_cache
 
-TOP_LOGPROBS = 5  # the most `logprobs` a request may ask for (OpenAI's own limit)
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 # XLA compilations in this process, and those on the scheduler thread (which runs every
 # request's device work: after warm-up it must compile nothing).
@@ -302,6 +308,78 @@ class SlotDecoder:
             k = len(chunk.targets)  # type: ignore[arg-type]
             scored = Scored(*(np.asarray(x)[:k] for x in scores))
         return Turn(decoded, last, scored)
+
+    def verify(
+        self,
+        rows: DecodeRows,
+        drafts: np.ndarray,
+        lens: np.ndarray,
+        q: Any = None,
+        *,
+        window: int | None = None,
+    ) -> Verified:
+        """Speculative decoding's target call (`speculative.verify_step`): every active
+        row feeds its last token and its first lens[b] drafts ([B, K], K one of the
+        speculator's buckets); q: the draft model's probabilities [B, K, V] (a device
+        array), or None for point-mass drafts. Rolling back is the caller's: rows keep
+        only their accepted length, and what lies beyond it is never read."""
+        rows = DecodeRows(*(np.asarray(x, t) for x, t in zip(rows, DecodeRows.DTYPES)))
+        drafts, lens = np.asarray(drafts, np.int32), np.asarray(lens, np.int32)
+        live = rows.active
+        assert int((rows.pos + lens)[live].max(initial=0)) < self.max_len
+        first = int(rows.pos[live].max()) if live.any() else 0
+        window = self.window(first) if window is None else window
+        point_mass = q is None
+        if point_mass:
+            q = np.zeros((1,), np.float32)
+        with self._context():
+            self.cache, out = verify_step(
+                self.params,
+                self.cache,
+                rows,
+                drafts,
+                lens,
+                q,
+                cfg=self.cfg,
+                window=window,
+                point_mass=point_mass,
+            )
+        return as_numpy_verified(out)
+
+    def draft(
+        self,
+        tokens: np.ndarray,
+        start: np.ndarray,
+        n: np.ndarray,
+        sampling: Sequence[np.ndarray],
+        *,
+        k: int,
+        vocab: int,
+        window: int | None = None,
+    ) -> tuple[np.ndarray, Any]:
+        """A draft model's k proposals per row (`speculative.draft_step`): rows feed their
+        n tokens [B, T] not yet cached from `start`, then draft; sampling: the per-row
+        (temp, top_p, seeds, index, steps) columns. Returns proposals int32 [B, k] (host)
+        and q [B, k, vocab] (left on the device for the target's verify call)."""
+        start, n = np.asarray(start, np.int32), np.asarray(n, np.int32)
+        end = int((start + n)[n > 0].max(initial=0)) + k - 1
+        assert end <= self.max_len
+        window = self.window(end) if window is None else window
+        cols = tuple(np.asarray(x, t) for x, t in zip(sampling, DecodeRows.DTYPES[3:]))
+        with self._context():
+            self.cache, proposals, q = draft_step(
+                self.params,
+                self.cache,
+                np.asarray(tokens, np.int32),
+                start,
+                n,
+                *cols,
+                cfg=self.cfg,
+                window=window,
+                k=k,
+                vocab=vocab,
+            )
+        return np.asarray(proposals), q
 
     def window(self, first_position: int) -> int:
         """The smallest compiled window holding every slot a call starting here attends to."""
