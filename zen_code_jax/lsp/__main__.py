@@ -32,6 +32,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
     p.add_argument("--dtype", default=None, help="compute dtype (f32 on CPU, bf16 otherwise)")
     p.add_argument("--seed", type=int, default=0, help="seed of --random_preset weights")
+    p.add_argument(
+        "--compilation_cache_dir",
+        default=None,
+        help="persistent XLA cache (default: WORKDIR/cache/jax of --run_dir, else "
+        "~/.cache/zen_code_jax/jax; JAX_COMPILATION_CACHE_DIR overrides a default)",
+    )
     p.add_argument("--api", default="completions", choices=APIS, help="remote API")
     p.add_argument("--api_key", default=os.environ.get("ZEN_API_KEY"), help="or ZEN_API_KEY")
     p.add_argument("--model", default=None, help="remote model id (default: the server's first)")
@@ -58,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.step,
                 args.dtype,
                 args.seed,
+                args.compilation_cache_dir,
             )
         )
     create_server(backend, Settings()).start_io()
