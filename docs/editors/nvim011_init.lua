@@ -6,6 +6,7 @@ vim.lsp.config('zen_code', {
   filetypes = { 'python', 'c', 'cpp', 'go', 'rust', 'java', 'javascript', 'typescript' },
   root_markers = { '.git', 'pyproject.toml' },
   init_options = { debounceMs = 25, contextTokens = 1024 },
+  settings = { zenCode = { maxTokensSingleLine = 24 } },   -- sent as didChangeConfiguration
 })
 vim.lsp.enable('zen_code')
 vim.o.completeopt = 'menuone,noselect,popup'

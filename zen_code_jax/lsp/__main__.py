@@ -43,13 +43,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default=None, help="remote model id (default: the server's first)")
     p.add_argument("--max_context", type=int, default=2048, help="remote model's context")
     p.add_argument("--log_file", default=None, help="write the server's log here")
+    p.add_argument(
+        "--log_level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING"),
+        help="INFO: one line per completion request; DEBUG: every LSP message both ways",
+    )
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.log_file:
-        logging.basicConfig(filename=args.log_file, level=logging.INFO)
+        logging.basicConfig(filename=args.log_file, level=getattr(logging, args.log_level))
     if args.url:
         backend = RemoteBackend(args.url, args.api, args.api_key, args.model, args.max_context)
     else:
