@@ -422,6 +422,8 @@ class _Recorder(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()
         slow = "SLOW" in body["prompt"]
+        if "DELAY" in body["prompt"]:
+            time.sleep(0.6)
         try:
             for piece in [self.reply[:3], self.reply[3:]] if not slow else ["x"] * 100:
                 chunk = {"choices": [{"index": 0, "text": piece}]}
@@ -467,6 +469,42 @@ async def test_remote_utf8_positions_context_and_body(remote):
     assert body["path"] == "main.py" and body["context"] == [{"path": "util.py", "content": UTIL}]
     assert body["stop"] == ["\n"] and body["max_tokens"] == 32
     assert [i.insert_text for i in got.items] == ["a = 1"]  # a single line: text follows
+
+
+def _change_full(client: LanguageClient, uri: str, text: str, version: int) -> None:
+    client.text_document_did_change(
+        lsp.DidChangeTextDocumentParams(
+            text_document=lsp.VersionedTextDocumentIdentifier(uri=uri, version=version),
+            content_changes=[lsp.TextDocumentContentChangeWholeDocument(text=text)],
+        )
+    )
+
+
+@pytestmark_async
+async def test_an_edit_while_a_request_waits_or_decodes_drops_its_answer(remote):
+    """Found with Neovim 0.11: a completion that arrives after more typing was shown at
+    its old position. An edit while the request debounces: no decode, empty answer; an
+    edit while the backend decodes: the answer is dropped (empty)."""
+    uri = (remote.root / "stale.py").as_uri()
+    _open(remote, uri, "x = 1\n")
+    remote.workspace_did_change_configuration(
+        lsp.DidChangeConfigurationParams(settings={"debounceMs": 400})
+    )
+    _Recorder.bodies.clear()
+    fut = asyncio.ensure_future(_inline(remote, uri, 0, 5))
+    await asyncio.sleep(0.1)
+    _change_full(remote, uri, "x = 12\n", 2)
+    assert not (await fut).items and _Recorder.bodies == []  # never decoded
+    remote.workspace_did_change_configuration(
+        lsp.DidChangeConfigurationParams(settings={"debounceMs": 0})
+    )
+    _change_full(remote, uri, "# DELAY\nx = 12\n", 3)  # the recorder answers after 0.6 s
+    fut = asyncio.ensure_future(_inline(remote, uri, 1, 6))
+    await asyncio.sleep(0.3)
+    _change_full(remote, uri, "# DELAY\nx = 123\n", 4)
+    assert not (await fut).items and len(_Recorder.bodies) == 1  # decoded, then dropped
+    got = await _inline(remote, uri, 1, 7)  # nothing typed meanwhile: answered
+    assert [i.insert_text for i in got.items] == ["a = 1"]
 
 
 @pytestmark_async

@@ -54,6 +54,7 @@ class ZenLanguageServer(LanguageServer):
         self.ready = asyncio.Event()
         self.load_error: str | None = None
         self.latest: dict[str, int] = {}  # uri -> id of its newest completion request
+        self.edits: dict[str, int] = {}  # uri -> didChange notifications so far
         self._seq = 0
 
     @property
@@ -122,8 +123,13 @@ class ZenLanguageServer(LanguageServer):
         return text
 
     async def _complete_at(self, uri: str, pos: lsp.Position) -> str | None:
+        """None when a newer request or an edit made this one stale: `pos` is a position in
+        the document as it was when the request came (Neovim 0.11 shows a completion that
+        arrives after more typing, at the old position), so an edit meanwhile means the
+        answer would be built from, or inserted into, another text."""
         self._seq += 1
         me = self.latest[uri] = self._seq
+        edits = self.edits.get(uri)
         if self.settings.debounceMs:
             await asyncio.sleep(self.settings.debounceMs / 1000)
             if self.latest.get(uri) != me:
@@ -131,8 +137,13 @@ class ZenLanguageServer(LanguageServer):
         await self.ready.wait()
         if self.load_error:
             raise RuntimeError(self.load_error)
+        if self.edits.get(uri) != edits:
+            return None  # edited while debouncing or loading: don't decode at all
         req, cur, multi = self.build_request(uri, pos)
         text = await self.backend.infill(req)
+        if self.edits.get(uri) != edits:
+            log.info("%s:%d:%d edited while decoding: answer dropped", uri, pos.line, pos.character)
+            return None
         return tx.shape_completion(text, cur, multi)
 
 
@@ -214,6 +225,7 @@ def create_server(backend: Backend, settings: Settings | None = None) -> ZenLang
     def did_open(ls: ZenLanguageServer, params: lsp.DidOpenTextDocumentParams) -> None:
         d = params.text_document
         ls.docs[d.uri] = tx.Document(d.uri, d.text, d.version, d.language_id)
+        ls.edits[d.uri] = ls.edits.get(d.uri, 0) + 1
 
     @server.feature(lsp.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: ZenLanguageServer, params: lsp.DidChangeTextDocumentParams) -> None:
@@ -230,6 +242,7 @@ def create_server(backend: Backend, settings: Settings | None = None) -> ZenLang
             else:
                 doc.apply(None, None, ch.text, enc)
         doc.version = params.text_document.version
+        ls.edits[doc.uri] = ls.edits.get(doc.uri, 0) + 1
         ls.ws.touch(doc.uri)
 
     @server.feature(lsp.TEXT_DOCUMENT_DID_CLOSE)
