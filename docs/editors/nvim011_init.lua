@@ -20,3 +20,9 @@ vim.api.nvim_create_autocmd('LspAttach', { callback = function(ev)
     end
   end
 end })
+-- 0.12: Tab accepts the ghost text, or is a Tab when there is none
+if vim.lsp.inline_completion then
+  vim.keymap.set('i', '<Tab>', function()
+    if not vim.lsp.inline_completion.get() then return '<Tab>' end
+  end, { expr = true })
+end
