@@ -269,9 +269,10 @@ class InferenceEngine:
         self, requests: Sequence[CompletionRequest], alive: Callable[[], bool] | None = None
     ) -> list[Completion]:
         """Decode token-level requests (any mix of settings); results in request order.
-        alive: polled every decoder turn (the scheduler's per-job cancel); once it returns
-        False the call ends within a step and unfinished rows come back as they stand,
-        finish_reason "cancelled" (the language server's `$/cancelRequest`).
+        alive: polled every decoder turn (the scheduler's per-job cancel, as the server's
+        on a disconnect); once it returns False the call ends at that turn and every
+        unfinished row comes back empty with finish_reason "cancelled" (its caller no
+        longer wants it: the language server's `$/cancelRequest`).
 
         The slot engine run synchronously: every request a row of the one decoder, the
         longest prompts admitted first. A row's random draws are keyed by its own
