@@ -10,10 +10,12 @@ single/multi-line, cancellation closing the connection) are checked exactly.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -312,6 +314,88 @@ async def test_cancel_request_before_the_engine_runs(local):
     assert (await _inline(local, uri, 3, 0)) is not None  # still serving
 
 
+def _alive_for(turns: int) -> tuple[Callable[[], bool], list[int]]:
+    """An `alive` callback that says False from its `turns`+1-th poll on, and its polls."""
+    polls: list[int] = []
+
+    def alive() -> bool:
+        polls.append(1)
+        return len(polls) <= turns
+
+    return alive, polls
+
+
+def test_engine_complete_stops_a_running_decode_when_not_alive(ref_engine, tiny_tokenizer):
+    """The hook the language server cancels through: `complete(..., alive=)` polls once per
+    decoder turn and ends the call at the first False (a cancelled row's text is dropped,
+    as the caller no longer wants it); a row still waiting for a slot comes back empty."""
+    from zen_code_jax.infer.engine import CompletionRequest
+
+    ids = tiny_tokenizer.encode("def add(a, b):\n    return a + b\n")
+    always, polls = _alive_for(10**6)
+    full = ref_engine.complete([CompletionRequest(ids, 48)], alive=always)[0]
+    assert full.finish_reason == "length" and len(full.token_ids) == 48
+    assert len(polls) >= 47  # polled every turn while the row decoded
+    alive, polls = _alive_for(5)
+    cut = ref_engine.complete([CompletionRequest(ids, 48)], alive=alive)[0]
+    assert (cut.finish_reason, cut.text, cut.token_ids) == ("cancelled", "", [])
+    assert len(polls) == 6, "the decode went on after alive() said False"
+    # one slot (max_batch_size=1): the second row waits, and is dropped with the job
+    alive, polls = _alive_for(5)
+    a, b = ref_engine.complete(
+        [CompletionRequest(ids, 48), CompletionRequest(ids[:-2], 48)], alive=alive
+    )
+    assert a.finish_reason == b.finish_reason == "cancelled" and len(polls) == 6
+    assert (b.text, b.token_ids) == ("", [])
+    assert ref_engine.complete([CompletionRequest(ids, 48)])[0].token_ids == full.token_ids
+
+
+class _SlowTurns:
+    """The engine, with every decoder turn made 50 ms slower (through the `alive` poll the
+    scheduler makes once a turn), so a test can cancel a decode that is surely running."""
+
+    def __init__(self, engine):
+        self.engine, self.turns = engine, 0
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def complete(self, requests, alive=None):
+        def slow_alive() -> bool:
+            self.turns += 1
+            time.sleep(0.05)
+            return alive is None or alive()
+
+        return self.engine.complete(requests, alive=slow_alive)
+
+
+def test_local_backend_cancel_ends_the_running_decode(ref_engine):
+    """Cancelling `LocalBackend.infill` while the engine decodes ends the decode at the next
+    turn (before this hook, it ran out its budget), and frees the one engine thread for
+    the next keystroke's request."""
+    from zen_code_jax.lsp.backend import EngineSource, InfillRequest, LocalBackend
+
+    backend = LocalBackend(EngineSource())
+    backend.engine = slow = _SlowTurns(ref_engine)
+    req = InfillRequest("class A:\n    ", "", [], "a.py", None, 40, ())
+
+    async def scenario() -> tuple[float, str]:
+        task = asyncio.ensure_future(backend.infill(req))
+        await asyncio.sleep(0.3)  # prefill and a few 50 ms turns
+        t0 = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        nxt = await backend.infill(dataclasses.replace(req, max_tokens=1))
+        return time.monotonic() - t0, nxt
+
+    waited, nxt = asyncio.run(scenario())
+    assert backend.stats["finish_cancelled"] == 1 and backend.stats["cancelled"] == 1
+    assert slow.turns < 20, f"the cancelled decode ran on for {slow.turns} turns"
+    assert waited < 1.0, f"the next request waited {waited:.2f} s for the cancelled one"
+    assert backend.stats["finish_length"] == 1 and isinstance(nxt, str)
+
+
 # ----------------------------------------------------------------------------- remote
 class _Recorder(BaseHTTPRequestHandler):
     """Answers /v1/completions (SSE) and /infill with fixed text; records every body."""
@@ -338,6 +422,8 @@ class _Recorder(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()
         slow = "SLOW" in body["prompt"]
+        if "DELAY" in body["prompt"]:
+            time.sleep(0.6)
         try:
             for piece in [self.reply[:3], self.reply[3:]] if not slow else ["x"] * 100:
                 chunk = {"choices": [{"index": 0, "text": piece}]}
@@ -383,6 +469,42 @@ async def test_remote_utf8_positions_context_and_body(remote):
     assert body["path"] == "main.py" and body["context"] == [{"path": "util.py", "content": UTIL}]
     assert body["stop"] == ["\n"] and body["max_tokens"] == 32
     assert [i.insert_text for i in got.items] == ["a = 1"]  # a single line: text follows
+
+
+def _change_full(client: LanguageClient, uri: str, text: str, version: int) -> None:
+    client.text_document_did_change(
+        lsp.DidChangeTextDocumentParams(
+            text_document=lsp.VersionedTextDocumentIdentifier(uri=uri, version=version),
+            content_changes=[lsp.TextDocumentContentChangeWholeDocument(text=text)],
+        )
+    )
+
+
+@pytestmark_async
+async def test_an_edit_while_a_request_waits_or_decodes_drops_its_answer(remote):
+    """Found with Neovim 0.11: a completion that arrives after more typing was shown at
+    its old position. An edit while the request debounces: no decode, empty answer; an
+    edit while the backend decodes: the answer is dropped (empty)."""
+    uri = (remote.root / "stale.py").as_uri()
+    _open(remote, uri, "x = 1\n")
+    remote.workspace_did_change_configuration(
+        lsp.DidChangeConfigurationParams(settings={"debounceMs": 400})
+    )
+    _Recorder.bodies.clear()
+    fut = asyncio.ensure_future(_inline(remote, uri, 0, 5))
+    await asyncio.sleep(0.1)
+    _change_full(remote, uri, "x = 12\n", 2)
+    assert not (await fut).items and _Recorder.bodies == []  # never decoded
+    remote.workspace_did_change_configuration(
+        lsp.DidChangeConfigurationParams(settings={"debounceMs": 0})
+    )
+    _change_full(remote, uri, "# DELAY\nx = 12\n", 3)  # the recorder answers after 0.6 s
+    fut = asyncio.ensure_future(_inline(remote, uri, 1, 6))
+    await asyncio.sleep(0.3)
+    _change_full(remote, uri, "# DELAY\nx = 123\n", 4)
+    assert not (await fut).items and len(_Recorder.bodies) == 1  # decoded, then dropped
+    got = await _inline(remote, uri, 1, 7)  # nothing typed meanwhile: answered
+    assert [i.insert_text for i in got.items] == ["a = 1"]
 
 
 @pytestmark_async

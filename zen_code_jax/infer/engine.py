@@ -24,7 +24,7 @@ import contextlib
 import dataclasses
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -328,8 +328,14 @@ class InferenceEngine:
         # and each extra window would compile one more step per chunk length.
         return self.scheduler(self.slot_decoder(max_len, windows=(max_len,)))
 
-    def complete(self, requests: Sequence[CompletionRequest]) -> list[Completion]:
+    def complete(
+        self, requests: Sequence[CompletionRequest], alive: Callable[[], bool] | None = None
+    ) -> list[Completion]:
         """Decode token-level requests (any mix of settings); results in request order.
+        alive: polled every decoder turn (the scheduler's per-job cancel, as the server's
+        on a disconnect); once it returns False the call ends at that turn and every
+        unfinished row comes back empty with finish_reason "cancelled" (its caller no
+        longer wants it: the language server's `$/cancelRequest`).
 
         The slot engine run synchronously: every request a row of the one decoder, the
         longest prompts admitted first. A row's random draws are keyed by its own
@@ -348,10 +354,16 @@ class InferenceEngine:
         todo.sort(key=lambda i: -len(requests[i].prompt_ids))
         if todo:
             longest = max(len(requests[i].prompt_ids) + requests[i].max_new_tokens for i in todo)
-            job = Job([requests[i] for i in todo], stream=False)
+            job = Job([requests[i] for i in todo], alive, stream=False)
             with self._lock:
-                self._sync_scheduler(longest).run(job)
+                try:
+                    self._sync_scheduler(longest).run(job)
+                except RuntimeError:  # rows dropped while waiting leave `run` no progress
+                    if not job.cancelled.is_set():
+                        raise
             for i, row in zip(todo, job.rows):
+                if row.finish_reason is None:  # cancelled before it was admitted
+                    row.finish_reason = "cancelled"
                 results[i] = row.completion()
         return results  # type: ignore[return-value]
 

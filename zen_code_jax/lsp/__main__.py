@@ -32,18 +32,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
     p.add_argument("--dtype", default=None, help="compute dtype (f32 on CPU, bf16 otherwise)")
     p.add_argument("--seed", type=int, default=0, help="seed of --random_preset weights")
+    p.add_argument(
+        "--compilation_cache_dir",
+        default=None,
+        help="persistent XLA cache (default: WORKDIR/cache/jax of --run_dir, else "
+        "~/.cache/zen_code_jax/jax; JAX_COMPILATION_CACHE_DIR overrides a default)",
+    )
     p.add_argument("--api", default="completions", choices=APIS, help="remote API")
     p.add_argument("--api_key", default=os.environ.get("ZEN_API_KEY"), help="or ZEN_API_KEY")
     p.add_argument("--model", default=None, help="remote model id (default: the server's first)")
     p.add_argument("--max_context", type=int, default=2048, help="remote model's context")
     p.add_argument("--log_file", default=None, help="write the server's log here")
+    p.add_argument(
+        "--log_level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING"),
+        help="INFO: one line per completion request; DEBUG: every LSP message both ways",
+    )
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.log_file:
-        logging.basicConfig(filename=args.log_file, level=logging.INFO)
+        logging.basicConfig(filename=args.log_file, level=getattr(logging, args.log_level))
     if args.url:
         backend = RemoteBackend(args.url, args.api, args.api_key, args.model, args.max_context)
     else:
@@ -58,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.step,
                 args.dtype,
                 args.seed,
+                args.compilation_cache_dir,
             )
         )
     create_server(backend, Settings()).start_io()

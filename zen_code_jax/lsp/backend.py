@@ -9,18 +9,22 @@ Cancellation: the language server runs a request as an asyncio task and cancels 
 `$/cancelRequest`. A remote request is a streamed HTTP response, so cancelling closes the
 connection and the server frees the slot at its next step. A local request waits for the
 engine in a one-thread executor; cancelled before it starts, it never runs, and a decode
-already running finishes its small budget (the engine's public API has no abort) with
-its result dropped.
+already running is ended at the engine's next decoder turn (`complete(..., alive=)`, the
+scheduler's per-job cancel, as the HTTP server's on a disconnect), so the next keystroke's
+request does not wait out a stale budget. Both count what happened in `stats`
+(`zenCode/stats`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import json
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
@@ -57,12 +61,14 @@ class EngineSource:
     step: int | None = None
     dtype: str | None = None
     seed: int = 0
+    compilation_cache_dir: str | None = None  # None: the server's default (see `load`)
 
 
 class Backend(Protocol):
     """The language server's view of a completion source."""
 
     max_context: int  # prompt + completion tokens the model takes
+    stats: collections.Counter[str]  # requests, cancelled, ... (`zenCode/stats`)
 
     def load(self, report: Callable[[str], None]) -> None: ...
 
@@ -103,9 +109,22 @@ class LocalBackend:
         self.src = src
         self.engine: Any = None
         self.max_context = 0
+        self.stats: collections.Counter[str] = collections.Counter()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="zen-lsp-engine")
 
     def load(self, report: Callable[[str], None]) -> None:
+        """Load and compile. Each new prompt-length bucket compiles on its first request
+        (seconds on a CPU), so the persistent compilation cache is on, where the HTTP
+        server keeps it: a restarted editor compiles nothing it compiled before."""
+        # local import: jax-heavy, as in load_engine
+        from zen_code_jax.parallel.compilation_cache import enable_compilation_cache
+
+        src = self.src
+        cache = src.compilation_cache_dir
+        if cache is None and src.run_dir:
+            cache = str(Path(src.run_dir).absolute().parent.parent / "cache" / "jax")
+        default = str(Path.home() / ".cache" / "zen_code_jax" / "jax")
+        enable_compilation_cache(cache or default, explicit=src.compilation_cache_dir is not None)
         report("loading parameters")
         self.engine = load_engine(self.src)
         self.max_context = int(self.engine.model_cfg.max_position_embeddings)
@@ -128,18 +147,26 @@ class LocalBackend:
         from zen_code_jax.infer.engine import CompletionRequest
 
         if cancelled is not None and cancelled.is_set():
+            self.stats["cancelled_before_decode"] += 1
             return ""
         row = CompletionRequest(
             self.prompt_ids(req), req.max_tokens, req.temperature, req.top_p, req.stop
         )
-        return self.engine.complete([row])[0].text
+        alive = None if cancelled is None else (lambda: not cancelled.is_set())
+        out = self.engine.complete([row], alive=alive)[0]
+        self.stats["decodes"] += 1
+        self.stats[f"finish_{out.finish_reason}"] += 1
+        self.stats["decoded_tokens"] += len(out.token_ids)
+        return out.text
 
     async def infill(self, req: InfillRequest) -> str:
+        self.stats["requests"] += 1
         cancelled = threading.Event()
         fut = asyncio.get_running_loop().run_in_executor(self._pool, self._decode, req, cancelled)
         try:
             return await asyncio.shield(fut)
         except asyncio.CancelledError:
+            self.stats["cancelled"] += 1
             cancelled.set()
             raise
 
@@ -164,6 +191,7 @@ class RemoteBackend:
             raise ValueError(f"--api={api!r} is unknown; use one of {APIS}.")
         self.url, self.api, self.model = url.rstrip("/"), api, model
         self.max_context = max_context
+        self.stats: collections.Counter[str] = collections.Counter()
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.AsyncClient(headers=headers, timeout=timeout_s)
 
@@ -215,6 +243,14 @@ class RemoteBackend:
         return out
 
     async def infill(self, req: InfillRequest) -> str:
+        self.stats["requests"] += 1
+        try:
+            return await self._infill(req)
+        except asyncio.CancelledError:
+            self.stats["cancelled"] += 1  # the stream is closed on the way out
+            raise
+
+    async def _infill(self, req: InfillRequest) -> str:
         body = self.body(req)
         if self.api == "llama_infill":
             r = await self.client.post(f"{self.url}/infill", json=body)

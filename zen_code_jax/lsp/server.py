@@ -6,7 +6,12 @@ Requests:
 - `textDocument/completion`: the same text as one completion item, for clients without
   inline completion (Helix, eglot, older Neovim);
 - `zenCode/prompt` (ours): the prompt's token ids for a position (in-process backend), so
-  tests and users can check the prompt against the training window.
+  tests and users can check the prompt against the training window;
+- `zenCode/stats` (ours): the backend's counters (requests, cancelled, decodes by finish
+  reason, decoded tokens), to see from an editor what cancellation saved.
+
+Every completion request is logged (`--log_file`) with its method, position, the answer's
+length and its time, which is how the editor trials in docs/lsp.md were read.
 
 Documents are kept here with LSP's own line rules (`text.py`), synced fully or
 incrementally, in the position encoding negotiated at initialize (UTF-16 unless the
@@ -21,6 +26,7 @@ import asyncio
 import importlib.metadata
 import logging
 import threading
+import time
 from typing import Any
 
 from lsprotocol import types as lsp
@@ -33,6 +39,7 @@ from zen_code_jax.lsp.settings import Settings
 
 log = logging.getLogger("zen_code_jax.lsp")
 PROMPT_METHOD = "zenCode/prompt"
+STATS_METHOD = "zenCode/stats"
 
 
 class ZenLanguageServer(LanguageServer):
@@ -47,6 +54,7 @@ class ZenLanguageServer(LanguageServer):
         self.ready = asyncio.Event()
         self.load_error: str | None = None
         self.latest: dict[str, int] = {}  # uri -> id of its newest completion request
+        self.edits: dict[str, int] = {}  # uri -> didChange notifications so far
         self._seq = 0
 
     @property
@@ -101,10 +109,27 @@ class ZenLanguageServer(LanguageServer):
         )
         return req, cur, multi
 
-    async def complete_at(self, uri: str, pos: lsp.Position) -> str | None:
-        """The completion text to insert at `pos` (None when superseded or not ready)."""
+    async def complete_at(self, uri: str, pos: lsp.Position, method: str) -> str | None:
+        """The completion text to insert at `pos` (None when superseded or not ready),
+        logged with `method` (which request asked)."""
+        t0 = time.perf_counter()
+        try:
+            text = await self._complete_at(uri, pos)
+        except asyncio.CancelledError:
+            log.info("%s %s:%d:%d cancelled", method, uri, pos.line, pos.character)
+            raise
+        ms = (time.perf_counter() - t0) * 1000
+        log.info("%s %s:%d:%d -> %r (%.1f ms)", method, uri, pos.line, pos.character, text, ms)
+        return text
+
+    async def _complete_at(self, uri: str, pos: lsp.Position) -> str | None:
+        """None when a newer request or an edit made this one stale: `pos` is a position in
+        the document as it was when the request came (Neovim 0.11 shows a completion that
+        arrives after more typing, at the old position), so an edit meanwhile means the
+        answer would be built from, or inserted into, another text."""
         self._seq += 1
         me = self.latest[uri] = self._seq
+        edits = self.edits.get(uri)
         if self.settings.debounceMs:
             await asyncio.sleep(self.settings.debounceMs / 1000)
             if self.latest.get(uri) != me:
@@ -112,8 +137,13 @@ class ZenLanguageServer(LanguageServer):
         await self.ready.wait()
         if self.load_error:
             raise RuntimeError(self.load_error)
+        if self.edits.get(uri) != edits:
+            return None  # edited while debouncing or loading: don't decode at all
         req, cur, multi = self.build_request(uri, pos)
         text = await self.backend.infill(req)
+        if self.edits.get(uri) != edits:
+            log.info("%s:%d:%d edited while decoding: answer dropped", uri, pos.line, pos.character)
+            return None
         return tx.shape_completion(text, cur, multi)
 
 
@@ -195,6 +225,7 @@ def create_server(backend: Backend, settings: Settings | None = None) -> ZenLang
     def did_open(ls: ZenLanguageServer, params: lsp.DidOpenTextDocumentParams) -> None:
         d = params.text_document
         ls.docs[d.uri] = tx.Document(d.uri, d.text, d.version, d.language_id)
+        ls.edits[d.uri] = ls.edits.get(d.uri, 0) + 1
 
     @server.feature(lsp.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: ZenLanguageServer, params: lsp.DidChangeTextDocumentParams) -> None:
@@ -211,6 +242,7 @@ def create_server(backend: Backend, settings: Settings | None = None) -> ZenLang
             else:
                 doc.apply(None, None, ch.text, enc)
         doc.version = params.text_document.version
+        ls.edits[doc.uri] = ls.edits.get(doc.uri, 0) + 1
         ls.ws.touch(doc.uri)
 
     @server.feature(lsp.TEXT_DOCUMENT_DID_CLOSE)
@@ -222,7 +254,9 @@ def create_server(backend: Backend, settings: Settings | None = None) -> ZenLang
     async def inline_completion(
         ls: ZenLanguageServer, params: lsp.InlineCompletionParams
     ) -> lsp.InlineCompletionList | None:
-        text = await ls.complete_at(params.text_document.uri, params.position)
+        text = await ls.complete_at(
+            params.text_document.uri, params.position, lsp.TEXT_DOCUMENT_INLINE_COMPLETION
+        )
         if not text:
             return lsp.InlineCompletionList(items=[])
         item = lsp.InlineCompletionItem(insert_text=text, range=_range_at(params.position))
@@ -234,7 +268,9 @@ def create_server(backend: Backend, settings: Settings | None = None) -> ZenLang
     async def completion(ls: ZenLanguageServer, params: lsp.CompletionParams) -> lsp.CompletionList:
         if not ls.completion_items_wanted():
             return lsp.CompletionList(is_incomplete=True, items=[])
-        text = await ls.complete_at(params.text_document.uri, params.position)
+        text = await ls.complete_at(
+            params.text_document.uri, params.position, lsp.TEXT_DOCUMENT_COMPLETION
+        )
         if not text:
             return lsp.CompletionList(is_incomplete=True, items=[])
         first = text.splitlines()[0] if text.strip() else text
@@ -262,6 +298,10 @@ def create_server(backend: Backend, settings: Settings | None = None) -> ZenLang
             "multiline": multi,
             "maxTokens": req.max_tokens,
         }
+
+    @server.feature(STATS_METHOD)
+    def stats(ls: ZenLanguageServer, params: Any) -> dict[str, int]:
+        return dict(ls.backend.stats)
 
     @server.feature(lsp.SHUTDOWN)
     async def shutdown(ls: ZenLanguageServer, params: Any) -> None:
