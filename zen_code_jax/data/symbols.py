@@ -183,6 +183,7 @@ _SPECS: dict[str, _Spec] = {
         _fs(),
     ),
 }
+GRAMMARS: tuple[str, ...] = tuple(_SPECS)  # a grammar's code is its index here
 _CPP_EXT = (".cc", ".cpp", ".cxx", ".c++", ".hh", ".hpp", ".hxx", ".h++", ".inl", ".ipp", ".tcc")
 
 
@@ -196,7 +197,7 @@ def grammar_of(path: str) -> str | None:
 
 
 @functools.cache
-def _parser(grammar: str) -> Any:
+def parser_for(grammar: str) -> Any:
     """A tree-sitter parser of one grammar (built once per process)."""
     import tree_sitter
 
@@ -429,7 +430,7 @@ def symbol_table(path: str, content: str) -> SymbolTable:
     if grammar is None:
         return SymbolTable((), UNSUPPORTED)
     src = content.encode("utf-8")
-    tree = _parser(grammar).parse(src)
+    tree = parser_for(grammar).parse(src)
     if tree.root_node.has_error:
         return SymbolTable((), SYNTAX_ERROR)
     return SymbolTable(tuple(_symbols(grammar, tree.root_node, src)), PARSED)
