@@ -199,10 +199,16 @@ def grammar_of(path: str) -> str | None:
 @functools.cache
 def parser_for(grammar: str) -> Any:
     """A tree-sitter parser of one grammar (built once per process)."""
-    import tree_sitter
-
     spec = _SPECS[grammar]
-    lang = getattr(importlib.import_module(spec.module), spec.attr)()
+    try:
+        import tree_sitter
+
+        lang = getattr(importlib.import_module(spec.module), spec.attr)()
+    except ImportError as e:
+        raise ImportError(
+            f"Symbol tables and fim.span='ast' need tree-sitter and the {grammar} grammar "
+            f"({e.name} is missing); install them with pip install -e '.[symbols]'."
+        ) from None
     return tree_sitter.Parser(tree_sitter.Language(lang))
 
 
@@ -341,8 +347,6 @@ def _constants(grammar: str, node: Any, src: bytes) -> list[str]:
 
 def _members(grammar: str, spec: _Spec, node: Any, src: bytes) -> tuple[str, ...]:
     """Signatures of a class's methods (and class constants where the language has them)."""
-    if grammar == "Go":  # an interface's method set
-        return tuple(_text(m, src) for m in _walk_type(node) if m.type == "method_elem")
     body = node.child_by_field_name("body")
     if body is None:
         return ()
