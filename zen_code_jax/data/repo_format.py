@@ -49,7 +49,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from zen_code_jax.data.fim import fim_prompt_tokens
@@ -208,17 +208,24 @@ class RepoFormat:
     ) -> list[str]:
         """The prefix's text lines: every path (window order), then the context files'
         symbol tables ("paths+symbols"; never the target's). [] when off."""
+        return list(self._iter_prefix_lines(paths, context, target))
+
+    def _iter_prefix_lines(
+        self, paths: Sequence[str], context: Sequence[tuple[str, str]], target: str | None
+    ) -> Iterator[str]:
+        """`prefix_lines`, lazily (the budget usually stops well before the end)."""
         if self.prefix.mode == "none":
-            return []
-        lines = [self._prefix_line(p, f"Path: {p}") for p in dict.fromkeys(paths)]
+            return
+        for p in dict.fromkeys(paths):
+            yield self._prefix_line(p, f"Path: {p}")
         if self.prefix.mode == "paths+symbols":
             for path, content in dict(context).items():
                 table = _table(path, content)
                 if path == target or table.status != PARSED or not table.symbols:
                     continue
-                lines.append(self._prefix_line(path, f"Symbols: {path}"))
-                lines.extend(self._prefix_line(path, f"  {x}") for x in table.lines())
-        return lines
+                yield self._prefix_line(path, f"Symbols: {path}")
+                for x in table.lines():
+                    yield self._prefix_line(path, f"  {x}")
 
     def prefix_ids(
         self,
@@ -230,7 +237,7 @@ class RepoFormat:
         """The prefix's tokens: lines encoded one by one, kept in order while the total
         fits `prefix.tokens` (so every caller cuts it at the same line)."""
         out: list[int] = []
-        for line in self.prefix_lines(paths, context, target):
+        for line in self._iter_prefix_lines(paths, context, target):
             ids = tok.encode(line)
             if len(out) + len(ids) > self.prefix.tokens:
                 break

@@ -14,8 +14,10 @@ Repository mode (report section 2.3): the files of one repository, dependencies 
 opening (`<|repo_name|>...` in the qwen2.5 / starcoder2 formats). A file longer than a
 window is split (at line ends where possible) into pieces that each fit; every piece
 repeats the file's header so the model always knows where it is. With `data.repo_prefix`
-on, every window keeps `data.repo_prefix_tokens` free for its path / symbol-table prefix,
-built by `RepoFormat.open_ids` after the repository opening (see `repo_format`).
+on, every window opens with its path / symbol-table prefix (`RepoFormat.open_ids`, after the
+repository opening, see `repo_format`): pieces are cut to fit beside a full prefix
+(`data.repo_prefix_tokens`), and a window takes pieces while its tokens and its exact
+prefix, which grows with them, fit.
 
 Repository FIM is applied to the last file (piece) of a window, *inside* it: the context
 files stay plain text, the target's header follows, and only the target's content is
@@ -326,6 +328,22 @@ def repo_pieces(
     return out
 
 
+class _MemoEncode:
+    """`tok.encode` remembered per text (a window's prefix lines are encoded again for
+    every piece the window considers); other attributes are the tokenizer's."""
+
+    def __init__(self, tok: Any):
+        self._tok, self._cache = tok, {}
+
+    def encode(self, text: str) -> list[int]:
+        if text not in self._cache:
+            self._cache[text] = self._tok.encode(text)
+        return self._cache[text]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tok, name)
+
+
 def repo_windows(
     files: Sequence[tuple[str, str]],
     tok: Tokenizer,
@@ -355,15 +373,28 @@ def repo_windows(
             f"data.repo_prefix_tokens={reserve} is over a quarter of seq_len={seq_len}; "
             "lower data.repo_prefix_tokens or raise seq_len."
         )
+    # A piece always fits beside the opening and a full prefix; windows then take pieces
+    # while their exact prefix (which grows with them) and tokens fit.
     pieces = repo_pieces(files, tok, seq_len - 1 - FIM_RESERVE - len(opening) - reserve, fmt)
-    contents = dict(files)
+    contents, memo = dict(files), _MemoEncode(tok)
+
+    def head_of(group: list[Piece]) -> list[int]:
+        """The window's opening and prefix (`RepoFormat.open_ids`) for its pieces."""
+        if not reserve:
+            return opening
+        ctx_files = [(p, contents[p]) for p in dict.fromkeys(pc.path for pc in group[:-1])]
+        return fmt.open_ids(ctx_files, memo, repo, group[-1].path)
+
     groups: list[list[Piece]] = []
     cur: list[Piece] = []
-    n = len(opening) + reserve
+    n = len(opening)
     for pc in pieces:
-        if cur and n + len(pc.ids) > seq_len - 1:
+        fits = n + len(pc.ids) <= seq_len - 1
+        if cur and fits and reserve:
+            fits = n - len(opening) + len(pc.ids) + len(head_of([*cur, pc])) <= seq_len - 1
+        if cur and not fits:
             groups.append(cur)
-            cur, n = [], len(opening) + reserve
+            cur, n = [], len(opening)
         cur.append(pc)
         n += len(pc.ids)
     if cur:
@@ -372,10 +403,7 @@ def repo_windows(
     for g, group in enumerate(groups):
         last = g == len(groups) - 1
         target = group[-1]
-        head = opening
-        if reserve:
-            ctx_files = [(p, contents[p]) for p in dict.fromkeys(pc.path for pc in group[:-1])]
-            head = fmt.open_ids(ctx_files, tok, repo, target.path)
+        head = head_of(group)
         ctx = [*head, *(t for pc in group[:-1] for t in pc.ids), *target.header]
         mode = None
         if seed is not None:
