@@ -46,7 +46,7 @@ from zen_code_jax.data.fim_context import ContextFim, grammar_code
 from zen_code_jax.data.hf_tokenizer import check_repo_format
 from zen_code_jax.data.import_graph import order_files
 from zen_code_jax.data.packing import PackIterDataset
-from zen_code_jax.data.repo_format import RepoFormat, RepoPrefix, check_format
+from zen_code_jax.data.repo_format import RepoFormat, RepoPrefix, check_format, log_parse_outcomes
 from zen_code_jax.data.repo_window import file_segments, repo_windows
 from zen_code_jax.data.spans import check_span
 from zen_code_jax.data.tokenizer import Tokenizer
@@ -98,6 +98,8 @@ class FileToSegments:
                 flag = grammar_code(eligible, str(record.get("path", "")))
             return {"segments": segs, "flag": flag} if self.seed is not None else segs
         draw = unit_draw(self.seed, *_fim_key(record)) if eligible else None
+        if self.span == "ast":
+            log_parse_outcomes("files")
         return file_segments(
             record["content"],
             self.tok,
@@ -140,6 +142,8 @@ class RepoToWindows:
             if rec.get("domain", "code") in self.domains:
                 fim_paths.add(rec["path"])
         ordered = [(p, files[p]) for p in order_files(files)]
+        if self.span == "ast" or self.fmt.prefix.reserve:
+            log_parse_outcomes("repositories")
         return repo_windows(
             ordered,
             self.tok,

@@ -49,15 +49,18 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from zen_code_jax.data.fim import fim_prompt_tokens
 from zen_code_jax.data.languages import language_of
+from zen_code_jax.data.spans import span_stats
 from zen_code_jax.data.symbols import PARSED, SymbolTable, symbol_table
 
 REPO_FORMATS: tuple[str, ...] = ("report", "qwen2.5", "starcoder2")
 PREFIX_MODES: tuple[str, ...] = ("none", "paths", "paths+symbols")
+log = logging.getLogger(__name__)
 
 # The report format's header comment per language: (opening, closing). A language missing
 # here (and a path with no known language) gets "#", the report's own listing.
@@ -150,6 +153,19 @@ _STATS: collections.Counter[str] = collections.Counter()
 def prefix_stats() -> dict[str, int]:
     """Symbol tables built in this process by outcome (parsed / syntax_error / unsupported)."""
     return dict(_STATS)
+
+
+_UNITS_PER_LOG = 2000  # units (files, repositories) between two logs, per process
+_units = 0
+
+
+def log_parse_outcomes(what: str) -> None:
+    """Called once per unit: every _UNITS_PER_LOG, log how symbol tables and `ast` spans
+    parsed in this process, so fallbacks (path-only tables, character spans) are visible."""
+    global _units
+    _units += 1
+    if _units % _UNITS_PER_LOG == 0:
+        log.info("%s %d: symbol tables %s, ast spans %s", what, _units, dict(_STATS), span_stats())
 
 
 @functools.lru_cache(maxsize=4096)
