@@ -185,6 +185,8 @@ def test_unparsable_and_unsupported_files_have_no_table() -> None:
     assert symbol_table("a.py", "def f(:\n").status == SYNTAX_ERROR
     assert symbol_table("a.kt", "fun f() {}").status == UNSUPPORTED
     assert symbol_table("README", "text").symbols == ()
+    jsx = "export function App(p: Props) {\n  return <div>{p.x}</div>;\n}\n"
+    assert symbol_table("a.tsx", jsx).lines() == ["function App(p: Props)"]  # TSX grammar
     # Docstrings and bodies stay out; a multi-line header folds to one line.
     src = 'def f(a,  # note\n      b=1):\n    """Doc."""\n    return a\n'
     assert symbol_table("m.py", src).lines() == ["def f(a, b=1)"]

@@ -183,14 +183,17 @@ _SPECS: dict[str, _Spec] = {
         _fs(),
     ),
 }
+_SPECS["TSX"] = dataclasses.replace(_SPECS["TypeScript"], attr="language_tsx")  # .tsx: JSX
 GRAMMARS: tuple[str, ...] = tuple(_SPECS)  # a grammar's code is its index here
 _CPP_EXT = (".cc", ".cpp", ".cxx", ".c++", ".hh", ".hpp", ".hxx", ".h++", ".inl", ".ipp", ".tcc")
 
 
 def grammar_of(path: str) -> str | None:
     """The grammar that parses `path` (a `_SPECS` key), or None. C/C++ splits by extension:
-    `.h` and `.c` parse as C, the C++ extensions as C++."""
+    `.h` and `.c` parse as C, the C++ extensions as C++; `.tsx` parses as TSX."""
     lang = language_of(path)
+    if lang == "TypeScript" and path.lower().endswith(".tsx"):
+        return "TSX"
     if lang == "C/C++":
         return "C++" if path.lower().endswith(_CPP_EXT) or path.endswith(".cu") else "C"
     return lang if lang in _SPECS else None
