@@ -34,8 +34,27 @@ INSTALL_REQUIRES = [
 # inline completion), httpx for the remote backend.
 LSP = ["pygls==2.1.1", "lsprotocol==2025.0.0", "httpx==0.29.0"]
 
+# --- issue 21 items 1-2: symbol tables (data.repo_prefix) and syntax-aware FIM spans
+# (fim.span="ast"): tree-sitter and the grammar of each of the report's Table 3 languages
+# (data/symbols.py). Imported only when those options are on.
+TREE_SITTER = [
+    "tree-sitter==0.26.1",
+    "tree-sitter-python==0.25.0",
+    "tree-sitter-javascript==0.25.0",
+    "tree-sitter-typescript==0.23.2",
+    "tree-sitter-java==0.23.5",
+    "tree-sitter-c==0.24.2",
+    "tree-sitter-cpp==0.23.4",
+    "tree-sitter-go==0.25.0",
+    "tree-sitter-rust==0.24.2",
+    "tree-sitter-ruby==0.23.1",
+    "tree-sitter-php==0.25.1",
+    "tree-sitter-bash==0.25.1",
+]
+
 EXTRAS = {
     "lsp": LSP,
+    "symbols": TREE_SITTER,
     # torch and transformers are test-time references only; never imported at run time.
     "test": [
         "pytest",
@@ -62,8 +81,7 @@ EXTRAS = {
         "fire==0.7.1",
         "psutil==7.2.2",
         "rich==15.0.0",
-        "tree-sitter==0.26.1",
-        "tree-sitter-python==0.25.0",
+        *TREE_SITTER,
         "datasets==5.2.0",
         *LSP,
         "pytest-lsp==1.0.1",  # the language server's tests: a real LSP client harness

@@ -1,10 +1,14 @@
 """Repository-level fine-tuning ablation: the report's Table 8.
 
-One base model, then three arms compared on held-out repositories:
+One base model, then four arms compared on held-out repositories:
 
-    base     the base model itself (no repository fine-tuning)
-    repo8k   + fine-tuning on repository windows of 8K tokens
-    repo64k  + fine-tuning on repository windows of 64K tokens
+    base             the base model itself (no repository fine-tuning)
+    repo8k           + fine-tuning on repository windows of 8K tokens
+    repo64k          + fine-tuning on repository windows of 64K tokens
+    repo64k_symbols  repo64k whose windows open with the report's "structured file-path
+                     and symbol-table prefixes" (`data.repo_prefix="paths+symbols"`: the
+                     window's paths, then each context file's top-level signatures, within
+                     `data.repo_prefix_tokens`; evaluation prompts carry the same prefix)
 
 The fine-tuning arms train on repositories with more than 10 files and 1,000 lines (the
 report's filter; `data.min_repo_files` / `data.min_repo_lines`, off at smoke scale).
@@ -67,6 +71,8 @@ WINDOWS = {
 REPO_FILTER = {"smoke": (0, 0), "cpu": (10, 1000), "gpu": (10, 1000), "paper": (10, 1000)}
 # Fine-tuning steps per arm, per scale (the base arm trains `train.steps`).
 FT_STEPS = {"smoke": 4, "cpu": 150, "gpu": 300, "paper": 12_000}  # paper: ~50B tokens
+# The symbol arm's prefix budget per scale: 1/8 of its long window (at most a quarter).
+PREFIX_TOKENS = {"smoke": 64, "cpu": 512, "gpu": 1024, "paper": 8192}
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
@@ -95,6 +101,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
             "base": {},
             "repo8k": {**ft, "train.seq_len": short, "train.global_batch_size": batch},
             "repo64k": {**ft, "train.seq_len": long, "train.global_batch_size": batch // 8},
+            "repo64k_symbols": {
+                **ft,
+                "train.seq_len": long,
+                "train.global_batch_size": batch // 8,
+                "data.repo_prefix": "paths+symbols",
+                "data.repo_prefix_tokens": PREFIX_TOKENS[c.scale],
+            },
         },
     )
     apply_overrides(c, overrides)

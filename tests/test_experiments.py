@@ -133,10 +133,12 @@ def test_repo_ft_smoke_starts_from_the_base_arm(workdir):
     exp = workdir / "repo_ft_ablation"
     assert "[repo8k] initialized params from" in out and "[repo64k] initialized params" in out
     check_run_dir(exp / "base", steps=6)
-    for arm, seq in [("repo8k", 64), ("repo64k", 512)]:
+    for arm, seq in [("repo8k", 64), ("repo64k", 512), ("repo64k_symbols", 512)]:
         check_run_dir(exp / arm, steps=4)
         cfg = json.loads((exp / arm / "config.json").read_text())
         assert cfg["data"]["mode"] == "repo" and cfg["train"]["seq_len"] == seq
+        prefix = "paths+symbols" if arm == "repo64k_symbols" else "none"
+        assert cfg["data"]["repo_prefix"] == prefix
         assert "repo_completion" in json.loads((exp / arm / "eval" / "summary.json").read_text())
     assert "Table 8" in (exp / "report.md").read_text()
 

@@ -93,6 +93,9 @@ def base_config() -> ml_collections.ConfigDict:
             # repo mode layout: report | qwen2.5 | starcoder2; "" = the tokenizer's own
             # (report for ours; an HF Qwen2.5-Coder / StarCoder2 tokenizer's family)
             repo_format="",
+            # --- issue 21 items 1: repository prefixes (docs/fim.md) ---
+            repo_prefix="none",  # none | paths | paths+symbols: window opens with paths/symbols
+            repo_prefix_tokens=256,  # the prefix's budget (<= seq_len / 4); off: unused
             # --- preparation: decontamination, repo-FT filter, runner (issue 10, item 5-7)
             decontaminate=True,  # drop files sharing a 10-gram with HumanEval (+ MBPP below)
             mbpp_path="",  # MBPP JSONL to decontaminate against ("" = HumanEval only)
@@ -110,6 +113,8 @@ def base_config() -> ml_collections.ConfigDict:
             # --- issue 10a: FIM unit and domains (docs/data_pipeline.md, docs/fim.md) ---
             level="document",  # document: per file, before packing | context: per fragment
             domains=("code",),  # domains whose records may become FIM (report: code samples)
+            # --- issue 21 item 2: span choice (docs/fim.md) ---
+            span="char",  # char | line (whole lines) | ast (a syntax node); same draws
         )
     )
 

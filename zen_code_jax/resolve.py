@@ -44,6 +44,7 @@ from zen_code_jax.checkpoint import (
 from zen_code_jax.config import config_from_dict, model_config_from
 from zen_code_jax.data import tokenizer_load
 from zen_code_jax.data.hf_tokenizer import check_repo_format
+from zen_code_jax.data.repo_format import RepoPrefix
 from zen_code_jax.hf.checkpoint import CONFIG_FILE, HFCheckpoint
 from zen_code_jax.hf.load import default_mesh, param_shardings
 from zen_code_jax.hf.load import load_params as load_hf_params
@@ -189,6 +190,7 @@ class RunFacts:
     stop_ids: tuple[int, ...]
     step: int | None
     config: ml_collections.ConfigDict | None
+    repo_prefix: RepoPrefix = RepoPrefix()  # the run's data.repo_prefix(_tokens)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,6 +217,7 @@ def _facts(
         stop_ids=stop_ids(tokenizer),
         step=step,
         config=config,
+        repo_prefix=RepoPrefix.from_config(config.data) if config is not None else RepoPrefix(),
     )
 
 

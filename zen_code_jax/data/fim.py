@@ -21,6 +21,8 @@ Why the details matter:
   depends on read order, worker processes or restarts.
 - Context level (Bavarian et al. 2022 section 4; bigcode Megatron) applies FIM after
   packing, to each fragment of a row, restoring its length (`fim_fragment`).
+- `fim.span` moves the two character cuts to line boundaries ("line") or to the syntax
+  node nearest them ("ast"), a function of the same draw (`data/spans.py`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from collections.abc import Sequence
 from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
+
+from zen_code_jax.data.spans import span_points
 
 Mode = Literal["psm", "spm"]
 MODES: tuple[str, ...] = ("psm", "spm")
@@ -167,9 +171,15 @@ class FimDraw:
         a, b = (min(n, int(x * (n + 1))) for x in (self.a, self.b))
         return (a, b) if a <= b else (b, a)
 
-    def split(self, text: str) -> tuple[str, str, str]:
-        """Character-level (prefix, middle, suffix) with prefix + middle + suffix == text."""
+    def split(
+        self, text: str, span: str = "char", grammar: str | None = None
+    ) -> tuple[str, str, str]:
+        """(prefix, middle, suffix) with prefix + middle + suffix == text: character cuts,
+        or for `span` "line" / "ast" those cuts moved to lines / a syntax node of the
+        `grammar` (`data/spans.py`; the same uniforms, so arms stay nested)."""
         a, b = self.points(len(text))
+        if span != "char":
+            a, b = span_points(text, a, b, span, grammar)
         return text[:a], text[a:b], text[b:]
 
 
@@ -245,12 +255,19 @@ def apply_fim(
 
 
 def fim_fragment(
-    ids: Sequence[int], tok: Any, draw: FimDraw, rate: float, spm_rate: float
+    ids: Sequence[int],
+    tok: Any,
+    draw: FimDraw,
+    rate: float,
+    spm_rate: float,
+    *,
+    span: str = "char",
+    grammar: str | None = None,
 ) -> list[int] | None:
     """Context-level FIM of one packed fragment, length preserved (bigcode Megatron's
     `permute` with `truncate_or_pad`): None when it stays plain.
 
-    The fragment is decoded, split at characters, its parts re-encoded and laid out with
+    The fragment is decoded, split (`FimDraw.split` with `span` / `grammar`), its parts re-encoded and laid out with
     the sentinels; a trailing <|endoftext|> stays last. The result has exactly len(ids)
     tokens: a longer one drops tokens from the end of the suffix (when the suffix has too
     few, the fragment stays plain, as in bigcode), a shorter one is padded with
@@ -263,7 +280,7 @@ def fim_fragment(
     eot = ids[-1] == tok.eot_id
     body = ids[:-1] if eot else ids
     text = tok.decode(body)
-    prefix, middle, suffix = draw.split(text)
+    prefix, middle, suffix = draw.split(text, span, grammar)
     p, m, s = tok.encode(prefix), tok.encode(middle), tok.encode(suffix)
     diff = len(p) + len(m) + len(s) + 3 + int(eot) - len(ids)
     if diff > 0:

@@ -75,7 +75,8 @@ class RowPacker:
         return False
 
     def flag_array(self) -> np.ndarray:
-        """int32 [num_rows, seq_len]: 1 on the tokens of segments added with flag=True."""
+        """int32 [num_rows, seq_len]: each segment's flag (1 for True; an int flag, e.g.
+        `fim_context`'s grammar code, as given) on its tokens, 0 elsewhere."""
         out = np.zeros((self.num_rows, self.seq_len), dtype=np.int32)
         for r, (row, flags) in enumerate(zip(self.rows, self.flags)):
             at = 0
@@ -247,7 +248,7 @@ class _PackIterator(grain.DatasetIterator):
                 return False
             flag = False
             if isinstance(rec, dict):
-                rec, flag = rec["segments"], bool(rec["flag"])
+                rec, flag = rec["segments"], int(rec["flag"])  # a bool, or a grammar code
             segs = [c for s in rec if len(s) >= 2 for c in chunk_segment(s, self._seq_len)]
             self._pending_flag = flag
             skip, self._restore_skip = self._restore_skip, 0

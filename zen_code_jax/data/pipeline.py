@@ -42,12 +42,13 @@ from absl import flags
 from zen_code_jax.data.batch import Batch
 from zen_code_jax.data.corpus import HELDOUT_SPLIT, SPLITS, TRAIN_SPLIT, Corpus
 from zen_code_jax.data.fim import LEVELS, check_rates, unit_draw
-from zen_code_jax.data.fim_context import ContextFim
+from zen_code_jax.data.fim_context import ContextFim, grammar_code
 from zen_code_jax.data.hf_tokenizer import check_repo_format
 from zen_code_jax.data.import_graph import order_files
 from zen_code_jax.data.packing import PackIterDataset
-from zen_code_jax.data.repo_format import RepoFormat, check_format
+from zen_code_jax.data.repo_format import RepoFormat, RepoPrefix, check_format, log_parse_outcomes
 from zen_code_jax.data.repo_window import file_segments, repo_windows
+from zen_code_jax.data.spans import check_span
 from zen_code_jax.data.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -82,16 +83,23 @@ class FileToSegments:
         seed: int | None = None,
         level: str = "document",
         domains: Sequence[str] = ("code",),
+        span: str = "char",
     ):
         self.tok, self.seq_len, self.fim_rate, self.spm_rate = tok, seq_len, fim_rate, spm_rate
         self.seed, self.level, self.domains = seed, level, frozenset(domains)
+        self.span = check_span(span)
 
     def __call__(self, record: dict, rng: Any = None) -> Any:
         eligible = self.seed is not None and record.get("domain", "code") in self.domains
         if self.level == "context":
             segs = file_segments(record["content"], self.tok, None, self.seq_len)
-            return {"segments": segs, "flag": eligible} if self.seed is not None else segs
+            flag: bool | int = eligible
+            if self.span == "ast":  # the fragment's grammar rides on the packer's flag
+                flag = grammar_code(eligible, str(record.get("path", "")))
+            return {"segments": segs, "flag": flag} if self.seed is not None else segs
         draw = unit_draw(self.seed, *_fim_key(record)) if eligible else None
+        if self.span == "ast":
+            log_parse_outcomes("files")
         return file_segments(
             record["content"],
             self.tok,
@@ -99,6 +107,8 @@ class FileToSegments:
             self.seq_len,
             fim_rate=self.fim_rate,
             spm_rate=self.spm_rate,
+            span=self.span,
+            path=str(record.get("path", "")),
         )
 
 
@@ -115,10 +125,13 @@ class RepoToWindows:
         seed: int | None = None,
         repo_format: str = "report",
         domains: Sequence[str] = ("code",),
+        span: str = "char",
+        prefix: RepoPrefix = RepoPrefix(),
     ):
         self.source = source
         self.tok, self.seq_len, self.fim_rate, self.spm_rate = tok, seq_len, fim_rate, spm_rate
-        self.seed, self.fmt, self.domains = seed, RepoFormat(repo_format), frozenset(domains)
+        self.seed, self.domains = seed, frozenset(domains)
+        self.fmt, self.span = RepoFormat(repo_format, prefix), check_span(span)
 
     def __call__(self, repo: Sequence, rng: Any = None) -> list[np.ndarray]:
         name, start, end = repo
@@ -129,6 +142,8 @@ class RepoToWindows:
             if rec.get("domain", "code") in self.domains:
                 fim_paths.add(rec["path"])
         ordered = [(p, files[p]) for p in order_files(files)]
+        if self.span == "ast" or self.fmt.prefix.reserve:
+            log_parse_outcomes("repositories")
         return repo_windows(
             ordered,
             self.tok,
@@ -139,6 +154,7 @@ class RepoToWindows:
             fmt=self.fmt,
             repo=str(name),
             fim_paths=fim_paths,
+            span=self.span,
         )
 
 
@@ -356,6 +372,8 @@ def build_dataset(
     check_rates(fim_rate, spm_rate)
     level = str(fim_cfg.level)
     domains = tuple(fim_cfg.domains)
+    span = check_span(str(fim_cfg.get("span", "char")))
+    prefix = RepoPrefix.from_config(data_cfg)
     # "" = the tokenizer's own layout (ours: report; an HF Qwen/StarCoder tokenizer: theirs)
     repo_format = check_format(check_repo_format(corpus.tokenizer, str(data_cfg.repo_format)))
     window = int(data_cfg.row_shuffle_window)
@@ -373,13 +391,15 @@ def build_dataset(
         ds = grain.MapDataset.source(source)
         if len(ds) == 0:
             raise ValueError(f"The {split!r} split has no records; check data.source and filters.")
-        fn = FileToSegments(tok, seq_len, fim_rate, spm_rate, fim_seed, level, domains)
+        fn = FileToSegments(tok, seq_len, fim_rate, spm_rate, fim_seed, level, domains, span)
     else:
         repos = [tuple(r) for r in corpus.repos(split)]
         if not repos:
             raise ValueError(f"The {split!r} split has no repositories; check data.source.")
         ds = grain.MapDataset.source(repos)
-        fn = RepoToWindows(source, tok, seq_len, fim_rate, spm_rate, fim_seed, repo_format, domains)
+        fn = RepoToWindows(
+            source, tok, seq_len, fim_rate, spm_rate, fim_seed, repo_format, domains, span, prefix
+        )
 
     if train:
         if mode == "file":
@@ -419,7 +439,7 @@ def build_dataset(
         flags=context,
     )
     if context:
-        packed = packed.map(ContextFim(tok, seed, fim_rate, spm_rate))
+        packed = packed.map(ContextFim(tok, seed, fim_rate, spm_rate, span))
     # A map keeps the packer's checkpoint state as it is (grain forwards get/set_state).
     return packed.map(Batch.from_mapping)
 

@@ -13,7 +13,11 @@ Repository mode (report section 2.3): the files of one repository, dependencies 
 `seq_len` tokens that end at file boundaries; each window starts with the repository
 opening (`<|repo_name|>...` in the qwen2.5 / starcoder2 formats). A file longer than a
 window is split (at line ends where possible) into pieces that each fit; every piece
-repeats the file's header so the model always knows where it is.
+repeats the file's header so the model always knows where it is. With `data.repo_prefix`
+on, every window opens with its path / symbol-table prefix (`RepoFormat.open_ids`, after the
+repository opening, see `repo_format`): pieces are cut to fit beside a full prefix
+(`data.repo_prefix_tokens`), and a window takes pieces while its tokens and its exact
+prefix, which grows with them, fit.
 
 Repository FIM is applied to the last file (piece) of a window, *inside* it: the context
 files stay plain text, the target's header follows, and only the target's content is
@@ -37,6 +41,7 @@ import numpy as np
 
 from zen_code_jax.data.fim import FimDraw, fim_tokens, unit_draw
 from zen_code_jax.data.repo_format import RepoFormat, comment_header
+from zen_code_jax.data.symbols import grammar_of
 from zen_code_jax.data.tokenizer import Tokenizer
 
 # Tokens reserved in every piece for FIM: 3 sentinels + <|endoftext|> + re-encoding growth.
@@ -251,11 +256,14 @@ def file_segments(
     *,
     fim_rate: float = 0.0,
     spm_rate: float = 0.0,
+    span: str = "char",
+    path: str = "",
 ) -> list[np.ndarray]:
     """Token segments (each < seq_len) of one file for pretraining; FIM drawn per file.
 
     With `draw=None` no FIM is applied (evaluation, `fim.level="context"`, a domain that
     `fim.domains` leaves out). A FIM file is rearranged whole, then cut into pieces.
+    `span` is `fim.span`; `path` picks the grammar of an "ast" span.
     """
     if not content:
         return []
@@ -266,7 +274,7 @@ def file_segments(
         pieces = _pieces(content, ids, tok, budget)
         pieces[-1] = [*pieces[-1], tok.eot_id]
     else:
-        pre, mid, suf = draw.split(content)
+        pre, mid, suf = draw.split(content, span, grammar_of(path) if span == "ast" else None)
         p, m, s = tok.encode(pre), tok.encode(mid), tok.encode(suf)
         seq = fim_tokens(p, m, s, mode, tok)  # ends with <|endoftext|>
         ordered = pre + suf + mid if mode == "psm" else suf + pre + mid
@@ -320,6 +328,22 @@ def repo_pieces(
     return out
 
 
+class _MemoEncode:
+    """`tok.encode` remembered per text (a window's prefix lines are encoded again for
+    every piece the window considers); other attributes are the tokenizer's."""
+
+    def __init__(self, tok: Any):
+        self._tok, self._cache = tok, {}
+
+    def encode(self, text: str) -> list[int]:
+        if text not in self._cache:
+            self._cache[text] = self._tok.encode(text)
+        return self._cache[text]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tok, name)
+
+
 def repo_windows(
     files: Sequence[tuple[str, str]],
     tok: Tokenizer,
@@ -331,6 +355,7 @@ def repo_windows(
     fmt: RepoFormat = _REPORT,
     repo: str = "",
     fim_paths: Container[str] | None = None,
+    span: str = "char",
 ) -> list[np.ndarray]:
     """Windows (each <= seq_len tokens) of one repository whose files are in the given order.
 
@@ -339,15 +364,35 @@ def repo_windows(
     `{repo}{earlier files}{target header}<|fim_prefix|>{prefix}<|fim_suffix|>...` (PSM) or
     the SPM layout after the same header. The draw of window g is `unit_draw(seed, repo,
     g)`; `seed=None` means no FIM (evaluation). The repository's last window ends with
-    <|endoftext|>; FIM windows always do.
+    <|endoftext|>; FIM windows always do. `span` (`fim.span`) places the target's middle.
     """
     opening = fmt.repo_ids(repo, tok)
-    pieces = repo_pieces(files, tok, seq_len - 1 - FIM_RESERVE - len(opening), fmt)
+    reserve = fmt.prefix.reserve  # the path / symbol prefix's budget (0 when off)
+    if reserve and 4 * reserve > seq_len:
+        raise ValueError(
+            f"data.repo_prefix_tokens={reserve} is over a quarter of seq_len={seq_len}; "
+            "lower data.repo_prefix_tokens or raise seq_len."
+        )
+    # A piece always fits beside the opening and a full prefix; windows then take pieces
+    # while their exact prefix (which grows with them) and tokens fit.
+    pieces = repo_pieces(files, tok, seq_len - 1 - FIM_RESERVE - len(opening) - reserve, fmt)
+    contents, memo = dict(files), _MemoEncode(tok)
+
+    def head_of(group: list[Piece]) -> list[int]:
+        """The window's opening and prefix (`RepoFormat.open_ids`) for its pieces."""
+        if not reserve:
+            return opening
+        ctx_files = [(p, contents[p]) for p in dict.fromkeys(pc.path for pc in group[:-1])]
+        return fmt.open_ids(ctx_files, memo, repo, group[-1].path)
+
     groups: list[list[Piece]] = []
     cur: list[Piece] = []
     n = len(opening)
     for pc in pieces:
-        if cur and n + len(pc.ids) > seq_len - 1:
+        fits = n + len(pc.ids) <= seq_len - 1
+        if cur and fits and reserve:
+            fits = n - len(opening) + len(pc.ids) + len(head_of([*cur, pc])) <= seq_len - 1
+        if cur and not fits:
             groups.append(cur)
             cur, n = [], len(opening)
         cur.append(pc)
@@ -358,7 +403,8 @@ def repo_windows(
     for g, group in enumerate(groups):
         last = g == len(groups) - 1
         target = group[-1]
-        ctx = [*opening, *(t for pc in group[:-1] for t in pc.ids), *target.header]
+        head = head_of(group)
+        ctx = [*head, *(t for pc in group[:-1] for t in pc.ids), *target.header]
         mode = None
         if seed is not None:
             draw = unit_draw(seed, "repo", repo, str(g))
@@ -367,7 +413,8 @@ def repo_windows(
         if mode is None:
             seq = [*ctx, *target.body] + ([tok.eot_id] if last else [])
         else:
-            pre, mid, suf = draw.split(target.text)
+            grammar = grammar_of(target.path) if span == "ast" else None
+            pre, mid, suf = draw.split(target.text, span, grammar)
             fim = _fit_fim(
                 len(ctx), tok.encode(pre), tok.encode(mid), tok.encode(suf), mode, tok, seq_len
             )

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import ml_collections
 
 from zen_code_jax.data.hf_tokenizer import check_repo_format
-from zen_code_jax.data.repo_format import RepoFormat
+from zen_code_jax.data.repo_format import RepoFormat, RepoPrefix
 from zen_code_jax.eval.options import NoOptions, parse_options
 from zen_code_jax.eval.sandbox import SandboxLimits
 from zen_code_jax.eval.stats import per_problem_standard_errors
@@ -72,7 +72,8 @@ class EvalContext:
     def repo_layout(self) -> RepoFormat:
         """The token layout of repository prompts: the one training windows were built in."""
         configured = self.repo_format or str(self.config.data.repo_format)
-        return RepoFormat(check_repo_format(self.tokenizer, configured))
+        prefix = RepoPrefix.from_config(self.config.data)  # the run's path / symbol prefix
+        return RepoFormat(check_repo_format(self.tokenizer, configured), prefix)
 
     @property
     def eval_cfg(self) -> ml_collections.ConfigDict:

@@ -238,6 +238,7 @@ def build_prompt(
         raise ValueError(f"eval.fim_mode={mode!r}; use one of {FIM_MODES}.")
     repo = row["repo"] or None
     fixed = len(fmt.repo_ids(repo, tok)) + len(fmt.header_ids(row["path"], tok)) + 3
+    fixed += fmt.prefix.reserve  # the path / symbol prefix (data.repo_prefix; 0 when off)
     suffix = trim_right(row["right_context"], tok, max(0, max_tokens - fixed) // SUFFIX_SHARE)
     suffix_n = len(tok.encode(suffix + fmt.trailer()))
     prefix = trim_left(row["prompt"], tok, max_tokens - fixed - suffix_n)

@@ -116,17 +116,21 @@ def build_prompt(
     if setting == "in_file":
         return infile
     opening = fmt.repo_ids(ex["repo"], tok)
-    room = max_tokens - len(infile) - len(opening)
-    kept: list[list[int]] = []
+    room = max_tokens - len(infile) - len(opening) - fmt.prefix.reserve
+    kept: list[tuple[str, str]] = []
+    ids_kept: list[list[int]] = []
     for path, content in reversed(ex["context_files"]):
         ids = fmt.file_ids(path, content, tok)
         if len(ids) > room:
             break
-        kept.append(ids)
+        kept.append((path, content))
+        ids_kept.append(ids)
         room -= len(ids)
     if not kept:
         return infile
-    return [*opening, *(t for ids in reversed(kept) for t in ids), *infile]
+    # The opening and the path / symbol prefix (`data.repo_prefix`), as training built them.
+    head = fmt.open_ids(kept[::-1], tok, ex["repo"], ex["path"])
+    return [*head, *(t for ids in reversed(ids_kept) for t in ids), *infile]
 
 
 class RepoCompletionTask(Task):

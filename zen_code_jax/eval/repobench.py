@@ -291,6 +291,7 @@ def build_prompt(
     target's path and its (possibly left-trimmed) prefix, with the repository opening."""
     repo = str(row["repo_name"])
     fixed = len(fmt.repo_ids(repo, tok)) + len(fmt.header_ids(str(row["file_path"]), tok))
+    fixed += fmt.prefix.reserve  # the path / symbol prefix (data.repo_prefix; 0 when off)
     prefix = target_prefix(row)
     trimmed = trim_left(prefix, tok, max_tokens - fixed)
     room = max_tokens - fixed - len(tok.encode(trimmed))

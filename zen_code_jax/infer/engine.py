@@ -34,7 +34,7 @@ import numpy as np
 
 from zen_code_jax.data.fim import fim_prompt_tokens
 from zen_code_jax.data.hf_tokenizer import check_repo_format
-from zen_code_jax.data.repo_format import RepoFormat
+from zen_code_jax.data.repo_format import RepoFormat, RepoPrefix
 from zen_code_jax.infer import forward as dec
 from zen_code_jax.infer.drafting import ModelDrafter, NgramDrafter, SpecConfig, Speculator
 from zen_code_jax.infer.request import Completion, CompletionRequest, truncate_at_stop
@@ -96,6 +96,7 @@ class InferenceEngine:
         repo_format: str = "",
         facts: RunFacts | None = None,
         prefill_chunk: int = 128,
+        repo_prefix: RepoPrefix | None = None,
     ):
         """max_batch_size: rows decoded together (the slots of `complete`'s decoder);
         min_batch_bucket: smallest padded batch of `token_logprobs` (and the multiple the
@@ -103,9 +104,12 @@ class InferenceEngine:
         repo_format: the training run's `data.repo_format` (repository prompts; "" = the
         tokenizer's own: report for ours, qwen2.5 / starcoder2 for those HF tokenizers);
         facts: what the checkpoint was resolved to (`from_run` sets it; None for weights
-        handed in directly, e.g. the trainer's own or random ones)."""
+        handed in directly, e.g. the trainer's own or random ones); repo_prefix: the
+        run's `data.repo_prefix` (None = off), the path / symbol prefix of its windows."""
         tokenizer.check_compatible(model_cfg)
-        self.repo_format = RepoFormat(check_repo_format(tokenizer, repo_format))
+        self.repo_format = RepoFormat(
+            check_repo_format(tokenizer, repo_format), repo_prefix or RepoPrefix()
+        )
         self.model_cfg = model_cfg
         self.tokenizer = tokenizer
         self.facts = facts
@@ -164,6 +168,7 @@ class InferenceEngine:
             mesh,
             rules=rules,
             repo_format=facts.repo_format,
+            repo_prefix=facts.repo_prefix,
             facts=facts,
             **kwargs,
         )
