@@ -69,10 +69,17 @@ def test_fake_corpus_is_a_corpus(corpus) -> None:
         corpus.source("validation")
 
 
-@pytest.mark.parametrize("mode", ["file", "repo", "context"])
+@pytest.mark.parametrize("mode", ["file", "repo", "context", "best_fit"])
 def test_contract_determinism_and_restore(corpus, tok, mode: str) -> None:
-    cfg = _cfg(mode="file" if mode == "context" else mode)
+    cfg = _cfg(mode="repo" if mode == "repo" else "file")
     cfg.fim.level = "context" if mode == "context" else "document"
+    if mode == "best_fit":  # data.packing reaches the packer (other batches than first fit)
+        cfg.data.packing = "best_fit"
+        n = 40
+        ff = _take(make_dataset(corpus, _cfg(), seq_len=1024, batch_size=4, seed=3), n)
+        bf = _take(make_dataset(corpus, cfg, seq_len=1024, batch_size=4, seed=3), n)
+        print([_same([a], [b]) for a, b in zip(ff, bf)])
+        assert not _same(bf, ff)
     it = make_dataset(corpus, cfg, seq_len=SEQ, batch_size=4, seed=3)
     first = _take(it, 6)
     for b in first:

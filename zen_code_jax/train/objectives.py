@@ -45,8 +45,9 @@ from zen_code_jax.train.loss import (
     objective,
 )
 
-# Metric names the step itself adds; an objective may not return them.
-STEP_METRICS = ("grad_norm", "lr", "tokens")
+# Metric names the step itself adds; an objective may not return them. `padding`: the
+# share of the global batch's tokens that are packing padding (segment 0).
+STEP_METRICS = ("grad_norm", "lr", "tokens", "padding")
 
 
 @struct.dataclass
