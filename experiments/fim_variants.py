@@ -35,17 +35,19 @@ SPM, prefix-only) and their gap are the signals (see fim_ablation's docstring).
 The `line` and `ast` arms need the `fim.span` config key (issue 21 items 1-2, built
 beside this file); on a tree without it they are left out with a warning, never silently.
 
-    python experiments/run.py --config=experiments/fim_variants.py:smoke  # ~1 min, 2-core CI
+    python experiments/run.py --config=experiments/fim_variants.py:smoke  # seconds when idle
     python experiments/run.py --config=experiments/fim_variants.py        # cpu: ~40 min est.
     python experiments/run.py --config=experiments/fim_variants.py:gpu    # one H100/H200
     python experiments/run.py --config=experiments/fim_variants.py:paper  # the 14B recipe
 
-Measured cost: the smoke scale ran its three arms (baseline, hlp, best_fit; no fim.span on
-the tree it was written on) in 3 min 40 s end to end on the 2-core CI machine shared with
-eight other jobs (load ~15). The cpu scale is sized from fim_ablation's measured 36 min for
-four arms (~6 min training + ~2.5 min evaluation per arm): five arms with the evaluation cut
-to the two held-out tasks (the only ones that move at this scale) come to ~40 minutes; not
-yet timed end to end.
+Measured cost: the smoke test (tests/test_experiments.py::test_fim_variants_smoke: three
+arms, as this tree has no fim.span, corpus preparation included) took 9 min 30 s on the
+2-core CI machine shared with eight other jobs (load ~15), where fim_ablation's own smoke,
+run beside it, took 6.5-8 min per arm; it trains the same model for the same steps as
+fim_ablation's smoke (~15 s idle). The cpu scale is sized from fim_ablation's measured
+36 min for four arms (~6 min training + ~2.5 min evaluation per arm): five arms with the
+evaluation cut to the two held-out tasks (the only ones that move at this scale) come to
+~40 minutes; not yet timed end to end.
 """
 
 from __future__ import annotations
