@@ -120,6 +120,38 @@ def test_fim_ablation_smoke_runs_every_arm_and_writes_the_report(workdir):
     )
 
 
+def test_fim_variants_smoke(workdir):
+    """Every arm of experiments/fim_variants.py trains and the report pairs it with the
+    baseline. `line` and `ast` need `fim.span` (issue 21 items 1-2): on a tree without that
+    key they are skipped, loudly, and only then."""
+    from zen_code_jax.config import base_config
+
+    proc = run_cli(workdir, "experiments/fim_variants.py:smoke")
+    out = ok(proc)
+    has_span = "span" in base_config().fim
+    arms = ["baseline", "best_fit", "hlp"] + (["ast", "line"] if has_span else [])
+    exp = workdir / "fim_variants"
+    if not has_span:
+        assert "need config keys this tree lacks (['fim.span'])" in proc.stderr
+        assert not (exp / "line").exists() and not (exp / "ast").exists()
+    assert f"Plan ({len(arms)} arm(s)" in out
+    for arm in arms:
+        check_run_dir(exp / arm, steps=6)
+    hlp = json.loads((exp / "hlp" / "config.json").read_text())["train"]
+    assert hlp["hlp_weight"] == 1.0 and len(hlp["hlp_sentinels"]) == 2
+    rows = [json.loads(ln) for ln in (exp / "hlp" / "metrics.jsonl").open()]
+    assert any("train/hlp" in r and "train/hlp_tokens" in r for r in rows)
+    assert all(
+        "train/hlp" not in r for r in map(json.loads, (exp / "baseline" / "metrics.jsonl").open())
+    )
+    best = json.loads((exp / "best_fit" / "config.json").read_text())
+    assert best["data"]["packing"] == "best_fit"
+    report = (exp / "report.md").read_text()
+    assert "## Differences from the baseline (baseline), paired bootstrap" in report
+    assert "| heldout_fim/single/middle_bpb_psm |" in report
+    assert "- best_fit (best_fit): " in report and "% of training-row tokens" in report
+
+
 def test_pretrain_smoke(workdir):
     out = ok(run_cli(workdir, "experiments/pretrain.py:smoke"))
     assert "[main] step 6/6" in out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,6 +14,7 @@ from zen_code_jax.data.packing import (
     _PackIterator,
     chunk_segment,
     pack_segments,
+    padding_fraction,
 )
 
 STRIDE = 100_000  # token value = doc * STRIDE + offset: every token knows where it came from
@@ -85,6 +87,62 @@ def test_packing_against_brute_force(lengths: list[int], seq_len: int, batch_siz
     _check_batches(batches, lengths, seq_len, batch_size)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    lengths=st.lists(st.integers(0, 70), min_size=0, max_size=25),
+    seq_len=st.sampled_from([8, 16, 32]),
+    batch_size=st.integers(1, 3),
+    groups=st.integers(1, 3),
+)
+def test_best_fit_against_brute_force(
+    lengths: list[int], seq_len: int, batch_size: int, groups: int
+) -> None:
+    batches = pack_segments(
+        _docs(lengths), seq_len, batch_size, batches_per_group=groups, packing="best_fit"
+    )
+    _check_batches(batches, lengths, seq_len, batch_size)
+
+
+def _rows_of(tokens: np.ndarray, segs: np.ndarray) -> list[list[list[int]]]:
+    """Each non-empty row as its list of segments (token lists)."""
+    out = []
+    for t, s in zip(tokens, segs):
+        if s.any():
+            out.append([t[s == k].tolist() for k in range(1, int(s.max()) + 1)])
+    return out
+
+
+def test_best_fit_is_grains_rule_row_for_row() -> None:
+    """Ours against grain.experimental.BestFitPackIterDataset on segments that fit a row
+    (grain's cannot split longer ones): the same rows, group after group."""
+    import grain
+    import grain.experimental as ge
+
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(2, 33, 300).tolist()
+    docs = _docs(lengths)
+    seq_len, rows = 32, 8
+    ours = pack_segments(docs, seq_len, rows, batches_per_group=1, packing="best_fit")
+    ours_rows = [r for b in ours for r in _rows_of(b["inputs"], b["segment_ids"])]
+    src = grain.MapDataset.source([{"tokens": d} for d in docs]).to_iter_dataset()
+    theirs = ge.BestFitPackIterDataset(
+        src, length_struct={"tokens": seq_len}, num_packing_bins=rows, shuffle_bins=False
+    )
+    theirs_rows = []
+    for el in theirs:
+        theirs_rows += _rows_of(el["tokens"][None], el["tokens_segment_ids"][None])
+    assert len(ours_rows) > 100 and ours_rows == theirs_rows
+    first = pack_segments(docs, seq_len, rows, batches_per_group=1)
+    assert _rows_of(first[0]["inputs"], first[0]["segment_ids"]) != ours_rows[:rows]
+
+
+def test_padding_fraction_and_unknown_packer() -> None:
+    b = {"segment_ids": np.array([[1, 1, 0, 0], [1, 2, 2, 2]], np.int32)}
+    assert padding_fraction([b, b]) == 0.25
+    with pytest.raises(ValueError, match="Unknown data.packing='next_fit'.*first_fit"):
+        pack_segments(_docs([3]), 8, 1, packing="next_fit")
+
+
 def test_chunk_segment_overlaps_by_one() -> None:
     ids = np.arange(10)
     chunks = chunk_segment(ids, 4)
@@ -105,16 +163,17 @@ def _records(seed: int, n: int) -> list[list[np.ndarray]]:
     return out
 
 
-def test_state_restores_exactly_anywhere() -> None:
+@pytest.mark.parametrize("packing", ["first_fit", "best_fit"])
+def test_state_restores_exactly_anywhere(packing: str) -> None:
     records = _records(0, 60)
-    full = list(_PackIterator(_ListIterator(records), 16, 2, 3, 0))
+    full = list(_PackIterator(_ListIterator(records), 16, 2, 3, 0, packing=packing))
     assert len(full) > 10
     for k in range(len(full) + 1):
-        it = _PackIterator(_ListIterator(records), 16, 2, 3, 0)
+        it = _PackIterator(_ListIterator(records), 16, 2, 3, 0, packing=packing)
         for _ in range(k):
             next(it)
         state = it.get_state()
-        fresh = _PackIterator(_ListIterator(records), 16, 2, 3, 0)
+        fresh = _PackIterator(_ListIterator(records), 16, 2, 3, 0, packing=packing)
         fresh.set_state(state)
         rest = list(fresh)
         assert len(rest) == len(full) - k

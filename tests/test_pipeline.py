@@ -69,10 +69,12 @@ def test_fake_corpus_is_a_corpus(corpus) -> None:
         corpus.source("validation")
 
 
-@pytest.mark.parametrize("mode", ["file", "repo", "context"])
+@pytest.mark.parametrize("mode", ["file", "repo", "context", "best_fit"])
 def test_contract_determinism_and_restore(corpus, tok, mode: str) -> None:
-    cfg = _cfg(mode="file" if mode == "context" else mode)
+    cfg = _cfg(mode="repo" if mode == "repo" else "file")
     cfg.fim.level = "context" if mode == "context" else "document"
+    if mode == "best_fit":  # determinism and restore below hold for the best-fit packer too
+        cfg.data.packing = "best_fit"
     it = make_dataset(corpus, cfg, seq_len=SEQ, batch_size=4, seed=3)
     first = _take(it, 6)
     for b in first:
@@ -89,6 +91,29 @@ def test_contract_determinism_and_restore(corpus, tok, mode: str) -> None:
     assert _same(_take(resumed, 5), rest)
     # Another seed: another order.
     assert not _same(_take(make_dataset(corpus, cfg, seq_len=SEQ, batch_size=4, seed=4), 6), first)
+
+
+def test_packing_option_reaches_the_training_packer_only(corpus, monkeypatch) -> None:
+    """data.packing picks the training packer; held-out batches stay first-fit."""
+    from zen_code_jax.data import pipeline
+    from zen_code_jax.data.packing import PackIterDataset
+
+    seen = []
+
+    class Spy(PackIterDataset):
+        def __init__(self, *args, **kwargs):
+            seen.append(kwargs["packing"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "PackIterDataset", Spy)
+    cfg = _cfg()
+    cfg.data.packing = "best_fit"
+    make_dataset(corpus, cfg, seq_len=SEQ, batch_size=4, seed=3)
+    make_dataset(corpus, cfg, split="heldout", seq_len=SEQ, batch_size=4)
+    assert seen == ["best_fit", "first_fit"]
+    cfg.data.packing = "worst_fit"
+    with pytest.raises(ValueError, match="Unknown data.packing='worst_fit'"):
+        make_dataset(corpus, cfg, seq_len=SEQ, batch_size=4, seed=3)
 
 
 def test_fim_segments_are_complete(corpus, tok) -> None:

@@ -38,6 +38,7 @@ import orbax.checkpoint as ocp
 from zen_code_jax.config import config_from_dict, model_config_from
 from zen_code_jax.data.tokenizer_load import load_tokenizer
 from zen_code_jax.model.config import ModelConfig
+from zen_code_jax.model.params import model_params
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +351,8 @@ def restore_params_only(
         for s in steps:
             try:
                 meta = ckpt.read_meta(s)
-                md = ckpt.manager.item_metadata(s)["state"]["params"]
+                # The model's params only: an objective's heads (HLP) are training-only.
+                md = model_params(ckpt.manager.item_metadata(s)["state"]["params"])
                 abstract = _single_device_target(md)
                 shardings = (
                     sharding_fn(abstract)

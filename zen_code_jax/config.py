@@ -189,6 +189,16 @@ def base_config() -> ml_collections.ConfigDict:
     # forked experiment file keeps its tables.
     c.report = ml_collections.ConfigDict(dict(tables=()))
 
+    # --- issue 21 items 3-5 (FIM variants): every one off by default ---------------------
+    # data.packing: first_fit (the packer of every run so far) | best_fit (data/packing.py).
+    c.data.packing = "first_fit"
+    # train.hlp_weight > 0: `lm` + w x Horizon-Length Prediction (train/hlp.py).
+    c.train.hlp_weight = 0.0
+    # (fim_middle_id, eot_id) of the run's tokenizer, for HLP; written by the arm (resolve_config).
+    c.train.hlp_sentinels = ()
+    # The arm report.md's paired differences are taken from; "" = the first arm.
+    c.report.baseline = ""
+
     # Named overrides that make up an ablation: {arm_name: {"dotted.key": value}}.
     c.arms = ml_collections.ConfigDict()
     c.lock()

@@ -1,4 +1,4 @@
-"""First-fit packing of token segments into fixed-length rows of finished batches.
+"""First-fit or best-fit packing of token segments into fixed-length rows of finished batches.
 
 Why our own packer (not grain.experimental.FirstFitPackIterDataset): one record (a file or a
 repository) yields a *list* of segments, a segment longer than a row must be split rather
@@ -8,6 +8,14 @@ each segment's eligibility carried into the batch. The algorithm is grain's: fil
 `num_rows` bins, placing each segment in the first bin with room; when a segment fits
 nowhere, the group is complete and is emitted as `num_rows / batch_size` batches; the
 segment that did not fit opens the next group.
+
+Best-fit (`packing="best_fit"`, `data.packing`): the same groups, but each segment goes
+into the row it fills tightest (least room left after it; the first such row on ties),
+which is Grain's `BestFitPackedBatch` rule with one feature. Why not Grain's
+`BestFitPackIterDataset` itself: it has the limits above (0.2.18 raises on a segment
+longer than a row; we must split it, `chunk_segment`), so only the choice of row is
+shared, and `tests/test_packing.py` checks ours row for row against Grain's on segments
+that fit. First-fit stays the default, bit for bit the packer of every earlier run.
 
 Row shuffle: like grain's packer (which shuffles bins by default), the rows of a group are
 permuted before they are cut into batches (`shuffle_seed`), so one long file's pieces,
@@ -54,25 +62,38 @@ def chunk_segment(ids: np.ndarray, seq_len: int) -> list[np.ndarray]:
         start += seq_len - 1
 
 
-class RowPacker:
-    """First-fit bins for one group: a plain, testable core with no Grain in it."""
+PACKERS: tuple[str, ...] = ("first_fit", "best_fit")
 
-    def __init__(self, seq_len: int, num_rows: int):
+
+def check_packing(packing: str) -> str:
+    """`packing` if it names a packer, else a one-line error naming the choices."""
+    if packing not in PACKERS:
+        raise ValueError(f"Unknown data.packing={packing!r}; use one of {PACKERS}.")
+    return packing
+
+
+class RowPacker:
+    """First-fit (or best-fit) bins for one group: a plain, testable core with no Grain."""
+
+    def __init__(self, seq_len: int, num_rows: int, packing: str = "first_fit"):
         self.seq_len = seq_len
         self.num_rows = num_rows
+        self.best_fit = check_packing(packing) == "best_fit"
         self.rows: list[list[np.ndarray]] = [[] for _ in range(num_rows)]
         self.flags: list[list[bool]] = [[] for _ in range(num_rows)]
         self.free = [seq_len] * num_rows
 
     def try_add(self, seg: np.ndarray, flag: bool = False) -> bool:
         n = len(seg)
-        for r in range(self.num_rows):
-            if self.free[r] >= n:
-                self.rows[r].append(seg)
-                self.flags[r].append(flag)
-                self.free[r] -= n
-                return True
-        return False
+        fits = [r for r in range(self.num_rows) if self.free[r] >= n]
+        if not fits:
+            return False
+        # first fit: the first row with room; best fit: the tightest (first on ties)
+        r = min(fits, key=lambda i: self.free[i]) if self.best_fit else fits[0]
+        self.rows[r].append(seg)
+        self.flags[r].append(flag)
+        self.free[r] -= n
+        return True
 
     def flag_array(self) -> np.ndarray:
         """int32 [num_rows, seq_len]: each segment's flag (1 for True; an int flag, e.g.
@@ -119,11 +140,34 @@ def make_batch(
 
 
 def pack_segments(
-    segments: Iterable[np.ndarray], seq_len: int, batch_size: int, pad_id: int = 0
+    segments: Iterable[np.ndarray],
+    seq_len: int,
+    batch_size: int,
+    pad_id: int = 0,
+    *,
+    batches_per_group: int = 1,
+    packing: str = "first_fit",
 ) -> list[dict]:
     """Pack a finite list of segments into batches (no Grain; for tests and tools)."""
-    it = _PackIterator(_ListIterator([list(segments)]), seq_len, batch_size, 1, pad_id)
+    it = _PackIterator(
+        _ListIterator([list(segments)]),
+        seq_len,
+        batch_size,
+        batches_per_group,
+        pad_id,
+        packing=packing,
+    )
     return list(it)
+
+
+def padding_fraction(batches: Iterable[dict]) -> float:
+    """The share of row tokens that are padding (segment id 0) over `batches`."""
+    pad = total = 0
+    for b in batches:
+        seg = np.asarray(b["segment_ids"])
+        pad += int((seg == 0).sum())
+        total += seg.size
+    return pad / max(total, 1)
 
 
 def shuffle_rows(arrays: Sequence[np.ndarray], n_rows: int, seed: int) -> list[np.ndarray]:
@@ -151,10 +195,12 @@ class PackIterDataset(grain.IterDataset):
         pad_id: int = 0,
         shuffle_seed: int | None = None,
         flags: bool = False,
+        packing: str = "first_fit",
     ):
         """shuffle_seed: permute each group's rows (None keeps fill order); flags: records
         may be {"segments": [...], "flag": bool} and batches gain a "fim_ok" field (1 on
-        the tokens of flagged segments) for `data/fim_context.py`."""
+        the tokens of flagged segments) for `data/fim_context.py`; packing: "first_fit"
+        or "best_fit" (module docstring)."""
         super().__init__(parent)
         if seq_len < 2 or batch_size < 1 or batches_per_group < 1:
             raise ValueError(
@@ -167,6 +213,7 @@ class PackIterDataset(grain.IterDataset):
         self._pad_id = pad_id
         self._shuffle_seed = shuffle_seed
         self._flags = flags
+        self._packing = check_packing(packing)
 
     def __iter__(self) -> _PackIterator:
         return _PackIterator(
@@ -177,6 +224,7 @@ class PackIterDataset(grain.IterDataset):
             self._pad_id,
             self._shuffle_seed,
             self._flags,
+            self._packing,
         )
 
     def __str__(self) -> str:
@@ -214,8 +262,10 @@ class _PackIterator(grain.DatasetIterator):
         pad_id: int,
         shuffle_seed: int | None = None,
         flags: bool = False,
+        packing: str = "first_fit",
     ):
         super().__init__(parent)
+        self._packing = packing
         self._seq_len = seq_len
         self._batch_size = batch_size
         self._bpg = batches_per_group
@@ -262,7 +312,7 @@ class _PackIterator(grain.DatasetIterator):
             self._group_state, self._group_skip = self._pending_state, self._pending_skip
         else:
             self._group_state, self._group_skip = self._parent.get_state(), self._restore_skip
-        packer = RowPacker(self._seq_len, self._batch_size * self._bpg)
+        packer = RowPacker(self._seq_len, self._batch_size * self._bpg, self._packing)
         while True:
             if not self._pending and (self._exhausted or not self._next_record()):
                 break

@@ -9,7 +9,8 @@ Order of operations and why:
     [shard_index::shard_count]           this host's disjoint, balanced share
     .to_iter_dataset()
     [.mp_prefetch(workers)]              worker processes do the per-record work above
-    PackIterDataset                      first-fit packing into finished [batch, seq_len]
+    PackIterDataset                      first-fit (or `data.packing="best_fit"`, train
+                                         only) packing into finished [batch, seq_len]
                                          batches, rows shuffled within each group of
                                          `data.row_shuffle_window` rows
     [.map(ContextFim)]                   fim.level="context": FIM per packed fragment
@@ -45,7 +46,7 @@ from zen_code_jax.data.fim import LEVELS, check_rates, unit_draw
 from zen_code_jax.data.fim_context import ContextFim, grammar_code
 from zen_code_jax.data.hf_tokenizer import check_repo_format
 from zen_code_jax.data.import_graph import order_files
-from zen_code_jax.data.packing import PackIterDataset
+from zen_code_jax.data.packing import PackIterDataset, check_packing
 from zen_code_jax.data.repo_format import RepoFormat, RepoPrefix, check_format, log_parse_outcomes
 from zen_code_jax.data.repo_window import file_segments, repo_windows
 from zen_code_jax.data.spans import check_span
@@ -377,6 +378,8 @@ def build_dataset(
     # "" = the tokenizer's own layout (ours: report; an HF Qwen/StarCoder tokenizer: theirs)
     repo_format = check_format(check_repo_format(corpus.tokenizer, str(data_cfg.repo_format)))
     window = int(data_cfg.row_shuffle_window)
+    # Training rows only: held-out batches stay first-fit, so every arm scores the same rows.
+    packing = check_packing(str(data_cfg.get("packing", "first_fit"))) if train else "first_fit"
     if level not in LEVELS:
         raise ValueError(f"Unknown fim.level {level!r}; set fim.level to one of {LEVELS}.")
     if level == "context" and mode == "repo":
@@ -437,6 +440,7 @@ def build_dataset(
         pad_id=int(tok.pad_id),
         shuffle_seed=seed if train and window > 0 else None,
         flags=context,
+        packing=packing,
     )
     if context:
         packed = packed.map(ContextFim(tok, seed, fim_rate, spm_rate, span))

@@ -25,7 +25,11 @@ from zen_code_jax.data.hf_tokenizer import check_repo_format
 from zen_code_jax.data.repo_format import RepoFormat, RepoPrefix
 from zen_code_jax.eval.options import NoOptions, parse_options
 from zen_code_jax.eval.sandbox import SandboxLimits
-from zen_code_jax.eval.stats import per_problem_standard_errors
+from zen_code_jax.eval.stats import (
+    Estimator,
+    per_problem_estimators,
+    per_problem_standard_errors,
+)
 
 
 class Completer(Protocol):
@@ -192,6 +196,18 @@ class Task(abc.ABC):
         per-problem means of `passed` / `exact_match` / `edit_similarity`
         (`stats.per_problem_standard_errors`); tasks with other units override it."""
         return per_problem_standard_errors(records) if records else {}
+
+    def estimators(
+        self, records: list[dict[str, Any]], eval_cfg: Mapping[str, Any]
+    ) -> dict[str, Estimator]:
+        """{metric: Estimator}: each metric as a statistic of per-unit columns with the
+        units' ids, which the report's paired differences between arms resample
+        (`stats.paired_difference`). Default: the per-problem means behind the default
+        `standard_errors`; a task that overrides `standard_errors` has none unless it
+        overrides this too (its units are its own)."""
+        if not records or type(self).standard_errors is not Task.standard_errors:
+            return {}
+        return per_problem_estimators(records)
 
     def derived_metrics(self, metrics: Mapping[str, float]) -> dict[str, float]:
         """Metrics the report computes from this task's summary (same keys as `metrics`,

@@ -36,7 +36,7 @@ import numpy as np
 from zen_code_jax.data.fim import fim_prompt_tokens
 from zen_code_jax.eval.base import EvalContext, Task, TaskResult
 from zen_code_jax.eval.infilling import normalize
-from zen_code_jax.eval.stats import mean_se, ratio_se
+from zen_code_jax.eval.stats import Estimator, mean_estimator, ratio_estimator
 
 LN2 = math.log(2.0)
 DEFAULT_SAMPLES = 100  # per kind when eval.limit is 0
@@ -166,6 +166,11 @@ class HeldoutFimTask(Task):
         over examples; `{kind}/middle_gap` too (see `derived_metrics`)."""
         return fim_standard_errors(records, str(eval_cfg.get("fim_mode", "psm")))
 
+    def estimators(
+        self, records: list[dict[str, Any]], eval_cfg: Mapping[str, Any]
+    ) -> dict[str, Estimator]:
+        return fim_estimators(records, str(eval_cfg.get("fim_mode", "psm")))
+
     def derived_metrics(self, metrics: Mapping[str, float]) -> dict[str, float]:
         """The middle-loss gap per kind: prefix-only minus FIM-prompt bits/byte of the same
         held-out middles (how much the suffix and FIM format help; > 0 once FIM is learned)."""
@@ -268,24 +273,32 @@ def _fim_nats(r: dict[str, Any], name: str, mode: str) -> float | None:
     return float(bpb) * LN2 * len(str(r.get("target", "")).encode("utf-8"))
 
 
-def fim_standard_errors(records: list[dict[str, Any]], mode: str) -> dict[str, float]:
-    """`heldout_fim`'s standard errors; `mode` is the run's eval.fim_mode."""
-    out: dict[str, float] = {}
+def fim_estimators(records: list[dict[str, Any]], mode: str) -> dict[str, Estimator]:
+    """`heldout_fim`'s metrics as statistics of per-example columns (unit: the example's
+    task_id); `mode` is the run's eval.fim_mode. Standard errors and paired differences
+    between arms both resample these."""
+    out: dict[str, Estimator] = {}
     other = other_layout(mode)
     for kind in sorted({str(r.get("kind", r["task_id"].split("/")[1])) for r in records}):
         rs = [r for r in records if str(r.get("kind", r["task_id"].split("/")[1])) == kind]
-        out[f"{kind}/exact_match"] = mean_se([float(r["exact_match"]) for r in rs])
+        ids = [str(r["task_id"]) for r in rs]
+        out[f"{kind}/exact_match"] = mean_estimator(ids, [float(r["exact_match"]) for r in rs])
         nbytes = [float(r.get("bytes", len(str(r.get("target", "")).encode("utf-8")))) for r in rs]
         nats = {n: [_fim_nats(r, n, mode) for r in rs] for n in (mode, other, "prefix_only")}
         names = {mode: "middle_bpb_fim", other: f"middle_bpb_{other}"}
         names["prefix_only"] = "middle_bpb_prefix_only"
         for n, key in names.items():
             if all(v is not None for v in nats[n]):
-                out[f"{kind}/{key}"] = ratio_se(nats[n], nbytes, 1 / LN2)
+                out[f"{kind}/{key}"] = ratio_estimator(ids, nats[n], nbytes, 1 / LN2)
         if all(v is not None for v in nats[mode] + nats["prefix_only"]):
             gap = [p - f for p, f in zip(nats["prefix_only"], nats[mode])]
-            out[f"{kind}/middle_gap"] = ratio_se(gap, nbytes, 1 / LN2)
+            out[f"{kind}/middle_gap"] = ratio_estimator(ids, gap, nbytes, 1 / LN2)
     return out
+
+
+def fim_standard_errors(records: list[dict[str, Any]], mode: str) -> dict[str, float]:
+    """`heldout_fim`'s standard errors; `mode` is the run's eval.fim_mode."""
+    return {k: e.se() for k, e in fim_estimators(records, mode).items()}
 
 
 def other_layout(mode: str) -> str:
@@ -358,12 +371,20 @@ class HeldoutLossTask(Task):
         self, records: list[dict[str, Any]], eval_cfg: Mapping[str, Any]
     ) -> dict[str, float]:
         """Bits per byte (and loss per token) as ratios of sums over files."""
+        return {k: e.se() for k, e in self.estimators(records, eval_cfg).items()}
+
+    def estimators(
+        self, records: list[dict[str, Any]], eval_cfg: Mapping[str, Any]
+    ) -> dict[str, Estimator]:
+        """Bits per byte (and loss per token): ratios of sums over files (unit: task_id)."""
         if not records:
             return {}
+        ids = [str(r["task_id"]) for r in records]
         nats = [float(r["nats"]) for r in records]
-        out = {"bits_per_byte": ratio_se(nats, [float(r["bytes"]) for r in records], 1 / LN2)}
+        nbytes = [float(r["bytes"]) for r in records]
+        out = {"bits_per_byte": ratio_estimator(ids, nats, nbytes, 1 / LN2)}
         if all("tokens" in r for r in records):
-            out["loss"] = ratio_se(nats, [float(r["tokens"]) for r in records])
+            out["loss"] = ratio_estimator(ids, nats, [float(r["tokens"]) for r in records])
         return out
 
     def problems(self, ctx: EvalContext) -> list[dict[str, Any]]:

@@ -47,13 +47,14 @@ from zen_code_jax.experiment.forecast import mfu_device_count, peak_flops
 from zen_code_jax.hf.checkpoint import HFCheckpoint
 from zen_code_jax.hf.transfer import check_architecture, load_hf_tokenizer
 from zen_code_jax.model.config import ModelConfig
+from zen_code_jax.model.params import AUX_PARAMS_KEY, model_params
 from zen_code_jax.parallel import batch_sharding, make_mesh, multihost
 from zen_code_jax.resolve import CheckpointRef, load_model, parse_checkpoint
 from zen_code_jax.rundir import RunDir
 from zen_code_jax.tracking import NullWriter, SummaryWriter, truncate_after
 from zen_code_jax.train.hooks import Hooks
 from zen_code_jax.train.loop import train
-from zen_code_jax.train.objectives import build_objective
+from zen_code_jax.train.objectives import build_objective, hlp_weight
 from zen_code_jax.train.standard_hooks import (
     CheckpointHook,
     ProgressHook,
@@ -98,19 +99,33 @@ def _global_batches(data_iter: Iterator[Batch], mesh: Any, global_batch: int) ->
 
 
 def resolve_config(
-    config: ml_collections.ConfigDict, *, repo_format: str, steps: int
+    config: ml_collections.ConfigDict,
+    *,
+    repo_format: str,
+    steps: int,
+    hlp_sentinels: tuple[int, ...] = (),
 ) -> ml_collections.ConfigDict:
     """The arm's final config: the facts only the data can fix written in, in one copy.
 
     `data.repo_format` "" becomes the tokenizer's own layout (one layout for training,
     evaluation and serving) and `train.steps` the real step count (epochs x batches per
     epoch for SFT), so the schedule, plan, checkpoints, config.json and report agree.
+    With `train.hlp_weight > 0`, `train.hlp_sentinels` becomes the tokenizer's
+    (fim_middle_id, eot_id) (`hlp_sentinels`), which the HLP objective reads the middle by.
     """
-    if repo_format == str(config.data.repo_format) and steps == int(config.train.steps):
+    sentinels = tuple(config.train.hlp_sentinels)
+    if hlp_weight(config) > 0 and hlp_sentinels:
+        sentinels = tuple(int(i) for i in hlp_sentinels)
+    if (
+        repo_format == str(config.data.repo_format)
+        and steps == int(config.train.steps)
+        and sentinels == tuple(config.train.hlp_sentinels)
+    ):
         return config
     final = config_from_dict(config_to_dict(config))
     final.data.repo_format = repo_format
     final.train.steps = steps
+    final.train.hlp_sentinels = sentinels
     return final
 
 
@@ -160,7 +175,12 @@ def prepare_data(
         shard_index=proc,
         shard_count=procs,
     )
-    final = resolve_config(config, repo_format=repo_format, steps=resolve_steps(config, data_iter))
+    final = resolve_config(
+        config,
+        repo_format=repo_format,
+        steps=resolve_steps(config, data_iter),
+        hlp_sentinels=(tokenizer.fim_middle_id, tokenizer.eot_id),
+    )
     return ArmData(final, model_cfg, corpus, tokenizer, data_iter, init_ref)
 
 
@@ -175,13 +195,16 @@ def _init_params(
 ) -> TrainState:
     """A fresh state's params from `train.init_checkpoint` (HF directory, run or `arm:`),
     loaded by the one resolver: params only (no AdamW moments), streamed straight into this
-    arm's shardings and dtype; unchanged when it is empty."""
+    arm's shardings and dtype; unchanged when it is empty. An objective's fresh heads
+    (`AUX_PARAMS_KEY`, e.g. HLP's) stay as initialized: checkpoints hold models only."""
     ref = data.init_ref
     if ref is None:
         return state
     hf = ref.kind == "hf"
     loaded = load_model(
-        ref, target=abstract_like(state.params), model_cfg=data.model_cfg if hf else None
+        ref,
+        target=abstract_like(model_params(state.params)),
+        model_cfg=data.model_cfg if hf else None,
     )
     if not hf and loaded.identity != ident:
         raise ValueError(
@@ -191,7 +214,10 @@ def _init_params(
         )
     src = f"HF checkpoint {ref.path}" if hf else f"{ref.path} (step {loaded.step})"
     print(f"[{arm}] initialized params from {src}", flush=True)
-    return state
+    params = dict(loaded.params)
+    if AUX_PARAMS_KEY in state.params:
+        params[AUX_PARAMS_KEY] = state.params[AUX_PARAMS_KEY]
+    return state.replace(params=params)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -420,7 +446,7 @@ def run_arm(
         metrics = evaluate_arm(
             data,
             run_dir,
-            result.state.params,
+            model_params(result.state.params),
             writer=writer,
             step=final_step,
             eval_step=eval_step,

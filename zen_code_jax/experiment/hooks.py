@@ -10,6 +10,7 @@ from typing import Any
 
 from zen_code_jax.data.batch import Batch
 from zen_code_jax.hf.export import export_params
+from zen_code_jax.model.params import model_params
 from zen_code_jax.train.hooks import StepInfo
 
 
@@ -33,7 +34,7 @@ def periodic_heldout(
 
     def hook(info: StepInfo) -> None:
         if batches:
-            values = batches_loss(eval_step, info.state.params, batches)
+            values = batches_loss(eval_step, model_params(info.state.params), batches)
             writer.scalars(info.step, values, prefix="eval/heldout_batches/")
 
     return hook
@@ -47,7 +48,11 @@ def hf_export(root: Path, model_cfg: Any, tokenizer: Any) -> Callable[[StepInfo]
 
     def hook(info: StepInfo) -> None:
         export_params(
-            info.state.params, model_cfg, root / str(info.step), tokenizer=tokenizer, overwrite=True
+            model_params(info.state.params),
+            model_cfg,
+            root / str(info.step),
+            tokenizer=tokenizer,
+            overwrite=True,
         )
 
     return hook

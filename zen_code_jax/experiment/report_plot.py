@@ -222,6 +222,36 @@ def repo_panels(arms: list[str], data: dict[str, dict], paper: dict) -> list[Cal
     return [em, es, bpb]
 
 
+def difference_panel(arms: list[str], diffs: dict[str, dict], baseline: str) -> Callable:
+    """A panel of every other arm's paired difference from the baseline, with its 95%
+    interval, for the loss-like metrics (bits/byte, loss, gap; all metrics when none)."""
+    others = [a for a in arms if a != baseline]
+    keys = sorted({k for a in others for k in diffs.get(a, {})})
+    lossy = [k for k in keys if "bits_per_byte" in k or "middle_bpb" in k or "middle_gap" in k]
+    keys = (lossy or keys)[:10]
+
+    def panel(ax: Any) -> None:
+        if not keys:
+            ax.text(0.5, 0.5, "nothing to pair", ha="center", transform=ax.transAxes)
+            return
+        width = 0.8 / max(1, len(others))
+        for i, arm in enumerate(others):
+            pts = [(j, diffs[arm][k]) for j, k in enumerate(keys) if k in diffs[arm]]
+            ys = [j - 0.4 + width * (i + 0.5) for j, _ in pts]
+            vals = [d.value for _, d in pts]
+            err = [[d.value - d.low for _, d in pts], [d.high - d.value for _, d in pts]]
+            ax.errorbar(vals, ys, xerr=err, fmt="o", capsize=3, color=f"C{i + 1}", label=arm)
+        ax.axvline(0.0, color="grey", lw=0.8)
+        ax.set_yticks(range(len(keys)))
+        ax.set_yticklabels(keys, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"arm − {baseline} (95% paired-bootstrap interval)")
+        ax.set_title(f"Differences from {baseline}, paired over the same units", fontsize=10)
+        ax.legend(fontsize=7)
+
+    return panel
+
+
 def plot(path: Path, arms: list[str], data: dict[str, dict], panels: list[Callable]) -> None:
     """The loss panel, then `panels`, two per row; written atomically."""
     n = 1 + len(panels)

@@ -15,10 +15,28 @@ from typing import Any
 
 from zen_code_jax.eval.base import Task
 from zen_code_jax.eval.registry import get_task
-from zen_code_jax.eval.stats import bootstrap_se, mean_se, per_problem_standard_errors, ratio_se
+from zen_code_jax.eval.stats import (
+    Estimator,
+    PairedDifference,
+    bootstrap_se,
+    mean_se,
+    paired_difference,
+    per_problem_estimators,
+    per_problem_standard_errors,
+    ratio_se,
+)
 
 # The resampling primitives stay importable from here for the report's readers.
-__all__ = ["bootstrap_se", "derived_metrics", "ema", "mean_se", "ratio_se", "task_standard_errors"]
+__all__ = [
+    "bootstrap_se",
+    "derived_metrics",
+    "ema",
+    "mean_se",
+    "paired_differences",
+    "ratio_se",
+    "task_estimators",
+    "task_standard_errors",
+]
 
 EMA_WEIGHT = 0.8  # TensorBoard-style debiased EMA of the loss curve
 
@@ -43,6 +61,40 @@ def task_standard_errors(
     if t is None:
         return per_problem_standard_errors(records)
     return t.standard_errors(records, eval_cfg)
+
+
+def task_estimators(
+    task: str, records: list[dict[str, Any]], eval_cfg: Mapping[str, Any]
+) -> dict[str, Estimator]:
+    """{metric: Estimator} for one task's records (what paired differences resample),
+    keyed like `task_standard_errors`."""
+    if not records:
+        return {}
+    t = _task(task)
+    if t is None:
+        return per_problem_estimators(records)
+    return t.estimators(records, eval_cfg)
+
+
+def paired_differences(
+    arms: Sequence[str], estimators: Mapping[str, Mapping[str, Estimator]], baseline: str
+) -> dict[str, dict[str, PairedDifference]]:
+    """{arm: {metric: arm - baseline}} for every other arm and every metric both have an
+    estimator for, by a paired bootstrap over the units both scored (same files, examples
+    and tasks; `eval.stats.paired_difference`)."""
+    base = estimators.get(baseline, {})
+    out: dict[str, dict[str, PairedDifference]] = {}
+    for arm in arms:
+        if arm == baseline:
+            continue
+        diffs = {}
+        for key, est in estimators.get(arm, {}).items():
+            if key in base:
+                d = paired_difference(est, base[key])
+                if d is not None:
+                    diffs[key] = d
+        out[arm] = diffs
+    return out
 
 
 def derived_metrics(metrics: Mapping[str, float]) -> dict[str, float]:

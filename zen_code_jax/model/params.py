@@ -10,6 +10,7 @@ its own dummy inputs.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -37,3 +38,20 @@ def param_partition_specs(cfg: ModelConfig) -> Any:
     """Logical `PartitionSpec`s of the model's params (map them onto a mesh with
     `nn.logical_to_mesh_sharding(specs, mesh, rules)`)."""
     return nn.get_partition_spec(abstract_params(cfg))
+
+
+# Trainable parameters that an objective adds beside the model's (the Horizon-Length
+# Prediction head, `train/hlp.py`) live in the train state's params tree under this one
+# top-level key, so the optimizer, checkpoints and resumption treat them like any weight,
+# while everything that *uses* the model (serving, evaluation, HF export, init from a
+# checkpoint) reads `model_params(params)`: the tree without it. A checkpoint with or without
+# the key therefore loads the same model. The Flax model has no submodule of this name.
+AUX_PARAMS_KEY = "aux_heads"
+
+
+def model_params(params: Any) -> Any:
+    """The model's own params: `params` without the objective heads of `AUX_PARAMS_KEY`
+    (the same object when there are none, so plain runs pass through untouched)."""
+    if isinstance(params, Mapping) and AUX_PARAMS_KEY in params:
+        return {k: v for k, v in params.items() if k != AUX_PARAMS_KEY}
+    return params

@@ -26,6 +26,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import ml_collections
 from flax import struct
@@ -34,6 +35,9 @@ from jax.sharding import Mesh
 from zen_code_jax.data.batch import Batch
 from zen_code_jax.model import transformer as tm
 from zen_code_jax.model.config import ModelConfig
+from zen_code_jax.model.layers import matmul
+from zen_code_jax.model.params import AUX_PARAMS_KEY, model_params
+from zen_code_jax.train import hlp
 from zen_code_jax.train.loss import (
     LossSums,
     chunked_loss_sums,
@@ -41,8 +45,9 @@ from zen_code_jax.train.loss import (
     objective,
 )
 
-# Metric names the step itself adds; an objective may not return them.
-STEP_METRICS = ("grad_norm", "lr", "tokens")
+# Metric names the step itself adds; an objective may not return them. `padding`: the
+# share of the global batch's tokens that are packing padding (segment 0).
+STEP_METRICS = ("grad_norm", "lr", "tokens", "padding")
 
 
 @struct.dataclass
@@ -154,6 +159,8 @@ def next_token(model_cfg: ModelConfig, config: Any, mesh: Mesh) -> Objective:
     Metrics: loss (mean CE), z_loss (mean logsumexp^2).
     """
     del mesh  # no frozen inputs
+    if hlp_weight(config) > 0:
+        return _next_token_hlp(model_cfg, config)
     loss_sums = make_loss_fn(model_cfg, config)
     z_coef = float(config.optimizer.z_loss)
 
@@ -164,6 +171,74 @@ def next_token(model_cfg: ModelConfig, config: Any, mesh: Mesh) -> Objective:
             objective=objective(s, z_coef),
             count=s["count"],
             metrics={"loss": s["ce_sum"], "z_loss": s["z_sum"]},
+        )
+
+    return Objective(str(config.train.objective), sums)
+
+
+# --- Horizon-Length Prediction (issue 21 item 3; train/hlp.py) ------------------------
+
+
+def hlp_weight(config: Any) -> float:
+    """`train.hlp_weight` (0 = off; configs written before the key read as 0)."""
+    return float(config.train.get("hlp_weight", 0.0) or 0.0)
+
+
+def auxiliary_init(
+    model_cfg: ModelConfig, config: Any
+) -> Callable[[jax.Array], dict[str, Any]] | None:
+    """key -> the trainable heads an objective adds under `AUX_PARAMS_KEY` (the train
+    state's init puts them beside the model's params); None when the run adds none, so a
+    plain run's params tree, init and numerics are exactly as before."""
+    if hlp_weight(config) <= 0:
+        return None
+    if str(config.train.objective) != "lm":
+        raise ValueError(
+            f"train.hlp_weight={hlp_weight(config)} needs train.objective='lm' (got "
+            f"{config.train.objective!r}); set train.hlp_weight=0 for other objectives."
+        )
+
+    def init(key: jax.Array) -> dict[str, Any]:
+        return {hlp.HEAD_KEY: hlp.init_head(key, model_cfg.hidden_size)}
+
+    return init
+
+
+def _next_token_hlp(model_cfg: ModelConfig, config: Any) -> Objective:
+    """`lm` + w x HLP: next-token CE (+ z-loss) from the same final hidden states the HLP
+    head reads (logits = matmul(hidden, lm_head_kernel), the model's own LM-head
+    contraction). Metrics: loss, z_loss, hlp (L1 sum / loss tokens), hlp_tokens (middle
+    tokens / loss tokens)."""
+    model = tm.Transformer(model_cfg)
+    chunk = int(config.train.loss_chunk_size)
+    z_coef, weight = float(config.optimizer.z_loss), hlp_weight(config)
+    sentinels = hlp.HlpSentinels.from_config(config.train.hlp_sentinels)
+    require_end = str(config.fim.level) == "document"
+
+    def sums(params: Any, batch: Batch, extra: Any) -> ObjectiveSums:
+        del extra
+        head = params[AUX_PARAMS_KEY][hlp.HEAD_KEY]
+        p = model_params(params)
+        args = (batch.inputs, batch.positions, batch.segment_ids)
+        hidden = model.apply({"params": p}, *args, return_hidden=True)
+        kernel = tm.lm_head_kernel(p, model_cfg)
+        if chunk > 0:
+            s = chunked_loss_sums(
+                hidden, kernel, batch.targets, batch.loss_mask, chunk, model_cfg.dtype
+            )
+        else:
+            logits = nn.with_logical_constraint(
+                matmul(hidden, kernel, model_cfg.dtype), ("batch", "length", "vocab")
+            )
+            s = loss_sums_from_logits(logits, batch.targets, batch.loss_mask)
+        target, mask = hlp.horizon_targets(
+            batch.inputs, batch.segment_ids, batch.positions, sentinels, require_end=require_end
+        )
+        l1, n_mid = hlp.hlp_sums(head, hidden, target, mask)
+        return ObjectiveSums(
+            objective=objective(s, z_coef) + weight * l1,
+            count=s["count"],
+            metrics={"loss": s["ce_sum"], "z_loss": s["z_sum"], "hlp": l1, "hlp_tokens": n_mid},
         )
 
     return Objective(str(config.train.objective), sums)

@@ -77,7 +77,7 @@ def preemption_stop() -> Iterator[Callable[[int], bool]]:
 
 class ProgressHook:
     """A metric hook: the progress line (loss, steps/s, tokens/s, MFU, ETA) and `train/`
-    scalars: every metric the step returned (the objective's, grad_norm, lr, tokens), plus
+    scalars: every metric the step returned (the objective's, grad_norm, lr, tokens, padding), plus
     tokens_per_s and mfu. `tick` (a metric hook every step) starts the clock when the first
     step's metrics arrive, i.e. once the first step (which includes compiling) has finished."""
 

@@ -21,9 +21,13 @@ from flax.core import meta
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from zen_code_jax.model.config import ModelConfig
+from zen_code_jax.model.params import AUX_PARAMS_KEY
 from zen_code_jax.model.transformer import Transformer
 from zen_code_jax.parallel.rules import DEFAULT_RULES, Rules
+from zen_code_jax.train.objectives import auxiliary_init
 from zen_code_jax.train.optimizer import make_optimizer
+
+AUX_FOLD = 0x415558  # fold_in constant of the objective heads' init key; the model's is `rng`
 
 
 @struct.dataclass
@@ -63,10 +67,13 @@ def _boxed_init_fn(model_cfg: ModelConfig, config: Any, mesh: Mesh | None):
     model = Transformer(model_cfg)
     tx, _ = make_optimizer(config)
     seq_len = int(config.train.seq_len)
+    aux_init = auxiliary_init(model_cfg, config)
 
     def init(rng: jax.Array) -> TrainState:
         variables = model.init(rng, *_init_inputs(model_cfg, mesh, seq_len))
         params = variables["params"]
+        if aux_init is not None:  # an objective's heads (HLP), from their own key
+            params = {**params, AUX_PARAMS_KEY: aux_init(jax.random.fold_in(rng, AUX_FOLD))}
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,

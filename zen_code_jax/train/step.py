@@ -134,6 +134,7 @@ def build_train_step(
             )
         metrics = {name: value / denom for name, value in sums.items()}
         metrics.update({"grad_norm": grad_norm, "lr": schedule(state.step), "tokens": count})
+        metrics["padding"] = jnp.mean((batch.segment_ids == 0).astype(jnp.float32))
         new_state = TrainState(step=state.step + 1, params=new_params, opt_state=opt_state)
         return new_state, metrics
 
@@ -194,8 +195,9 @@ def make_train_step(
     objective's frozen inputs (`step_fn.objective.frozen.load()`); None for objectives
     without any. Metrics (replicated scalars): the objective's (for `lm`: loss = mean CE
     over loss tokens, z_loss = mean logsumexp^2), grad_norm (before clipping), lr (used for
-    this update), tokens. `compiler_options` go to XLA (tests use
-    {'xla_backend_optimization_level': 0} to halve compile time on CPU).
+    this update), tokens, padding (share of the batch's tokens that are padding).
+    `compiler_options` go to XLA (tests use {'xla_backend_optimization_level': 0} to halve
+    compile time on CPU).
     """
     jitted = jit_train_step(
         model_cfg, config, mesh, state_shardings, rules, donate, compiler_options, objective
