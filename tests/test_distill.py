@@ -89,8 +89,8 @@ def _random_case(seed=0, rows=3, length=11, dim=8, tdim=12, vocab=40):
 
 
 @pytest.mark.parametrize("kl", ["forward", "reverse"])
-@pytest.mark.parametrize("temperature", [1.0, 2.5])
-@pytest.mark.parametrize("chunk", [1, 4, 64])  # 4 leaves a padded last chunk (11 positions)
+# chunk 4 leaves a padded last chunk (11 positions); 64 is one chunk.
+@pytest.mark.parametrize("temperature, chunk", [(1.0, 1), (2.5, 4), (0.7, 64)])
 def test_online_sums_match_numpy(kl, temperature, chunk):
     h, w, th, tw, targets, mask = _random_case()
     out = distill_sums(
@@ -211,7 +211,7 @@ def _step_metrics(cfg, mesh, teacher_params, rules=None):
     return state, batch, {k: float(v) for k, v in metrics.items()}
 
 
-@pytest.mark.parametrize("kl", ["forward", "reverse"])
+@pytest.mark.parametrize("kl", ["reverse"])  # forward: the sums tests and the offline step test
 def test_train_step_metrics_match_numpy_on_8_devices(kl):
     """The real jitted step: 1 device whole batch vs 8 devices (data 2, fsdp 2, tensor 2)
     with 2 micro-batches and the teacher replicated (the student is sharded); both equal
