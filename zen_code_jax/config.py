@@ -3,7 +3,7 @@
 Every experiment file in `experiments/` starts from `base_config()` (through
 `zen_code_jax.experiment.setup.start_config`) and changes fields; it never adds keys
 (ConfigDicts are locked), so a typo is an error that names the valid keys. Groups: model,
-mesh, data, fim, optimizer, train, checkpoint, eval, report, arms.
+mesh, data, fim, optimizer, train, checkpoint, distill, eval, report, arms.
 
 Each group is read by one part of the package:
   model -> zen_code_jax.model     mesh -> zen_code_jax.parallel
@@ -181,6 +181,24 @@ def base_config() -> ml_collections.ConfigDict:
             # every task module declares them (a frozen dataclass with defaults, its
             # `Task.options_type`), checked by `eval.registry.check_task_options`.
             task_options={},
+        )
+    )
+
+    # --- issue 20: knowledge distillation (train.objective="distill"; docs/distill.md) ---
+    c.distill = ml_collections.ConfigDict(
+        dict(
+            # The teacher: hf:DIR, arm:NAME (a sibling arm), arm:EXPERIMENT/ARM (an arm of
+            # another experiment in the same workdir) or a run directory; same tokenizer.
+            teacher="",
+            alpha=0.5,  # weight of the label CE; 1 - alpha weighs T^2 x KL
+            temperature=1.0,  # T: both distributions softened as softmax(logits / T)
+            kl="forward",  # forward: KL(teacher || student) | reverse: KL(student || teacher)
+            chunk=256,  # positions per logits chunk (neither [B, S, V] tensor exists whole)
+            teacher_dtype="bfloat16",  # the frozen teacher's params on the mesh
+            # Offline teacher logits: "" = run the teacher beside the student (online);
+            # a directory = read its top-k there (written first if missing; "run" = RUN/teacher_logits).
+            logits_dir="",
+            top_k=64,  # offline: the k most likely tokens stored per position
         )
     )
 

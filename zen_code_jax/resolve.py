@@ -6,6 +6,8 @@ eval and serve commands, and later a teacher or a draft model):
   hf:DIR               an HF Qwen2 directory (config.json + safetensors + tokenizer.json)
   arm:NAME             the sibling arm NAME of the same experiment (WORKDIR/<exp>/NAME),
                        relative to the run directory that names it
+  arm:EXP/NAME         the arm NAME of experiment EXP in the same workdir (WORKDIR/EXP/NAME),
+                       e.g. a distillation teacher: arm:fim_ablation/fim50
   RUN                  a run directory (WORKDIR/<experiment>/<arm>): its newest checkpoint
   RUN/checkpoints/N    one step of a run
   DIR                  an HF directory given as a plain path (it has no checkpoints/)
@@ -84,7 +86,7 @@ class CheckpointRef:
 
     @property
     def arm(self) -> str | None:
-        """The sibling arm's name for an `arm:NAME` spec, else None."""
+        """The arm's name for an `arm:NAME` or `arm:EXP/NAME` spec, else None."""
         return self.spec[4:] if self.spec.startswith("arm:") else None
 
     def has_checkpoint(self) -> bool:
@@ -115,17 +117,21 @@ def parse_checkpoint(
             )
         return CheckpointRef("hf", Path(text[3:]), _step(step, None, text), text)
     if text.startswith("arm:"):
-        if not text[4:] or "/" in text[4:]:
+        parts = text[4:].split("/")
+        if not all(parts) or len(parts) > 2:
             raise CheckpointSpecError(
-                f"{text!r}: give arm:NAME with NAME an arm of the same experiment."
+                f"{text!r}: give arm:NAME (an arm of the same experiment) or "
+                "arm:EXPERIMENT/NAME (an arm of another experiment in the same workdir)."
             )
         if run_dir is None:
             raise CheckpointSpecError(
-                f"{text!r} names a sibling arm, which needs the run directory that names it; "
-                "pass the sibling's run directory instead."
+                f"{text!r} names another arm, which needs the run directory that names it; "
+                "pass that arm's run directory instead."
             )
         base = run_dir.path if isinstance(run_dir, RunDir) else Path(run_dir)
-        return CheckpointRef("run", base.parent / text[4:], step, text)
+        # WORKDIR/<experiment>/<arm>: a sibling, or an arm of another experiment.
+        where = base.parent / parts[0] if len(parts) == 1 else base.parent.parent / text[4:]
+        return CheckpointRef("run", where, step, text)
     path = Path(text)
     if (path / "checkpoints").is_dir() or path.name == "checkpoints":
         run = path.parent if path.name == "checkpoints" else path

@@ -14,6 +14,10 @@ All fields are int32 `[batch, seq_len]`:
   loss_mask    1 where targets is a real next token: 0 on padding and on each segment's
                last token (and, for SFT, on the prompt)
 Attention is causal and never crosses segments; the loss never counts padding.
+
+One optional field, `teacher` (None unless the run distils from offline teacher logits,
+`data/teacher_logits.py`): a `TeacherTopK` of the teacher's top-k log-probs per position,
+aligned with the rows. None is an empty pytree, so every other batch is unchanged.
 """
 
 from __future__ import annotations
@@ -28,12 +32,31 @@ FIELDS = ("inputs", "targets", "segment_ids", "positions", "loss_mask")
 
 
 @struct.dataclass
+class TeacherTopK:
+    """A teacher's distribution per position, kept to its k most likely tokens.
+
+    ids   int32   [batch, seq_len, k]  the k most likely next tokens (at temperature T)
+    logp  float32 [batch, seq_len, k]  their log-probs at temperature T
+    rest  float32 [batch, seq_len]     log of the remaining mass, log(1 - sum exp(logp))
+                                       (computed from the logits, -inf when k = vocab)
+    nll   float32 [batch, seq_len]     the teacher's -log p(target) at temperature 1
+    How the distillation loss uses them: `train/distill.py` (k buckets + one rest bucket).
+    """
+
+    ids: Any
+    logp: Any
+    rest: Any
+    nll: Any
+
+
+@struct.dataclass
 class Batch:
     inputs: Any
     targets: Any
     segment_ids: Any
     positions: Any
     loss_mask: Any
+    teacher: TeacherTopK | None = None  # offline teacher logits only (train/distill.py)
 
     @classmethod
     def from_mapping(cls, d: Mapping[str, Any]) -> Batch:

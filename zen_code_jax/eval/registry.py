@@ -24,6 +24,7 @@ from zen_code_jax.eval.options import parse_options
 # task name -> module that defines it (in its `TASKS` tuple).
 TASK_MODULES: dict[str, str] = {
     "crosscodeeval": "zen_code_jax.eval.crosscodeeval",
+    "decode_speed": "zen_code_jax.eval.decode_speed",
     "heldout_fim": "zen_code_jax.eval.heldout",
     "heldout_loss": "zen_code_jax.eval.heldout",
     "humaneval": "zen_code_jax.eval.humaneval",

@@ -52,6 +52,7 @@ from zen_code_jax.parallel import batch_sharding, make_mesh, multihost
 from zen_code_jax.resolve import CheckpointRef, load_model, parse_checkpoint
 from zen_code_jax.rundir import RunDir
 from zen_code_jax.tracking import NullWriter, SummaryWriter, truncate_after
+from zen_code_jax.train.distill_offline import wire_teacher
 from zen_code_jax.train.hooks import Hooks
 from zen_code_jax.train.loop import train
 from zen_code_jax.train.objectives import build_objective, hlp_weight
@@ -181,6 +182,10 @@ def prepare_data(
         steps=resolve_steps(config, data_iter),
         hlp_sentinels=(tokenizer.fim_middle_id, tokenizer.eot_id),
     )
+    if str(final.train.objective) == "distill":  # teacher named, checked; offline logits joined
+        final, data_iter = wire_teacher(
+            final, run_dir, corpus, make_data, data_iter, tokenizer, shard=(proc, procs)
+        )
     return ArmData(final, model_cfg, corpus, tokenizer, data_iter, init_ref)
 
 

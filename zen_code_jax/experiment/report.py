@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from zen_code_jax.config import model_config_from
+from zen_code_jax.config import config_from_dict, model_config_from
 from zen_code_jax.experiment.report_plot import (
     difference_panel,
     fim_panels,
@@ -271,6 +271,57 @@ def _difference_table(arms: list[str], diffs: dict[str, dict], baseline: str) ->
     return lines
 
 
+def _flash_rows(arms: list[str], data: dict[str, dict]) -> list[tuple[str, dict[str, Any]]]:
+    """The arms, plus the teacher the distill arms name when it is not one of them (the
+    FIM ablation's fim50: its own run directory, from a distill arm's config.json)."""
+    rows = [(a, data[a]) for a in arms]
+    for a in arms:
+        teacher = str(data[a]["config"].get("distill", {}).get("teacher", ""))
+        objective = data[a]["config"].get("train", {}).get("objective")
+        if objective == "distill" and teacher and not teacher.startswith(("arm:", "hf:")):
+            path = Path(teacher)
+            path = path.parent.parent if path.parent.name == "checkpoints" else path
+            here = path.parent.name == data[a]["config"].get("name") and path.name in arms
+            if not here and (path / "config.json").is_file():
+                rows.append((f"teacher ({path.parent.name}/{path.name})", _load_arm(path)))
+            break
+    return rows
+
+
+def _flash_table(arms: list[str], data: dict[str, dict]) -> list[str]:
+    head = (
+        "| arm | objective | parameters | held-out L2R bits/byte | middle loss PSM | gap "
+        "prefix-only − PSM | held-out single-line EM | ms / decoded token (batch 1) |"
+    )
+    lines = [head, "|" + "---|" * 8]
+    for name, d in _flash_rows(arms, data):
+        cfg = d["config"]
+        params = param_count(model_config_from(config_from_dict(cfg).model)) if cfg else None
+        objective = cfg.get("train", {}).get("objective", "–")
+        if objective == "distill":
+            dd = cfg.get("distill", {})
+            how = f"offline top-{dd.get('top_k')}" if dd.get("logits_dir") else "online"
+            objective = f"distill ({how}, α={dd.get('alpha')}, T={dd.get('temperature')})"
+        lines.append(
+            f"| {name} | {objective} | {f'{params / 1e6:.2f}M' if params else '–'} "
+            f"| {_cell(d, 'heldout_loss/bits_per_byte')} "
+            f"| {_cell(d, 'heldout_fim/single/middle_bpb_psm')} "
+            f"| {_cell(d, 'heldout_fim/single/middle_gap')} "
+            f"| {_cell(d, 'heldout_fim/single/exact_match', True)} "
+            f"| {_fmt(d['metrics'].get('decode_speed/ms_per_token'), digits=2)} |"
+        )
+    lines.append("")
+    lines.append(
+        "Students (scratch, distill, offline) see the same rows (FIM included); the teacher "
+        "is the FIM ablation's fim50 arm or one trained here with its settings. Bits per "
+        "byte and middle loss: lower is better; the gap is prefix-only minus PSM middle "
+        "loss (what the suffix buys). ms / decoded token: greedy, one slot, after warm-up, "
+        "on the machine that evaluated the arm (its load unknown to this table). ± is one "
+        "bootstrap standard error over held-out files or examples."
+    )
+    return lines
+
+
 def _padding_lines(arms: list[str], data: dict[str, dict]) -> list[str]:
     lines = []
     for arm in arms:
@@ -315,6 +366,12 @@ TABLES = {
         _repo_table,
         repo_panels,
         PAPER_TABLE8,
+    ),
+    "flash": (
+        "Zen-Coder-Flash: distilled students beside their teacher",
+        _flash_table,
+        lambda arms, data, paper: [],
+        {},
     ),
 }
 

@@ -173,6 +173,21 @@ PRESETS: dict[str, ModelConfig] = {
         remat_policy="none",
         attention_block_size=256,
     ),
+    # Zen-Coder-Flash at CPU scale (docs/distill.md): ~1.9M parameters, 26% of cpu_small
+    # (its teacher) with the same vocabulary; what experiments/flash_distill.py distils.
+    "flash": ModelConfig(
+        vocab_size=8192,
+        hidden_size=96,
+        num_layers=3,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=288,
+        rope_theta=1_000_000.0,
+        max_position_embeddings=8192,
+        dtype="bfloat16",
+        remat_policy="none",
+        attention_block_size=256,
+    ),
     # One-accelerator ablations: ~40M parameters (the gpu scale of the experiment files).
     "gpu_small": ModelConfig(
         vocab_size=16_384,

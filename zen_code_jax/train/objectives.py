@@ -89,11 +89,16 @@ SumsFn = Callable[[Any, Batch, Any], ObjectiveSums]
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-    """A built objective: `sums(params, batch, extra)` and the frozen inputs it reads."""
+    """A built objective: `sums(params, batch, extra)` and the frozen inputs it reads.
+
+    teacher_topk: its batches carry `Batch.teacher` (offline teacher logits, read by the
+    `distill` objective), so the step's batch shardings include that field.
+    """
 
     name: str
     sums: SumsFn
     frozen: FrozenInputs = NO_FROZEN
+    teacher_topk: bool = False
 
 
 # (model config, run config, mesh) -> Objective. The mesh places frozen inputs.

@@ -201,11 +201,14 @@ def run_plan(
     log=print,
     compiler_options: dict[str, Any] | None = None,
     objective: str = "lm",
+    teacher: str = "",
 ) -> dict[str, Any]:
     """Plan one configuration on the current jax devices; returns a JSON-able dict.
 
     `objective` (a registered `train.objective`) decides the step's frozen inputs, counted
-    as `frozen_bytes_per_device` and passed to the compiled step like the state."""
+    as `frozen_bytes_per_device` and passed to the compiled step like the state; `teacher`
+    is `distill.teacher` for `--objective=distill` (a checkpoint, or `preset:NAME` to plan
+    a teacher by its shapes alone, e.g. preset:zen_code_14b)."""
     import jax
 
     # local import: `python -m ...plan` sets XLA_FLAGS (--devices) before jax is imported.
@@ -213,6 +216,7 @@ def run_plan(
     from zen_code_jax.model.config import param_count
     from zen_code_jax.parallel.mesh import make_mesh, mesh_shape_str
     from zen_code_jax.parallel.rules import batch_sharding
+    from zen_code_jax.train import distill  # noqa: F401  registers "distill"
     from zen_code_jax.train.flops import flops_per_step, flops_per_token
     from zen_code_jax.train.objectives import build_objective
     from zen_code_jax.train.state import train_state_shardings
@@ -230,6 +234,7 @@ def run_plan(
     cfg.train.global_batch_size = gbs
     cfg.train.loss_chunk_size = loss_chunk_size
     cfg.train.objective = objective
+    cfg.distill.teacher = teacher
     mcfg = model_config_from(cfg.model)
     mesh = make_mesh(mesh_cfg)
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -367,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
         "--set", nargs="*", default=[], help="ModelConfig overrides, e.g. attention_impl=chunked"
     )
     p.add_argument("--objective", default="lm", help="a registered train.objective")
+    p.add_argument(
+        "--teacher", default="", help="distill.teacher for --objective=distill (or preset:NAME)"
+    )
     p.add_argument("--json", default="", help="also write the result here")
     a = p.parse_args(argv)
     _set_device_count(a.devices)
@@ -388,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         _parse_kv(a.set, "set"),
         a.loss_chunk,
         objective=a.objective,
+        teacher=a.teacher,
     )
     if a.json:
         with open(a.json, "w") as f:

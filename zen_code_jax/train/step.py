@@ -25,9 +25,10 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from zen_code_jax.data.batch import FIELDS, Batch
+from zen_code_jax.data.batch import FIELDS, Batch, TeacherTopK
 from zen_code_jax.model.config import ModelConfig
 from zen_code_jax.parallel.rules import DEFAULT_RULES, Rules, batch_sharding
+from zen_code_jax.train import distill as _distill  # noqa: F401  registers "distill"
 from zen_code_jax.train.objectives import STEP_METRICS, Objective, build_objective, make_loss_fn
 from zen_code_jax.train.optimizer import global_norm, make_optimizer
 from zen_code_jax.train.state import TrainState
@@ -142,11 +143,13 @@ def build_train_step(
     return step
 
 
-def batch_shardings(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Batch:
+def batch_shardings(mesh: Mesh, rules: Rules = DEFAULT_RULES, teacher: bool = False) -> Batch:
     """Every field of the batch sharded the same way: rows over (data, fsdp), length over
-    sequence."""
+    sequence. `teacher`: the batch also carries offline teacher logits (`Batch.teacher`,
+    read by an objective with `teacher_topk`), sharded the same way (k unsharded)."""
     s = batch_sharding(mesh, rules)
-    return Batch(**{k: s for k in FIELDS})
+    top = TeacherTopK(ids=s, logp=s, rest=s, nll=s) if teacher else None
+    return Batch(**{k: s for k in FIELDS}, teacher=top)
 
 
 def jit_train_step(
@@ -169,7 +172,11 @@ def jit_train_step(
     replicated = NamedSharding(mesh, PartitionSpec())
     jitted = jax.jit(
         step,
-        in_shardings=(state_shardings, batch_shardings(mesh, rules), obj.frozen.shardings),
+        in_shardings=(
+            state_shardings,
+            batch_shardings(mesh, rules, teacher=obj.teacher_topk),
+            obj.frozen.shardings,
+        ),
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,) if donate else (),
         compiler_options=compiler_options,
