@@ -44,6 +44,7 @@ OWN_FIELDS = (
     "param_dtype",
     "remat_policy",
     "scan_layers",
+    "scan_unroll",
     "attention_impl",
     "attention_block_size",
     "initializer_range",

@@ -36,6 +36,10 @@ class ModelConfig:
     param_dtype: str = "float32"
     remat_policy: RematPolicy = "full"
     scan_layers: bool = True
+    # Layers per iteration of the layer scan (`nn.scan(unroll=...)`); num_layers unrolls it
+    # fully, which removes the scan's zero-filled stacked buffers and per-layer slices on
+    # XLA:CPU. The parameter layout is the same for every value.
+    scan_unroll: int = 1
     attention_impl: AttentionImpl = "auto"
     attention_block_size: int = 512  # query/key block for the `chunked` implementation
     # Sequence (context) parallelism when `length` is split over a mesh axis (see
@@ -100,6 +104,10 @@ def validate(cfg: ModelConfig) -> None:
     if cfg.remat_policy not in ("none", "full", "dots_saveable"):
         raise ValueError(
             f"remat_policy={cfg.remat_policy!r}; use one of 'none', 'full', 'dots_saveable'."
+        )
+    if not 1 <= cfg.scan_unroll <= cfg.num_layers:
+        raise ValueError(
+            f"scan_unroll={cfg.scan_unroll} must be in [1, num_layers={cfg.num_layers}]."
         )
     for name in ("dtype", "param_dtype"):
         if getattr(cfg, name) not in ("float32", "bfloat16", "float16"):

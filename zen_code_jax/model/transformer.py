@@ -300,6 +300,7 @@ class Transformer(nn.Module):
                 split_rngs={"params": True},
                 in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
                 length=cfg.num_layers,
+                unroll=cfg.scan_unroll,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )(cfg, window, name="layers")
             x, new_cache = stack(x, positions, segment_ids, cache, chunk_row)
