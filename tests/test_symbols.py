@@ -325,3 +325,23 @@ def test_run_facts_carry_the_prefix(tiny_tokenizer) -> None:
     facts = _facts(None, None, tiny_tokenizer, config, None)  # type: ignore[arg-type]
     assert facts["repo_prefix"] == RepoPrefix("paths+symbols", 96)
     assert _facts(None, None, tiny_tokenizer, None, None)["repo_prefix"] == RepoPrefix()  # type: ignore[arg-type]
+
+
+def test_pipeline_windows_open_with_the_prefix(fake_corpus) -> None:
+    """data.repo_prefix reaches the pipeline's repository windows (and stays off by default)."""
+    from zen_code_jax.data.pipeline import make_dataset
+
+    tok = fake_corpus.tokenizer
+    cfg = base_config()
+    cfg.data.mode, cfg.fim.rate = "repo", 0.0
+    plain = next(make_dataset(fake_corpus, cfg, seq_len=512, batch_size=2, seed=1))
+    cfg.data.repo_prefix, cfg.data.repo_prefix_tokens = "paths+symbols", 96
+    batch = next(make_dataset(fake_corpus, cfg, seq_len=512, batch_size=2, seed=1))
+    starts = [
+        tok.decode(batch.inputs[r][batch.segment_ids[r] == 1][:40].tolist()) for r in range(2)
+    ]
+    assert all(s.startswith("# Path: ") for s in starts), starts
+    assert not any(
+        tok.decode(plain.inputs[r][plain.segment_ids[r] == 1][:8].tolist()).startswith("# Path")
+        for r in range(2)
+    )
