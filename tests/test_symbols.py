@@ -4,10 +4,12 @@ token for token between training windows, evaluation prompts and the engine's pr
 
 from __future__ import annotations
 
+import json
 import sysconfig
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from zen_code_jax.config import base_config
@@ -345,3 +347,16 @@ def test_pipeline_windows_open_with_the_prefix(fake_corpus) -> None:
         tok.decode(plain.inputs[r][plain.segment_ids[r] == 1][:8].tolist()).startswith("# Path")
         for r in range(2)
     )
+    # Deterministic, and a restore continues with exactly the batches that followed.
+    cfg.fim.rate = 0.5
+    it = make_dataset(fake_corpus, cfg, seq_len=512, batch_size=2, seed=1)
+    first = [next(it) for _ in range(2)]
+    state = json.loads(json.dumps(it.get_state()))
+    rest = [next(it) for _ in range(2)]
+    again = make_dataset(fake_corpus, cfg, seq_len=512, batch_size=2, seed=1)
+    assert all(
+        np.array_equal(a.inputs, b.inputs) for a, b in zip(first, [next(again) for _ in range(2)])
+    )
+    resumed = make_dataset(fake_corpus, cfg, seq_len=512, batch_size=2, seed=1)
+    resumed.set_state(state)
+    assert all(np.array_equal(a.inputs, next(resumed).inputs) for a in rest)
