@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
+import hashlib
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -168,11 +168,23 @@ def log_parse_outcomes(what: str) -> None:
         log.info("%s %d: symbol tables %s, ast spans %s", what, _units, dict(_STATS), span_stats())
 
 
-@functools.lru_cache(maxsize=4096)
+_TABLES: collections.OrderedDict[tuple[str, bytes], SymbolTable] = collections.OrderedDict()
+_TABLES_KEPT = 1024  # recent tables kept per process (keyed by a digest, not the content)
+
+
 def _table(path: str, content: str) -> SymbolTable:
-    """`symbol_table`, once per (path, content) (a server sees the same context often)."""
+    """`symbol_table`, once per (path, content): a window is re-measured for each piece it
+    considers, and a server sees the same context files again and again."""
+    key = (path, hashlib.blake2b(content.encode("utf-8"), digest_size=16).digest())
+    table = _TABLES.get(key)
+    if table is not None:
+        _TABLES.move_to_end(key)
+        return table
     table = symbol_table(path, content)
     _STATS[table.status] += 1
+    _TABLES[key] = table
+    if len(_TABLES) > _TABLES_KEPT:
+        _TABLES.popitem(last=False)
     return table
 
 
