@@ -300,7 +300,7 @@ def create_server(backend: Backend, settings: Settings | None = None) -> ZenLang
         }
 
     @server.feature(STATS_METHOD)
-    def stats(ls: ZenLanguageServer, params: Any) -> dict[str, int]:
+    def stats(ls: ZenLanguageServer, params: Any) -> dict[str, float]:
         return dict(ls.backend.stats)
 
     @server.feature(lsp.SHUTDOWN)
