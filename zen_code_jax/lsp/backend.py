@@ -22,6 +22,7 @@ import collections
 import dataclasses
 import json
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -153,7 +154,10 @@ class LocalBackend:
             self.prompt_ids(req), req.max_tokens, req.temperature, req.top_p, req.stop
         )
         alive = None if cancelled is None else (lambda: not cancelled.is_set())
+        t0 = time.perf_counter()
         out = self.engine.complete([row], alive=alive)[0]
+        # the engine's own time, so the server's cost can be told apart from it
+        self.stats["last_decode_ms"] = (time.perf_counter() - t0) * 1e3
         self.stats["decodes"] += 1
         self.stats[f"finish_{out.finish_reason}"] += 1
         self.stats["decoded_tokens"] += len(out.token_ids)

@@ -10,8 +10,9 @@ Requests:
 - `zenCode/stats` (ours): the backend's counters (requests, cancelled, decodes by finish
   reason, decoded tokens), to see from an editor what cancellation saved.
 
-Every completion request is logged (`--log_file`) with its method, position, the answer's
-length and its time, which is how the editor trials in docs/lsp.md were read.
+Every completion request is logged (`--log_file`) with its method, position, answer and
+time (or that it was cancelled or dropped as stale), which is how the editor trials in
+docs/lsp.md were read.
 
 Documents are kept here with LSP's own line rules (`text.py`), synced fully or
 incrementally, in the position encoding negotiated at initialize (UTF-16 unless the
@@ -54,7 +55,7 @@ class ZenLanguageServer(LanguageServer):
         self.ready = asyncio.Event()
         self.load_error: str | None = None
         self.latest: dict[str, int] = {}  # uri -> id of its newest completion request
-        self.edits: dict[str, int] = {}  # uri -> didChange notifications so far
+        self.edits: dict[str, int] = {}  # uri -> didOpen + didChange notifications so far
         self._seq = 0
 
     @property
@@ -300,7 +301,7 @@ def create_server(backend: Backend, settings: Settings | None = None) -> ZenLang
         }
 
     @server.feature(STATS_METHOD)
-    def stats(ls: ZenLanguageServer, params: Any) -> dict[str, int]:
+    def stats(ls: ZenLanguageServer, params: Any) -> dict[str, float]:
         return dict(ls.backend.stats)
 
     @server.feature(lsp.SHUTDOWN)
