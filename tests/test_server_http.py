@@ -202,6 +202,27 @@ def test_half_closed_client_gets_its_response(server):
         s.close()
 
 
+def test_half_closed_stream_is_a_cancel(server):
+    """An EOF on a stream request is the editor's cancel, whether it arrives before the
+    stream started (400 client_closed, nothing decoded) or during it."""
+    st = server.scheduler.stats
+    before = st["requests"]
+    body = json.dumps({"prompt": "x", "max_tokens": 4, "stream": True}).encode()
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    s.sendall(post("/v1/completions", body))
+    s.shutdown(socket.SHUT_WR)
+    got = b""
+    while chunk := s.recv(4096):
+        got += chunk
+    s.close()
+    while got.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"):  # the half-close probes
+        got = got[len(b"HTTP/1.1 100 Continue\r\n\r\n") :]
+    if got.startswith(b"HTTP/1.1 400"):  # the EOF came before the route chose to stream
+        assert b"client_closed" in got and st["requests"] == before
+    else:  # or after: the stream was cut (no [DONE])
+        assert (not got or got.startswith(b"HTTP/1.1 200")) and b"[DONE]" not in got
+
+
 def test_closed_non_streaming_client_is_cancelled(server):
     """A closed client (not half-closed) of a whole-body request frees its slot early."""
     sch = server.scheduler

@@ -63,7 +63,7 @@ from zen_code_jax.infer.schemas import (
     parse_body,
 )
 from zen_code_jax.infer.slots import SlotDecoder
-from zen_code_jax.infer.transport import EOF_IS_DISCONNECT
+from zen_code_jax.infer.transport import EOF_IS_DISCONNECT, GOT_EOF
 
 OPEN_ROUTES = frozenset({"/health"})  # everything else needs the API key (when one is set)
 
@@ -291,10 +291,19 @@ def make_app(server: HandlerServer) -> ASGIApp:
         )
 
     async def serve(request: Request, parsed: Parsed, *, infill: bool) -> Response:
+        if parsed.opts["stream"]:
+            setattr(request.state, EOF_IS_DISCONNECT, True)
+            if getattr(request.state, GOT_EOF, False):  # closed while we parsed: cancelled
+                raise APIError(
+                    400,
+                    "The client closed its side before the stream started; an EOF on a "
+                    "stream is its cancel (send stream: false to half-close and wait).",
+                    code="client_closed",
+                    headers={"Connection": "close"},
+                )
         q = LoopQueue(asyncio.get_running_loop())
         cid, job = server.submit(parsed, q)
         if parsed.opts["stream"]:
-            setattr(request.state, EOF_IS_DISCONNECT, True)
             return StreamingResponse(
                 _released(cid, job, sse(cid, job, q, parsed, infill)),
                 media_type="text/event-stream",

@@ -45,6 +45,9 @@ from zen_code_jax.infer.responses import dumps
 # nothing more and reads until the end (a stream): an EOF there is a disconnect, and
 # cancels at once. Elsewhere an EOF after a complete request is a half-close.
 EOF_IS_DISCONNECT = "eof_is_disconnect"
+# Set by the protocol in the same `request.state` when the client sent EOF after its
+# request: a route that decides to stream only then treats it as the cancel.
+GOT_EOF = "got_eof"
 
 
 # When a half-closed connection is probed (see `_probe`): covers round trips up to ~1.5 s.
@@ -99,6 +102,7 @@ def deadline_protocol(deadline_s: float, on_timeout: Callable[[], None]) -> type
                 return None  # a stream: the client closed, cancel it now
             if cycle is not None and not cycle.response_complete and complete:
                 self._half_closed = True
+                cycle.scope.get("state", {})[GOT_EOF] = True
                 self._probe(PROBE_DELAYS_S)
                 return True  # keep our writing side open: the response is still coming
             return None  # asyncio closes the transport: uvicorn's disconnect
