@@ -338,13 +338,17 @@ class Scheduler:
         live, rows = self._decode_rows()
         if picked is None and rows is None:
             return False
+        t0 = time.monotonic()
         if picked is None and self.spec is not None:
             entries = [(s, self._row(s)) for s in live]
             plan = self.spec.plan(entries, rows)  # type: ignore[arg-type]
             if plan is not None:
-                self._verify(live, rows, plan)  # type: ignore[arg-type]
+                emitted = self._verify(live, rows, plan)  # type: ignore[arg-type]
+                self.spec.record(True, len(live), time.monotonic() - t0, emitted)
                 return True
         turn = self.dec.run(rows, None if picked is None else picked[2])
+        if picked is None and self.spec is not None:
+            self.spec.record(False, len(live), time.monotonic() - t0, len(live))
         if picked is not None:
             job, i, chunk = picked
             row = job.rows[i]
@@ -382,13 +386,14 @@ class Scheduler:
         job, i = self.slot_rows[s]  # type: ignore[misc]
         return job.rows[i]
 
-    def _verify(self, live: list[int], rows: DecodeRows, plan: Plan) -> None:
+    def _verify(self, live: list[int], rows: DecodeRows, plan: Plan) -> int:
         """Speculative decode turn: verify every row's drafts in one target call, then
         take each row's accepted drafts and its correction (or bonus) token in order,
         stopping where the row ends (a stop id, stop string or budget inside the run).
         Rejected drafts roll back by never entering the row's tokens: the next call
-        starts at the row's new length and overwrites them."""
+        starts at the row's new length and overwrites them. Returns the tokens emitted."""
         out = self.dec.verify(rows, plan.drafts, plan.lens, plan.q)
+        emitted = 0
         self.stats["decode_steps"] += 1
         self.stats["spec_verify_steps"] += 1
         for s in live:
@@ -401,6 +406,7 @@ class Scheduler:
             self.stats["spec_accepted_tokens"] += a
             assert self.spec is not None
             self.spec.update(row.spec, d, a)
+            emitted += a + 1
             for j in range(a + 1):
                 if row.finish_reason is not None:
                     break
@@ -408,6 +414,7 @@ class Scheduler:
                     out.token[:, j], out.logprob[:, j], out.top_ids[:, j], out.top_logprobs[:, j]
                 )
                 self._accept(job, i, sampled, s)
+        return emitted
 
     @property
     def acceptance_rate(self) -> float:

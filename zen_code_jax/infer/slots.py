@@ -50,6 +50,7 @@ from zen_code_jax.infer.speculative import (
     Verified,
     as_numpy_verified,
     draft_step,
+    row_buckets,
     verify_step,
 )
 from zen_code_jax.model.config import ModelConfig
@@ -313,10 +314,16 @@ class SlotDecoder:
         only their accepted length, and what lies beyond it is never read."""
         rows = DecodeRows(*(np.asarray(x, t) for x, t in zip(rows, DecodeRows.DTYPES)))
         drafts, lens = np.asarray(drafts, np.int32), np.asarray(lens, np.int32)
-        live = rows.active
-        assert int((rows.pos + lens)[live].max(initial=0)) < self.max_len
-        first = int(rows.pos[live].max()) if live.any() else 0
-        window = self.window(first) if window is None else window
+        live = np.flatnonzero(rows.active)
+        r = next(b for b in row_buckets(self.slots) if b >= max(len(live), 1))
+        idx = np.zeros((r,), np.int32)
+        idx[: len(live)] = live
+        pad = np.arange(r) >= len(live)  # padding rows: inactive, no drafts
+        sub = DecodeRows(*(np.where(pad, 0, x[idx]).astype(x.dtype) for x in rows))
+        sub_lens = np.where(pad, 0, lens[idx]).astype(np.int32)
+        end = int((rows.pos + lens)[live].max(initial=0)) + 1  # every written position
+        assert end <= self.max_len
+        window = self.window(end) if window is None else window
         point_mass = q is None
         if point_mass:
             q = np.zeros((1,), np.float32)
@@ -324,15 +331,22 @@ class SlotDecoder:
             self.cache, out = verify_step(
                 self.params,
                 self.cache,
-                rows,
-                drafts,
-                lens,
+                idx,
+                sub,
+                drafts[idx],
+                sub_lens,
                 q,
                 cfg=self.cfg,
                 window=window,
                 point_mass=point_mass,
             )
-        return as_numpy_verified(out)
+        got = as_numpy_verified(out)
+        full = []
+        for x in got:  # back to slot order (rows that did not decode: zeros)
+            y = np.zeros((self.slots, *x.shape[1:]), x.dtype)
+            y[live] = x[: len(live)]
+            full.append(y)
+        return Verified(*full)
 
     def draft(
         self,
