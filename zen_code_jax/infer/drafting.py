@@ -49,7 +49,7 @@ class SpecConfig:
     ngram_min: int = 2  # shortest (1-grams match too much to pay off)
     max_batch: int = 4  # speculate only while at most this many rows decode
     min_acceptance: float = 0.25  # a row's acceptance EMA below this backs off
-    catch_up: int = 8  # draft model: tokens fed per row inside the draft call
+    catch_up: int = 4  # draft model: tokens fed per row inside the draft call
     timed: bool = True  # stop while speculative turns cost more per token than plain ones
 
     def __post_init__(self) -> None:
@@ -288,15 +288,17 @@ class Speculator:
             d = self.drafter.dec
             d.warm_up()
             t = self.config.catch_up
-            for w in d.windows:
-                for temp, top_p in ((0.0, 1.0), (1.0, 0.5)):
-                    cols = (z + temp, z + top_p, z, z, z)
-                    d.draft(
-                        np.zeros((d.slots, t), np.int32),
-                        z,
-                        z,
-                        cols,
-                        k=self.config.max_draft,
-                        vocab=self.drafter.vocab,
-                        window=w,
-                    )
+            for r in row_buckets(dec.slots)[: 1 + sum(b < most for b in row_buckets(dec.slots))]:
+                n = (np.arange(d.slots) < r).astype(np.int32)  # r drafting rows
+                for w in d.windows:
+                    for temp, top_p in ((0.0, 1.0), (1.0, 0.5)):
+                        cols = (z + temp, z + top_p, z, z, z)
+                        d.draft(
+                            np.zeros((d.slots, t), np.int32),
+                            z,
+                            n,
+                            cols,
+                            k=self.config.max_draft,
+                            vocab=self.drafter.vocab,
+                            window=w,
+                        )

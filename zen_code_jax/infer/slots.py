@@ -361,27 +361,37 @@ class SlotDecoder:
     ) -> tuple[np.ndarray, Any]:
         """A draft model's k proposals per row (`speculative.draft_step`): rows feed their
         n tokens [B, T] not yet cached from `start`, then draft; sampling: the per-row
-        (temp, top_p, seeds, index, steps) columns. Returns proposals int32 [B, k] (host)
-        and q [B, k, vocab] (left on the device for the target's verify call)."""
+        (temp, top_p, seeds, index, steps) columns. Only the drafting rows (n > 0) take
+        part (a row bucket of them). Returns proposals int32 [B, k] (host) and q
+        [B, k, vocab] (left on the device for the target's verify call)."""
         start, n = np.asarray(start, np.int32), np.asarray(n, np.int32)
         end = int((start + n)[n > 0].max(initial=0)) + k - 1
         assert end <= self.max_len
         window = self.window(end) if window is None else window
-        cols = tuple(np.asarray(x, t) for x, t in zip(sampling, DecodeRows.DTYPES[3:]))
+        live = np.flatnonzero(n > 0)
+        r = next(b for b in row_buckets(self.slots) if b >= max(len(live), 1))
+        idx = np.zeros((r,), np.int32)
+        idx[: len(live)] = live
+        pad = np.arange(r) >= len(live)
+        pick = lambda x, t: np.where(pad, 0, np.asarray(x)[idx]).astype(t)  # noqa: E731
+        cols = tuple(pick(x, t) for x, t in zip(sampling, DecodeRows.DTYPES[3:]))
         with self._context():
             self.cache, proposals, q = draft_step(
                 self.params,
                 self.cache,
-                np.asarray(tokens, np.int32),
-                start,
-                n,
+                idx,
+                (np.asarray(tokens, np.int32)[idx] * ~pad[:, None]).astype(np.int32),
+                pick(start, np.int32),
+                pick(n, np.int32),
                 *cols,
                 cfg=self.cfg,
                 window=window,
                 k=k,
                 vocab=vocab,
             )
-        return np.asarray(proposals), q
+        full = np.zeros((self.slots, k), np.int32)
+        full[live] = np.asarray(proposals)[: len(live)]
+        return full, q
 
     def window(self, first_position: int) -> int:
         """The smallest compiled window holding every slot a call starting here attends to."""

@@ -161,7 +161,6 @@ def verify_step(params, cache, slot_ids, rows, drafts, lens, q, *, cfg, window, 
     counts, output tokens and their logprob records (see `Verified`)."""
     TRACE_COUNTS["verify"] += 1
     r, k = drafts.shape
-    max_len = cache["k"].shape[2]
     sub = {name: jnp.take(c[:, :, :window], slot_ids, axis=1) for name, c in cache.items()}
     tokens = jnp.concatenate([rows.last[:, None], drafts], axis=1)
     positions = rows.pos[:, None] + jnp.arange(k + 1, dtype=jnp.int32)[None]
@@ -174,15 +173,7 @@ def verify_step(params, cache, slot_ids, rows, drafts, lens, q, *, cfg, window, 
         kv_cache=sub,
         return_hidden=True,
     )
-    at = jnp.minimum(positions, window - 1)
-    written = jnp.where(live, positions, max_len)  # padding goes out of bounds: dropped
-    cache = {
-        name: c.at[:, slot_ids[:, None], written].set(
-            sub[name][:, jnp.arange(r)[:, None], at], mode="drop"
-        )
-        for name, c in cache.items()
-    }
-    cache = constrain_cache(cache)
+    cache = constrain_cache(_scatter_rows(cache, sub, slot_ids, positions, live, window))
     logits = lm_logits(hidden.reshape(r * (k + 1), -1), cfg, params).reshape(r, k + 1, -1)
     accepted, out = accept_drafts(
         logits,
@@ -214,16 +205,34 @@ def row_buckets(slots: int) -> tuple[int, ...]:
     jax.jit, static_argnames=("cfg", "window", "k", "vocab"), donate_argnames=("cache",)
 )
 def draft_step(
-    params, cache, tokens, start, n, temp, top_p, seeds, index, steps, *, cfg, window, k, vocab
+    params,
+    cache,
+    slot_ids,
+    tokens,
+    start,
+    n,
+    temp,
+    top_p,
+    seeds,
+    index,
+    steps,
+    *,
+    cfg,
+    window,
+    k,
+    vocab,
 ):
-    """The draft model's k proposals for every row in one call: feed the row's `n` tokens
-    not yet in its cache (`tokens` [B, T] at positions start..; n = 0: the row does not
-    draft and writes nothing), then k - 1 single-token steps feeding each proposal.
+    """The draft model's k proposals for R rows in one call: `slot_ids` [R] their slots;
+    feed each row's `n` tokens not yet in its cache (`tokens` [R, T] at positions
+    start..; n = 0: a padding row, which writes nothing), then k - 1 single-token steps
+    feeding each proposal, all on the rows' gathered cache window (as `verify_step`).
     Greedy rows propose the argmax; sampled ones draw from q, the processed distribution
     (`target_logits`) over the target's `vocab`, with keys folded from the target's.
-    Returns the cache, proposals int32 [B, k] and q float32 [B, k, vocab]."""
+    Returns the cache, proposals int32 [R, k] and q float32 [slots, k, vocab] (in slot
+    order, for the target's verify call)."""
     TRACE_COUNTS["draft"] += 1
-    b, t = tokens.shape
+    r, t = tokens.shape
+    slots = cache["k"].shape[1]
     model = Transformer(cfg)
     greedy_rows = temp <= GREEDY_EPS
 
@@ -249,38 +258,61 @@ def draft_step(
         greedy = lambda _: (arg, jnp.zeros(logits.shape, jnp.float32))  # noqa: E731
         return jax.lax.cond(jnp.all(greedy_rows), greedy, sampled, None)
 
-    seg = (jnp.arange(t)[None] < n[:, None]).astype(jnp.int32)
-    hidden, cache = model.apply(
+    sub = {name: jnp.take(c[:, :, :window], slot_ids, axis=1) for name, c in cache.items()}
+    seg = jnp.arange(t)[None] < n[:, None]
+    hidden, sub = model.apply(
         {"params": params},
         tokens,
         start[:, None] + jnp.arange(t, dtype=jnp.int32)[None],
-        seg,
-        kv_cache=cache,
-        kv_window=window,
+        seg.astype(jnp.int32),
+        kv_cache=sub,
         return_hidden=True,
     )
     h = jnp.take_along_axis(hidden, jnp.maximum(n - 1, 0)[:, None, None], axis=1)[:, 0]
     tok, q = propose(h, 0)
-    active = (n > 0).astype(jnp.int32)[:, None]
+    active = n > 0
 
     def body(carry, j):
-        cache, tok = carry
-        hid, cache = model.apply(
+        sub, tok = carry
+        hid, sub = model.apply(
             {"params": params},
             tok[:, None],
             (start + n + j - 1)[:, None],
-            active,
-            kv_cache=cache,
-            kv_window=window,
+            active.astype(jnp.int32)[:, None],
+            kv_cache=sub,
             return_hidden=True,
         )
         nxt, qj = propose(hid[:, 0], j)
-        return (constrain_cache(cache), nxt), (nxt, qj)
+        return (sub, nxt), (nxt, qj)
 
-    (cache, _), (toks, qs) = jax.lax.scan(body, (cache, tok), jnp.arange(1, k))
+    (sub, _), (toks, qs) = jax.lax.scan(body, (sub, tok), jnp.arange(1, k))
+    # Copy the rows' new keys and values (the fed tail, then k - 1 proposals) back.
+    positions = jnp.concatenate(
+        [start[:, None] + jnp.arange(t)[None], (start + n)[:, None] + jnp.arange(k - 1)[None]],
+        axis=1,
+    ).astype(jnp.int32)
+    written = jnp.concatenate([seg, jnp.broadcast_to(active[:, None], (r, k - 1))], axis=1)
+    cache = _scatter_rows(cache, sub, slot_ids, positions, written, window)
     proposals = jnp.concatenate([tok[:, None], toks.T], axis=1)
     probs = jnp.concatenate([q[:, None], qs.transpose(1, 0, 2)], axis=1)
-    return constrain_cache(cache), proposals, probs
+    dest = jnp.where(active, slot_ids, slots)  # padding rows: dropped
+    q_slots = jnp.zeros((slots, k, vocab), jnp.float32).at[dest].set(probs, mode="drop")
+    return constrain_cache(cache), proposals, q_slots
+
+
+def _scatter_rows(cache, sub, slot_ids, positions, written, window):
+    """Write the gathered rows' keys and values at `positions` [R, P] (where `written`)
+    from their window copy `sub` back into `cache`; the rest goes out of bounds."""
+    r = slot_ids.shape[0]
+    max_len = cache["k"].shape[2]
+    at = jnp.clip(positions, 0, window - 1)
+    dest = jnp.where(written, positions, max_len)
+    return {
+        name: c.at[:, slot_ids[:, None], dest].set(
+            sub[name][:, jnp.arange(r)[:, None], at], mode="drop"
+        )
+        for name, c in cache.items()
+    }
 
 
 def draft_buckets(max_draft: int, smallest: int = 2) -> tuple[int, ...]:
