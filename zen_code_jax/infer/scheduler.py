@@ -9,7 +9,10 @@ into free slots (preferring the free slot whose cached tokens share the longest 
 with the prompt), (3) runs one model call that decodes a token for every decoding row and
 prefills one chunk of the oldest row still prefilling (chunked prefill inside the decode
 batch, as Sarathi-Serve does), and hands each row's new text to its job as an event.
-A row leaves at a stop id, a stop string, its budget or the end of its slot. With
+A row leaves at a stop id, a stop string, its budget or the end of its slot. With a
+`speculator` (`drafting.Speculator`; off by default) a decode-only turn may instead verify
+drafted tokens (`_verify`): one call, and each row takes its accepted drafts and one more
+token through the same `_accept` as a decoded token. With
 `continuous=False` (the benchmark's baseline) rows are admitted only into an empty
 machine, i.e. static batching.
 
