@@ -123,8 +123,7 @@ def run_config(engine, spec: SpecConfig, draft, users: int, work: list[dict], ar
         "mode": spec.mode,
         "users": users,
         "wall_s": wall,
-        "p50": {k: pct(v, 0.5) for k, v in lat.items()},
-        "p95": {k: pct(v, 0.95) for k, v in lat.items()},
+        "lat": lat,
         "drafted": st.get("spec_draft_tokens", 0),
         "accepted": st.get("spec_accepted_tokens", 0),
         "verify_steps": st.get("spec_verify_steps", 0),
@@ -154,6 +153,7 @@ def main() -> None:
     p.add_argument("--prompt_tokens", type=int, default=768)
     p.add_argument("--max_draft", type=int, default=4)
     p.add_argument("--spec_max_batch", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=2, help="passes over the modes, interleaved")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args()
 
@@ -174,29 +174,56 @@ def main() -> None:
     if args.draft_layers:
         draft = layer_draft(engine, args.draft_layers)
     work = tasks(engine, args.tasks, args.prompt_tokens, seed=0)
+    modes = [m for m in args.modes.split(",") if m != "model" or draft is not None]
     results = []
     for users in (int(u) for u in args.users.split(",")):
-        base = None
-        for mode in args.modes.split(","):
-            if mode == "model" and draft is None:
-                continue
-            spec = SpecConfig(mode=mode, max_draft=args.max_draft, max_batch=args.spec_max_batch)
-            r = run_config(engine, spec, draft if mode == "model" else None, users, work, args)
-            base = r if mode == "off" else base
-            r["identical"] = None if base is None else r["texts"] == base["texts"]
+        agg: dict[str, dict] = {}
+        for _ in range(args.rounds):  # rounds interleave the modes: load drifts between them
+            for mode in modes:
+                spec = SpecConfig(
+                    mode=mode, max_draft=args.max_draft, max_batch=args.spec_max_batch
+                )
+                r = run_config(engine, spec, draft if mode == "model" else None, users, work, args)
+                counts = ("drafted", "accepted", "verify_steps", "decode_steps")
+                a = agg.setdefault(
+                    mode,
+                    {"lat": {k: [] for k in KINDS}, "wall_s": 0.0, "texts": r["texts"]}
+                    | dict.fromkeys(counts, 0),
+                )
+                for k in KINDS:
+                    a["lat"][k] += r["lat"][k]
+                a["wall_s"] += r["wall_s"]
+                for f in counts:
+                    a[f] += r[f]
+                a["identical"] = r["texts"] == agg.get("off", r)["texts"] and a.get(
+                    "identical", True
+                )
+        for mode in modes:
+            r = agg[mode]
             rate = r["accepted"] / r["drafted"] if r["drafted"] else float("nan")
+            p50 = {k: pct(v, 0.5) for k, v in r["lat"].items()}
+            p95 = {k: pct(v, 0.95) for k, v in r["lat"].items()}
             print(
                 f"users={users} {mode:5s} "
                 + " ".join(
-                    f"{k}: p50 {r['p50'][k] * 1000:7.0f} ms p95 {r['p95'][k] * 1000:7.0f} ms"
-                    for k in KINDS
+                    f"{k}: p50 {p50[k] * 1000:6.0f} ms p95 {p95[k] * 1000:6.0f} ms" for k in KINDS
                 )
                 + f" | acceptance {rate:.2f} ({r['accepted']}/{r['drafted']}),"
                 f" verify {r['verify_steps']}/{r['decode_steps']} steps,"
                 f" identical to off: {r['identical']}",
                 flush=True,
             )
-            results.append({k: v for k, v in r.items() if k != "texts"})
+            results.append(
+                {
+                    "users": users,
+                    "mode": mode,
+                    "p50": p50,
+                    "p95": p95,
+                    "acceptance": rate,
+                    "identical": r["identical"],
+                    "wall_s": r["wall_s"],
+                }
+            )
     engine.set_speculative(SpecConfig())
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))

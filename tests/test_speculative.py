@@ -126,7 +126,7 @@ def _scripted(requests, baseline, cfg, wrong_every=3):
     return lambda dec: Speculator(cfg, dec, ScriptedDrafter(truth, wrong_every))
 
 
-SPEC = SpecConfig(mode="ngram", max_draft=4, max_batch=8, min_acceptance=0.0)
+SPEC = SpecConfig(mode="ngram", max_draft=4, max_batch=8, min_acceptance=0.0, timed=False)
 
 
 @pytest.mark.parametrize("slots", [1, 8])
@@ -160,7 +160,9 @@ def test_greedy_identity_draft_model(engine, params, tok, requests, baseline, wh
     else:
         dparams = random_params(CFG, seed=1, scale=0.2)
     draft = InferenceEngine(dparams, CFG, tok, max_batch_size=8)
-    engine.set_speculative(SpecConfig(mode="model", max_batch=8, min_acceptance=0.0), draft)
+    engine.set_speculative(
+        SpecConfig(mode="model", max_batch=8, min_acceptance=0.0, timed=False), draft
+    )
     try:
         rows, sch = _decode(engine, requests, engine.speculator)
     finally:
@@ -177,7 +179,7 @@ def test_greedy_identity_draft_model(engine, params, tok, requests, baseline, wh
 def test_complete_with_speculation(engine, requests):
     """`InferenceEngine.complete` (evaluation's driver) decodes the same texts."""
     off = engine.complete(requests[:3])
-    engine.set_speculative(SpecConfig(mode="model", max_batch=8), engine)
+    engine.set_speculative(SpecConfig(mode="model", max_batch=8, timed=False), engine)
     try:
         on = engine.complete(requests[:3])
     finally:

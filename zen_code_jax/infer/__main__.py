@@ -3,6 +3,8 @@
   python -m zen_code_jax.infer --run_dir=WORKDIR/<experiment>/<arm> --port=8000
   python -m zen_code_jax.infer --hf_dir=DIR --port=8000            # an HF Qwen2 directory
   python -m zen_code_jax.infer --random_preset=tiny --port=8000   # no checkpoint: for testing
+  python -m zen_code_jax.infer --run_dir=RUN --speculative=model --draft=STUDENT_RUN
+  python -m zen_code_jax.infer --run_dir=RUN --speculative=ngram   # prompt lookup
 
 Listens on 127.0.0.1 unless --host says otherwise; set --api_key (or ZEN_API_KEY) before
 exposing it. Start-up loads the parameters only (no optimizer moments) onto --mesh in
@@ -200,6 +202,8 @@ def build_server(argv: Sequence[str] | None = None) -> CompletionServer:
         admission = Admission(args.max_slot_share, args.short_first, args.admission_aging)
     except ValueError as e:
         raise SystemExit(f"--max_slot_share / --admission_aging: {e}") from None
+    if args.draft and args.speculative != "model":
+        raise SystemExit("--draft is the draft model of --speculative=model; add that flag.")
     if args.speculative != "off":
         spec = SpecConfig(
             mode=args.speculative, max_draft=args.spec_max_draft, max_batch=args.spec_max_batch

@@ -17,7 +17,9 @@ Two drafters share one interface (`propose`):
 decode (a full batch already amortizes the weight pass, and a verify call's extra tokens
 would cost more than they save), per row a draft no longer than its budget and slot
 allow, and a row whose recent acceptance fell below `min_acceptance` skips drafting for a
-back-off that doubles while it stays low. Rows without a draft ride in the same call
+back-off that doubles while it stays low. And it times both kinds of turn by batch size
+(seconds per emitted token, drafting included): while speculative turns cost more per
+token than plain ones it stops, probing now and then. Rows without a draft ride in the same call
 (one token, exactly a decode step's sample); a turn where no row drafts is a plain
 decode step.
 """
@@ -31,9 +33,10 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from zen_code_jax.infer.slots import Chunk, DecodeRows, SlotDecoder
-from zen_code_jax.infer.speculative import draft_buckets
+from zen_code_jax.infer.speculative import draft_buckets, row_buckets
 
 SPEC_MODES = ("off", "ngram", "model")
+PROBE_EVERY = 16  # turns between speculative probes while plain turns are cheaper
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,8 @@ class SpecConfig:
     ngram_min: int = 2  # shortest (1-grams match too much to pay off)
     max_batch: int = 4  # speculate only while at most this many rows decode
     min_acceptance: float = 0.25  # a row's acceptance EMA below this backs off
-    catch_up: int = 8  # draft model: tokens fed per row inside the draft call
+    catch_up: int = 4  # draft model: tokens fed per row inside the draft call
+    timed: bool = True  # stop while speculative turns cost more per token than plain ones
 
     def __post_init__(self) -> None:
         if self.mode not in SPEC_MODES:
@@ -183,9 +187,33 @@ class Speculator:
     target: SlotDecoder
     drafter: NgramDrafter | ModelDrafter
     buckets: tuple[int, ...] = field(init=False)
+    # Measured seconds per emitted token of plain decode turns and of speculative turns
+    # (drafting included), by the number of decoding rows (EMAs; `record`).
+    cost: dict[tuple[bool, int], float] = field(init=False, default_factory=dict)
+    skipped: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self.buckets = draft_buckets(self.config.max_draft)
+
+    def record(self, speculative: bool, rows: int, seconds: float, tokens: int) -> None:
+        """A decode turn's wall time and the tokens it emitted (the scheduler calls it)."""
+        key, x = (speculative, rows), seconds / max(tokens, 1)
+        self.cost[key] = x if key not in self.cost else 0.8 * self.cost[key] + 0.2 * x
+
+    def worth_it(self, rows: int) -> bool:
+        """Speculate at this batch size? Not until a plain turn was timed; then while a
+        speculative turn's seconds per token beat a plain one's, probing every
+        PROBE_EVERY turns after they stopped (acceptance changes as text does)."""
+        if not self.config.timed:
+            return True
+        plain, spec = self.cost.get((False, rows)), self.cost.get((True, rows))
+        if plain is None:
+            return False
+        if spec is None or spec < plain:
+            self.skipped = 0
+            return True
+        self.skipped += 1
+        return self.skipped % PROBE_EVERY == 0
 
     def reset(self) -> None:
         self.drafter.reset()
@@ -194,7 +222,7 @@ class Speculator:
         """The drafts of this decode turn, or None (a plain decode step): `rows` are
         (slot, RowState) of every decoding row, `decode` their step inputs."""
         cfg = self.config
-        if len(rows) > cfg.max_batch:
+        if len(rows) > cfg.max_batch or not self.worth_it(len(rows)):
             return None
         entries = []
         for s, row in rows:
@@ -245,29 +273,32 @@ class Speculator:
         """Compile every verify (window, k) shape, and the draft model's steps, now."""
         dec = self.target
         z = np.zeros((dec.slots,), np.int32)
-        for w in dec.windows:
-            for temp, top_p in ((0.0, 1.0), (1.0, 0.5)):
-                rows = DecodeRows(z, z, z.astype(bool), z + temp, z + top_p, z, z, z)
-                for k in self.buckets:
-                    q = None
-                    if isinstance(self.drafter, ModelDrafter):
-                        q = np.zeros(
-                            (dec.slots, self.config.max_draft, self.drafter.vocab), np.float32
-                        )
-                    dec.verify(rows, np.zeros((dec.slots, k), np.int32), z, q, window=w)
+        q = None
+        if isinstance(self.drafter, ModelDrafter):
+            q = np.zeros((dec.slots, self.config.max_draft, self.drafter.vocab), np.float32)
+        most = min(self.config.max_batch, dec.slots)
+        for r in row_buckets(dec.slots)[: 1 + sum(b < most for b in row_buckets(dec.slots))]:
+            active = np.arange(dec.slots) < r  # r decoding rows select the r-row shape
+            for w in dec.windows:
+                for temp, top_p in ((0.0, 1.0), (1.0, 0.5)):
+                    rows = DecodeRows(z, z, active, z + temp, z + top_p, z, z, z)
+                    for k in self.buckets:
+                        dec.verify(rows, np.zeros((dec.slots, k), np.int32), z, q, window=w)
         if isinstance(self.drafter, ModelDrafter):
             d = self.drafter.dec
             d.warm_up()
             t = self.config.catch_up
-            for w in d.windows:
-                for temp, top_p in ((0.0, 1.0), (1.0, 0.5)):
-                    cols = (z + temp, z + top_p, z, z, z)
-                    d.draft(
-                        np.zeros((d.slots, t), np.int32),
-                        z,
-                        z,
-                        cols,
-                        k=self.config.max_draft,
-                        vocab=self.drafter.vocab,
-                        window=w,
-                    )
+            for r in row_buckets(dec.slots)[: 1 + sum(b < most for b in row_buckets(dec.slots))]:
+                n = (np.arange(d.slots) < r).astype(np.int32)  # r drafting rows
+                for w in d.windows:
+                    for temp, top_p in ((0.0, 1.0), (1.0, 0.5)):
+                        cols = (z + temp, z + top_p, z, z, z)
+                        d.draft(
+                            np.zeros((d.slots, t), np.int32),
+                            z,
+                            n,
+                            cols,
+                            k=self.config.max_draft,
+                            vocab=self.drafter.vocab,
+                            window=w,
+                        )

@@ -12,7 +12,10 @@ batch, as Sarathi-Serve does), and hands each row's new text to its job as an ev
 Admission is first come, first served unless an `Admission` policy says otherwise (the
 server's): then one request's rows hold at most a share of the slots, and waiting rows
 with short budgets go first, aged so that a long one is never passed over forever.
-A row leaves at a stop id, a stop string, its budget or the end of its slot. With
+A row leaves at a stop id, a stop string, its budget or the end of its slot. With a
+`speculator` (`drafting.Speculator`; off by default) a decode-only turn may instead verify
+drafted tokens (`_verify`): one call, and each row takes its accepted drafts and one more
+token through the same `_accept` as a decoded token. With
 `continuous=False` (the benchmark's baseline) rows are admitted only into an empty
 machine, i.e. static batching.
 
@@ -376,13 +379,17 @@ class Scheduler:
         live, rows = self._decode_rows()
         if picked is None and rows is None:
             return False
+        t0 = time.monotonic()
         if picked is None and self.spec is not None:
             entries = [(s, self._row(s)) for s in live]
             plan = self.spec.plan(entries, rows)  # type: ignore[arg-type]
             if plan is not None:
-                self._verify(live, rows, plan)  # type: ignore[arg-type]
+                emitted = self._verify(live, rows, plan)  # type: ignore[arg-type]
+                self.spec.record(True, len(live), time.monotonic() - t0, emitted)
                 return True
         turn = self.dec.run(rows, None if picked is None else picked[2])
+        if picked is None and self.spec is not None:
+            self.spec.record(False, len(live), time.monotonic() - t0, len(live))
         if picked is not None:
             job, i, chunk = picked
             row = job.rows[i]
@@ -420,13 +427,14 @@ class Scheduler:
         job, i = self.slot_rows[s]  # type: ignore[misc]
         return job.rows[i]
 
-    def _verify(self, live: list[int], rows: DecodeRows, plan: Plan) -> None:
+    def _verify(self, live: list[int], rows: DecodeRows, plan: Plan) -> int:
         """Speculative decode turn: verify every row's drafts in one target call, then
         take each row's accepted drafts and its correction (or bonus) token in order,
         stopping where the row ends (a stop id, stop string or budget inside the run).
         Rejected drafts roll back by never entering the row's tokens: the next call
-        starts at the row's new length and overwrites them."""
+        starts at the row's new length and overwrites them. Returns the tokens emitted."""
         out = self.dec.verify(rows, plan.drafts, plan.lens, plan.q)
+        emitted = 0
         self.stats["decode_steps"] += 1
         self.stats["spec_verify_steps"] += 1
         for s in live:
@@ -439,6 +447,7 @@ class Scheduler:
             self.stats["spec_accepted_tokens"] += a
             assert self.spec is not None
             self.spec.update(row.spec, d, a)
+            emitted += a + 1
             for j in range(a + 1):
                 if row.finish_reason is not None:
                     break
@@ -446,6 +455,7 @@ class Scheduler:
                     out.token[:, j], out.logprob[:, j], out.top_ids[:, j], out.top_logprobs[:, j]
                 )
                 self._accept(job, i, sampled, s)
+        return emitted
 
     @property
     def acceptance_rate(self) -> float:

@@ -51,6 +51,7 @@ from zen_code_jax.infer.speculative import (
     Verified,
     as_numpy_verified,
     draft_step,
+    row_buckets,
     verify_step,
 )
 from zen_code_jax.model.config import ModelConfig
@@ -325,10 +326,16 @@ class SlotDecoder:
         only their accepted length, and what lies beyond it is never read."""
         rows = DecodeRows(*(np.asarray(x, t) for x, t in zip(rows, DecodeRows.DTYPES)))
         drafts, lens = np.asarray(drafts, np.int32), np.asarray(lens, np.int32)
-        live = rows.active
-        assert int((rows.pos + lens)[live].max(initial=0)) < self.max_len
-        first = int(rows.pos[live].max()) if live.any() else 0
-        window = self.window(first) if window is None else window
+        live = np.flatnonzero(rows.active)
+        r = next(b for b in row_buckets(self.slots) if b >= max(len(live), 1))
+        idx = np.zeros((r,), np.int32)
+        idx[: len(live)] = live
+        pad = np.arange(r) >= len(live)  # padding rows: inactive, no drafts
+        sub = DecodeRows(*(np.where(pad, 0, x[idx]).astype(x.dtype) for x in rows))
+        sub_lens = np.where(pad, 0, lens[idx]).astype(np.int32)
+        end = int((rows.pos + lens)[live].max(initial=0)) + 1  # every written position
+        assert end <= self.max_len
+        window = self.window(end) if window is None else window
         point_mass = q is None
         if point_mass:
             q = np.zeros((1,), np.float32)
@@ -336,15 +343,22 @@ class SlotDecoder:
             self.cache, out = verify_step(
                 self.params,
                 self.cache,
-                rows,
-                drafts,
-                lens,
+                idx,
+                sub,
+                drafts[idx],
+                sub_lens,
                 q,
                 cfg=self.cfg,
                 window=window,
                 point_mass=point_mass,
             )
-        return as_numpy_verified(out)
+        got = as_numpy_verified(out)
+        full = []
+        for x in got:  # back to slot order (rows that did not decode: zeros)
+            y = np.zeros((self.slots, *x.shape[1:]), x.dtype)
+            y[live] = x[: len(live)]
+            full.append(y)
+        return Verified(*full)
 
     def draft(
         self,
@@ -359,27 +373,37 @@ class SlotDecoder:
     ) -> tuple[np.ndarray, Any]:
         """A draft model's k proposals per row (`speculative.draft_step`): rows feed their
         n tokens [B, T] not yet cached from `start`, then draft; sampling: the per-row
-        (temp, top_p, seeds, index, steps) columns. Returns proposals int32 [B, k] (host)
-        and q [B, k, vocab] (left on the device for the target's verify call)."""
+        (temp, top_p, seeds, index, steps) columns. Only the drafting rows (n > 0) take
+        part (a row bucket of them). Returns proposals int32 [B, k] (host) and q
+        [B, k, vocab] (left on the device for the target's verify call)."""
         start, n = np.asarray(start, np.int32), np.asarray(n, np.int32)
         end = int((start + n)[n > 0].max(initial=0)) + k - 1
         assert end <= self.max_len
         window = self.window(end) if window is None else window
-        cols = tuple(np.asarray(x, t) for x, t in zip(sampling, DecodeRows.DTYPES[3:]))
+        live = np.flatnonzero(n > 0)
+        r = next(b for b in row_buckets(self.slots) if b >= max(len(live), 1))
+        idx = np.zeros((r,), np.int32)
+        idx[: len(live)] = live
+        pad = np.arange(r) >= len(live)
+        pick = lambda x, t: np.where(pad, 0, np.asarray(x)[idx]).astype(t)  # noqa: E731
+        cols = tuple(pick(x, t) for x, t in zip(sampling, DecodeRows.DTYPES[3:]))
         with self._context():
             self.cache, proposals, q = draft_step(
                 self.params,
                 self.cache,
-                np.asarray(tokens, np.int32),
-                start,
-                n,
+                idx,
+                (np.asarray(tokens, np.int32)[idx] * ~pad[:, None]).astype(np.int32),
+                pick(start, np.int32),
+                pick(n, np.int32),
                 *cols,
                 cfg=self.cfg,
                 window=window,
                 k=k,
                 vocab=vocab,
             )
-        return np.asarray(proposals), q
+        full = np.zeros((self.slots, k), np.int32)
+        full[live] = np.asarray(proposals)[: len(live)]
+        return full, q
 
     def window(self, first_position: int) -> int:
         """The smallest compiled window holding every slot a call starting here attends to."""

@@ -101,40 +101,47 @@ def accept_drafts(
     raw = logits.astype(jnp.float32)
     greedy_rows = temperature <= GREEDY_EPS
     arg = jnp.argmax(raw, axis=-1).astype(jnp.int32)  # [B, K+1]
-    rep = lambda x: jnp.repeat(x, k1)  # noqa: E731 (per row -> per (row, position))
-    proc = target_logits(raw.reshape(b * k1, v), rep(temperature), rep(top_p)).reshape(b, k1, v)
-    p = jax.nn.softmax(proc, axis=-1)  # [B, K+1, V]
-    if q is None:
-        q = jax.nn.one_hot(drafts, v, dtype=jnp.float32)
-    q = q.astype(jnp.float32)
-    pos = jnp.arange(k, dtype=jnp.int32)
-    keys = jax.vmap(lambda j: row_keys(seeds, index, steps + j))(jnp.arange(k1))  # [K+1, B]
-    p_d = jnp.take_along_axis(p[:, :k], drafts[..., None], axis=-1)[..., 0]  # [B, K]
-    q_d = jnp.take_along_axis(q, drafts[..., None], axis=-1)[..., 0]
-    u = jax.vmap(jax.vmap(lambda key: jax.random.uniform(jax.random.fold_in(key, FOLD_ACCEPT))))(
-        keys[:k]
-    ).T  # [B, K]
-    ok_sampled = u * q_d < p_d  # u < p/q, without dividing by a zero q
-    ok = jnp.where(greedy_rows[:, None], drafts == arg[:, :k], ok_sampled)
-    ok &= pos[None] < lens[:, None]
-    accepted = jnp.sum(jnp.cumprod(ok.astype(jnp.int32), axis=1), axis=1).astype(jnp.int32)
-    rejected = accepted < lens  # the draft at position `accepted` + 1 was rejected
+    live = jnp.arange(k, dtype=jnp.int32)[None] < lens[:, None]
 
-    at = lambda x: jnp.take_along_axis(x, accepted[:, None, None], axis=1)[:, 0]  # noqa: E731
-    key_a = row_keys(seeds, index, steps + accepted)  # the key of output position a
-    # All drafts accepted (or none given): the bonus token, drawn as plain decoding does.
-    bonus = sample_tokens(at(raw), key_a, temperature, top_p)
-    # A rejection: the residual normalize(max(0, p - q)) at that position (q padded with a
-    # zero row for position K, which is never a rejection position).
-    q_pad = jnp.concatenate([q, jnp.zeros((b, 1, v), jnp.float32)], axis=1)
-    resid = jnp.maximum(at(p) - at(q_pad), 0.0)
-    # p == q exactly makes a rejection impossible; guard the empty residual anyway.
-    resid = jnp.where(jnp.sum(resid, axis=-1, keepdims=True) > 0, resid, at(p))
-    drawn = jax.vmap(
-        lambda key, r: jax.random.categorical(jax.random.fold_in(key, FOLD_RESIDUAL), jnp.log(r))
-    )(key_a, resid).astype(jnp.int32)
-    correction = jnp.where(greedy_rows, at(arg[..., None])[:, 0], drawn)
-    last = jnp.where(rejected, correction, bonus)
+    def count(ok: jax.Array) -> jax.Array:  # leading accepted drafts
+        return jnp.sum(jnp.cumprod((ok & live).astype(jnp.int32), axis=1), axis=1).astype(jnp.int32)
+
+    def greedy(_):
+        accepted = count(drafts == arg[:, :k])
+        return accepted, jnp.take_along_axis(arg, accepted[:, None], axis=1)[:, 0]
+
+    def sampled(_):
+        # Greedy rows' top-p never matters (they take the argmax): 1.0 spares the sort.
+        top = jnp.where(greedy_rows, 1.0, top_p)
+        rep = lambda x: jnp.repeat(x, k1)  # noqa: E731 (per row -> per (row, position))
+        proc = target_logits(raw.reshape(b * k1, v), rep(temperature), rep(top))
+        p = jax.nn.softmax(proc.reshape(b, k1, v), axis=-1)  # [B, K+1, V]
+        qq = jax.nn.one_hot(drafts, v, dtype=jnp.float32) if q is None else q.astype(jnp.float32)
+        keys = jax.vmap(lambda j: row_keys(seeds, index, steps + j))(jnp.arange(k))  # [K, B]
+        u = jax.vmap(jax.vmap(lambda kk: jax.random.uniform(jax.random.fold_in(kk, FOLD_ACCEPT))))(
+            keys
+        ).T  # [B, K]
+        p_d = jnp.take_along_axis(p[:, :k], drafts[..., None], axis=-1)[..., 0]  # [B, K]
+        q_d = jnp.take_along_axis(qq, drafts[..., None], axis=-1)[..., 0]
+        ok = jnp.where(greedy_rows[:, None], drafts == arg[:, :k], u * q_d < p_d)  # u < p/q
+        accepted = count(ok)
+        at = lambda x: jnp.take_along_axis(x, accepted[:, None, None], axis=1)[:, 0]  # noqa: E731
+        key_a = row_keys(seeds, index, steps + accepted)  # the key of output position a
+        # All drafts accepted (or none given): the bonus token, drawn as plain decoding does.
+        bonus = sample_tokens(at(raw), key_a, temperature, top_p)
+        # A rejection: the residual normalize(max(0, p - q)) there (q padded with a zero
+        # row for position K, which is never a rejection position).
+        q_pad = jnp.concatenate([qq, jnp.zeros((b, 1, v), jnp.float32)], axis=1)
+        resid = jnp.maximum(at(p) - at(q_pad), 0.0)
+        # p == q exactly makes a rejection impossible; guard the empty residual anyway.
+        resid = jnp.where(jnp.sum(resid, axis=-1, keepdims=True) > 0, resid, at(p))
+        drawn = jax.vmap(
+            lambda kk, r: jax.random.categorical(jax.random.fold_in(kk, FOLD_RESIDUAL), jnp.log(r))
+        )(key_a, resid).astype(jnp.int32)
+        correction = jnp.where(greedy_rows, at(arg[..., None])[:, 0], drawn)
+        return accepted, jnp.where(accepted < lens, correction, bonus)
+
+    accepted, last = jax.lax.cond(jnp.all(greedy_rows), greedy, sampled, None)
     drafts_pad = jnp.concatenate([drafts, jnp.zeros((b, 1), jnp.int32)], axis=1)
     tokens = jnp.where(jnp.arange(k1)[None] == accepted[:, None], last[:, None], drafts_pad)
     return accepted, tokens
@@ -143,32 +150,36 @@ def accept_drafts(
 @functools.partial(
     jax.jit, static_argnames=("cfg", "window", "point_mass"), donate_argnames=("cache",)
 )
-def verify_step(params, cache, rows, drafts, lens, q, *, cfg, window, point_mass):
-    """One target call over [last, d_1 .. d_K] of every row (`rows`: slots.DecodeRows;
-    idle rows and drafts beyond `lens` write nothing; q: [B, >= K, V], the draft model's
-    probabilities, cut to K here so one draft shape serves every bucket). Returns the cache and the accepted
+def verify_step(params, cache, slot_ids, rows, drafts, lens, q, *, cfg, window, point_mass):
+    """One target call over [last, d_1 .. d_K] of R decoding rows: `slot_ids` [R] their
+    slots, `rows` (slots.DecodeRows of R rows; inactive padding rows and drafts beyond
+    `lens` write nothing), q: [slots, >= K, V] the draft model's probabilities (cut and
+    gathered here, so one draft shape serves every bucket). Only these rows' window of
+    the cache is read (gathered, [L, R, window, KV, Dh]), so a verify call costs what its
+    R x (K + 1) tokens need, not every slot's: at one user, less than a decode step.
+    Their new keys and values are scattered back. Returns the cache and the accepted
     counts, output tokens and their logprob records (see `Verified`)."""
     TRACE_COUNTS["verify"] += 1
-    b, k = drafts.shape
+    r, k = drafts.shape
+    sub = {name: jnp.take(c[:, :, :window], slot_ids, axis=1) for name, c in cache.items()}
     tokens = jnp.concatenate([rows.last[:, None], drafts], axis=1)
     positions = rows.pos[:, None] + jnp.arange(k + 1, dtype=jnp.int32)[None]
     live = (jnp.arange(k + 1)[None] <= lens[:, None]) & rows.active[:, None]
-    hidden, cache = Transformer(cfg).apply(
+    hidden, sub = Transformer(cfg).apply(
         {"params": params},
         tokens,
         positions,
         live.astype(jnp.int32),
-        kv_cache=cache,
-        kv_window=window,
+        kv_cache=sub,
         return_hidden=True,
     )
-    cache = constrain_cache(cache)
-    logits = lm_logits(hidden.reshape(b * (k + 1), -1), cfg, params).reshape(b, k + 1, -1)
+    cache = constrain_cache(_scatter_rows(cache, sub, slot_ids, positions, live, window))
+    logits = lm_logits(hidden.reshape(r * (k + 1), -1), cfg, params).reshape(r, k + 1, -1)
     accepted, out = accept_drafts(
         logits,
         drafts,
         lens,
-        None if point_mass else q[:, :k],
+        None if point_mass else jnp.take(q, slot_ids, axis=0)[:, :k],
         rows.temp,
         rows.top_p,
         rows.seeds,
@@ -181,20 +192,47 @@ def verify_step(params, cache, rows, drafts, lens, q, *, cfg, window, point_mass
     return cache, (accepted, out, chosen, top_ids.astype(jnp.int32), top_lp)
 
 
+def row_buckets(slots: int) -> tuple[int, ...]:
+    """Verify batch sizes: powers of two below `slots`, then `slots`."""
+    out, r = [], 1
+    while r < slots:
+        out.append(r)
+        r *= 2
+    return (*out, slots)
+
+
 @functools.partial(
     jax.jit, static_argnames=("cfg", "window", "k", "vocab"), donate_argnames=("cache",)
 )
 def draft_step(
-    params, cache, tokens, start, n, temp, top_p, seeds, index, steps, *, cfg, window, k, vocab
+    params,
+    cache,
+    slot_ids,
+    tokens,
+    start,
+    n,
+    temp,
+    top_p,
+    seeds,
+    index,
+    steps,
+    *,
+    cfg,
+    window,
+    k,
+    vocab,
 ):
-    """The draft model's k proposals for every row in one call: feed the row's `n` tokens
-    not yet in its cache (`tokens` [B, T] at positions start..; n = 0: the row does not
-    draft and writes nothing), then k - 1 single-token steps feeding each proposal.
+    """The draft model's k proposals for R rows in one call: `slot_ids` [R] their slots;
+    feed each row's `n` tokens not yet in its cache (`tokens` [R, T] at positions
+    start..; n = 0: a padding row, which writes nothing), then k - 1 single-token steps
+    feeding each proposal, all on the rows' gathered cache window (as `verify_step`).
     Greedy rows propose the argmax; sampled ones draw from q, the processed distribution
     (`target_logits`) over the target's `vocab`, with keys folded from the target's.
-    Returns the cache, proposals int32 [B, k] and q float32 [B, k, vocab]."""
+    Returns the cache, proposals int32 [R, k] and q float32 [slots, k, vocab] (in slot
+    order, for the target's verify call)."""
     TRACE_COUNTS["draft"] += 1
-    b, t = tokens.shape
+    r, t = tokens.shape
+    slots = cache["k"].shape[1]
     model = Transformer(cfg)
     greedy_rows = temp <= GREEDY_EPS
 
@@ -206,46 +244,75 @@ def draft_step(
             logits = jnp.pad(
                 logits, ((0, 0), (0, vocab - logits.shape[-1])), constant_values=-jnp.inf
             )
-        proc = target_logits(logits, temp, top_p)
-        keys = jax.vmap(lambda key: jax.random.fold_in(key, FOLD_DRAFT))(
-            row_keys(seeds, index, steps + j)
-        )
-        drawn = jax.vmap(jax.random.categorical)(keys, proc).astype(jnp.int32)
-        tok = jnp.where(greedy_rows, jnp.argmax(logits, axis=-1).astype(jnp.int32), drawn)
-        return tok, jax.nn.softmax(proc, axis=-1)
+        arg = jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
-    seg = (jnp.arange(t)[None] < n[:, None]).astype(jnp.int32)
-    hidden, cache = model.apply(
+        def sampled(_):
+            proc = target_logits(logits, temp, jnp.where(greedy_rows, 1.0, top_p))
+            keys = jax.vmap(lambda key: jax.random.fold_in(key, FOLD_DRAFT))(
+                row_keys(seeds, index, steps + j)
+            )
+            drawn = jax.vmap(jax.random.categorical)(keys, proc).astype(jnp.int32)
+            return jnp.where(greedy_rows, arg, drawn), jax.nn.softmax(proc, axis=-1)
+
+        # Greedy rows never read q (the rule compares with the argmax): skip it.
+        greedy = lambda _: (arg, jnp.zeros(logits.shape, jnp.float32))  # noqa: E731
+        return jax.lax.cond(jnp.all(greedy_rows), greedy, sampled, None)
+
+    sub = {name: jnp.take(c[:, :, :window], slot_ids, axis=1) for name, c in cache.items()}
+    seg = jnp.arange(t)[None] < n[:, None]
+    hidden, sub = model.apply(
         {"params": params},
         tokens,
         start[:, None] + jnp.arange(t, dtype=jnp.int32)[None],
-        seg,
-        kv_cache=cache,
-        kv_window=window,
+        seg.astype(jnp.int32),
+        kv_cache=sub,
         return_hidden=True,
     )
     h = jnp.take_along_axis(hidden, jnp.maximum(n - 1, 0)[:, None, None], axis=1)[:, 0]
     tok, q = propose(h, 0)
-    active = (n > 0).astype(jnp.int32)[:, None]
+    active = n > 0
 
     def body(carry, j):
-        cache, tok = carry
-        hid, cache = model.apply(
+        sub, tok = carry
+        hid, sub = model.apply(
             {"params": params},
             tok[:, None],
             (start + n + j - 1)[:, None],
-            active,
-            kv_cache=cache,
-            kv_window=window,
+            active.astype(jnp.int32)[:, None],
+            kv_cache=sub,
             return_hidden=True,
         )
         nxt, qj = propose(hid[:, 0], j)
-        return (constrain_cache(cache), nxt), (nxt, qj)
+        return (sub, nxt), (nxt, qj)
 
-    (cache, _), (toks, qs) = jax.lax.scan(body, (cache, tok), jnp.arange(1, k))
+    (sub, _), (toks, qs) = jax.lax.scan(body, (sub, tok), jnp.arange(1, k))
+    # Copy the rows' new keys and values (the fed tail, then k - 1 proposals) back.
+    positions = jnp.concatenate(
+        [start[:, None] + jnp.arange(t)[None], (start + n)[:, None] + jnp.arange(k - 1)[None]],
+        axis=1,
+    ).astype(jnp.int32)
+    written = jnp.concatenate([seg, jnp.broadcast_to(active[:, None], (r, k - 1))], axis=1)
+    cache = _scatter_rows(cache, sub, slot_ids, positions, written, window)
     proposals = jnp.concatenate([tok[:, None], toks.T], axis=1)
     probs = jnp.concatenate([q[:, None], qs.transpose(1, 0, 2)], axis=1)
-    return constrain_cache(cache), proposals, probs
+    dest = jnp.where(active, slot_ids, slots)  # padding rows: dropped
+    q_slots = jnp.zeros((slots, k, vocab), jnp.float32).at[dest].set(probs, mode="drop")
+    return constrain_cache(cache), proposals, q_slots
+
+
+def _scatter_rows(cache, sub, slot_ids, positions, written, window):
+    """Write the gathered rows' keys and values at `positions` [R, P] (where `written`)
+    from their window copy `sub` back into `cache`; the rest goes out of bounds."""
+    r = slot_ids.shape[0]
+    max_len = cache["k"].shape[2]
+    at = jnp.clip(positions, 0, window - 1)
+    dest = jnp.where(written, positions, max_len)
+    return {
+        name: c.at[:, slot_ids[:, None], dest].set(
+            sub[name][:, jnp.arange(r)[:, None], at], mode="drop"
+        )
+        for name, c in cache.items()
+    }
 
 
 def draft_buckets(max_draft: int, smallest: int = 2) -> tuple[int, ...]:
