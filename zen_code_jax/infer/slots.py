@@ -26,9 +26,8 @@ costs what its longest live row holds, not the whole cache (measured in
 docs/measurements.md, Serving).
 
 Every per-row setting (position, temperature, top-p, top-k, sampler order, seed, step) is
-a traced array. The
-sample of a row depends only on (seed, sample index, step) and its own tokens, never on
-its neighbours (`sampling.row_keys`).
+a traced array. The sample of a row depends only on (seed, sample index, step) and its own
+tokens, never on its neighbours (`sampling.row_keys`).
 """
 
 from __future__ import annotations
@@ -91,10 +90,7 @@ class DecodeRows(NamedTuple):
     top_k: np.ndarray  # 0: off
     chain: np.ndarray  # the row's sampler order (`sampling.chain_code`)
 
-    DTYPES = (
-        *(np.int32, np.int32, bool, np.float32, np.float32),
-        *(np.int32, np.int32, np.int32, np.int32, np.int32),
-    )
+    DTYPES = (np.int32, np.int32, bool, np.float32, np.float32) + (np.int32,) * 5
 
 
 class Chunk(NamedTuple):
