@@ -131,10 +131,9 @@ def chain_keep(
     raw_sorted = jnp.take_along_axis(logits, order, axis=-1)
     scaled_sorted = jnp.take_along_axis(scaled, order, axis=-1)
     eog = jnp.asarray(vocab.eog)[order]
-    alive = jnp.ones((b, v), bool)
-    scaled_now = jnp.zeros((b,), bool)
-    has_infill = jnp.zeros((b,), bool)
-    for code in _stage_codes(chain):
+
+    def stage(carry, code):
+        alive, scaled_now, has_infill = carry
         vals = jnp.where(scaled_now[:, None], scaled_sorted, raw_sorted)
         probs = jax.nn.softmax(jnp.where(alive, vals, -jnp.inf), axis=-1)
         # top_k: the first k candidates
@@ -149,8 +148,12 @@ def chain_keep(
             [keep_k, keep_p, keep_i],
             alive,
         )
-        scaled_now = scaled_now | (code == 3)
-        has_infill = has_infill | (code == 4)
+        return (alive, scaled_now | (code == 3), has_infill | (code == 4)), None
+
+    # One compiled stage applied CHAIN_LENGTH times (a scan, not unrolled: the sampler is
+    # part of every decode executable, and unrolling it doubled its compile time).
+    start = (jnp.ones((b, v), bool), jnp.zeros((b,), bool), jnp.zeros((b,), bool))
+    (alive, _, has_infill), _ = jax.lax.scan(stage, start, jnp.stack(_stage_codes(chain)))
     # Back to vocabulary order. A cut of the sorted order (no infill) keeps the tokens at
     # or above its last value (ties with it included); infill's set is scattered back.
     last = jnp.min(jnp.where(alive, scaled_sorted, jnp.inf), axis=-1)
