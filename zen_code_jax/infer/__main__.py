@@ -174,7 +174,7 @@ def build_server(argv: Sequence[str] | None = None) -> CompletionServer:
         admission = Admission(args.max_slot_share, args.short_first, args.admission_aging)
     except ValueError as e:
         raise SystemExit(f"--max_slot_share / --admission_aging: {e}") from None
-    decoder = engine.slot_decoder(max_context, chunk=args.prefill_chunk)
+    decoder = engine.slot_decoder(max_context, chunk=args.prefill_chunk, samplers=True)
     decoder.warm_up()
     scheduler = engine.scheduler(
         decoder,

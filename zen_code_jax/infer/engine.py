@@ -231,7 +231,12 @@ class InferenceEngine:
         return -(-self.max_batch_size // m) * m
 
     def slot_decoder(
-        self, max_len: int, *, chunk: int | None = None, windows: Sequence[int] | None = None
+        self,
+        max_len: int,
+        *,
+        chunk: int | None = None,
+        windows: Sequence[int] | None = None,
+        samplers: bool = False,
     ) -> SlotDecoder:
         """A slot decoder on this engine's params, mesh and rules: `self.slots` rows of
         `max_len` positions, prompts prefilled `chunk` tokens per turn (default
@@ -249,6 +254,7 @@ class InferenceEngine:
             windows=windows,
             eog_ids=self.stop_ids,
             eot_id=self.tokenizer.eot_id,
+            samplers=samplers,
         )
 
     def scheduler(self, decoder: SlotDecoder, **kwargs: Any) -> Scheduler:
@@ -256,7 +262,7 @@ class InferenceEngine:
         detokenizing with its tokenizer (kwargs: `Scheduler`'s options)."""
         return Scheduler(decoder, self.tokenizer, self.stop_ids, **kwargs)
 
-    def _sync_scheduler(self, positions: int) -> Scheduler:
+    def _sync_scheduler(self, positions: int, samplers: bool = False) -> Scheduler:
         """`complete`'s scheduler, on a fresh decoder whose rows hold `positions` tokens
         (a power of two, at least 256): the cache follows the call's longest row, not the
         model's context, and lives only as long as the call (as the compiled steps are
@@ -265,7 +271,7 @@ class InferenceEngine:
         max_len = min(cfg.max_position_embeddings, dec.bucket(positions, MIN_SLOT_LENGTH))
         # One window, the whole cache: it already follows the longest row (at most 2x),
         # and each extra window would compile one more step per chunk length.
-        return self.scheduler(self.slot_decoder(max_len, windows=(max_len,)))
+        return self.scheduler(self.slot_decoder(max_len, windows=(max_len,), samplers=samplers))
 
     def complete(self, requests: Sequence[CompletionRequest]) -> list[Completion]:
         """Decode token-level requests (any mix of settings); results in request order.
@@ -289,7 +295,10 @@ class InferenceEngine:
             longest = max(len(requests[i].prompt_ids) + requests[i].max_new_tokens for i in todo)
             job = Job([requests[i] for i in todo], stream=False)
             with self._lock:
-                self._sync_scheduler(longest).run(job)
+                chained = any(
+                    r.request.top_k > 0 or r.request.samplers is not None for r in job.rows
+                )
+                self._sync_scheduler(longest, chained).run(job)
             for i, row in zip(todo, job.rows):
                 results[i] = row.completion()
         return results  # type: ignore[return-value]
