@@ -223,6 +223,28 @@ def test_greedy_and_default_chain_are_what_the_decoder_always_did():
     assert np.array_equal(np.asarray(tok), np.asarray(jnp.argmax(logits, axis=-1)))
 
 
+def test_plain_and_chained_samplers_draw_the_same_default_tokens():
+    """Decoders built without the chain trace `_nucleus`; with it, a default-chain row
+    with top_k off draws exactly the same token (ties included: bf16-rounded logits)."""
+    rng = np.random.default_rng(2)
+    b, v = 64, 300
+    logits = jnp.asarray(rng.normal(size=(b, v)) * 3, jnp.bfloat16).astype(jnp.float32)
+    keys = row_keys(jnp.arange(b, dtype=jnp.int32), jnp.zeros(b, jnp.int32), jnp.int32(4))
+    temp = jnp.asarray(rng.choice([0.0, 0.6, 1.0, 1.4], b), jnp.float32)
+    top_p = jnp.asarray(rng.choice([1.0, 0.95, 0.5, 0.1], b), jnp.float32)
+    plain = jax.jit(sample_tokens)(logits, keys, temp, top_p)
+    chained = jax.jit(sample_tokens)(
+        logits,
+        keys,
+        temp,
+        top_p,
+        jnp.zeros(b, jnp.int32),
+        jnp.full(b, DEFAULT_CHAIN, jnp.int32),
+        sampler_vocab(v),
+    )
+    assert np.array_equal(np.asarray(plain), np.asarray(chained))
+
+
 def test_a_rows_draw_does_not_depend_on_its_neighbours_settings():
     rng = np.random.default_rng(1)
     b = 16
@@ -273,7 +295,8 @@ def test_top_k_reaches_the_slot_decoder():
     from zen_code_jax.model import get_preset
 
     cfg = get_preset("tiny")
-    dec = SlotDecoder(random_params(cfg, seed=0, scale=0.2), cfg, slots=4, max_len=64, chunk=8)
+    params = random_params(cfg, seed=0, scale=0.2)
+    dec = SlotDecoder(params, cfg, slots=4, max_len=64, chunk=8, samplers=True)
     prompt = [11, 12, 13, 14, 15]
     reqs = [
         CompletionRequest(prompt, 12),
@@ -287,6 +310,15 @@ def test_top_k_reaches_the_slot_decoder():
     assert k1.ids == greedy.ids
     assert all(tok in top[:3] for tok, (_, top, _) in zip(k3.ids, k3.logprobs))
     assert any(tok not in top[:3] for tok, (_, top, _) in zip(free.ids, free.logprobs))
+    # A decoder compiled without the chain refuses sampled rows that need it (greedy
+    # rows ignore top_k / samplers) and draws the same default-chain tokens.
+    plain = SlotDecoder(params, cfg, slots=4, max_len=64, chunk=8)
+    with pytest.raises(ValueError, match="samplers=True"):
+        Scheduler(plain, _StubTokenizer(), stop_ids=()).run(Job(reqs[1:2], stream=False))
+    greedy_k = CompletionRequest(prompt, 12, top_k=5, samplers=("top_k",))
+    again = Job([greedy_k, reqs[3]], stream=False)
+    Scheduler(plain, _StubTokenizer(), stop_ids=()).run(again)
+    assert again.rows[0].ids == greedy.ids and again.rows[1].ids == free.ids
 
 
 def test_request_parser_passes_top_k_and_samplers():

@@ -209,7 +209,7 @@ def build_server(argv: Sequence[str] | None = None) -> CompletionServer:
             mode=args.speculative, max_draft=args.spec_max_draft, max_batch=args.spec_max_batch
         )
         engine.set_speculative(spec, args.draft)
-    decoder = engine.slot_decoder(max_context, chunk=args.prefill_chunk)
+    decoder = engine.slot_decoder(max_context, chunk=args.prefill_chunk, samplers=True)
     decoder.warm_up()
     speculator = engine.speculator(decoder)
     if speculator is not None:

@@ -239,7 +239,12 @@ class InferenceEngine:
         return -(-self.max_batch_size // m) * m
 
     def slot_decoder(
-        self, max_len: int, *, chunk: int | None = None, windows: Sequence[int] | None = None
+        self,
+        max_len: int,
+        *,
+        chunk: int | None = None,
+        windows: Sequence[int] | None = None,
+        samplers: bool = False,
     ) -> SlotDecoder:
         """A slot decoder on this engine's params, mesh and rules: `self.slots` rows of
         `max_len` positions, prompts prefilled `chunk` tokens per turn (default
@@ -257,6 +262,7 @@ class InferenceEngine:
             windows=windows,
             eog_ids=self.stop_ids,
             eot_id=self.tokenizer.eot_id,
+            samplers=samplers,
         )
 
     def set_speculative(
@@ -322,7 +328,7 @@ class InferenceEngine:
         kwargs.setdefault("speculator", self.speculator(decoder))
         return Scheduler(decoder, self.tokenizer, self.stop_ids, **kwargs)
 
-    def _sync_scheduler(self, positions: int) -> Scheduler:
+    def _sync_scheduler(self, positions: int, samplers: bool = False) -> Scheduler:
         """`complete`'s scheduler, on a fresh decoder whose rows hold `positions` tokens
         (a power of two, at least 256): the cache follows the call's longest row, not the
         model's context, and lives only as long as the call (as the compiled steps are
@@ -331,7 +337,7 @@ class InferenceEngine:
         max_len = min(cfg.max_position_embeddings, dec.bucket(positions, MIN_SLOT_LENGTH))
         # One window, the whole cache: it already follows the longest row (at most 2x),
         # and each extra window would compile one more step per chunk length.
-        return self.scheduler(self.slot_decoder(max_len, windows=(max_len,)))
+        return self.scheduler(self.slot_decoder(max_len, windows=(max_len,), samplers=samplers))
 
     def complete(
         self, requests: Sequence[CompletionRequest], alive: Callable[[], bool] | None = None
@@ -361,8 +367,11 @@ class InferenceEngine:
             longest = max(len(requests[i].prompt_ids) + requests[i].max_new_tokens for i in todo)
             job = Job([requests[i] for i in todo], alive, stream=False)
             with self._lock:
+                chained = any(
+                    r.request.top_k > 0 or r.request.samplers is not None for r in job.rows
+                )
                 try:
-                    self._sync_scheduler(longest).run(job)
+                    self._sync_scheduler(longest, chained).run(job)
                 except RuntimeError:  # rows dropped while waiting leave `run` no progress
                     if not job.cancelled.is_set():
                         raise

@@ -19,6 +19,7 @@ kept.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -131,10 +132,9 @@ def chain_keep(
     raw_sorted = jnp.take_along_axis(logits, order, axis=-1)
     scaled_sorted = jnp.take_along_axis(scaled, order, axis=-1)
     eog = jnp.asarray(vocab.eog)[order]
-    alive = jnp.ones((b, v), bool)
-    scaled_now = jnp.zeros((b,), bool)
-    has_infill = jnp.zeros((b,), bool)
-    for code in _stage_codes(chain):
+
+    def stage(carry, code):
+        alive, scaled_now, has_infill = carry
         vals = jnp.where(scaled_now[:, None], scaled_sorted, raw_sorted)
         probs = jax.nn.softmax(jnp.where(alive, vals, -jnp.inf), axis=-1)
         # top_k: the first k candidates
@@ -149,8 +149,12 @@ def chain_keep(
             [keep_k, keep_p, keep_i],
             alive,
         )
-        scaled_now = scaled_now | (code == 3)
-        has_infill = has_infill | (code == 4)
+        return (alive, scaled_now | (code == 3), has_infill | (code == 4)), None
+
+    # One compiled stage applied CHAIN_LENGTH times (a scan, not unrolled: the sampler is
+    # part of every decode executable, and unrolling it doubled its compile time).
+    start = (jnp.ones((b, v), bool), jnp.zeros((b,), bool), jnp.zeros((b,), bool))
+    (alive, _, has_infill), _ = jax.lax.scan(stage, start, jnp.stack(_stage_codes(chain)))
     # Back to vocabulary order. A cut of the sorted order (no infill) keeps the tokens at
     # or above its last value (ties with it included); infill's set is scattered back.
     last = jnp.min(jnp.where(alive, scaled_sorted, jnp.inf), axis=-1)
@@ -198,31 +202,57 @@ def sample_tokens(
     logits: [B, V] (any float dtype; computed in float32); keys: key array [B];
     temperature, top_p: float32 [B]; top_k: int32 [B] (0: off; default all off); chain:
     int32 [B] (`chain_code`; default DEFAULT_CHAIN); vocab: the infill sampler's
-    end-of-generation ids (default none). Returns int32 [B].
+    end-of-generation ids (default none). Returns int32 [B]. With neither top_k nor chain
+    the plain temperature + top-p sampler is traced (`_nucleus`), which compiles less; a
+    default-chain row with top_k off draws the same token either way (tested).
     """
     logits = logits.astype(jnp.float32)
-    b, v = logits.shape
-    top_k = jnp.zeros((b,), jnp.int32) if top_k is None else top_k
-    chain = jnp.full((b,), DEFAULT_CHAIN, jnp.int32) if chain is None else chain
-    if vocab is None:
-        vocab = SamplerVocab(jnp.zeros((v,), bool), jnp.int32(0))
     greedy_tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     greedy_rows = temperature <= GREEDY_EPS
+    if top_k is None and chain is None:  # decided when tracing: the plain sampler below
+        sampled = functools.partial(_nucleus, logits, keys, temperature, top_p)
+    else:
+        b, v = logits.shape
+        top_k = jnp.zeros((b,), jnp.int32) if top_k is None else top_k
+        chain = jnp.full((b,), DEFAULT_CHAIN, jnp.int32) if chain is None else chain
+        if vocab is None:
+            vocab = SamplerVocab(jnp.zeros((v,), bool), jnp.int32(0))
+        sampled = functools.partial(_chained, logits, keys, temperature, top_p, top_k, chain, vocab)
+
+    def pick(_):
+        return jnp.where(greedy_rows, greedy_tokens, sampled())
+
+    return jax.lax.cond(jnp.all(greedy_rows), lambda _: greedy_tokens, pick, None)
+
+
+def _nucleus(logits, keys, temperature, top_p):
+    """Temperature, then top-p: the sampler without top_k and sampler orders. Callers that
+    pass neither (evaluation's decoders) compile only this, the graph this decoder always
+    had (the chain adds ~0.6 CPU s of XLA compilation to every decode executable)."""
+    scaled = logits / jnp.maximum(temperature, GREEDY_EPS)[:, None]
+    # The sort for top-p is the costly part at large vocabularies: skip it when no row
+    # asks for it.
+    scaled = jax.lax.cond(
+        jnp.any(top_p < 1.0),
+        lambda s: jnp.where(top_p_mask(s, top_p), s, -jnp.inf),
+        lambda s: s,
+        scaled,
+    )
+    return jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
+
+
+def _chained(logits, keys, temperature, top_p, top_k, chain, vocab):
+    """A draw after each row's chain of samplers (`chain_keep`)."""
     codes = _stage_codes(chain)
     in_chain = lambda c: jnp.any(jnp.stack([x == c for x in codes]), axis=0)  # noqa: E731
-
-    def sampled(_):
-        divisor = jnp.where(in_chain(3), jnp.maximum(temperature, GREEDY_EPS), 1.0)
-        scaled = logits / divisor[:, None]
-        cuts = (in_chain(1) & (top_k > 0)) | (in_chain(2) & (top_p < 1.0)) | in_chain(4)
-        # The sort is the costly part at large vocabularies: skip it when no row cuts.
-        scaled = jax.lax.cond(
-            jnp.any(cuts & ~greedy_rows),
-            lambda s: jnp.where(chain_keep(logits, s, top_k, top_p, chain, vocab), s, -jnp.inf),
-            lambda s: s,
-            scaled,
-        )
-        drawn = jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
-        return jnp.where(greedy_rows, greedy_tokens, drawn)
-
-    return jax.lax.cond(jnp.all(greedy_rows), lambda _: greedy_tokens, sampled, None)
+    divisor = jnp.where(in_chain(3), jnp.maximum(temperature, GREEDY_EPS), 1.0)
+    scaled = logits / divisor[:, None]
+    cuts = (in_chain(1) & (top_k > 0)) | (in_chain(2) & (top_p < 1.0)) | in_chain(4)
+    # The sort is the costly part at large vocabularies: skip it when no row cuts.
+    scaled = jax.lax.cond(
+        jnp.any(cuts & ~(temperature <= GREEDY_EPS)),
+        lambda s: jnp.where(chain_keep(logits, s, top_k, top_p, chain, vocab), s, -jnp.inf),
+        lambda s: s,
+        scaled,
+    )
+    return jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)

@@ -183,6 +183,7 @@ class Scheduler:
     def submit(self, job: Job) -> None:
         """Queue a job's rows (QueueFull when the wait queue is at its cap)."""
         with self.cond:
+            self._check_samplers(job)
             if len(self.waiting) + len(job.rows) > self.max_queue:
                 self.stats["rejected_queue_full"] += 1
                 raise QueueFull(f"{len(self.waiting)} rows are waiting (cap {self.max_queue}).")
@@ -190,6 +191,18 @@ class Scheduler:
             self.waiting.extend((job, i) for i in range(len(job.rows)))
             self.stats["requests"] += 1
             self.cond.notify_all()
+
+    def _check_samplers(self, job: Job) -> None:
+        """A sampled row with top_k or a sampler order needs a decoder compiled with them."""
+        if self.dec.samplers:
+            return
+        for row in job.rows:
+            r = row.request
+            if not r.greedy and (r.top_k > 0 or r.samplers is not None):
+                raise ValueError(
+                    "top_k / samplers need a decoder built with SlotDecoder(samplers=True) "
+                    "(the server's is; InferenceEngine.complete builds one when asked)."
+                )
 
     def wake(self) -> None:
         """Make the loop look at cancellations now."""
@@ -215,6 +228,7 @@ class Scheduler:
                 "This scheduler runs on its own thread (start()); submit() the job and read "
                 "its events instead of run()."
             )
+        self._check_samplers(job)
         self.slot_tokens = [[] for _ in range(self.dec.slots)]
         if self.spec is not None:
             self.spec.reset()

@@ -26,9 +26,8 @@ costs what its longest live row holds, not the whole cache (measured in
 docs/measurements.md, Serving).
 
 Every per-row setting (position, temperature, top-p, top-k, sampler order, seed, step) is
-a traced array. The
-sample of a row depends only on (seed, sample index, step) and its own tokens, never on
-its neighbours (`sampling.row_keys`).
+a traced array. The sample of a row depends only on (seed, sample index, step) and its own
+tokens, never on its neighbours (`sampling.row_keys`).
 """
 
 from __future__ import annotations
@@ -98,10 +97,7 @@ class DecodeRows(NamedTuple):
     top_k: np.ndarray  # 0: off
     chain: np.ndarray  # the row's sampler order (`sampling.chain_code`)
 
-    DTYPES = (
-        *(np.int32, np.int32, bool, np.float32, np.float32),
-        *(np.int32, np.int32, np.int32, np.int32, np.int32),
-    )
+    DTYPES = (np.int32, np.int32, bool, np.float32, np.float32) + (np.int32,) * 5
 
 
 class Chunk(NamedTuple):
@@ -134,18 +130,37 @@ class Turn(NamedTuple):
     scored: Scored | None
 
 
-def _sample(logits, vocab, temperature, top_p, seeds, sample_index, steps, top_k, chain):
+def _sample(logits, samplers, vocab, temperature, top_p, seeds, sample_index, steps, top_k, chain):
     keys = row_keys(seeds, sample_index, steps)
-    tok = sample_tokens(logits, keys, temperature, top_p, top_k, chain, vocab)
+    if samplers:  # top_k and sampler orders (the server's decoders)
+        tok = sample_tokens(logits, keys, temperature, top_p, top_k, chain, vocab)
+    else:  # temperature and top-p only: compiles less (evaluation's decoders)
+        tok = sample_tokens(logits, keys, temperature, top_p)
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     chosen = jnp.take_along_axis(logp, tok[:, None], axis=-1)[:, 0]
     top_lp, top_ids = jax.lax.top_k(logp, TOP_LOGPROBS)
     return tok, chosen, top_ids.astype(jnp.int32), top_lp
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "window", "score"), donate_argnames=("cache",))
+@functools.partial(
+    jax.jit, static_argnames=("cfg", "window", "score", "samplers"), donate_argnames=("cache",)
+)
 def mixed_step(
-    params, cache, rows, tokens, valid, slot, start, sampling, targets, vocab, *, cfg, window, score
+    params,
+    cache,
+    rows,
+    tokens,
+    valid,
+    slot,
+    start,
+    sampling,
+    targets,
+    vocab,
+    *,
+    cfg,
+    window,
+    score,
+    samplers,
 ):
     """One model call for a decode token of every slot (`rows`: DecodeRows arrays; idle
     slots write nothing) and the chunk `tokens` [C] of slot `slot` at positions start..
@@ -178,11 +193,13 @@ def mixed_step(
         chosen = jnp.take_along_axis(logp, jnp.maximum(targets, 0)[:, None], axis=-1)[:, 0]
         top_lp, top_ids = jax.lax.top_k(logp, TOP_LOGPROBS)
         scores = (chosen, top_ids.astype(jnp.int32), top_lp)
-    return cache, _sample(logits, vocab, *both), scores
+    return cache, _sample(logits, samplers, vocab, *both), scores
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "window"), donate_argnames=("cache",))
-def decode_step(params, cache, rows, vocab, *, cfg, window):
+@functools.partial(
+    jax.jit, static_argnames=("cfg", "window", "samplers"), donate_argnames=("cache",)
+)
+def decode_step(params, cache, rows, vocab, *, cfg, window, samplers):
     """Feed each slot's last token at its position and sample the next (idle slots: no-op)."""
     TRACE_COUNTS["decode"] += 1
     hidden, cache = Transformer(cfg).apply(
@@ -197,7 +214,7 @@ def decode_step(params, cache, rows, vocab, *, cfg, window):
     cache = constrain_cache(cache)
     logits = lm_logits(hidden[:, -1], cfg, params)
     columns = (rows.temp, rows.top_p, rows.seeds, rows.index, rows.steps, rows.top_k, rows.chain)
-    return cache, _sample(logits, vocab, *columns)
+    return cache, _sample(logits, samplers, vocab, *columns)
 
 
 class SlotDecoder:
@@ -219,12 +236,16 @@ class SlotDecoder:
         windows: Sequence[int] | None = None,
         eog_ids: Sequence[int] = (),
         eot_id: int | None = None,
+        samplers: bool = False,
     ):
         """slots x max_len positions of cache, prompts prefilled up to `chunk` tokens per
         turn; windows: the cache windows a step may read (default `window_buckets`: a
         server's rows range from keystrokes to whole files; evaluation, whose cache follows
         its longest row, reads it whole and compiles one step per chunk length); eog_ids,
-        eot_id: the end-of-generation ids and the end-of-text id, for the infill sampler."""
+        eot_id: the end-of-generation ids and the end-of-text id, for the infill sampler;
+        samplers: compile top_k and sampler orders into the steps (the server's decoder;
+        off, sampled rows get temperature and top-p only and the steps compile ~0.6 CPU s
+        less each: `Scheduler` refuses sampled rows that need more)."""
         if not (1 <= slots and 1 <= chunk <= max_len <= cfg.max_position_embeddings):
             raise ValueError(
                 f"Need slots >= 1 and 1 <= prefill chunk ({chunk}) <= max_len ({max_len}) <= "
@@ -241,6 +262,7 @@ class SlotDecoder:
             )
         self.chunks = chunk_buckets(self.chunk)
         self.vocab: SamplerVocab = sampler_vocab(cfg.vocab_size, eog_ids, eot_id)
+        self.samplers = bool(samplers)
         with self._context():
             self.cache = constrain_cache_jit(init_kv_cache(cfg, self.slots, self.max_len))
 
@@ -275,7 +297,13 @@ class SlotDecoder:
         with self._context():
             if chunk is None:
                 self.cache, out = decode_step(
-                    self.params, self.cache, rows, self.vocab, cfg=self.cfg, window=window
+                    self.params,
+                    self.cache,
+                    rows,
+                    self.vocab,
+                    cfg=self.cfg,
+                    window=window,
+                    samplers=self.samplers,
                 )
                 return Turn(Sampled(*(np.asarray(x) for x in out)), None, None)
             score = chunk.targets is not None
@@ -300,6 +328,7 @@ class SlotDecoder:
                 cfg=self.cfg,
                 window=window,
                 score=score,
+                samplers=self.samplers,
             )
         out = Sampled(*(np.asarray(x) for x in out))
         decoded = None if idle else Sampled(*(x[:-1] for x in out))
