@@ -25,8 +25,8 @@ prefix-only gap, held-out single-line EM, parameters and ms per decoded token at
 Measured cost, on the 2-core machine at load average 15-19 (eight other jobs): smoke with
 the teacher trained inside, full evaluation, 5 min 47 s (under 1 min of it training); cpu
 scale, teacher reused, per arm: scratch 36 min (24 training + 12 evaluation), distill
-about 48 min of training (0.09 steps/s: the teacher's forward beside the student); on an
-idle machine expect roughly a fifth of that. gpu and paper scales are written out, not
+about 48 min of training (0.09 steps/s: the teacher's forward beside the student); not
+measured on an idle machine. gpu and paper scales are written out, not
 yet run.
 """
 
