@@ -11,13 +11,9 @@ from test_experiments import check_run_dir, ok, run_cli, smoke_workdir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-# Evaluation trimmed to the latency column (the held-out tasks run in the FIM ablation's
-# smoke test); one device keeps compiles short.
-FAST_EVAL = (
-    "--config.eval.tasks=('decode_speed',)",
-    "--config.eval.task_options.decode_speed.new_tokens=4",
-    "--config.eval.task_options.decode_speed.repeats=1",
-)
+# No evaluation (the held-out tasks run in the FIM ablation's smoke test; decode_speed's
+# compiles would double the time); one device keeps compiles short.
+FAST_EVAL = ("--config.eval.tasks=()",)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +23,7 @@ def workdir(tmp_path_factory):
 
 def test_flash_distill_smoke_with_a_teacher_trained_inside(workdir):
     config = "experiments/flash_distill.py:smoke,teacher=train"
-    out = ok(run_cli(workdir, config, *FAST_EVAL, devices=1))
+    out = ok(run_cli(workdir, config, *FAST_EVAL, devices=1, timeout=1800))
     assert "Plan (4 arm(s)" in out
     exp = workdir / "flash_distill"
     for arm in ("big_teacher", "scratch", "distill", "offline"):
@@ -37,7 +33,8 @@ def test_flash_distill_smoke_with_a_teacher_trained_inside(workdir):
         cfg = json.loads((exp / arm / "config.json").read_text())
         assert cfg["train"]["objective"] == "distill"
         assert cfg["distill"]["teacher"] == teacher  # arm:big_teacher, resolved
-        last = [json.loads(x) for x in (exp / arm / "metrics.jsonl").open()][-1]
+        records = [json.loads(x) for x in (exp / arm / "metrics.jsonl").open()]
+        last = [r for r in records if "train/loss" in r][-1]
         assert {"train/ce", "train/kl", "train/teacher_ce"} <= set(last)
         assert last["train/kl"] > 0 and last["train/teacher_ce"] > 0
     meta = json.loads((exp / "offline" / "teacher_logits" / "meta.json").read_text())
@@ -48,7 +45,7 @@ def test_flash_distill_smoke_with_a_teacher_trained_inside(workdir):
 
     # A teacher that does not exist: one line, exit 2, before any training step.
     missing = "experiments/flash_distill.py:smoke,teacher=arm:fim_ablation/nope"
-    proc = run_cli(workdir, missing, "--arm=distill", devices=1)
+    proc = run_cli(workdir, missing, "--arm=distill", devices=1, timeout=600)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "has no checkpoint; train the teacher first" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -47,6 +47,7 @@ from zen_code_jax.model.params import abstract_params
 from zen_code_jax.resolve import load_model, mesh_shardings, run_facts
 from zen_code_jax.train.loss import _token_terms
 from zen_code_jax.train.objectives import (
+    NO_FROZEN,
     FrozenInputs,
     Objective,
     ObjectiveSums,
@@ -327,7 +328,7 @@ def build_distill(
     z_coef = float(config.optimizer.z_loss)
     kd_scale = (1.0 - s.alpha) * s.temperature**2
     if s.offline:
-        frozen = FrozenInputs(abstract={}, shardings={}, load=dict)
+        frozen = NO_FROZEN  # the teacher's distribution rides in the batch
         teacher_cfg = None
     else:
         teacher_cfg = teacher_model_config(s.teacher)

@@ -216,7 +216,9 @@ def run_plan(
     from zen_code_jax.model.config import param_count
     from zen_code_jax.parallel.mesh import make_mesh, mesh_shape_str
     from zen_code_jax.parallel.rules import batch_sharding
-    from zen_code_jax.train import distill  # noqa: F401  registers "distill"
+
+    # local import: registers the "distill" objective (after XLA_FLAGS, like the above).
+    from zen_code_jax.train import distill  # noqa: F401
     from zen_code_jax.train.flops import flops_per_step, flops_per_token
     from zen_code_jax.train.objectives import build_objective
     from zen_code_jax.train.state import train_state_shardings
