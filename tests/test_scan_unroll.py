@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from test_parallel import make_batch, make_config
 
+from zen_code_jax.checkpoint import CheckpointMismatchError, _check_identity
 from zen_code_jax.config import model_config_from
 from zen_code_jax.model import Transformer
 from zen_code_jax.model.config import get_preset
@@ -68,3 +69,19 @@ def test_unrolled_scan_decodes_bitwise_equal():
         outs.append([np.asarray(x) for x in (*got, cache["k"], cache["v"])])
     for a, b in zip(*outs):
         np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoint_identity_ignores_scan_unroll(tmp_path):
+    """A checkpoint written rolled (or before the field existed) loads into an unrolled run;
+    a real architecture change is still refused."""
+    cfg = get_preset("tiny")
+    old_model = {k: v for k, v in cfg.to_dict().items() if k != "scan_unroll"}
+    saved = {"model": old_model, "tokenizer_fingerprint": "abc"}
+    _check_identity(
+        saved,
+        {"model": cfg.replace(scan_unroll=2).to_dict(), "tokenizer_fingerprint": "abc"},
+        tmp_path,
+    )
+    with pytest.raises(CheckpointMismatchError, match="num_layers"):
+        bigger = cfg.replace(num_layers=3, scan_unroll=3).to_dict()
+        _check_identity(saved, {"model": bigger, "tokenizer_fingerprint": "abc"}, tmp_path)
