@@ -1,5 +1,6 @@
-"""`ModelConfig.scan_unroll`: the layer scan unrolled gives the same bits (loss and every
-gradient) and the same parameter layout as the rolled scan, so it is a speed setting only."""
+"""`ModelConfig.scan_unroll`: the layer scan unrolled keeps the parameter layout and, on the
+tiny model, the bits of the loss, every gradient and decoding. (Not every program: held-out
+scoring of cpu_small moved at 1e-9 relative, docs/measurements.md, so it is opt-in.)"""
 
 from __future__ import annotations
 

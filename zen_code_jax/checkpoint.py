@@ -101,8 +101,8 @@ def identity(model_cfg: Any, tokenizer: Any) -> dict[str, Any]:
     }
 
 
-# ModelConfig fields that change how the program runs but neither the parameter layout nor
-# a single bit of the results (tested), so a checkpoint loads whatever they are.
+# ModelConfig fields that change how the program runs, not the parameter layout (the
+# results at most by float32 reassociation), so a checkpoint loads whatever they are.
 _EXECUTION_ONLY = frozenset({"scan_unroll"})
 
 
