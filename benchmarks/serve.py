@@ -226,7 +226,7 @@ def _completion(port: int, body: dict) -> tuple[float, float, int]:
             if not chunk:
                 break
             buf += chunk
-            if ttft != ttft and b'"usage"' not in buf and b"data: {" in buf:
+            if ttft != ttft and b"data: {" in buf:  # the first chunk (text) arrived
                 ttft = time.monotonic() - t0
     latency = time.monotonic() - t0
     tokens = 0
