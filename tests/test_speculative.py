@@ -380,3 +380,76 @@ def test_cli_flags():
     args = parse_args(["--random_preset=tiny", "--speculative=model", "--draft=hf:/x"])
     assert (args.speculative, args.draft, args.spec_max_draft) == ("model", "hf:/x", 4)
     assert parse_args(["--random_preset=tiny"]).speculative == "off"
+
+
+def _chain_reference(
+    logits: np.ndarray, temp: float, top_p: float, top_k: int, order
+) -> np.ndarray:
+    """numpy reference of a llama.cpp sampler chain: each stage cuts the candidates left
+    (top_k: the k most likely; top_p: while the mass of the more likely candidates is below
+    top_p, on logits divided by T only once `temperature` came earlier in the chain); the
+    draw is softmax(logits / T) over what is left."""
+    alive = np.ones(len(logits), bool)
+    scaled = False
+    for stage in order:
+        z = logits / temp if scaled else logits
+        p = np.where(alive, np.exp(z - z[alive].max()), 0.0)
+        p /= p.sum()
+        if stage == "top_k":
+            alive &= np.argsort(np.argsort(-np.where(alive, z, -np.inf))) < top_k
+        elif stage == "top_p":
+            alive &= np.array([p[p > p[i]].sum() < top_p for i in range(len(p))])
+        elif stage == "temperature":
+            scaled = True
+    z = logits / temp if "temperature" in order else logits
+    p = np.where(alive, np.exp(z - z[alive].max()), 0.0)
+    return p / p.sum()
+
+
+@pytest.mark.parametrize(
+    "order,point_mass",
+    [(("temperature", "top_k", "top_p"), False), (("top_k", "top_p", "temperature"), True)],
+)
+def test_sampling_distribution_with_top_k_and_sampler_order(order, point_mass):
+    """With a row's top_k and sampler order (the server's decoders), speculation still
+    emits the target's distribution: the rule compares with the same processed
+    distribution `sample_tokens` draws from (`sampling.candidate_logits`)."""
+    from zen_code_jax.infer.sampling import chain_code, sampler_vocab
+
+    temp, top_p, top_k = 0.7, 0.9, 4
+    rng = np.random.default_rng(1)
+    target = rng.normal(0, 1.2, (K + 1, V)).astype(np.float32)
+    draft_q = rng.dirichlet(np.ones(V), K).astype(np.float32)
+    if point_mass:
+        drafts = np.tile(np.array([[1, 3]], np.int32), (ROWS, 1))
+        q = None
+    else:
+        drafts = np.stack([rng.choice(V, ROWS, p=draft_q[j]) for j in range(K)], 1).astype(np.int32)
+        q = jnp.broadcast_to(jnp.asarray(draft_q), (ROWS, K, V))
+    col = lambda x, t=np.float32: jnp.full((ROWS,), x, t)  # noqa: E731
+    accepted, out = jax.jit(accept_drafts)(
+        jnp.broadcast_to(jnp.asarray(target), (ROWS, K + 1, V)),
+        jnp.asarray(drafts),
+        col(K, np.int32),
+        q,
+        col(temp),
+        col(top_p),
+        jnp.arange(ROWS, dtype=jnp.int32),
+        col(0, np.int32),
+        col(5, np.int32),
+        col(top_k, np.int32),
+        col(chain_code(order), np.int32),
+        sampler_vocab(V),
+    )
+    accepted, out = np.asarray(accepted), np.asarray(out)
+    p0, p1 = (
+        _chain_reference(target[j].astype(np.float64), temp, top_p, top_k, order) for j in (0, 1)
+    )
+    assert (p0 == 0).sum() >= V - top_k  # the cut matters
+    first = np.bincount(out[:, 0], minlength=V)
+    second = np.bincount(out[accepted >= 1, 1], minlength=V)
+    assert _chi2_pvalue(first, p0) > 1e-3
+    assert _chi2_pvalue(second, p1) > 1e-3
+    # the temperature + top-p law without the top_k cut is a different law: the test has power
+    other = _processed(target[0].astype(np.float64), temp, top_p)
+    assert sstats.chisquare(first, other * ROWS + 1e-9).pvalue < 1e-6

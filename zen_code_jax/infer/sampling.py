@@ -225,34 +225,69 @@ def sample_tokens(
     return jax.lax.cond(jnp.all(greedy_rows), lambda _: greedy_tokens, pick, None)
 
 
+def candidate_logits(
+    logits: jax.Array,
+    temperature: jax.Array,
+    top_p: jax.Array,
+    top_k: jax.Array | None = None,
+    chain: jax.Array | None = None,
+    vocab: SamplerVocab | None = None,
+) -> jax.Array:
+    """float32 [B, V]: what a sampled row draws from, softmax-ready: the logits scaled as
+    its chain says, -inf outside the candidates the chain leaves (greedy rows' values are
+    meaningless: callers take the argmax). The one definition of the target distribution:
+    `sample_tokens` draws from it and speculative decoding's accept/reject rule compares
+    with it. Arguments as `sample_tokens`; with neither top_k nor chain the plain
+    temperature + top-p graph is traced (`_nucleus_logits`)."""
+    logits = logits.astype(jnp.float32)
+    if top_k is None and chain is None:
+        return _nucleus_logits(logits, temperature, top_p)
+    b, v = logits.shape
+    top_k = jnp.zeros((b,), jnp.int32) if top_k is None else top_k
+    chain = jnp.full((b,), DEFAULT_CHAIN, jnp.int32) if chain is None else chain
+    if vocab is None:
+        vocab = SamplerVocab(jnp.zeros((v,), bool), jnp.int32(0))
+    return _chained_logits(logits, temperature, top_p, top_k, chain, vocab)
+
+
+def _draw(keys: jax.Array, scaled: jax.Array) -> jax.Array:
+    return jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
+
+
 def _nucleus(logits, keys, temperature, top_p):
+    return _draw(keys, _nucleus_logits(logits, temperature, top_p))
+
+
+def _chained(logits, keys, temperature, top_p, top_k, chain, vocab):
+    return _draw(keys, _chained_logits(logits, temperature, top_p, top_k, chain, vocab))
+
+
+def _nucleus_logits(logits, temperature, top_p):
     """Temperature, then top-p: the sampler without top_k and sampler orders. Callers that
     pass neither (evaluation's decoders) compile only this, the graph this decoder always
     had (the chain adds ~0.6 CPU s of XLA compilation to every decode executable)."""
     scaled = logits / jnp.maximum(temperature, GREEDY_EPS)[:, None]
     # The sort for top-p is the costly part at large vocabularies: skip it when no row
     # asks for it.
-    scaled = jax.lax.cond(
+    return jax.lax.cond(
         jnp.any(top_p < 1.0),
         lambda s: jnp.where(top_p_mask(s, top_p), s, -jnp.inf),
         lambda s: s,
         scaled,
     )
-    return jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
 
 
-def _chained(logits, keys, temperature, top_p, top_k, chain, vocab):
-    """A draw after each row's chain of samplers (`chain_keep`)."""
+def _chained_logits(logits, temperature, top_p, top_k, chain, vocab):
+    """Scaled logits after each row's chain of samplers (`chain_keep`)."""
     codes = _stage_codes(chain)
     in_chain = lambda c: jnp.any(jnp.stack([x == c for x in codes]), axis=0)  # noqa: E731
     divisor = jnp.where(in_chain(3), jnp.maximum(temperature, GREEDY_EPS), 1.0)
     scaled = logits / divisor[:, None]
     cuts = (in_chain(1) & (top_k > 0)) | (in_chain(2) & (top_p < 1.0)) | in_chain(4)
     # The sort is the costly part at large vocabularies: skip it when no row cuts.
-    scaled = jax.lax.cond(
+    return jax.lax.cond(
         jnp.any(cuts & ~(temperature <= GREEDY_EPS)),
         lambda s: jnp.where(chain_keep(logits, s, top_k, top_p, chain, vocab), s, -jnp.inf),
         lambda s: s,
         scaled,
     )
-    return jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)

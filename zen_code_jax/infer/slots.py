@@ -377,9 +377,11 @@ class SlotDecoder:
                 drafts[idx],
                 sub_lens,
                 q,
+                self.vocab,
                 cfg=self.cfg,
                 window=window,
                 point_mass=point_mass,
+                samplers=self.samplers,
             )
         got = as_numpy_verified(out)
         full = []

@@ -41,7 +41,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from zen_code_jax.infer.forward import constrain_cache, lm_logits
-from zen_code_jax.infer.sampling import GREEDY_EPS, row_keys, sample_tokens, top_p_mask
+from zen_code_jax.infer.sampling import (
+    GREEDY_EPS,
+    SamplerVocab,
+    candidate_logits,
+    row_keys,
+    sample_tokens,
+)
 from zen_code_jax.model.transformer import Transformer
 
 TOP_LOGPROBS = 5  # the most `logprobs` a request may ask for (OpenAI's own limit)
@@ -63,18 +69,19 @@ class Verified(NamedTuple):
     top_logprobs: np.ndarray  # float32 [B, K+1, TOP_LOGPROBS]
 
 
-def target_logits(logits: jax.Array, temperature: jax.Array, top_p: jax.Array) -> jax.Array:
-    """The processed distribution's logits [N, V] (float32; -inf outside the nucleus):
-    logits / T, then top-p, exactly as `sampling.sample_tokens` draws from. The one
-    function the accept/reject rule and the draft's q take the distribution from: a new
-    filter (top-k) is added here and in `sample_tokens`, nowhere else."""
-    scaled = logits.astype(jnp.float32) / jnp.maximum(temperature, GREEDY_EPS)[:, None]
-    return jax.lax.cond(
-        jnp.any(top_p < 1.0),
-        lambda s: jnp.where(top_p_mask(s, top_p), s, -jnp.inf),
-        lambda s: s,
-        scaled,
-    )
+def target_logits(
+    logits: jax.Array,
+    temperature: jax.Array,
+    top_p: jax.Array,
+    top_k: jax.Array | None = None,
+    chain: jax.Array | None = None,
+    vocab: SamplerVocab | None = None,
+) -> jax.Array:
+    """The processed distribution's logits [N, V] (float32; -inf outside the candidates):
+    exactly what `sampling.sample_tokens` draws from (`sampling.candidate_logits`, the one
+    definition), so the accept/reject rule keeps the target's distribution whatever the
+    row's top_k and sampler order."""
+    return candidate_logits(logits, temperature, top_p, top_k, chain, vocab)
 
 
 def accept_drafts(
@@ -87,6 +94,9 @@ def accept_drafts(
     seeds: jax.Array,
     index: jax.Array,
     steps: jax.Array,
+    top_k: jax.Array | None = None,
+    chain: jax.Array | None = None,
+    vocab: SamplerVocab | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """The accept/reject rule over a verify call's target logits.
 
@@ -114,7 +124,15 @@ def accept_drafts(
         # Greedy rows' top-p never matters (they take the argmax): 1.0 spares the sort.
         top = jnp.where(greedy_rows, 1.0, top_p)
         rep = lambda x: jnp.repeat(x, k1)  # noqa: E731 (per row -> per (row, position))
-        proc = target_logits(raw.reshape(b * k1, v), rep(temperature), rep(top))
+        rep_or_none = lambda x: None if x is None else rep(x)  # noqa: E731
+        proc = target_logits(
+            raw.reshape(b * k1, v),
+            rep(temperature),
+            rep(top),
+            rep_or_none(top_k),
+            rep_or_none(chain),
+            vocab,
+        )
         p = jax.nn.softmax(proc.reshape(b, k1, v), axis=-1)  # [B, K+1, V]
         qq = jax.nn.one_hot(drafts, v, dtype=jnp.float32) if q is None else q.astype(jnp.float32)
         keys = jax.vmap(lambda j: row_keys(seeds, index, steps + j))(jnp.arange(k))  # [K, B]
@@ -128,7 +146,7 @@ def accept_drafts(
         at = lambda x: jnp.take_along_axis(x, accepted[:, None, None], axis=1)[:, 0]  # noqa: E731
         key_a = row_keys(seeds, index, steps + accepted)  # the key of output position a
         # All drafts accepted (or none given): the bonus token, drawn as plain decoding does.
-        bonus = sample_tokens(at(raw), key_a, temperature, top_p)
+        bonus = sample_tokens(at(raw), key_a, temperature, top_p, top_k, chain, vocab)
         # A rejection: the residual normalize(max(0, p - q)) there (q padded with a zero
         # row for position K, which is never a rejection position).
         q_pad = jnp.concatenate([qq, jnp.zeros((b, 1, v), jnp.float32)], axis=1)
@@ -148,17 +166,24 @@ def accept_drafts(
 
 
 @functools.partial(
-    jax.jit, static_argnames=("cfg", "window", "point_mass"), donate_argnames=("cache",)
+    jax.jit,
+    static_argnames=("cfg", "window", "point_mass", "samplers"),
+    donate_argnames=("cache",),
 )
-def verify_step(params, cache, slot_ids, rows, drafts, lens, q, *, cfg, window, point_mass):
+def verify_step(
+    params, cache, slot_ids, rows, drafts, lens, q, vocab, *, cfg, window, point_mass, samplers
+):
     """One target call over [last, d_1 .. d_K] of R decoding rows: `slot_ids` [R] their
     slots, `rows` (slots.DecodeRows of R rows; inactive padding rows and drafts beyond
     `lens` write nothing), q: [slots, >= K, V] the draft model's probabilities (cut and
     gathered here, so one draft shape serves every bucket). Only these rows' window of
     the cache is read (gathered, [L, R, window, KV, Dh]), so a verify call costs what its
     R x (K + 1) tokens need, not every slot's: at one user, less than a decode step.
-    Their new keys and values are scattered back. Returns the cache and the accepted
-    counts, output tokens and their logprob records (see `Verified`)."""
+    Their new keys and values are scattered back. `samplers` (static: the server's
+    decoders) applies the rows' top_k and sampler order (`rows.top_k`, `rows.chain`,
+    `vocab` for infill) in the accept/reject rule, as `SlotDecoder(samplers=True)` does
+    when decoding. Returns the cache and the accepted counts, output tokens and their
+    logprob records (see `Verified`)."""
     TRACE_COUNTS["verify"] += 1
     r, k = drafts.shape
     sub = {name: jnp.take(c[:, :, :window], slot_ids, axis=1) for name, c in cache.items()}
@@ -185,6 +210,7 @@ def verify_step(params, cache, slot_ids, rows, drafts, lens, q, *, cfg, window, 
         rows.seeds,
         rows.index,
         rows.steps,
+        *((rows.top_k, rows.chain, vocab) if samplers else ()),
     )
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     chosen = jnp.take_along_axis(logp, out[..., None], axis=-1)[..., 0]
