@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from zen_code_jax.infer.sampling import DEFAULT_CHAIN
 from zen_code_jax.infer.slots import Chunk, DecodeRows, SlotDecoder
 from zen_code_jax.infer.speculative import draft_buckets, row_buckets
 
@@ -153,7 +154,9 @@ class ModelDrafter:
             c += 1
         while len(seq) - c > self.cfg.catch_up:
             n = min(self.dec.chunk, len(seq) - self.cfg.catch_up - c)
-            self.dec.run(None, Chunk(e.slot, seq[c : c + n], c, (0.0, 1.0, 0, 0, 0), False))
+            self.dec.run(
+                None, Chunk(e.slot, seq[c : c + n], c, (0.0, 1.0, 0, 0, 0, 0, DEFAULT_CHAIN), False)
+            )
             c += n
         self.cached[e.slot] = seq[:c]
         return c
@@ -281,7 +284,9 @@ class Speculator:
             active = np.arange(dec.slots) < r  # r decoding rows select the r-row shape
             for w in dec.windows:
                 for temp, top_p in ((0.0, 1.0), (1.0, 0.5)):
-                    rows = DecodeRows(z, z, active, z + temp, z + top_p, z, z, z)
+                    rows = DecodeRows(
+                        z, z, active, z + temp, z + top_p, z, z, z, z, z + DEFAULT_CHAIN
+                    )
                     for k in self.buckets:
                         dec.verify(rows, np.zeros((dec.slots, k), np.int32), z, q, window=w)
         if isinstance(self.drafter, ModelDrafter):
