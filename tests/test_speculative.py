@@ -22,7 +22,7 @@ import pytest
 from scipy import stats as sstats
 
 from zen_code_jax.data.tokenizer import Tokenizer
-from zen_code_jax.infer.__main__ import parse_args
+from zen_code_jax.infer.__main__ import build_server, parse_args
 from zen_code_jax.infer.drafting import NgramDrafter, Plan, SpecConfig, Speculator
 from zen_code_jax.infer.engine import CompletionRequest, InferenceEngine, random_params
 from zen_code_jax.infer.scheduler import Job, Scheduler
@@ -380,3 +380,9 @@ def test_cli_flags():
     args = parse_args(["--random_preset=tiny", "--speculative=model", "--draft=hf:/x"])
     assert (args.speculative, args.draft, args.spec_max_draft) == ("model", "hf:/x", 4)
     assert parse_args(["--random_preset=tiny"]).speculative == "off"
+
+
+def test_draft_flag_needs_model_mode():
+    """`--draft` without `--speculative=model` stops before loading anything."""
+    with pytest.raises(SystemExit, match="--speculative=model"):
+        build_server(["--random_preset=tiny", "--draft=hf:/nowhere"])
