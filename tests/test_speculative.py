@@ -22,7 +22,7 @@ import pytest
 from scipy import stats as sstats
 
 from zen_code_jax.data.tokenizer import Tokenizer
-from zen_code_jax.infer.__main__ import parse_args
+from zen_code_jax.infer.__main__ import build_server, parse_args
 from zen_code_jax.infer.drafting import NgramDrafter, Plan, SpecConfig, Speculator
 from zen_code_jax.infer.engine import CompletionRequest, InferenceEngine, random_params
 from zen_code_jax.infer.scheduler import Job, Scheduler
@@ -453,3 +453,9 @@ def test_sampling_distribution_with_top_k_and_sampler_order(order, point_mass):
     # the temperature + top-p law without the top_k cut is a different law: the test has power
     other = _processed(target[0].astype(np.float64), temp, top_p)
     assert sstats.chisquare(first, other * ROWS + 1e-9).pvalue < 1e-6
+
+
+def test_draft_flag_needs_model_mode():
+    """`--draft` without `--speculative=model` stops before loading anything."""
+    with pytest.raises(SystemExit, match="--speculative=model"):
+        build_server(["--random_preset=tiny", "--draft=hf:/nowhere"])

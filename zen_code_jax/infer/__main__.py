@@ -188,6 +188,8 @@ def build_server(argv: Sequence[str] | None = None) -> CompletionServer:
     The wiring of serving: the engine, its slot decoder (compiled now, `warm_up`), the
     scheduler that drives it, and the HTTP server around them."""
     args = parse_args(argv)
+    if args.draft and args.speculative != "model":
+        raise SystemExit("--draft is the draft model of --speculative=model; add that flag.")
     _enable_compilation_cache(args)
     engine, name = build_engine(args)
     max_context = min(args.max_context, engine.model_cfg.max_position_embeddings)
@@ -202,8 +204,6 @@ def build_server(argv: Sequence[str] | None = None) -> CompletionServer:
         admission = Admission(args.max_slot_share, args.short_first, args.admission_aging)
     except ValueError as e:
         raise SystemExit(f"--max_slot_share / --admission_aging: {e}") from None
-    if args.draft and args.speculative != "model":
-        raise SystemExit("--draft is the draft model of --speculative=model; add that flag.")
     if args.speculative != "off":
         spec = SpecConfig(
             mode=args.speculative, max_draft=args.spec_max_draft, max_batch=args.spec_max_batch
