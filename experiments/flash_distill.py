@@ -25,9 +25,9 @@ prefix-only gap, held-out single-line EM, parameters and ms per decoded token at
 Measured cost, on the 2-core machine at load average 15-19 (eight other jobs): smoke with
 the teacher trained inside, full evaluation, 5 min 47 s (under 1 min of it training); cpu
 scale, teacher reused, per arm: scratch 36 min (24 training + 12 evaluation), distill
-about 48 min of training (0.09 steps/s: the teacher's forward beside the student); not
-measured on an idle machine. gpu and paper scales are written out, not
-yet run.
+33 min of training at 0.09-0.13 steps/s (the teacher's forward beside the student),
+offline 6 min 50 s in all at load ~5 (logit preparation 2.6 min). Not measured idle.
+gpu and paper scales are written out, not yet run.
 """
 
 from __future__ import annotations
