@@ -297,14 +297,12 @@ def _chi2_pvalue(counts: np.ndarray, probs: np.ndarray) -> float:
     return float(sstats.chisquare(counts[support], exp).pvalue)
 
 
-@pytest.mark.parametrize(
-    "temp,top_p,point_mass", [(1.0, 1.0, False), (0.7, 0.8, False), (0.7, 0.9, True)]
-)
-def test_sampling_distribution_chi_square(temp, top_p, point_mass):
-    """Output position 0 is distributed as the target's processed p_0, and position 1
-    (when produced) as p_1, whatever the drafts were; a rule that always accepts fails
-    the same test (the test has power)."""
-    rng = np.random.default_rng(0)
+def _accept_many(seed: int, point_mass: bool, temp: float, top_p: float, chain=None):
+    """ROWS draws of the accept/reject rule on one fixed target ([K + 1, V] logits) with
+    drafts from a random draft law q (or fixed drafts, q a point mass, as prompt lookup);
+    chain: (top_k, chain code, SamplerVocab) for the server's sampler chain, or None.
+    Returns (target, drafts, accepted, tokens)."""
+    rng = np.random.default_rng(seed)
     target = rng.normal(0, 1.2, (K + 1, V)).astype(np.float32)
     draft_q = rng.dirichlet(np.ones(V), K).astype(np.float32)
     if point_mass:  # prompt lookup: fixed drafts, q a point mass
@@ -314,6 +312,7 @@ def test_sampling_distribution_chi_square(temp, top_p, point_mass):
         drafts = np.stack([rng.choice(V, ROWS, p=draft_q[j]) for j in range(K)], 1).astype(np.int32)
         q = jnp.broadcast_to(jnp.asarray(draft_q), (ROWS, K, V))
     col = lambda x, t=np.float32: jnp.full((ROWS,), x, t)  # noqa: E731
+    extra = () if chain is None else (col(chain[0], np.int32), col(chain[1], np.int32), chain[2])
     accepted, out = jax.jit(accept_drafts)(
         jnp.broadcast_to(jnp.asarray(target), (ROWS, K + 1, V)),
         jnp.asarray(drafts),
@@ -324,8 +323,19 @@ def test_sampling_distribution_chi_square(temp, top_p, point_mass):
         jnp.arange(ROWS, dtype=jnp.int32),
         col(0, np.int32),
         col(5, np.int32),
+        *extra,
     )
-    accepted, out = np.asarray(accepted), np.asarray(out)
+    return target, drafts, np.asarray(accepted), np.asarray(out)
+
+
+@pytest.mark.parametrize(
+    "temp,top_p,point_mass", [(1.0, 1.0, False), (0.7, 0.8, False), (0.7, 0.9, True)]
+)
+def test_sampling_distribution_chi_square(temp, top_p, point_mass):
+    """Output position 0 is distributed as the target's processed p_0, and position 1
+    (when produced) as p_1, whatever the drafts were; a rule that always accepts fails
+    the same test (the test has power)."""
+    target, drafts, accepted, out = _accept_many(0, point_mass, temp, top_p)
     p0, p1 = (_processed(target[j].astype(np.float64), temp, top_p) for j in (0, 1))
     first = np.bincount(out[:, 0], minlength=V)
     second = np.bincount(out[accepted >= 1, 1], minlength=V)
@@ -417,31 +427,8 @@ def test_sampling_distribution_with_top_k_and_sampler_order(order, point_mass):
     from zen_code_jax.infer.sampling import chain_code, sampler_vocab
 
     temp, top_p, top_k = 0.7, 0.9, 4
-    rng = np.random.default_rng(1)
-    target = rng.normal(0, 1.2, (K + 1, V)).astype(np.float32)
-    draft_q = rng.dirichlet(np.ones(V), K).astype(np.float32)
-    if point_mass:
-        drafts = np.tile(np.array([[1, 3]], np.int32), (ROWS, 1))
-        q = None
-    else:
-        drafts = np.stack([rng.choice(V, ROWS, p=draft_q[j]) for j in range(K)], 1).astype(np.int32)
-        q = jnp.broadcast_to(jnp.asarray(draft_q), (ROWS, K, V))
-    col = lambda x, t=np.float32: jnp.full((ROWS,), x, t)  # noqa: E731
-    accepted, out = jax.jit(accept_drafts)(
-        jnp.broadcast_to(jnp.asarray(target), (ROWS, K + 1, V)),
-        jnp.asarray(drafts),
-        col(K, np.int32),
-        q,
-        col(temp),
-        col(top_p),
-        jnp.arange(ROWS, dtype=jnp.int32),
-        col(0, np.int32),
-        col(5, np.int32),
-        col(top_k, np.int32),
-        col(chain_code(order), np.int32),
-        sampler_vocab(V),
-    )
-    accepted, out = np.asarray(accepted), np.asarray(out)
+    chain = (top_k, chain_code(order), sampler_vocab(V))
+    target, _, accepted, out = _accept_many(1, point_mass, temp, top_p, chain)
     p0, p1 = (
         _chain_reference(target[j].astype(np.float64), temp, top_p, top_k, order) for j in (0, 1)
     )
