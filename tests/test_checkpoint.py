@@ -238,3 +238,17 @@ def test_changed_state_tree_is_refused_and_the_checkpoint_stays(tmp_path):
     assert not (tmp_path / "checkpoints_corrupt").exists()
     restored, meta = ckpt.restore_latest(abstract_like(make_state(0)), make_iter(), IDENT)
     assert meta["step"] == 2 and same(restored, make_state(2, seed=2))
+
+
+def test_params_only_checkpoint_is_not_resumed_as_a_train_state(tmp_path):
+    """An HF import's run directory holds {step, params} only: training in it is refused
+    (it was quarantined as corrupt and the run started from scratch) and the message
+    points at train.init_checkpoint."""
+    ckpt = Checkpointer(tmp_path / "checkpoints", async_save=False, compress=False)
+    state = make_state(0)
+    ckpt.save(0, {"step": state["step"], "params": state["params"]}, None, {"identity": IDENT})
+    with pytest.raises(
+        CheckpointMismatchError, match=r"model params only.*init_checkpoint=.*left in place"
+    ):
+        ckpt.restore_latest(abstract_like(state), None, IDENT)
+    assert ckpt.steps() == [0] and not (tmp_path / "checkpoints_corrupt").exists()
