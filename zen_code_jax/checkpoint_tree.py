@@ -84,9 +84,13 @@ def check_state_tree(
     would fail to restore it and the failure would read as corruption (the step moved
     aside, the run silently started over). Runs after the identity check, so a model
     config change keeps its own message."""
-    only_saved = sorted(set(saved) - set(expected))
-    only_run = sorted(set(expected) - set(saved))
-    reshaped = sorted(k for k in set(saved) & set(expected) if saved[k] != expected[k])
+
+    def order(path: str) -> tuple[bool, str]:  # params first: they say what differs
+        return (not path.startswith("params/"), path)
+
+    only_saved = sorted(set(saved) - set(expected), key=order)
+    only_run = sorted(set(expected) - set(saved), key=order)
+    reshaped = sorted((k for k in set(saved) & set(expected) if saved[k] != expected[k]), key=order)
     if not (only_saved or only_run or reshaped):
         return
 
