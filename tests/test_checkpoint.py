@@ -211,3 +211,44 @@ def test_identity_treats_fields_added_later_as_their_defaults(tmp_path):
     }
     with pytest.raises(CheckpointMismatchError, match="context_parallel"):
         _check_identity(old, changed, tmp_path)
+
+
+def test_changed_state_tree_is_refused_and_the_checkpoint_stays(tmp_path):
+    """A config that adds leaves to the train state (an objective's head under
+    params/aux_heads, e.g. train.hlp_weight 0 -> 0.5) restored into a run directory
+    trained without them: a clear error naming the key and the fix, the checkpoint left
+    where it is (this used to fail in Orbax, be taken for corruption and be moved aside,
+    so the run silently started over)."""
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    save_steps(ckpt, [1, 2])
+    grown = make_state(0)
+    grown["params"]["aux_heads"] = {"hlp": {"kernel": jnp.zeros((4, 1)), "bias": jnp.zeros(1)}}
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=r"only in this run: params/aux_heads/hlp/bias \(1,\).*trained with "
+        r"train\.hlp_weight=0\.0; resume with the same value.*fresh --workdir.*"
+        r"init_checkpoint=.*left in place",
+    ):
+        ckpt.restore_latest(abstract_like(grown), make_iter(), IDENT)
+    reshaped = make_state(0)
+    reshaped["opt_state"]["mu"] = jnp.zeros((4, 2))
+    with pytest.raises(CheckpointMismatchError, match=r"opt_state/mu \(4, 3\) vs \(4, 2\)"):
+        ckpt.restore_latest(abstract_like(reshaped), make_iter(), IDENT)
+    assert ckpt.steps() == [1, 2]  # refused, not quarantined
+    assert not (tmp_path / "checkpoints_corrupt").exists()
+    restored, meta = ckpt.restore_latest(abstract_like(make_state(0)), make_iter(), IDENT)
+    assert meta["step"] == 2 and same(restored, make_state(2, seed=2))
+
+
+def test_params_only_checkpoint_is_not_resumed_as_a_train_state(tmp_path):
+    """An HF import's run directory holds {step, params} only: training in it is refused
+    (it was quarantined as corrupt and the run started from scratch) and the message
+    points at train.init_checkpoint."""
+    ckpt = Checkpointer(tmp_path / "checkpoints", async_save=False, compress=False)
+    state = make_state(0)
+    ckpt.save(0, {"step": state["step"], "params": state["params"]}, None, {"identity": IDENT})
+    with pytest.raises(
+        CheckpointMismatchError, match=r"model params only.*init_checkpoint=.*left in place"
+    ):
+        ckpt.restore_latest(abstract_like(state), None, IDENT)
+    assert ckpt.steps() == [0] and not (tmp_path / "checkpoints_corrupt").exists()

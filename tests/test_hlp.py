@@ -234,3 +234,123 @@ def test_init_checkpoint_loads_the_model_and_keeps_the_head(tmp_path, tiny_token
     np.testing.assert_array_equal(
         np.asarray(out.params[AUX_PARAMS_KEY][hlp.HEAD_KEY]["kernel"]), head
     )
+
+
+def _save_run(path, model_cfg, cfg, tokenizer, *, seed: int = 3):
+    """A run directory whose checkpoint (step 1) holds `cfg`'s full train state."""
+    from zen_code_jax.checkpoint import identity, tokenizer_to_json
+    from zen_code_jax.config import config_to_dict
+    from zen_code_jax.rundir import RunDir
+
+    run = RunDir(path)
+    run.write_config(config_to_dict(cfg))
+    tokenizer.save(run.tokenizer_dir)
+    mesh = make_mesh({"data": -1})
+    state, _ = create_train_state(model_cfg, cfg, mesh, jax.random.key(seed), compiler_options=FAST)
+    state = state.replace(step=jnp.ones((), jnp.int32))
+    ckpt = Checkpointer(run.checkpoints, async_save=False)
+    meta = {
+        "identity": identity(model_cfg, tokenizer),
+        "config": config_to_dict(cfg),
+        "rng": [0, 1],
+    }
+    ckpt.save(1, state, None, meta, tokenizer_to_json(tokenizer))
+    ckpt.close()
+    return run, state
+
+
+@pytest.mark.parametrize("saved_weight, run_weight", [(0.5, 0.0), (0.0, 0.5)])
+def test_resume_with_a_changed_hlp_weight_is_refused(
+    tmp_path, tiny_tokenizer, saved_weight, run_weight
+):
+    """Resuming a run directory with train.hlp_weight switched between 0 and > 0 (the
+    head and its AdamW moments appear or vanish) is a one-line error naming the key, the
+    trained value and the fix; the checkpoint stays where it is and still resumes with the
+    original value. Before, Orbax's failure was taken for corruption: the step was moved to
+    checkpoints_corrupt/ and the run started over from scratch."""
+    from zen_code_jax.checkpoint import CheckpointMismatchError, identity
+
+    saved_cfg, run_cfg = _hlp_config(saved_weight), _hlp_config(run_weight)
+    model_cfg = model_config_from(saved_cfg.model)
+    run, saved = _save_run(tmp_path / "run", model_cfg, saved_cfg, tiny_tokenizer)
+    mesh = make_mesh({"data": -1})
+    fresh, _ = create_train_state(
+        model_cfg, run_cfg, mesh, jax.random.key(0), compiler_options=FAST
+    )
+    ckpt = Checkpointer(run.checkpoints, async_save=False)
+    ident = identity(model_cfg, tiny_tokenizer)
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=rf"aux_heads/hlp/kernel \(64, 1\).*trained with train\.hlp_weight={saved_weight}; "
+        r"resume with the same value, or use a fresh --workdir \(train\.init_checkpoint=",
+    ) as err:
+        ckpt.restore_latest(abstract_like(fresh), None, ident)
+    assert "\n" not in str(err.value) and "optimizer.clip_norm" not in str(err.value)
+    assert ckpt.steps() == [1] and not (tmp_path / "run" / "checkpoints_corrupt").exists()
+    # the same value resumes it, bit for bit
+    same_cfg, _ = create_train_state(
+        model_cfg, saved_cfg, mesh, jax.random.key(0), compiler_options=FAST
+    )
+    restored, meta = ckpt.restore_latest(abstract_like(same_cfg), None, ident)
+    ckpt.close()
+    assert meta["step"] == 1
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(saved), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_resume_with_a_changed_clip_norm_is_refused(tmp_path, tiny_tokenizer):
+    """optimizer.clip_norm 0 vs > 0 adds or removes a stage of the optimizer chain (the
+    opt_state tree's indices shift): the same refusal, naming that key."""
+    from zen_code_jax.checkpoint import CheckpointMismatchError, identity
+
+    saved_cfg, run_cfg = make_config(), make_config()
+    run_cfg.optimizer.clip_norm = 0.0
+    model_cfg = model_config_from(saved_cfg.model)
+    run, _ = _save_run(tmp_path / "run", model_cfg, saved_cfg, tiny_tokenizer)
+    mesh = make_mesh({"data": -1})
+    fresh, _ = create_train_state(
+        model_cfg, run_cfg, mesh, jax.random.key(0), compiler_options=FAST
+    )
+    ckpt = Checkpointer(run.checkpoints, async_save=False)
+    with pytest.raises(CheckpointMismatchError, match=r"optimizer\.clip_norm=1\.0; resume"):
+        ckpt.restore_latest(abstract_like(fresh), None, identity(model_cfg, tiny_tokenizer))
+    ckpt.close()
+    assert not (tmp_path / "run" / "checkpoints_corrupt").exists()
+
+
+def test_init_checkpoint_from_a_run_with_the_head_into_one_without(tmp_path, tiny_tokenizer):
+    """The other direction of `test_init_checkpoint_loads_the_model_and_keeps_the_head`:
+    a run trained with HLP initializes a plain run with its model weights only (the head
+    and every optimizer moment stay behind), and an HLP run from it gets a fresh head."""
+    from zen_code_jax.checkpoint import identity
+    from zen_code_jax.experiment.arm import ArmData, _init_params
+    from zen_code_jax.resolve import parse_checkpoint
+    from zen_code_jax.rundir import RunDir
+
+    base_cfg = _hlp_config(0.5)
+    model_cfg = model_config_from(base_cfg.model)
+    _, saved = _save_run(tmp_path / "base", model_cfg, base_cfg, tiny_tokenizer)
+    mesh = make_mesh({"data": -1})
+    ref = parse_checkpoint(str(tmp_path / "base"))
+    ident = identity(model_cfg, tiny_tokenizer)
+    for weight in (0.0, 0.25):
+        cfg = _hlp_config(weight)
+        cfg.train.init_checkpoint = str(tmp_path / "base")
+        state, _ = create_train_state(
+            model_cfg, cfg, mesh, jax.random.key(0), compiler_options=FAST
+        )
+        data = ArmData(cfg, model_cfg, None, tiny_tokenizer, None, ref)
+        out = _init_params(
+            cfg, state, run_dir=RunDir(tmp_path / f"ft{weight}"), data=data, ident=ident, arm="ft"
+        )
+        assert jax.tree.structure(out.params) == jax.tree.structure(state.params)
+        got, want = model_params(out.params), model_params(saved.params)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        if weight:  # this run's own fresh head, not the checkpoint's trained one
+            np.testing.assert_array_equal(
+                np.asarray(out.params[AUX_PARAMS_KEY][hlp.HEAD_KEY]["kernel"]),
+                np.asarray(state.params[AUX_PARAMS_KEY][hlp.HEAD_KEY]["kernel"]),
+            )
+        else:
+            assert AUX_PARAMS_KEY not in out.params

@@ -11,6 +11,9 @@ One checkpoint (a step directory under `RUN/checkpoints/`) holds four items:
 Safety rules:
   * a checkpoint whose model config or tokenizer differs from the run's is an error naming
     the difference and the fix; it is never loaded silently;
+  * so is a checkpoint whose train-state tree differs from the one the run builds (a config
+    key that adds or removes leaves, e.g. `train.hlp_weight` 0 vs > 0 adds the HLP head
+    under `params/aux_heads` and its AdamW moments): the checkpoint stays where it is;
   * a corrupt or partial checkpoint (unreadable item) is moved aside to
     `RUN/checkpoints_corrupt/` with a warning and the previous good one is used;
   * Orbax writes each step to a temporary directory and renames it when complete, so a
@@ -35,20 +38,18 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from zen_code_jax.checkpoint_tree import (
+    CheckpointError,
+    CheckpointMismatchError,
+    check_state_tree,
+    leaf_shapes,
+)
 from zen_code_jax.config import config_from_dict, model_config_from
 from zen_code_jax.data.tokenizer_load import load_tokenizer
 from zen_code_jax.model.config import ModelConfig
 from zen_code_jax.model.params import model_params
 
 log = logging.getLogger(__name__)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be used; the message says why and what to do."""
-
-
-class CheckpointMismatchError(CheckpointError):
-    """The checkpoint was written by a different model or tokenizer."""
 
 
 class _BytesStateIterator:
@@ -230,8 +231,8 @@ class Checkpointer:
         """Restore the newest good checkpoint into `abstract_state`'s shapes and shardings.
 
         Returns (state, meta) or None when there is no checkpoint. Restores `data_iter`
-        in place. A mismatched identity raises; an unreadable step is moved aside and the
-        previous one tried.
+        in place. A mismatched identity or state tree raises (the step stays where it is);
+        an unreadable step is moved aside and the previous one tried.
         """
         tried = []
         for step in reversed(self.steps()):
@@ -242,6 +243,18 @@ class Checkpointer:
                 tried.append(step)
                 continue
             _check_identity(meta.get("identity", {}), expected_identity, self.step_dir(step))
+            try:
+                saved_leaves = leaf_shapes(self.manager.item_metadata(step)["state"])
+            except Exception as e:  # noqa: BLE001 - no readable state metadata: corrupt
+                self._quarantine(step, e)
+                tried.append(step)
+                continue
+            check_state_tree(
+                saved_leaves,
+                leaf_shapes(abstract_state),
+                meta.get("config", {}),
+                self.step_dir(step),
+            )
             items = {"state": ocp.args.StandardRestore(abstract_state)}
             if data_iter is not None:
                 items["data"] = grain.checkpoint.CheckpointRestore(_grain_item(data_iter))
