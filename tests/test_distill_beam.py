@@ -167,3 +167,20 @@ def test_missing_part_is_a_clear_error(teacher, tmp_path, monkeypatch):
     config.distill.logits_runner = "spark"
     with pytest.raises(ValueError, match="distill.logits_runner='spark' must be one of"):
         _prepare(config, tmp_path, cfg.vocab_size)
+
+
+@pytest.mark.slow
+def test_beam_runner_with_worker_processes(teacher, tmp_path, monkeypatch):
+    """Two DirectRunner worker processes, each loading the teacher: the same records."""
+    path, cfg = teacher
+    monkeypatch.setattr(distill_beam, "PART_BATCHES", 2)
+    local = _config(path, "local", 7)
+    _prepare(local, tmp_path / "local", cfg.vocab_size)
+    config = _config(path, "beam", 7)
+    config.distill.beam_options = (
+        "--runner=DirectRunner --direct_num_workers=2 --direct_running_mode=multi_processing"
+    )
+    _prepare(config, tmp_path / "beam", cfg.vocab_size)
+    parts = shard_paths(tmp_path / "beam", 0, 1)
+    assert len(parts) == 3
+    assert _records(parts) == _records([shard_file(tmp_path / "local", 0, 1)])
