@@ -135,3 +135,24 @@ def test_plan_counts_frozen_inputs():
     assert distill["frozen_bytes_per_device"] == distill["params_bytes_per_device"] > 0
     extra_args = distill["tried"][0]["argument_bytes"] - lm["tried"][0]["argument_bytes"]
     assert extra_args == distill["frozen_bytes_per_device"]
+
+
+def test_plan_counts_offline_teacher_logits_in_the_batch():
+    """Offline distillation: no teacher in the step, its top-k in the batch. The plan's
+    batch bytes grow by rows x positions per device x (k ids int32 + k log-probs float32 +
+    rest + nll float32), and so do the compiled step's arguments."""
+    k, seq, rows = 16, 32, 8
+    kw = dict(
+        preset="tiny", mesh_cfg={"data": 2, "fsdp": 2, "sequence": 2}, seq_len=seq,
+        global_batch_tokens=seq * rows, micro_batch=4, log=lambda _: None,
+        compiler_options=FAST,
+    )  # fmt: skip
+    lm = plan.run_plan(**kw)
+    off = plan.run_plan(**kw, objective="distill", offline_top_k=k)
+    per_device = (rows // 4) * (seq // 2)  # rows over data*fsdp, positions over sequence
+    assert lm["batch_bytes_per_device"] == per_device * 5 * 4  # five int32 fields
+    grown = per_device * (k * 4 + k * 4 + 4 + 4)
+    assert off["batch_bytes_per_device"] - lm["batch_bytes_per_device"] == grown
+    assert off["frozen_bytes_per_device"] == 0 and off["offline_top_k"] == k
+    extra_args = off["tried"][0]["argument_bytes"] - lm["tried"][0]["argument_bytes"]
+    assert extra_args == grown

@@ -199,6 +199,12 @@ def base_config() -> ml_collections.ConfigDict:
             # a directory = read its top-k there (written first if missing; "run" = RUN/teacher_logits).
             logits_dir="",
             top_k=64,  # offline: the k most likely tokens stored per position
+            # Offline: where the teacher runs over the batches: "local" (this process) |
+            # "beam" (an Apache Beam pipeline, train/distill_beam.py, with beam_options;
+            # its own setting, not data.prepare_runner: the corpus and the teacher are
+            # prepared on different workers, and data.* keys the rows).
+            logits_runner="local",
+            beam_options="--runner=DirectRunner --direct_num_workers=1 --direct_running_mode=in_memory",
         )
     )
 

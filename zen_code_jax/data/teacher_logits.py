@@ -17,7 +17,9 @@ pipeline's own.
 
 Layout of DIR (`distill.logits_dir`; `run` = RUN/teacher_logits):
   meta.json                               `LogitsMeta`, written last (its presence = complete)
-  teacher_logits-SSSSS-of-NNNNN.array_record   one file per process shard
+  teacher_logits-SSSSS-of-NNNNN.array_record   one file per process shard (local runner)
+  teacher_logits-SSSSS-of-NNNNN.part-PPPPP-of-QQQQQ.array_record   or its consecutive
+                                          batch ranges (Beam runner); same records, same order
 
 Record: little-endian bytes, crc32(row tokens) u32, then ids int32 [S, k], logp float32
 [S, k], rest float32 [S], nll float32 [S]. Read by `grain.sources.ArrayRecordDataSource`
@@ -49,6 +51,40 @@ class TeacherLogitsError(ValueError):
 
 def shard_file(directory: str | Path, shard_index: int, shard_count: int) -> Path:
     return Path(directory) / f"teacher_logits-{shard_index:05d}-of-{shard_count:05d}.array_record"
+
+
+def part_file(
+    directory: str | Path, shard_index: int, shard_count: int, part: int, parts: int
+) -> Path:
+    """Part `part` of `parts` of a process shard: the Beam runner writes consecutive
+    batch ranges to separate files (train/distill_beam.py); read in part order they are
+    the shard's records, byte for byte the local runner's one file."""
+    stem = shard_file(directory, shard_index, shard_count).name.removesuffix(".array_record")
+    return Path(directory) / f"{stem}.part-{part:05d}-of-{parts:05d}.array_record"
+
+
+def shard_paths(directory: str | Path, shard_index: int, shard_count: int) -> list[Path]:
+    """The files holding a process shard's records, in record order: the local runner's
+    one file, else the Beam runner's parts (all of them, or an error)."""
+    one = shard_file(directory, shard_index, shard_count)
+    if one.is_file():
+        return [one]
+    stem = one.name.removesuffix(".array_record")
+    parts = sorted(Path(directory).glob(f"{stem}.part-*-of-*.array_record"))
+    if not parts:
+        raise TeacherLogitsError(
+            f"{one} is missing: the teacher logits in {directory} were written for "
+            "another number of processes; prepare them again (delete the directory)."
+        )
+    want = int(parts[0].name.split("-of-")[-1].split(".")[0])
+    if [p.name for p in parts] != [
+        part_file(directory, shard_index, shard_count, i, want).name for i in range(want)
+    ]:
+        raise TeacherLogitsError(
+            f"{directory} holds {len(parts)} of the {want} parts of {stem}: the Beam "
+            "preparation did not finish; prepare the logits again (delete the directory)."
+        )
+    return parts
 
 
 def data_key(corpus: Any, config: Any, shard_index: int, shard_count: int) -> str:
@@ -146,8 +182,12 @@ class TeacherLogitsWriter:
             self._writer.write(encode_row(tokens[r], ids[r], logp[r], rest[r], nll[r]))
         self.batches += 1
 
-    def close(self, meta: LogitsMeta) -> None:
+    def close_records(self) -> None:
+        """Finish the shard file (meta.json is the caller's, written last)."""
         self._writer.close()
+
+    def close(self, meta: LogitsMeta) -> None:
+        self.close_records()
         meta.write(self.directory)
 
 
@@ -160,13 +200,8 @@ class WithTeacherLogits:
         self.base = base
         self.meta = meta
         self.batches = 0
-        path = shard_file(directory, *shard)
-        if not path.is_file():
-            raise TeacherLogitsError(
-                f"{path} is missing: the teacher logits in {directory} were written for "
-                "another number of processes; prepare them again (delete the directory)."
-            )
-        self.source = grain.sources.ArrayRecordDataSource([str(path)])
+        paths = shard_paths(directory, *shard)
+        self.source = grain.sources.ArrayRecordDataSource([str(p) for p in paths])
 
     def __iter__(self) -> WithTeacherLogits:
         return self

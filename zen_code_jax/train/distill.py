@@ -55,6 +55,7 @@ from zen_code_jax.train.objectives import (
 )
 
 KL_KINDS = ("forward", "reverse")
+LOGITS_RUNNERS = ("local", "beam")  # where the offline teacher logits are prepared
 PRESET_PREFIX = "preset:"  # a teacher named by a model preset: shapes only (the memory plan)
 
 
@@ -70,6 +71,8 @@ class DistillSettings:
     teacher_dtype: str
     logits_dir: str
     top_k: int
+    logits_runner: str = "local"
+    beam_options: str = ""
 
     @property
     def offline(self) -> bool:
@@ -87,6 +90,8 @@ class DistillSettings:
             teacher_dtype=str(d.teacher_dtype),
             logits_dir=str(d.logits_dir),
             top_k=int(d.top_k),
+            logits_runner=str(d.get("logits_runner", "local")),
+            beam_options=str(d.get("beam_options", "")),
         )
         if not 0.0 <= s.alpha <= 1.0:
             raise ValueError(f"distill.alpha={s.alpha} must be in [0, 1] (1 = CE only).")
@@ -96,6 +101,10 @@ class DistillSettings:
             raise ValueError(f"distill.kl={s.kl!r} must be one of {KL_KINDS}.")
         if s.chunk <= 0:
             raise ValueError(f"distill.chunk={s.chunk} must be positive (positions per chunk).")
+        if s.logits_runner not in LOGITS_RUNNERS:
+            raise ValueError(
+                f"distill.logits_runner={s.logits_runner!r} must be one of {LOGITS_RUNNERS}."
+            )
         if s.top_k <= 0:
             raise ValueError(f"distill.top_k={s.top_k} must be positive.")
         if not s.teacher and not s.offline:
@@ -388,3 +397,40 @@ def build_distill(
 
 
 register_objective("distill", build_distill)
+
+
+def make_topk_fn(teacher_cfg: Any, k: int, temperature: float, chunk: int) -> Any:
+    """jit (params, batch) -> TeacherTopK numpy-able arrays [B, S, k], the teacher's logits
+    formed `chunk` positions at a time (strided, as in the loss)."""
+    model = tm.Transformer(teacher_cfg)
+
+    def fn(params: Any, batch: Batch) -> TeacherTopK:
+        args = (batch.inputs, batch.positions, batch.segment_ids)
+        hidden = model.apply({"params": params}, *args, return_hidden=True)
+        head = tm.lm_head_kernel(params, teacher_cfg)
+        b, s, _ = hidden.shape
+        c = min(chunk, s)
+        n = -(-s // c)
+        pad = n * c - s
+        h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+        t = jnp.pad(batch.targets, ((0, 0), (0, pad)))
+
+        def one(x: tuple[jax.Array, jax.Array]) -> TeacherTopK:
+            h_c, t_c = x
+            logits = jnp.einsum(
+                "bcd,dv->bcv",
+                h_c.astype(teacher_cfg.dtype),
+                head.astype(teacher_cfg.dtype),
+                preferred_element_type=jnp.float32,
+            )
+            return teacher_topk(logits, t_c, k, temperature)
+
+        out = jax.lax.map(one, (_strided(h, c, n), _strided(t, c, n)))
+
+        def unstride(x: jax.Array) -> jax.Array:  # [n, B, c, ...] -> [B, S, ...]
+            x = jnp.moveaxis(x, 0, 2)  # [B, c, n, ...]
+            return x.reshape(b, n * c, *x.shape[3:])[:, :s]
+
+        return jax.tree.map(unstride, out)
+
+    return jax.jit(fn)

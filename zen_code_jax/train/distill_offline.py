@@ -7,8 +7,10 @@ floats per position instead of running it. The rows are the student's own (the s
 pipeline call as `experiment/arm.prepare_data`: corpus, seed, sequence length, batch,
 process shard), so FIM rows are distilled exactly as they will be trained on.
 
-Local runner only: one process writes its own shard, batch after batch (the Beam runner
-of corpus preparation is not wired for this step yet; docs/distill.md).
+Runners (`distill.logits_runner`): "local", one process writes its own shard batch after
+batch; "beam", the teacher runs in an Apache Beam pipeline's workers
+(`train/distill_beam.py`, `distill.beam_options`) and writes the same records as part
+files. Both are read by the same Grain reader (`data/teacher_logits.py`).
 """
 
 from __future__ import annotations
@@ -25,15 +27,14 @@ from jax.sharding import Mesh
 
 from zen_code_jax.checkpoint import CheckpointError
 from zen_code_jax.config import config_from_dict, config_to_dict
-from zen_code_jax.data.batch import Batch, TeacherTopK
 from zen_code_jax.data.teacher_logits import (
     META_FILE,
     LogitsMeta,
     TeacherLogitsWriter,
     data_key,
+    shard_file,
     with_teacher_logits,
 )
-from zen_code_jax.model import transformer as tm
 from zen_code_jax.parallel import make_mesh
 from zen_code_jax.parallel.rules import DEFAULT_RULES
 from zen_code_jax.resolve import load_model, parse_checkpoint, run_facts
@@ -41,47 +42,9 @@ from zen_code_jax.rundir import RunDir
 from zen_code_jax.train.distill import (
     PRESET_PREFIX,
     DistillSettings,
-    _strided,
     check_teacher_tokenizer,
-    teacher_topk,
+    make_topk_fn,
 )
-
-
-def make_topk_fn(teacher_cfg: Any, k: int, temperature: float, chunk: int) -> Any:
-    """jit (params, batch) -> TeacherTopK numpy-able arrays [B, S, k], the teacher's logits
-    formed `chunk` positions at a time (strided, as in the loss)."""
-    model = tm.Transformer(teacher_cfg)
-
-    def fn(params: Any, batch: Batch) -> TeacherTopK:
-        args = (batch.inputs, batch.positions, batch.segment_ids)
-        hidden = model.apply({"params": params}, *args, return_hidden=True)
-        head = tm.lm_head_kernel(params, teacher_cfg)
-        b, s, _ = hidden.shape
-        c = min(chunk, s)
-        n = -(-s // c)
-        pad = n * c - s
-        h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
-        t = jnp.pad(batch.targets, ((0, 0), (0, pad)))
-
-        def one(x: tuple[jax.Array, jax.Array]) -> TeacherTopK:
-            h_c, t_c = x
-            logits = jnp.einsum(
-                "bcd,dv->bcv",
-                h_c.astype(teacher_cfg.dtype),
-                head.astype(teacher_cfg.dtype),
-                preferred_element_type=jnp.float32,
-            )
-            return teacher_topk(logits, t_c, k, temperature)
-
-        out = jax.lax.map(one, (_strided(h, c, n), _strided(t, c, n)))
-
-        def unstride(x: jax.Array) -> jax.Array:  # [n, B, c, ...] -> [B, S, ...]
-            x = jnp.moveaxis(x, 0, 2)  # [B, c, n, ...]
-            return x.reshape(b, n * c, *x.shape[3:])[:, :s]
-
-        return jax.tree.map(unstride, out)
-
-    return jax.jit(fn)
 
 
 def prepare_teacher_logits(
@@ -113,8 +76,6 @@ def prepare_teacher_logits(
     ):
         return have
     (Path(directory) / META_FILE).unlink(missing_ok=True)  # incomplete until written again
-    teacher = load_model(s.teacher, mesh=mesh, dtype=jnp.dtype(s.teacher_dtype))
-    topk_fn = make_topk_fn(teacher.model_cfg, s.top_k, s.temperature, s.chunk)
     data_iter = make_data(
         corpus,
         config,
@@ -125,26 +86,55 @@ def prepare_teacher_logits(
         shard_index=shard_index,
         shard_count=shard_count,
     )
-    writer = TeacherLogitsWriter(directory, shard_index, shard_count)
     t0 = time.time()
-    with jax.set_mesh(mesh), nn.logical_axis_rules(list(DEFAULT_RULES)):
-        for i in range(steps):
-            batch = next(data_iter)
-            top = jax.tree.map(np.asarray, topk_fn(teacher.params, batch))
-            writer.write_batch(batch, top)
-            if (i + 1) % 50 == 0:
-                log(f"  teacher logits: {i + 1}/{steps} batches, {time.time() - t0:.0f}s")
+    if s.logits_runner == "beam":
+        # local import: apache-beam is an optional extra (zen-code-jax[beam]), loaded only here
+        from zen_code_jax.train.distill_beam import TeacherJob, write_teacher_logits_beam
+
+        job = TeacherJob(
+            teacher=s.teacher,
+            dtype=s.teacher_dtype,
+            top_k=s.top_k,
+            temperature=s.temperature,
+            chunk=s.chunk,
+            mesh=dict(config.mesh.to_dict()),
+        )
+        batches = (next(data_iter) for _ in range(steps))
+        write_teacher_logits_beam(
+            batches, job, directory, options=s.beam_options, shard=(shard_index, shard_count)
+        )
+        step = run_facts(s.teacher).step
+    else:
+        teacher = load_model(s.teacher, mesh=mesh, dtype=jnp.dtype(s.teacher_dtype))
+        topk_fn = make_topk_fn(teacher.model_cfg, s.top_k, s.temperature, s.chunk)
+        for part in Path(directory).glob(
+            shard_file(directory, shard_index, shard_count).stem + ".part-*"
+        ):
+            part.unlink()  # a Beam runner's earlier parts of this shard
+        writer = TeacherLogitsWriter(directory, shard_index, shard_count)
+        with jax.set_mesh(mesh), nn.logical_axis_rules(list(DEFAULT_RULES)):
+            for i in range(steps):
+                batch = next(data_iter)
+                top = jax.tree.map(np.asarray, topk_fn(teacher.params, batch))
+                writer.write_batch(batch, top)
+                if (i + 1) % 50 == 0:
+                    log(f"  teacher logits: {i + 1}/{steps} batches, {time.time() - t0:.0f}s")
+        writer.close_records()
+        step = teacher.step
     meta = LogitsMeta(
         key=key,
-        teacher=f"{s.teacher}@{teacher.step}",
+        teacher=f"{s.teacher}@{step}",
         temperature=s.temperature,
         top_k=s.top_k,
         seq_len=seq_len,
         rows_per_batch=rows,
         batches=steps,
     )
-    writer.close(meta)
-    log(f"  teacher logits: {steps} batches x {rows} rows (k={s.top_k}) in {directory}")
+    meta.write(directory)  # last: its presence = complete
+    log(
+        f"  teacher logits ({s.logits_runner} runner): {steps} batches x {rows} rows "
+        f"(k={s.top_k}) in {directory}, {time.time() - t0:.0f}s"
+    )
     return meta
 
 

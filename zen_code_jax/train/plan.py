@@ -73,6 +73,41 @@ def frozen_bytes_per_device(frozen: Any) -> int:
     return _shard_bytes(frozen.abstract, frozen.shardings)
 
 
+def abstract_batch(batch_sh: Any, rows: int, seq_len: int, top_k: int = 0) -> Any:
+    """The step's batch as abstract arrays on `batch_sh` (`step.batch_shardings`): the five
+    int32 [rows, seq_len] fields and, for an objective reading offline teacher logits
+    (`top_k` > 0), `Batch.teacher`: ids int32 and log-probs float32 [rows, seq_len, top_k],
+    rest and nll float32 [rows, seq_len] (data/teacher_logits.py's record)."""
+    import jax
+    import jax.numpy as jnp
+
+    # local import: `python -m ...plan` sets XLA_FLAGS (--devices) before jax is imported.
+    from zen_code_jax.data.batch import FIELDS, Batch, TeacherTopK
+
+    def arr(shape: tuple[int, ...], dtype: Any, sharding: Any) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+
+    fields = {k: arr((rows, seq_len), jnp.int32, getattr(batch_sh, k)) for k in FIELDS}
+    top = None
+    if batch_sh.teacher is not None:
+        t, sk, s1 = batch_sh.teacher, (rows, seq_len, top_k), (rows, seq_len)
+        top = TeacherTopK(
+            ids=arr(sk, jnp.int32, t.ids),
+            logp=arr(sk, jnp.float32, t.logp),
+            rest=arr(s1, jnp.float32, t.rest),
+            nll=arr(s1, jnp.float32, t.nll),
+        )
+    return Batch(**fields, teacher=top)
+
+
+def batch_bytes_per_device(batch: Any) -> int:
+    """Bytes per device of an abstract batch (`abstract_batch`), by its shardings."""
+    import jax
+
+    leaves = jax.tree_util.tree_leaves(batch)
+    return _shard_bytes(leaves, [x.sharding for x in leaves])
+
+
 def _mesh_axes_of(spec) -> set[str]:
     axes: set[str] = set()
     for a in spec:
@@ -135,15 +170,16 @@ def compile_step(
     inputs); return memory numbers. `objective` defaults to `train.objective`'s."""
     import flax.linen as nn
     import jax
-    import jax.numpy as jnp
 
     # local import: `python -m ...plan` sets XLA_FLAGS (--devices) before jax is imported.
     from zen_code_jax.parallel.rules import DEFAULT_RULES
+    from zen_code_jax.train.objectives import build_objective
     from zen_code_jax.train.step import batch_shardings, jit_train_step
 
     gbs, seq = int(config.train.global_batch_size), int(config.train.seq_len)
-    bsh = batch_shardings(mesh)
-    batch = jax.tree.map(lambda s: jax.ShapeDtypeStruct((gbs, seq), jnp.int32, sharding=s), bsh)
+    obj = objective if objective is not None else build_objective(model_cfg, config, mesh)
+    bsh = batch_shardings(mesh, teacher=obj.teacher_topk)
+    batch = abstract_batch(bsh, gbs, seq, int(config.distill.top_k))
     state = jax.tree_util.tree_map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
         abstract_state,
@@ -151,7 +187,7 @@ def compile_step(
     )
     jitted = jit_train_step(
         model_cfg, config, mesh, state_shardings, compiler_options=compiler_options,
-        objective=objective,
+        objective=obj,
     )  # fmt: skip
     frozen = jitted.objective.frozen
     extra = jax.tree_util.tree_map(
@@ -202,13 +238,16 @@ def run_plan(
     compiler_options: dict[str, Any] | None = None,
     objective: str = "lm",
     teacher: str = "",
+    offline_top_k: int = 0,
 ) -> dict[str, Any]:
     """Plan one configuration on the current jax devices; returns a JSON-able dict.
 
     `objective` (a registered `train.objective`) decides the step's frozen inputs, counted
     as `frozen_bytes_per_device` and passed to the compiled step like the state; `teacher`
     is `distill.teacher` for `--objective=distill` (a checkpoint, or `preset:NAME` to plan
-    a teacher by its shapes alone, e.g. preset:zen_code_14b)."""
+    a teacher by its shapes alone, e.g. preset:zen_code_14b). `offline_top_k` > 0 plans
+    offline distillation instead: no teacher in the step, its top-k per position in the
+    batch (`Batch.teacher`), counted in `batch_bytes_per_device`."""
     import jax
 
     # local import: `python -m ...plan` sets XLA_FLAGS (--devices) before jax is imported.
@@ -237,6 +276,9 @@ def run_plan(
     cfg.train.loss_chunk_size = loss_chunk_size
     cfg.train.objective = objective
     cfg.distill.teacher = teacher
+    if offline_top_k:
+        cfg.distill.logits_dir = "(planned: offline teacher logits)"
+        cfg.distill.top_k = offline_top_k
     mcfg = model_config_from(cfg.model)
     mesh = make_mesh(mesh_cfg)
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -260,6 +302,12 @@ def run_plan(
     params_bytes = _shard_bytes(abstract.params, shardings.params)
     obj = build_objective(mcfg, cfg, mesh)
     frozen_bytes = frozen_bytes_per_device(obj.frozen)
+    # local import: `python -m ...plan` sets XLA_FLAGS (--devices) before jax is imported.
+    from zen_code_jax.train.step import batch_shardings
+
+    batch_bytes = batch_bytes_per_device(
+        abstract_batch(batch_shardings(mesh, teacher=obj.teacher_topk), gbs, seq_len, offline_top_k)
+    )
     result: dict[str, Any] = {
         "preset": preset,
         "devices": jax.device_count(),
@@ -272,6 +320,8 @@ def run_plan(
         "params_and_opt_bytes_per_device": state_bytes,
         "objective": objective,
         "frozen_bytes_per_device": frozen_bytes,
+        "batch_bytes_per_device": batch_bytes,
+        "offline_top_k": offline_top_k,
         "flops_per_token": flops_per_token(mcfg, seq_len),
         "flops_per_step": flops_per_step(mcfg, seq_len, gbs),
         "hbm_budget_bytes": int(hbm_gb * 1e9),
@@ -302,6 +352,8 @@ def run_plan(
         f"{preset}: {n_params / 1e9:.3f}B params | mesh {result['mesh']} | seq {seq_len} | "
         f"{gbs} seqs/step | params+Adam {state_bytes / GiB:.2f} GiB/device"
         + (f" | frozen ({objective}) {frozen_bytes / GiB:.2f} GiB/device" if frozen_bytes else "")
+        + f" | batch {batch_bytes / GiB:.3f} GiB/device"
+        + (f" (offline teacher top-{offline_top_k})" if offline_top_k else "")
     )
 
     candidates = [m for m in range(shards, gbs + 1, shards) if gbs % m == 0]
@@ -377,6 +429,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--teacher", default="", help="distill.teacher for --objective=distill (or preset:NAME)"
     )
+    p.add_argument(
+        "--offline_top_k",
+        type=int,
+        default=0,
+        help="with --objective=distill: plan offline teacher logits of this k (no teacher)",
+    )
     p.add_argument("--json", default="", help="also write the result here")
     a = p.parse_args(argv)
     _set_device_count(a.devices)
@@ -399,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         a.loss_chunk,
         objective=a.objective,
         teacher=a.teacher,
+        offline_top_k=a.offline_top_k,
     )
     if a.json:
         with open(a.json, "w") as f:
