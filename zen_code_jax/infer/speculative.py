@@ -18,7 +18,7 @@ them, so the rollback is the host resetting the row's length.
 The rule (Leviathan et al. 2023, Chen et al. 2023), per row, for j = 1..k: accept d_j
 with probability min(1, p_{j-1}(d_j) / q_{j-1}(d_j)); at the first rejection emit a
 sample of normalize(max(0, p - q)) at that position and stop; when all k are accepted
-emit a sample of p_k. p is the target's *processed* distribution (`target_logits`:
+emit a sample of p_k. p is the target's *processed* distribution (`sampling.candidate_logits`:
 temperature, then top-p; the one place another filter such as top-k plugs in), q the
 draft's distribution under the same processing (a point mass for prompt-lookup drafts).
 The output is distributed exactly as the target's own samples (tested by chi-square).
@@ -69,21 +69,6 @@ class Verified(NamedTuple):
     top_logprobs: np.ndarray  # float32 [B, K+1, TOP_LOGPROBS]
 
 
-def target_logits(
-    logits: jax.Array,
-    temperature: jax.Array,
-    top_p: jax.Array,
-    top_k: jax.Array | None = None,
-    chain: jax.Array | None = None,
-    vocab: SamplerVocab | None = None,
-) -> jax.Array:
-    """The processed distribution's logits [N, V] (float32; -inf outside the candidates):
-    exactly what `sampling.sample_tokens` draws from (`sampling.candidate_logits`, the one
-    definition), so the accept/reject rule keeps the target's distribution whatever the
-    row's top_k and sampler order."""
-    return candidate_logits(logits, temperature, top_p, top_k, chain, vocab)
-
-
 def accept_drafts(
     logits: jax.Array,
     drafts: jax.Array,
@@ -125,7 +110,7 @@ def accept_drafts(
         top = jnp.where(greedy_rows, 1.0, top_p)
         rep = lambda x: jnp.repeat(x, k1)  # noqa: E731 (per row -> per (row, position))
         rep_or_none = lambda x: None if x is None else rep(x)  # noqa: E731
-        proc = target_logits(
+        proc = candidate_logits(
             raw.reshape(b * k1, v),
             rep(temperature),
             rep(top),
@@ -253,7 +238,7 @@ def draft_step(
     start..; n = 0: a padding row, which writes nothing), then k - 1 single-token steps
     feeding each proposal, all on the rows' gathered cache window (as `verify_step`).
     Greedy rows propose the argmax; sampled ones draw from q, the processed distribution
-    (`target_logits`) over the target's `vocab`, with keys folded from the target's.
+    (`sampling.candidate_logits`) over the target's `vocab`, with keys folded from the target's.
     Returns the cache, proposals int32 [R, k] and q float32 [slots, k, vocab] (in slot
     order, for the target's verify call)."""
     TRACE_COUNTS["draft"] += 1
@@ -273,7 +258,7 @@ def draft_step(
         arg = jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
         def sampled(_):
-            proc = target_logits(logits, temp, jnp.where(greedy_rows, 1.0, top_p))
+            proc = candidate_logits(logits, temp, jnp.where(greedy_rows, 1.0, top_p))
             keys = jax.vmap(lambda key: jax.random.fold_in(key, FOLD_DRAFT))(
                 row_keys(seeds, index, steps + j)
             )
