@@ -1,0 +1,484 @@
+"""Wall time per phase of an experiment run, measured by the run itself: `timings.json`.
+
+Why: the main job's cost used to be guessed from progress lines; issue 22 asks for it phase
+by phase (prepare, per arm set-up / compile / train / evaluate, report), before and after
+each speed change. `experiments/run.py` and `experiment.arm.run_arm` time themselves with
+the clocks below and write `WORKDIR/<experiment>/timings.json`; `--mode=report` renders the
+merged record into report.md, and the run prints its own table at the end.
+
+Measuring never touches the numbers a run produces: the clocks read `time.perf_counter`
+around calls that happen anyway (the first call of the jitted train step is passed through
+unchanged; state hooks are wrapped, not reordered) and jax's own compile durations come
+from `jax.monitoring` listeners.
+
+Phases are exclusive: a phase opened inside another (the corpus inside set-up, a checkpoint
+save inside training) is subtracted from the outer one, so an arm's phases add up to its
+wall time. Per-task evaluation seconds are not copied here: `eval/summary.json` holds them
+(`eval_seconds`, written by `eval.runner.run_tasks`) and the table reads them from there;
+tokenizer-training seconds likewise come from the prepared corpus's `manifest.json`.
+
+Merging (`Timings.merge`): every run.py command is one `Invocation`, appended (or replaced
+by its own newer copy: a command rewrites its record after each arm); earlier invocations
+are never changed, so a resumed run or another `--arm=` keeps what came before. The
+experiment-level view (`combined`, report.md's table) sums the phases that accumulate work
+(preparation, set-up, compile, training, checkpoints: a resumed arm continues where it
+stopped) and takes evaluation from the newest invocation that evaluated the arm (as
+eval/summary.json holds the newest scores).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import fcntl
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import jax
+
+from zen_code_jax.rundir import RunDir, write_text_atomic
+from zen_code_jax.train.hooks import Hooks
+
+Clock = Callable[[], float]
+TIMINGS_JSON = "timings.json"
+FORMAT = "zen-code-jax phase timings v1"
+
+# jax's compile events (jax/_src/dispatch.py): top-level tracing, lowering to MLIR, and
+# the XLA compile, which includes a persistent-cache lookup. Nested traces are not
+# recorded by jax, so the durations add up without double counting.
+COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
+
+
+@dataclasses.dataclass
+class ArmPhases:
+    """Seconds one arm spent in each phase during one run.py command (exclusive)."""
+
+    prepare_s: float = 0.0  # corpus preparation (or cache load), tokenizer training included
+    setup_s: float = 0.0  # data iterator, state (restore / init), hooks, step functions
+    compile_s: float = 0.0  # the first call of the jitted train step: trace + compile
+    train_s: float = 0.0  # every step after that, with the progress line and other hooks
+    checkpoint_s: float = 0.0  # inside checkpoint saves (async: waiting for the last one)
+    heldout_s: float = 0.0  # periodic held-out loss (train.eval_every)
+    checkpoint_wait_s: float = 0.0  # the final wait for saves to land, closing files
+    eval_s: float = 0.0  # the final evaluation, every task (per task: eval/summary.json)
+    # Facts beside the seconds:
+    jax_compile_s: float = 0.0  # jax's compile seconds inside the phases above (counted there)
+    steps: int = 0  # optimizer steps run by this command
+    evaluated: bool = False
+    corpus_built: bool = False  # the corpus was prepared by this command (not a cache hit)
+    corpus_dir: str = ""  # its cache directory (manifest.json: tokenizer seconds)
+
+    PHASES: ClassVar[tuple[str, ...]] = (
+        "prepare_s",
+        "setup_s",
+        "compile_s",
+        "train_s",
+        "checkpoint_s",
+        "heldout_s",
+        "checkpoint_wait_s",
+        "eval_s",
+    )
+
+    def total_s(self) -> float:
+        return sum(getattr(self, p) for p in self.PHASES)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ArmPhases:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class ArmClock:
+    """Times the phases of one arm (`run_arm`): exclusive, nestable `phase` blocks, wrapped
+    calls (`timed`, `first_call`) and jax's compile seconds while `compiles()` is open."""
+
+    def __init__(self, clock: Clock = time.perf_counter) -> None:
+        self.phases = ArmPhases()
+        self._clock = clock
+        self._inner: list[float] = []  # per open phase: seconds spent in phases inside it
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        if name not in ArmPhases.PHASES:
+            raise ValueError(f"Unknown phase {name!r}; phases: {ArmPhases.PHASES}.")
+        start = self._clock()
+        self._inner.append(0.0)
+        try:
+            yield
+        finally:
+            elapsed = self._clock() - start
+            inner = self._inner.pop()
+            setattr(self.phases, name, getattr(self.phases, name) + elapsed - inner)
+            if self._inner:
+                self._inner[-1] += elapsed
+
+    def timed(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """`fn`, its calls counted as phase `name`."""
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self.phase(name):
+                return fn(*args, **kwargs)
+
+        return call
+
+    def first_call(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """`fn`, its first call counted as phase `name` (the jitted step's compile), the
+        later ones left to the enclosing phase."""
+        done = False
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            nonlocal done
+            if done:
+                return fn(*args, **kwargs)
+            done = True
+            with self.phase(name):
+                return fn(*args, **kwargs)
+
+        return call
+
+    @contextlib.contextmanager
+    def compiles(self) -> Iterator[None]:
+        """Add jax's compile durations to `jax_compile_s` while open."""
+
+        def listen(event: str, duration: float, **kwargs: Any) -> None:
+            if event in COMPILE_EVENTS:
+                self.phases.jax_compile_s += float(duration)
+
+        jax.monitoring.register_event_duration_secs_listener(listen)
+        try:
+            yield
+        finally:
+            jax.monitoring.unregister_event_duration_listener(listen)
+
+
+# State hooks whose time is a phase of its own (the others count as training).
+TIMED_STATE_HOOKS = {"checkpoint": "checkpoint_s", "heldout_batches": "heldout_s"}
+
+
+def time_state_hooks(hooks: Hooks, clock: ArmClock) -> None:
+    """Wrap the checkpoint and periodic held-out state hooks in their phases, in place
+    (same order, same calls)."""
+    hooks.state[:] = [
+        dataclasses.replace(h, fn=clock.timed(TIMED_STATE_HOOKS[h.name], h.fn))
+        if h.name in TIMED_STATE_HOOKS
+        else h
+        for h in hooks.state
+    ]
+
+
+@dataclasses.dataclass
+class Invocation:
+    """One run.py command: its arms' phases and its own start-up and report."""
+
+    id: str  # unique per command (merging replaces a command's own earlier copy)
+    started: str  # UTC, ISO 8601
+    pid: int
+    mode: str  # --mode
+    arm: str  # --arm ("" = every arm)
+    cpus: int
+    load_start: float  # 1-minute load average when the command started
+    load_end: float = 0.0
+    startup_s: float = 0.0  # process start -> first arm: imports, flags, config, plan
+    arms: dict[str, ArmPhases] = dataclasses.field(default_factory=dict)
+    report_s: float = 0.0
+    reported: bool = False
+    total_s: float = 0.0  # process start -> now, measured apart from the phases
+    finished: bool = False  # False: still running, or stopped (crash, preemption, kill)
+
+    def attributed_s(self) -> float:
+        return self.startup_s + sum(a.total_s() for a in self.arms.values()) + self.report_s
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Invocation:
+        names = {f.name for f in dataclasses.fields(cls)}
+        inv = cls(**{k: v for k, v in d.items() if k in names and k != "arms"})
+        inv.arms = {a: ArmPhases.from_dict(p) for a, p in d.get("arms", {}).items()}
+        return inv
+
+
+@dataclasses.dataclass
+class Timings:
+    """timings.json: every run.py command on this experiment directory, oldest first."""
+
+    invocations: list[Invocation] = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def read(cls, path: str | Path) -> Timings:
+        path = Path(path)
+        if not path.is_file():
+            return cls()
+        d = json.loads(path.read_text(encoding="utf-8"))
+        return cls([Invocation.from_dict(i) for i in d.get("invocations", [])])
+
+    def write(self, path: str | Path) -> None:
+        d = {"format": FORMAT, "invocations": [dataclasses.asdict(i) for i in self.invocations]}
+        write_text_atomic(path, json.dumps(d, indent=1) + "\n")
+
+    def merge(self, inv: Invocation) -> None:
+        """Replace this command's earlier copy of itself (same id), else append."""
+        for k, old in enumerate(self.invocations):
+            if old.id == inv.id:
+                self.invocations[k] = inv
+                return
+        self.invocations.append(inv)
+
+    def combined(self, arms: Sequence[str]) -> tuple[dict[str, ArmPhases], float]:
+        """Each arm's phases over the commands that ran arms (see the module docstring:
+        work that accumulates is summed, evaluation is the newest), and their start-up."""
+        out = {a: ArmPhases() for a in arms}
+        startup = 0.0
+        for inv in self.invocations:
+            if not inv.arms:
+                continue  # --mode=report: rebuilding the report changes no phase of the arms
+            startup += inv.startup_s
+            for name, p in inv.arms.items():
+                if name not in out:
+                    continue
+                c = out[name]
+                for f in ArmPhases.PHASES:
+                    if f != "eval_s":
+                        setattr(c, f, getattr(c, f) + getattr(p, f))
+                c.jax_compile_s += p.jax_compile_s
+                c.steps += p.steps
+                if p.corpus_built:
+                    c.corpus_built, c.corpus_dir = True, p.corpus_dir
+                if p.evaluated:
+                    c.eval_s, c.evaluated = p.eval_s, True
+        return out, startup
+
+
+def _tokenizer_s(p: ArmPhases) -> float | None:
+    """Tokenizer training seconds from the corpus manifest, when this arm built it."""
+    if not p.corpus_built or not p.corpus_dir:
+        return None
+    manifest = Path(p.corpus_dir) / "manifest.json"
+    try:
+        value = json.loads(manifest.read_text(encoding="utf-8"))["timings"]["tokenizer_s"]
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+    return float(value)
+
+
+def _task_seconds(run_dir: Path) -> dict[str, float]:
+    """{task: eval_seconds} from the arm's eval/summary.json (the one place they live)."""
+    out = {}
+    for task, values in RunDir(run_dir).read_summary().items():
+        if isinstance(values.get("eval_seconds"), int | float):
+            out[task] = float(values["eval_seconds"])
+    return out
+
+
+Row = tuple[str, list[float | None]]
+
+
+def phase_rows(
+    arms: Mapping[str, ArmPhases], experiment_dir: str | Path, *, with_tasks: bool = True
+) -> list[Row]:
+    """The table's rows: (label, one value per arm, then their sum; None = no value)."""
+    names = list(arms)
+    tasks: dict[str, dict[str, float]] = {}
+    if with_tasks:
+        tasks = {a: _task_seconds(Path(experiment_dir) / a) for a in names}
+    task_names = sorted({t for a in names for t in tasks.get(a, {})})
+
+    def row(label: str, values: list[float | None]) -> Row:
+        known = [v for v in values if v is not None]
+        return label, values + [sum(known) if known else None]
+
+    def per_arm(field: str) -> Row:
+        return [getattr(arms[a], field) for a in names]
+
+    rows = [
+        row("corpus preparation", per_arm("prepare_s")),
+        row("  of which tokenizer training", [_tokenizer_s(arms[a]) for a in names]),
+        row("set-up (data, state, hooks)", per_arm("setup_s")),
+        row("compile (first train step)", per_arm("compile_s")),
+        row("training (later steps)", per_arm("train_s")),
+        row("checkpoint saves", per_arm("checkpoint_s")),
+        row("periodic held-out loss", per_arm("heldout_s")),
+        row("checkpoint wait, close", per_arm("checkpoint_wait_s")),
+        row("evaluation", per_arm("eval_s")),
+    ]
+    for t in task_names:
+        rows.append(row(f"  {t}", [tasks[a].get(t) for a in names]))
+    if task_names:
+        other = []
+        for a in names:
+            spent = sum(tasks[a].values())
+            other.append(arms[a].eval_s - spent if tasks[a] and arms[a].evaluated else None)
+        rows.append(row("  other (engine, summaries)", other))
+    rows.append(row("arm total", [arms[a].total_s() for a in names]))
+    rows.append(row("  jax compilation (inside the rows above)", per_arm("jax_compile_s")))
+    rows.append(row("steps run", [float(arms[a].steps) for a in names]))
+    return rows
+
+
+def _cell(v: float | None, label: str) -> str:
+    if v is None:
+        return "–"
+    return f"{v:.0f}" if label == "steps run" else f"{v:.1f}"
+
+
+def render_markdown(rows: Sequence[Row], arms: Sequence[str]) -> list[str]:
+    lines = ["| phase | " + " | ".join(arms) + " | all arms |"]
+    lines.append("|---|" + "---:|" * (len(arms) + 1))
+    for label, values in rows:
+        shown = label.strip() if not label.startswith("  ") else "↳ " + label.strip()
+        lines.append(f"| {shown} | " + " | ".join(_cell(v, label) for v in values) + " |")
+    return lines
+
+
+def render_text(rows: Sequence[Row], arms: Sequence[str]) -> list[str]:
+    width = max(len(label) for label, _ in rows)
+    cols = [max(8, len(a)) for a in [*arms, "all arms"]]
+    head = " " * width + "  " + "  ".join(a.rjust(w) for a, w in zip([*arms, "all arms"], cols))
+    out = [head]
+    for label, values in rows:
+        cells = "  ".join(_cell(v, label).rjust(w) for v, w in zip(values, cols))
+        out.append(f"{label.ljust(width)}  {cells}")
+    return out
+
+
+def report_section(experiment_dir: str | Path, arms: Sequence[str]) -> list[str]:
+    """report.md's "Wall time per phase" section from timings.json ([] when absent).
+
+    Only commands that ran arms count, so `--mode=report` rebuilds the same report; the
+    report's own seconds (written after this table) are in timings.json and the run's
+    last lines."""
+    timings = Timings.read(Path(experiment_dir) / TIMINGS_JSON)
+    ran = [i for i in timings.invocations if i.arms]
+    if not ran:
+        return []
+    phases, startup = timings.combined(arms)
+    rows = phase_rows(phases, experiment_dir)
+    total = startup + sum(p.total_s() for p in phases.values())
+    lines = ["## Wall time per phase (seconds)", ""]
+    lines += render_markdown(rows, list(arms))
+    loads = ", ".join(f"{i.load_start:.1f}→{i.load_end:.1f}" for i in ran)
+    lines += [
+        "",
+        f"Start-up (imports, config, plan) {startup:.1f} s; total {total:.1f} s over "
+        f"{len(ran)} command(s) that ran arms, on {ran[-1].cpus} CPU(s) with 1-minute load "
+        f"{loads} (start→end). Evaluation per task is `eval_seconds` of each arm's "
+        "eval/summary.json. A resumed or repeated command adds its preparation, set-up, "
+        "compile and training seconds; evaluation is the newest. Every command, the report "
+        "phase included, is in timings.json (docs/experiments.md).",
+    ]
+    return lines
+
+
+class RunTimer:
+    """run.py's clock: start-up, each arm (written to timings.json as it finishes), the
+    report, and the total since the process started. Only process 0 writes."""
+
+    def __init__(
+        self,
+        experiment_dir: str | Path,
+        *,
+        mode: str,
+        arm: str,
+        write: bool = True,
+        clock: Clock = time.perf_counter,
+        process_age_s: float | None = None,
+    ) -> None:
+        self.path = Path(experiment_dir) / TIMINGS_JSON
+        self._clock, self._write = clock, write
+        if process_age_s is None:
+            process_age_s = _process_age_s()
+        self._t0 = clock() - process_age_s  # the process's start, on this clock
+        self._mark = clock()
+        self.invocation = Invocation(
+            id=uuid.uuid4().hex[:12],
+            started=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            pid=os.getpid(),
+            mode=mode,
+            arm=arm,
+            cpus=os.cpu_count() or 0,
+            load_start=_load(),
+        )
+
+    def startup_done(self) -> None:
+        """Everything since the process started is start-up (call before the first arm)."""
+        self.invocation.startup_s = self._clock() - self._t0
+
+    def arm_done(self, name: str, phases: ArmPhases) -> None:
+        self.invocation.arms[name] = phases
+        self._save()
+
+    @contextlib.contextmanager
+    def report(self) -> Iterator[None]:
+        start = self._clock()
+        try:
+            yield
+        finally:
+            self.invocation.report_s += self._clock() - start
+            self.invocation.reported = True
+
+    def finish(self) -> Invocation:
+        self.invocation.finished = True
+        self._save()
+        return self.invocation
+
+    def table(self) -> list[str]:
+        """This command's table (its own arms, start-up, report, total)."""
+        inv = self.invocation
+        arms = list(inv.arms)
+        lines = ["Wall time per phase (seconds):"]
+        if arms:
+            lines += render_text(phase_rows(inv.arms, self.path.parent), arms)
+        unattributed = inv.total_s - inv.attributed_s()
+        lines.append(
+            f"start-up {inv.startup_s:.1f}, report {inv.report_s:.1f}, not in a phase "
+            f"{unattributed:.1f}, total {inv.total_s:.1f} "
+            f"(load {inv.load_start:.1f}→{inv.load_end:.1f} on {inv.cpus} CPUs); "
+            f"{self.path}"
+        )
+        return lines
+
+    def _save(self) -> None:
+        self.invocation.total_s = self._clock() - self._t0
+        self.invocation.load_end = _load()
+        if not self._write:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Two `--arm=` commands may finish at once: read-merge-write under a lock.
+        with open(self.path.with_name(f".{TIMINGS_JSON}.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            timings = Timings.read(self.path)
+            timings.merge(self.invocation)
+            timings.write(self.path)
+
+
+def _process_age_s() -> float:
+    """Seconds since this process started (imports count as start-up); 0 if unknown.
+    psutil where installed (macOS too), else Linux's /proc."""
+    try:
+        import psutil  # optional: the test extras pin it
+
+        return max(0.0, time.time() - psutil.Process().create_time())
+    except Exception:  # noqa: BLE001 - not installed, or no permission: try /proc
+        pass
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: ticks after boot
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - started)
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _load() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return 0.0
