@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import pytest
 
+from zen_code_jax.experiment import phases as phases_module
 from zen_code_jax.experiment.phases import (
     TIMINGS_JSON,
     ArmClock,
     ArmPhases,
     RunTimer,
     Timings,
+    note_corpus,
     report_section,
     time_state_hooks,
 )
@@ -201,7 +205,9 @@ def write_summary(run_dir: Path, seconds: dict[str, float]) -> None:
     )
 
 
-def test_report_section_renders_and_a_report_rebuild_leaves_it_unchanged(tmp_path):
+def test_report_section_renders_and_a_report_rebuild_leaves_it_unchanged(tmp_path, monkeypatch):
+    loads = iter(range(100))  # the load average moves between any two readings
+    monkeypatch.setattr(phases_module, "_load", lambda: float(next(loads)))
     exp = tmp_path / "fim_ablation"
     corpus = tmp_path / "cache" / "abc"
     corpus.mkdir(parents=True)
@@ -215,7 +221,6 @@ def test_report_section_renders_and_a_report_rebuild_leaves_it_unchanged(tmp_pat
         (exp / name).mkdir(parents=True)
         write_summary(exp / name, {"heldout_fim": 1.5, "humaneval": 0.25})
         timer.arm_done(name, phases)
-    timer.finish()
     lines = report_section(exp, ["fim0", "fim25"])
     text = "\n".join(lines)
     assert lines[0] == "## Wall time per phase (seconds)"
@@ -226,11 +231,14 @@ def test_report_section_renders_and_a_report_rebuild_leaves_it_unchanged(tmp_pat
     assert "| arm total | 14.1 | 14.1 | 28.2 |" in text
     assert "| steps run | 3 | 3 | 6 |" in text
 
-    # In report.md, before the figure; a --mode=report command changes nothing there.
+    # In report.md, before the figure, written (as run.py does) before the command ends; its
+    # end and a --mode=report command change nothing there.
     config = smoke_config()
     md, _ = write_report(exp, config)
     report = md.read_text()
     assert "## Wall time per phase (seconds)" in report and text in report
+    clock.tick(1.0)
+    timer.finish()
     run_command(exp, clock, {}, mode="report")
     md, _ = write_report(exp, config)
     assert md.read_text() == report
@@ -238,3 +246,21 @@ def test_report_section_renders_and_a_report_rebuild_leaves_it_unchanged(tmp_pat
 
 def test_no_timings_no_section(tmp_path):
     assert report_section(tmp_path, ["fim0"]) == []
+
+
+def test_a_corpus_counts_as_built_only_when_its_manifest_is_newer_than_the_call(tmp_path):
+    class Corpus:
+        directory = tmp_path
+
+    (tmp_path / "manifest.json").write_text("{}")
+    now = time.time()
+    os.utime(tmp_path / "manifest.json", (now - 60, now - 60))  # a cache hit: built earlier
+    cached = ArmPhases()
+    note_corpus(cached, Corpus(), started=now)
+    assert cached.corpus_dir == str(tmp_path) and not cached.corpus_built
+    built = ArmPhases()
+    note_corpus(built, Corpus(), started=now - 61)  # written during the call
+    assert built.corpus_built
+    memory = ArmPhases()
+    note_corpus(memory, object(), started=now)  # an in-memory corpus has no manifest
+    assert memory.corpus_dir == "" and not memory.corpus_built

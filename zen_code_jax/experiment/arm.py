@@ -11,6 +11,9 @@
   `train.loop.train` with the objective `train.objective` names (`train.objectives`)
   `evaluate_arm`: evaluation -> hparams.
 
+Each stage is timed (`experiment.phases.ArmClock`: the result's `phases`), without
+touching what it computes.
+
 `steps=0` (`--mode=eval`) is the same path: restore, train nothing, evaluate.
 
 Multi-process runs share run_dir (as Orbax requires): process 0 prepares the corpus first,
@@ -45,7 +48,7 @@ from zen_code_jax.data.prepare import prepare_corpus
 from zen_code_jax.experiment import hooks as arm_hooks
 from zen_code_jax.experiment.evaluate import evaluate, heldout_batches
 from zen_code_jax.experiment.forecast import mfu_device_count, peak_flops
-from zen_code_jax.experiment.phases import ArmClock, ArmPhases, time_state_hooks
+from zen_code_jax.experiment.phases import ArmClock, ArmPhases, note_corpus, time_state_hooks
 from zen_code_jax.hf.checkpoint import HFCheckpoint
 from zen_code_jax.hf.transfer import check_architecture, load_hf_tokenizer
 from zen_code_jax.model.config import ModelConfig
@@ -172,7 +175,7 @@ def prepare_data(
         corpus = multihost.primary_first(
             prepare_corpus, config.data, model_cfg.vocab_size, str(workdir), hf_tok
         )
-    _note_corpus(clock.phases, corpus, started)
+    note_corpus(clock.phases, corpus, started)
     tokenizer = corpus.tokenizer
     tokenizer.check_compatible(model_cfg)
     # A checkpoint tokenizer's family disagreeing with data.repo_format is an error here.
@@ -235,16 +238,6 @@ def _init_params(
     if AUX_PARAMS_KEY in state.params:
         params[AUX_PARAMS_KEY] = state.params[AUX_PARAMS_KEY]
     return state.replace(params=params)
-
-
-def _note_corpus(phases: ArmPhases, corpus: Any, started: float) -> None:
-    """Which cache directory the corpus is, and whether this call built it (its manifest
-    is newer than the call): timings read the tokenizer's seconds from that manifest."""
-    path = getattr(corpus, "directory", None)  # a PreparedCorpus (an in-memory one: none)
-    manifest = Path(path) / "manifest.json" if path is not None else None
-    if manifest is not None and manifest.is_file():
-        phases.corpus_dir = str(path)
-        phases.corpus_built = manifest.stat().st_mtime >= started - 1.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -257,6 +257,17 @@ class Timings:
         return out, startup
 
 
+def note_corpus(phases: ArmPhases, corpus: Any, started: float) -> None:
+    """Which cache directory the corpus is, and whether the call that returned it built it
+    (its manifest is newer than the call, `started` = time.time() before it): the table
+    reads the tokenizer's seconds from that manifest."""
+    path = getattr(corpus, "directory", None)  # a PreparedCorpus (an in-memory one: none)
+    manifest = Path(path) / "manifest.json" if path is not None else None
+    if manifest is not None and manifest.is_file():
+        phases.corpus_dir = str(path)
+        phases.corpus_built = manifest.stat().st_mtime >= started - 1.0  # coarse clocks
+
+
 def _tokenizer_s(p: ArmPhases) -> float | None:
     """Tokenizer training seconds from the corpus manifest, when this arm built it."""
     if not p.corpus_built or not p.corpus_dir:
@@ -315,7 +326,9 @@ def phase_rows(
         other = []
         for a in names:
             spent = sum(tasks[a].values())
-            other.append(arms[a].eval_s - spent if tasks[a] and arms[a].evaluated else None)
+            rest = arms[a].eval_s - spent if tasks[a] and arms[a].evaluated else None
+            # Negative only when summary.json holds a later, separate evaluation.
+            other.append(rest if rest is not None and rest >= 0 else None)
         rows.append(row("  other (engine, summaries)", other))
     rows.append(row("arm total", [arms[a].total_s() for a in names]))
     rows.append(row("  jax compilation (inside the rows above)", per_arm("jax_compile_s")))
@@ -364,12 +377,14 @@ def report_section(experiment_dir: str | Path, arms: Sequence[str]) -> list[str]
     total = startup + sum(p.total_s() for p in phases.values())
     lines = ["## Wall time per phase (seconds)", ""]
     lines += render_markdown(rows, list(arms))
-    loads = ", ".join(f"{i.load_start:.1f}→{i.load_end:.1f}" for i in ran)
+    # Only what is final once the arms are done: report.md is written before the command
+    # finishes (its total and end load come after), and a rebuild must reproduce it.
+    loads = ", ".join(f"{i.load_start:.1f}" for i in ran)
     lines += [
         "",
         f"Start-up (imports, config, plan) {startup:.1f} s; total {total:.1f} s over "
         f"{len(ran)} command(s) that ran arms, on {ran[-1].cpus} CPU(s) with 1-minute load "
-        f"{loads} (start→end). Evaluation per task is `eval_seconds` of each arm's "
+        f"{loads} at the start. Evaluation per task is `eval_seconds` of each arm's "
         "eval/summary.json. A resumed or repeated command adds its preparation, set-up, "
         "compile and training seconds; evaluation is the newest. Every command, the report "
         "phase included, is in timings.json (docs/experiments.md).",
@@ -461,19 +476,20 @@ class RunTimer:
 
 def _process_age_s() -> float:
     """Seconds since this process started (imports count as start-up); 0 if unknown.
-    psutil where installed (macOS too), else Linux's /proc."""
-    try:
-        import psutil  # optional: the test extras pin it
-
-        return max(0.0, time.time() - psutil.Process().create_time())
-    except Exception:  # noqa: BLE001 - not installed, or no permission: try /proc
-        pass
+    Linux's /proc first (both times count from boot, to 10 ms), else psutil where
+    installed (macOS; its start time rests on a boot time rounded to the second)."""
     try:
         fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
         started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: ticks after boot
         uptime = float(Path("/proc/uptime").read_text().split()[0])
         return max(0.0, uptime - started)
     except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil  # optional: the test extras pin it
+
+        return max(0.0, time.time() - psutil.Process().create_time())
+    except Exception:  # noqa: BLE001 - not installed, or not permitted: unknown
         return 0.0
 
 
