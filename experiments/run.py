@@ -30,6 +30,7 @@ from zen_code_jax.experiment.arm import run_arm
 from zen_code_jax.experiment.forecast import print_plan
 from zen_code_jax.experiment.phases import RunTimer
 from zen_code_jax.experiment.report import write_report
+from zen_code_jax.experiment.report_phases import command_table
 from zen_code_jax.parallel import multihost
 from zen_code_jax.parallel.compilation_cache import enable_compilation_cache
 from zen_code_jax.train.standard_hooks import NonFiniteError
@@ -83,9 +84,9 @@ def main(argv: list[str], add_hooks: Any = None) -> int:
         with timer.report():
             md, png = write_report(workdir / config.name, config)
         print(f"Report: {md} and {png}")
-    timer.finish()
+    invocation = timer.finish()
     if primary:
-        print("\n".join(timer.table()), flush=True)
+        print("\n".join(command_table(invocation, workdir / config.name)), flush=True)
     return 0
 
 

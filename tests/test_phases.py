@@ -25,10 +25,10 @@ from zen_code_jax.experiment.phases import (
     RunTimer,
     Timings,
     note_corpus,
-    report_section,
     time_state_hooks,
 )
 from zen_code_jax.experiment.report import write_report
+from zen_code_jax.experiment.report_phases import command_table, report_section
 from zen_code_jax.rundir import RunDir
 from zen_code_jax.train.hooks import Hooks, StepInfo, run_hooks
 
@@ -172,7 +172,7 @@ def test_the_record_adds_up_to_the_command_and_is_written_atomically(tmp_path):
     assert set(stored["invocations"][0]["arms"]["fim0"]) >= set(ArmPhases.PHASES)
     # Written through a temporary file and a rename: nothing else is left beside it.
     assert {p.name for p in tmp_path.iterdir()} == {TIMINGS_JSON, f".{TIMINGS_JSON}.lock"}
-    text = "\n".join(timer.table())
+    text = "\n".join(command_table(timer.invocation, tmp_path))
     assert (
         "compile (first train step)" in text and "total 32.8" in text
     )  # 2 x 14.125 + 3 + 1.5 + 0.03
@@ -264,3 +264,14 @@ def test_a_corpus_counts_as_built_only_when_its_manifest_is_newer_than_the_call(
     memory = ArmPhases()
     note_corpus(memory, object(), started=now)  # an in-memory corpus has no manifest
     assert memory.corpus_dir == "" and not memory.corpus_built
+
+
+def test_a_damaged_record_never_stops_a_run(tmp_path, capsys):
+    (tmp_path / TIMINGS_JSON).write_text('{"invocations": [{"id": ')
+    with pytest.raises(ValueError, match=r"timings.json is not a timings record .*delete it"):
+        Timings.read(tmp_path / TIMINGS_JSON)
+    assert "Not shown:" in report_section(tmp_path, ["fim0"])[-1]
+    run_command(tmp_path, FakeClock(), {"fim0": {}})
+    assert len(Timings.read(tmp_path / TIMINGS_JSON).invocations) == 1
+    assert (tmp_path / f"{TIMINGS_JSON}.bad").read_text().startswith('{"invocations"')
+    assert "warning:" in capsys.readouterr().out

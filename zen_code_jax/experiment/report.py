@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from zen_code_jax.config import config_from_dict, model_config_from
-from zen_code_jax.experiment.phases import report_section
+from zen_code_jax.experiment.report_phases import report_section
 from zen_code_jax.experiment.report_plot import (
     difference_panel,
     fim_panels,
