@@ -10,14 +10,15 @@
 Modes: `all` (default: train + evaluate each arm; with no --arm also the report), `train`,
 `eval` (the arms' newest checkpoints, zero training steps), `report` (report.md /
 report.png from the arms' logs). Each arm lives in WORKDIR/<name>/<arm>/ (`--workdir`,
-default ./runs); rerunning the same command resumes from the newest checkpoint.
+default ./runs); rerunning the same command resumes from the newest checkpoint. Every
+command records its wall time per phase in WORKDIR/<name>/timings.json and prints it last
+(`zen_code_jax.experiment.phases`).
 Kept short on purpose: the work is in `zen_code_jax.experiment`.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,9 @@ from zen_code_jax.checkpoint import CheckpointError
 from zen_code_jax.experiment import cli
 from zen_code_jax.experiment.arm import run_arm
 from zen_code_jax.experiment.forecast import print_plan
+from zen_code_jax.experiment.phases import RunTimer
 from zen_code_jax.experiment.report import write_report
+from zen_code_jax.experiment.report_phases import command_table
 from zen_code_jax.parallel import multihost
 from zen_code_jax.parallel.compilation_cache import enable_compilation_cache
 from zen_code_jax.train.standard_hooks import NonFiniteError
@@ -49,9 +52,10 @@ def main(argv: list[str], add_hooks: Any = None) -> int:
     enable_compilation_cache(workdir / "cache" / "jax")
     module = cli.loaded_experiment()
     arms = cli.select_arms(config, _ARM.value)
+    timer = RunTimer(workdir / config.name, mode=mode, arm=_ARM.value, write=primary)
     if mode != "report" and primary:
         print_plan(config, arms, workdir / config.name)
-    t0 = time.time()
+    timer.startup_done()
     for arm in arms if mode in ("all", "train", "eval") else []:
         cfg, run_dir = cli.arm_setup(config, arm, workdir, mode)
         try:
@@ -69,14 +73,20 @@ def main(argv: list[str], add_hooks: Any = None) -> int:
             return 3
         except CheckpointError as e:
             raise cli.UsageError(str(e)) from None
+        timer.arm_done(arm, result.phases)
         if result.status == "preempted":
+            timer.finish()
             print("Preempted: state saved; rerun the same command to resume.", flush=True)
             return 0
         if primary:
-            print(f"[{arm}] finished in {time.time() - t0:.0f}s: {result.metrics}")
+            print(f"[{arm}] finished in {result.phases.total_s():.0f}s: {result.metrics}")
     if primary and (mode == "report" or (mode in ("all", "eval") and not _ARM.value)):
-        md, png = write_report(workdir / config.name, config)
+        with timer.report():
+            md, png = write_report(workdir / config.name, config)
         print(f"Report: {md} and {png}")
+    invocation = timer.finish()
+    if primary:
+        print("\n".join(command_table(invocation, workdir / config.name)), flush=True)
     return 0
 
 

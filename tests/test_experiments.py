@@ -14,9 +14,12 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import time
 from pathlib import Path
 
 import pytest
+
+from zen_code_jax.experiment.phases import Timings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -88,7 +91,9 @@ def check_run_dir(run_dir: Path, steps: int) -> None:
 
 
 def test_fim_ablation_smoke_runs_every_arm_and_writes_the_report(workdir):
+    started = time.perf_counter()
     out = ok(run_cli(workdir, "experiments/fim_ablation.py:smoke"))
+    wall = time.perf_counter() - started
     assert "Plan (4 arm(s)" in out and "fim25" in out
     assert "[fim75] step 6/6 loss" in out and "tok/s" in out and "ETA" in out
     exp = workdir / "fim_ablation"
@@ -103,11 +108,28 @@ def test_fim_ablation_smoke_runs_every_arm_and_writes_the_report(workdir):
     assert "Scale: smoke" in report
     assert (exp / "report.png").stat().st_size > 10_000
 
-    # --mode=report rebuilds both from the logs alone.
+    # Wall time per phase (experiment.phases): every arm's phases, adding up to the
+    # command's wall time; the table printed last and in report.md.
+    (run,) = Timings.read(exp / "timings.json").invocations
+    assert run.finished and list(run.arms) == ["fim0", "fim25", "fim50", "fim75"]
+    for phases in run.arms.values():
+        assert phases.steps == 6 and phases.evaluated
+        for name in ("prepare_s", "setup_s", "compile_s", "train_s", "checkpoint_s", "eval_s"):
+            assert getattr(phases, name) > 0, name
+    assert run.startup_s > 0 and run.report_s > 0
+    assert run.total_s <= wall  # since the process started, measured apart from the phases
+    assert run.total_s - run.attributed_s() < max(2.0, 0.05 * run.total_s)
+    assert "Wall time per phase (seconds):" in out and "compile (first train step)" in out
+    assert "## Wall time per phase (seconds)" in report
+
+    # --mode=report rebuilds both from the logs alone (the phase table too: a command that
+    # runs no arm adds its own record to timings.json but no phase of the arms).
     (exp / "report.md").unlink()
     (exp / "report.png").unlink()
     ok(run_cli(workdir, "experiments/fim_ablation.py:smoke", "--mode=report"))
     assert (exp / "report.md").read_text() == report and (exp / "report.png").exists()
+    first, rebuild = Timings.read(exp / "timings.json").invocations
+    assert first == run and rebuild.mode == "report" and not rebuild.arms
 
     # The HParams dashboard sees one session per arm with its override.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

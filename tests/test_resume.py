@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 from test_experiments import ok, run_cli, smoke_workdir
 
+from zen_code_jax.experiment.phases import Timings
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 CONFIG = "experiments/pretrain.py:smoke"
@@ -105,6 +107,10 @@ def test_sigterm_saves_at_the_step_boundary_and_exits_0(workdir, reference):
     out = ok(train(workdir, "resume_term"))
     assert "resumed from" in out and "(step 4/8)" in out
     assert losses(run_dir) == reference
+    # timings.json (experiment.phases) keeps the preempted command beside the resumed one.
+    first, resumed = Timings.read(run_dir.parent / "timings.json").invocations
+    assert (first.arms["main"].steps, resumed.arms["main"].steps) == (4, 4)
+    assert first.finished and first.arms["main"].train_s > 0 and not first.arms["main"].evaluated
 
 
 def test_non_finite_loss_stops_naming_step_and_last_good_checkpoint(workdir):

@@ -11,6 +11,9 @@
   `train.loop.train` with the objective `train.objective` names (`train.objectives`)
   `evaluate_arm`: evaluation -> hparams.
 
+Each stage is timed (`experiment.phases.ArmClock`: the result's `phases`), without
+touching what it computes.
+
 `steps=0` (`--mode=eval`) is the same path: restore, train nothing, evaluate.
 
 Multi-process runs share run_dir (as Orbax requires): process 0 prepares the corpus first,
@@ -21,6 +24,7 @@ data state; evaluation runs on process 0 with a host-local copy of the params.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +48,7 @@ from zen_code_jax.data.prepare import prepare_corpus
 from zen_code_jax.experiment import hooks as arm_hooks
 from zen_code_jax.experiment.evaluate import evaluate, heldout_batches
 from zen_code_jax.experiment.forecast import mfu_device_count, peak_flops
+from zen_code_jax.experiment.phases import ArmClock, ArmPhases, note_corpus, time_state_hooks
 from zen_code_jax.hf.checkpoint import HFCheckpoint
 from zen_code_jax.hf.transfer import check_architecture, load_hf_tokenizer
 from zen_code_jax.model.config import ModelConfig
@@ -76,6 +81,7 @@ class ArmResult:
     status: str  # "done" | "preempted" (SIGTERM: saved; the caller should exit 0)
     step: int
     metrics: dict[str, float]
+    phases: ArmPhases = dataclasses.field(default_factory=ArmPhases)  # wall time per phase
 
 
 def resolve_steps(config: ml_collections.ConfigDict, data_iter: Any) -> int:
@@ -143,13 +149,19 @@ class ArmData:
 
 
 def prepare_data(
-    config: ml_collections.ConfigDict, workdir: str | Path, make_data: DatasetFn, run_dir: RunDir
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    make_data: DatasetFn,
+    run_dir: RunDir,
+    clock: ArmClock | None = None,
 ) -> ArmData:
     """(cached) corpus -> tokenizer checks -> training iterator -> the final config.
 
     `train.init_checkpoint` is parsed first (`resolve.parse_checkpoint`: a bad name fails
-    before any work), and an `hf:` base's tokenizer tokenizes the data.
+    before any work), and an `hf:` base's tokenizer tokenizes the data. `clock` times the
+    corpus (its `prepare_s` phase).
     """
+    clock = clock or ArmClock()
     model_cfg = model_config_from(config.model)
     init = str(config.train.init_checkpoint)
     init_ref = parse_checkpoint(init, run_dir=run_dir) if init else None
@@ -158,9 +170,12 @@ def prepare_data(
         hf_cfg = HFCheckpoint.open(init_ref.path).model_cfg
         check_architecture(hf_cfg, model_cfg, f"train.init_checkpoint={init_ref.path}")
         hf_tok = load_hf_tokenizer(init_ref.path, model_cfg)
-    corpus = multihost.primary_first(
-        prepare_corpus, config.data, model_cfg.vocab_size, str(workdir), hf_tok
-    )
+    started = time.time()
+    with clock.phase("prepare_s"):
+        corpus = multihost.primary_first(
+            prepare_corpus, config.data, model_cfg.vocab_size, str(workdir), hf_tok
+        )
+    note_corpus(clock.phases, corpus, started)
     tokenizer = corpus.tokenizer
     tokenizer.check_compatible(model_cfg)
     # A checkpoint tokenizer's family disagreeing with data.repo_format is an error here.
@@ -387,12 +402,81 @@ def run_arm(
     `config` is the arm's resolved config (`config.arm_config`). `dataset_fn` replaces the
     Grain pipeline (an experiment file's `make_dataset`). `steps=0` evaluates the newest
     checkpoint without training. `add_hooks` adds hooks after the built-in ones (tests
-    inject faults this way).
+    inject faults this way). The result carries the arm's wall time per phase
+    (`experiment.phases`), measured without touching what the arm computes.
     """
+    clock = ArmClock()
+    with clock.compiles(), clock.phase("setup_s"):
+        run = _set_up(config, run_dir, workdir, dataset_fn, steps, add_hooks, clock)
+    arm, data, begin, writer = run.arm, run.data, run.begin, run.writer
+    time_state_hooks(run.hooks, clock)
+    with clock.compiles(), clock.phase("train_s"), preemption_stop() as stop:
+        result = train(
+            begin.state,
+            clock.first_call("compile_s", run.train_step),  # its first call compiles
+            run.batches,
+            run.hooks,
+            start=begin.start,
+            total=run.end,
+            stop_requested=stop,
+            extra=run.extra,
+        )
+    clock.phases.steps = result.step - begin.start
+    with clock.phase("checkpoint_wait_s"):
+        begin.ckpt.wait()
+    final_step = int(np.asarray(result.state.step))
+    metrics: dict[str, float] = {}
+    if result.preempted:
+        print(f"[{arm}] SIGTERM: saved step {result.step}; exiting.", flush=True)
+    elif run_eval:
+        with clock.compiles(), clock.phase("eval_s"):
+            metrics = evaluate_arm(
+                data,
+                run_dir,
+                model_params(result.state.params),
+                writer=writer,
+                step=final_step,
+                eval_step=run.eval_step,
+                dataset_fn=dataset_fn,
+            )
+        clock.phases.evaluated = True
+    with clock.phase("checkpoint_wait_s"):
+        writer.close()
+        begin.ckpt.close()
+    status = "preempted" if result.preempted else "done"
+    return ArmResult(status, final_step, metrics, clock.phases)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ArmRun:
+    """What `_set_up` hands to the training loop and evaluation."""
+
+    arm: str
+    data: ArmData
+    begin: StartState
+    hooks: Hooks
+    writer: Any
+    eval_step: Callable
+    train_step: Callable
+    batches: Any
+    extra: Any  # the objective's frozen inputs (None when nothing trains)
+    end: int  # the last step to run
+
+
+def _set_up(
+    config: ml_collections.ConfigDict,
+    run_dir: RunDir,
+    workdir: str | Path,
+    dataset_fn: DatasetFn | None,
+    steps: int | None,
+    add_hooks: AddHooks | None,
+    clock: ArmClock,
+) -> _ArmRun:
+    """Everything before the first step: data, config files, state, hooks, step functions."""
     arm = config.arm or "main"
     primary = multihost.is_primary()
     make_data = dataset_fn or make_dataset
-    data = prepare_data(config, workdir, make_data, run_dir)
+    data = prepare_data(config, workdir, make_data, run_dir, clock)
     total = int(data.config.train.steps)
     if primary and total != int(config.train.steps):
         print(f"[{arm}] {config.train.epochs} epochs = {total} steps", flush=True)
@@ -431,32 +515,4 @@ def run_arm(
     objective = build_objective(model_cfg, config, mesh)
     train_step = make_train_step(model_cfg, config, mesh, begin.shardings, objective=objective)
     extra = objective.frozen.load() if end > begin.start else None
-    with preemption_stop() as stop:
-        result = train(
-            begin.state,
-            train_step,
-            batches,
-            hooks,
-            start=begin.start,
-            total=end,
-            stop_requested=stop,
-            extra=extra,
-        )
-    begin.ckpt.wait()
-    final_step = int(np.asarray(result.state.step))
-    metrics: dict[str, float] = {}
-    if result.preempted:
-        print(f"[{arm}] SIGTERM: saved step {result.step}; exiting.", flush=True)
-    elif run_eval:
-        metrics = evaluate_arm(
-            data,
-            run_dir,
-            model_params(result.state.params),
-            writer=writer,
-            step=final_step,
-            eval_step=eval_step,
-            dataset_fn=dataset_fn,
-        )
-    writer.close()
-    begin.ckpt.close()
-    return ArmResult("preempted" if result.preempted else "done", final_step, metrics)
+    return _ArmRun(arm, data, begin, hooks, writer, eval_step, train_step, batches, extra, end)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from zen_code_jax.config import config_from_dict, model_config_from
+from zen_code_jax.experiment.report_phases import report_section
 from zen_code_jax.experiment.report_plot import (
     difference_panel,
     fim_panels,
@@ -416,6 +417,8 @@ def write_report(experiment_dir: str | Path, config: Any) -> tuple[Path, Path]:
         last = f"final train loss {curve[-1][1]:.4f} at step {curve[-1][0]}" if curve else "no log"
         missing = "" if data[arm]["metrics"] else " (not evaluated yet)"
         lines.append(f"- {arm}: {last}{missing}")
+    phases = report_section(experiment_dir, arms)  # from timings.json; [] when absent
+    lines += [""] + phases if phases else []
     lines += ["", "![loss curves and metrics against the ablated setting](report.png)", ""]
     md = experiment_dir / "report.md"
     write_text_atomic(md, "\n".join(lines))
