@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -305,3 +306,94 @@ def test_eval_prompts_with_the_prefix_stay_within_their_limit(tiny_tokenizer):
             ex = {"path": "main.py", "in_file": target, "repo": "proj", "context_files": files}
             ids = repo_completion.build_prompt(ex, "cross_file_first", fmt, tok, max_tokens)
             assert len(ids) <= max_tokens
+
+
+def _write_prefix_run(path: Path, tok) -> None:
+    """A run directory as `run_arm` writes it (config.json, tokenizer/, a params-only
+    checkpoint at step 0): tiny random weights, a 512-position model, windows with a
+    paths+symbols prefix of 96 tokens."""
+    import jax
+    import numpy as np
+
+    from zen_code_jax.checkpoint import Checkpointer, identity, tokenizer_to_json
+    from zen_code_jax.config import base_config, config_to_dict, model_config_from, model_group
+    from zen_code_jax.infer.engine import random_params
+    from zen_code_jax.rundir import RunDir
+
+    config = base_config()
+    config.name, config.arm = "budget", path.name
+    config.model = model_group("tiny")
+    config.model.max_position_embeddings = MAX_CONTEXT
+    config.data.repo_prefix, config.data.repo_prefix_tokens = "paths+symbols", 96
+    cfg = model_config_from(config.model)
+    run = RunDir(path)
+    run.write_config(config_to_dict(config))
+    tok.save(run.tokenizer_dir)
+    ckpt = Checkpointer(run.checkpoints, async_save=False)
+    meta = {
+        "identity": identity(cfg, tok),
+        "config": config_to_dict(config),
+        "rng": np.asarray(jax.random.key_data(jax.random.key(0))).tolist(),
+    }
+    params = random_params(cfg, seed=0, scale=0.2)
+    ckpt.save(
+        0, {"step": np.asarray(0, np.int32), "params": params}, None, meta, tokenizer_to_json(tok)
+    )
+    ckpt.close()
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_language_server_on_a_prefix_run_completes_within_the_context(
+    tiny_tokenizer, workspace, tmp_path
+):
+    """As a user runs it: `python -m zen_code_jax.lsp --run_dir=RUN` (pytest-lsp client) on
+    a run trained with paths+symbols and a 512-token context; main.py imports 3, then 10
+    files. The prompt carries the prefix and fits with the completion budget, and the inline
+    completion is answered (the old rule's prompt made the engine refuse the request)."""
+    from pytest_lsp import ClientServerConfig
+
+    run = tmp_path / "exp" / "prefix"
+    _write_prefix_run(run, tiny_tokenizer)
+    cfg = ClientServerConfig(
+        server_command=[sys.executable, "-m", "zen_code_jax.lsp", f"--run_dir={run}"]
+    )
+    client = await cfg.start()
+    try:
+        await client.initialize_session(
+            lsp.InitializeParams(
+                capabilities=lsp.ClientCapabilities(),
+                workspace_folders=[lsp.WorkspaceFolder(uri=workspace.as_uri(), name="proj")],
+                initialization_options={"debounceMs": 0, "contextTokens": 4096},
+            )
+        )
+        uri = (workspace / "main.py").as_uri()
+        for n in (3, N_MODULES):  # the old rule's prompts: 513 + 32 and 460 + 32 tokens
+            text = _main(n)
+            client.text_document_did_open(
+                lsp.DidOpenTextDocumentParams(
+                    text_document=lsp.TextDocumentItem(
+                        uri=uri, language_id="python", version=n, text=text
+                    )
+                )
+            )
+            line = text.splitlines().index("    total += ")
+            where = {"line": line, "character": len("    total += ")}
+            p = await client.protocol.send_request_async(
+                "zenCode/prompt", {"textDocument": {"uri": uri}, "position": where}
+            )
+            assert len(p.ids) + p.maxTokens <= MAX_CONTEXT and p.context
+            assert _contains(list(p.ids), tiny_tokenizer.encode("# Path: main.py\n"))
+            got = await client.text_document_inline_completion_async(
+                lsp.InlineCompletionParams(
+                    context=lsp.InlineCompletionContext(
+                        trigger_kind=lsp.InlineCompletionTriggerKind.Invoked
+                    ),
+                    text_document=lsp.TextDocumentIdentifier(uri=uri),
+                    position=lsp.Position(**where),
+                )
+            )
+            assert got is not None  # the old rule: a JSON-RPC error (the engine refused)
+    finally:
+        await client.shutdown_session()
+        await client.stop()
