@@ -169,8 +169,8 @@ def _contains(ids: list[int], part: list[int]) -> bool:
 def test_prefix_off_prompts_are_the_old_rules_where_it_fitted(tiny_tokenizer, workspace, layout):
     """repo_prefix "none": the same tokens as the old rule for every case where the old
     prompt fitted the context (over contextTokens and file counts, so both the
-    contextTokens and the model-context bound bind somewhere); where it did not fit, the
-    new prompt does."""
+    contextTokens and the model-context bound bind somewhere); where it did not fit (a
+    deep target path: the old rule's +16 was short of its header), the new prompt does."""
     fmt = RepoFormat(layout, RepoPrefix())
     same = fixed = 0
     for context_tokens in (64, 200, 4096):
@@ -186,7 +186,28 @@ def test_prefix_off_prompts_are_the_old_rules_where_it_fitted(tiny_tokenizer, wo
             else:
                 assert len(ids) + req.max_tokens <= MAX_CONTEXT
                 fixed += 1
-    assert same >= 20
+    # A deep target path (longer than the old rule's 16 spare tokens), open documents as
+    # context: the old rule overflowed here even without a prefix.
+    server = _server(tiny_tokenizer, workspace, fmt, contextTokens=4096, recentDocuments=10)
+    for i in range(N_MODULES):
+        u = (workspace / f"mod{i}.py").as_uri()
+        server.docs[u] = tx.Document(u, _module(i), 1, "python")
+        server.ws.touch(u)
+    deep = workspace / "src/a_rather/deeply_nested/package_structure/with_long_names/t.py"
+    for k in range(0, 40, 3):
+        text = "x = 1\n" * k + "\n\ndef run(n):\n    total = 0\n    total += \n    return total\n"
+        server.docs[deep.as_uri()] = tx.Document(deep.as_uri(), text, 1, "python")
+        pos = lsp.Position(line=k + 4, character=len("    total += "))
+        req, _, _ = server.build_request(deep.as_uri(), pos)
+        ids = server.backend.prompt_ids(req)
+        old = _old_request_ids(server, deep.as_uri(), pos)
+        if len(old) + req.max_tokens <= MAX_CONTEXT:
+            assert ids == old, k
+            same += 1
+        else:
+            assert len(ids) + req.max_tokens <= MAX_CONTEXT, k
+            fixed += 1
+    assert same >= 25 and fixed > 0
 
 
 def test_prompt_equals_the_training_opening_of_the_chosen_files(tiny_tokenizer, workspace):

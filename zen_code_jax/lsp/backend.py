@@ -70,6 +70,7 @@ class Backend(Protocol):
 
     max_context: int  # prompt + completion tokens the model takes
     prefix_tokens: int  # the path / symbol prefix's budget (`data.repo_prefix_tokens`; 0: off)
+    exact: bool  # token counts from the model's tokenizer (else estimates: no tokenizer here)
     stats: collections.Counter[str]  # requests, cancelled, ... (`zenCode/stats`)
 
     def load(self, report: Callable[[str], None]) -> None: ...
@@ -112,6 +113,8 @@ def load_engine(src: EngineSource) -> Any:
 
 class LocalBackend:
     """The engine in this process, decoding one request at a time on a worker thread."""
+
+    exact = True
 
     def __init__(self, src: EngineSource):
         self.src = src
@@ -209,6 +212,8 @@ class LocalBackend:
 class RemoteBackend:
     """A completion server over HTTP: ours (`/v1/completions` with the repository-context
     extension) or any llama.cpp-compatible `/infill`."""
+
+    exact = False
 
     def __init__(
         self,

@@ -93,8 +93,8 @@ class ZenLanguageServer(LanguageServer):
             legacy = be.count_tokens("", prefix + suffix) + 16
             fixed = max(legacy, be.fixed_tokens(prefix, suffix, rel, repo))
             budget = min(budget, be.max_context - max_tokens - fixed)
-        opening = None
-        if be.prefix_tokens and rel is not None:  # the prefix grows with the chosen files
+        opening = None  # remote: `fixed_tokens` reserved the whole prefix budget
+        if be.exact and be.prefix_tokens and rel is not None:  # it grows with the files
             opening = lambda files: be.opening_tokens(files, rel, repo)  # noqa: E731
         open_docs = {u: tx.normalize_eol(d.text) for u, d in self.docs.items()}
         ctx = select_context(
