@@ -133,6 +133,7 @@ def select_context(
     count: Callable[[str, str], int],
     recent: int = 3,
     opening: Callable[[list[tuple[str, str]]], int] | None = None,
+    reserve: int = 0,
 ) -> RepoContext:
     """The context files for completing `uri` (current content `text`) within `budget`.
 
@@ -146,7 +147,9 @@ def select_context(
     candidate is priced with the exact opening of the chosen files plus it, laid out as
     the prompt will be: what the files cost is their tokens plus how much they grow the
     opening over no file, and the files finally chosen are the last set that fitted.
-    None (prefix off): the files' tokens alone, as before the prefix existed.
+    None (prefix off): the files' tokens alone, as before the prefix existed. reserve:
+    the prefix's budget, an upper bound of how much any files grow the opening: a
+    candidate that fits with it is taken without pricing (the same choice, sooner).
     """
     rel = ws.relpath(uri)
     if rel is None:
@@ -178,7 +181,9 @@ def select_context(
                 left -= n
             continue
         trial = {**chosen, r: content}
-        if used + n + opening(_in_order(trial, rel, text)) - bare <= budget:
+        if used + n + reserve <= budget or (
+            used + n + opening(_in_order(trial, rel, text)) - bare <= budget
+        ):
             chosen, used = trial, used + n
     return RepoContext(_in_order(chosen, rel, text), rel, ws.repo)
 

@@ -106,6 +106,7 @@ class ZenLanguageServer(LanguageServer):
             be.count_tokens,
             s.recentDocuments,
             opening,
+            be.prefix_tokens,
         )
         req = InfillRequest(
             prefix,
