@@ -418,3 +418,20 @@ async def test_language_server_on_a_prefix_run_completes_within_the_context(
     finally:
         await client.shutdown_session()
         await client.stop()
+
+
+def test_the_reserve_shortcut_chooses_the_same_files(tiny_tokenizer, workspace):
+    """A candidate that fits with the whole prefix budget is taken without pricing its
+    prefix: the choice is the one exact pricing of every candidate makes."""
+    fmt = RepoFormat("report", RepoPrefix("paths+symbols", 96))
+    server = _server(tiny_tokenizer, workspace, fmt)
+    uri, _ = _open(server, workspace, _main(N_MODULES))
+    be, docs = server.backend, {uri: _main(N_MODULES)}
+    opening = lambda files: be.opening_tokens(files, "main.py", "proj")  # noqa: E731
+    taken = set()
+    for budget in range(0, 1400, 25):
+        args = (server.ws, uri, docs[uri], docs, budget, be.count_tokens, 3, opening)
+        got = select_context(*args, 96)
+        assert got == select_context(*args, None), budget
+        taken.add(len(got.files))
+    assert len(taken) >= 5  # from no file to many

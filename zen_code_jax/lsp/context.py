@@ -133,7 +133,7 @@ def select_context(
     count: Callable[[str, str], int],
     recent: int = 3,
     opening: Callable[[list[tuple[str, str]]], int] | None = None,
-    reserve: int = 0,
+    reserve: int | None = None,
 ) -> RepoContext:
     """The context files for completing `uri` (current content `text`) within `budget`.
 
@@ -149,7 +149,8 @@ def select_context(
     opening over no file, and the files finally chosen are the last set that fitted.
     None (prefix off): the files' tokens alone, as before the prefix existed. reserve:
     the prefix's budget, an upper bound of how much any files grow the opening: a
-    candidate that fits with it is taken without pricing (the same choice, sooner).
+    candidate that fits with it is taken without pricing (the same choice, sooner);
+    None: every candidate is priced.
     """
     rel = ws.relpath(uri)
     if rel is None:
@@ -181,7 +182,7 @@ def select_context(
                 left -= n
             continue
         trial = {**chosen, r: content}
-        if used + n + reserve <= budget or (
+        if (reserve is not None and used + n + reserve <= budget) or (
             used + n + opening(_in_order(trial, rel, text)) - bare <= budget
         ):
             chosen, used = trial, used + n
