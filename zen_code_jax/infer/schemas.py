@@ -230,3 +230,4 @@ class Health(_Out):
     slots: int
     busy_slots: int
     context_length: int
+    repo_prefix_tokens: int = 0  # the run's path / symbol prefix budget (clients reserve it)

@@ -238,6 +238,7 @@ def make_app(server: HandlerServer) -> ASGIApp:
                 slots=dec.slots,
                 busy_slots=sch.busy_slots,
                 context_length=dec.max_len,
+                repo_prefix_tokens=server.engine.repo_format.prefix.reserve,
             ).model_dump()
         )
 

@@ -69,11 +69,19 @@ class Backend(Protocol):
     """The language server's view of a completion source."""
 
     max_context: int  # prompt + completion tokens the model takes
+    prefix_tokens: int  # the path / symbol prefix's budget (`data.repo_prefix_tokens`; 0: off)
+    exact: bool  # token counts from the model's tokenizer (else estimates: no tokenizer here)
     stats: collections.Counter[str]  # requests, cancelled, ... (`zenCode/stats`)
 
     def load(self, report: Callable[[str], None]) -> None: ...
 
     def count_tokens(self, path: str, content: str) -> int: ...
+
+    def fixed_tokens(self, prefix: str, suffix: str, path: str | None, repo: str | None) -> int: ...
+
+    def opening_tokens(
+        self, files: list[tuple[str, str]], path: str | None, repo: str | None
+    ) -> int: ...
 
     async def infill(self, req: InfillRequest) -> str: ...
 
@@ -106,6 +114,8 @@ def load_engine(src: EngineSource) -> Any:
 class LocalBackend:
     """The engine in this process, decoding one request at a time on a worker thread."""
 
+    exact = True
+
     def __init__(self, src: EngineSource):
         self.src = src
         self.engine: Any = None
@@ -132,8 +142,29 @@ class LocalBackend:
         report("compiling")
         self._decode(InfillRequest("def f():\n    ", "\n", [], "warmup.py", None, 2, ("\n",)))
 
+    @property
+    def prefix_tokens(self) -> int:
+        """The run's `data.repo_prefix_tokens` (0 when its windows have no prefix)."""
+        return self.engine.repo_format.prefix.reserve if self.engine is not None else 0
+
     def count_tokens(self, path: str, content: str) -> int:
+        """Tokens one context file takes in the prompt (header, content, trailer)."""
         return len(self.engine.repo_format.file_ids(path, content, self.engine.tokenizer))
+
+    def fixed_tokens(self, prefix: str, suffix: str, path: str | None, repo: str | None) -> int:
+        """Exact tokens of the prompt with no context file: the repository opening, the
+        prefix's line of the target path, the target's header and the FIM around the
+        cursor (what every choice of context files adds to)."""
+        return len(self.prompt_ids(InfillRequest(prefix, suffix, [], path, repo, 0, ())))
+
+    def opening_tokens(
+        self, files: list[tuple[str, str]], path: str | None, repo: str | None
+    ) -> int:
+        """Exact tokens of the prompt's opening (repository opening and path / symbol
+        prefix, `RepoFormat.open_ids`) for these context files in prompt order: the
+        prefix lists their paths and symbols, so it grows with the choice of files."""
+        fmt, tok = self.engine.repo_format, self.engine.tokenizer
+        return len(fmt.open_ids(files, tok, repo, path))
 
     def prompt_ids(self, req: InfillRequest) -> list[int]:
         """The FIM prompt in the training layout (`RepoFormat` through the engine)."""
@@ -182,6 +213,8 @@ class RemoteBackend:
     """A completion server over HTTP: ours (`/v1/completions` with the repository-context
     extension) or any llama.cpp-compatible `/infill`."""
 
+    exact = False
+
     def __init__(
         self,
         url: str,
@@ -195,12 +228,21 @@ class RemoteBackend:
             raise ValueError(f"--api={api!r} is unknown; use one of {APIS}.")
         self.url, self.api, self.model = url.rstrip("/"), api, model
         self.max_context = max_context
+        self.prefix_tokens = 0  # the server's `repo_prefix_tokens` (GET /health, at load)
         self.stats: collections.Counter[str] = collections.Counter()
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.AsyncClient(headers=headers, timeout=timeout_s)
 
     def load(self, report: Callable[[str], None]) -> None:
-        """Learn the model id (our server wants it) unless --model named one."""
+        """Learn the prefix budget of the server's run (our `GET /health`; a server without
+        the field, e.g. llama.cpp, has none), and the model id (our server wants it) unless
+        --model named one."""
+        try:
+            r = httpx.get(f"{self.url}/health", headers=self.client.headers, timeout=30.0)
+            health = r.json() if r.status_code == 200 else {}
+        except (httpx.HTTPError, ValueError):
+            health = {}  # the completion requests will say what is wrong with the server
+        self.prefix_tokens = int(health.get("repo_prefix_tokens", 0) or 0)
         if self.api != "completions" or self.model:
             return
         report(f"asking {self.url}/v1/models")
@@ -210,6 +252,17 @@ class RemoteBackend:
 
     def count_tokens(self, path: str, content: str) -> int:
         return estimate_tokens(path, content)
+
+    def fixed_tokens(self, prefix: str, suffix: str, path: str | None, repo: str | None) -> int:
+        """An estimate (no tokenizer here): the target as one file, 16 tokens for its
+        header and the FIM sentinels, and the whole prefix budget of the server's run,
+        an upper bound of its path / symbol prefix for any choice of files."""
+        return estimate_tokens("", prefix + suffix) + 16 + self.prefix_tokens
+
+    def opening_tokens(
+        self, files: list[tuple[str, str]], path: str | None, repo: str | None
+    ) -> int:
+        return 0  # `fixed_tokens` holds the prefix's whole budget: no file adds to it
 
     def prompt_ids(self, req: InfillRequest) -> None:
         return None  # the server builds the prompt

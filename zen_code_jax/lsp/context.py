@@ -132,12 +132,25 @@ def select_context(
     budget: int,
     count: Callable[[str, str], int],
     recent: int = 3,
+    opening: Callable[[list[tuple[str, str]]], int] | None = None,
+    reserve: int | None = None,
 ) -> RepoContext:
     """The context files for completing `uri` (current content `text`) within `budget`.
 
     open_docs: {uri: text} of the open documents (their unsaved text wins over the disk);
     count(path, content): tokens a context file takes in the prompt; recent: how many
     recently edited other documents may join the imported files.
+
+    opening(files): exact tokens of the prompt's opening for these context files in
+    prompt order (`RepoFormat.open_ids`: with `data.repo_prefix` on, their paths and
+    symbol tables). The prefix depends on the choice (and order) of the files, so each
+    candidate is priced with the exact opening of the chosen files plus it, laid out as
+    the prompt will be: what the files cost is their tokens plus how much they grow the
+    opening over no file, and the files finally chosen are the last set that fitted.
+    None (prefix off): the files' tokens alone, as before the prefix existed. reserve:
+    the prefix's budget, an upper bound of how much any files grow the opening: a
+    candidate that fits with it is taken without pricing (the same choice, sooner);
+    None: every candidate is priced.
     """
     rel = ws.relpath(uri)
     if rel is None:
@@ -156,16 +169,30 @@ def select_context(
             candidates.append(r)
     chosen: dict[str, str] = {}
     left = budget
+    used = 0  # tokens of the chosen files (prefix on)
+    bare = opening([]) if opening is not None else 0
     for r in candidates:
         content = by_rel[r] if r in by_rel else ws.read(r)
         if content is None:
             continue
         n = count(r, content)
-        if n <= left:
-            chosen[r] = content
-            left -= n
-    ordered = [p for p in order_files({**chosen, rel: text}) if p != rel]
-    return RepoContext([(p, chosen[p]) for p in ordered], rel, ws.repo)
+        if opening is None:
+            if n <= left:
+                chosen[r] = content
+                left -= n
+            continue
+        trial = {**chosen, r: content}
+        if (reserve is not None and used + n + reserve <= budget) or (
+            used + n + opening(_in_order(trial, rel, text)) - bare <= budget
+        ):
+            chosen, used = trial, used + n
+    return RepoContext(_in_order(chosen, rel, text), rel, ws.repo)
+
+
+def _in_order(chosen: Mapping[str, str], rel: str, text: str) -> list[tuple[str, str]]:
+    """The chosen context files in the pipeline's order (dependencies first), without the
+    target `rel` (content `text`), which comes last."""
+    return [(p, chosen[p]) for p in order_files({**chosen, rel: text}) if p != rel]
 
 
 def trim_around_cursor(

@@ -84,10 +84,18 @@ class ZenLanguageServer(LanguageServer):
         prefix, suffix = trim_around_cursor(
             cur.prefix, cur.suffix, s.maxPrefixChars, s.maxSuffixChars
         )
+        be, rel, repo = self.backend, self.ws.relpath(uri), self.ws.repo
         budget = s.contextTokens
-        if self.backend.max_context:
-            target = self.backend.count_tokens("", prefix + suffix) + 16
-            budget = min(budget, self.backend.max_context - max_tokens - target)
+        if be.max_context:
+            # The prompt without context files, exactly (in-process) or estimated; never
+            # below the first estimate (the target as a file, +16), so that with the prefix
+            # off a prompt that fitted is chosen as before (see docs/lsp.md).
+            legacy = be.count_tokens("", prefix + suffix) + 16
+            fixed = max(legacy, be.fixed_tokens(prefix, suffix, rel, repo))
+            budget = min(budget, be.max_context - max_tokens - fixed)
+        opening = None  # remote: `fixed_tokens` reserved the whole prefix budget
+        if be.exact and be.prefix_tokens and rel is not None:  # it grows with the files
+            opening = lambda files: be.opening_tokens(files, rel, repo)  # noqa: E731
         open_docs = {u: tx.normalize_eol(d.text) for u, d in self.docs.items()}
         ctx = select_context(
             self.ws,
@@ -95,8 +103,10 @@ class ZenLanguageServer(LanguageServer):
             open_docs[uri],
             open_docs,
             max(0, budget),
-            self.backend.count_tokens,
+            be.count_tokens,
             s.recentDocuments,
+            opening,
+            be.prefix_tokens,
         )
         req = InfillRequest(
             prefix,
