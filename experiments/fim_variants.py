@@ -47,7 +47,9 @@ run beside it, took 6.5-8 min per arm; it trains the same model for the same ste
 fim_ablation's smoke (~15 s idle). The cpu scale is sized from fim_ablation's measured
 36 min for four arms (~6 min training + ~2.5 min evaluation per arm): five arms with the
 evaluation cut to the two held-out tasks (the only ones that move at this scale) come to
-~40 minutes; not yet timed end to end.
+~40 minutes idle. Timed end to end once (2026-12-07, fresh clone): 1 h 18 min wall beside
+two other long runs and the CI suite (load average 6-9 on 2 cores), peak RSS 1.99 GB; the
+results and how to read them are in docs/fim_variants.md.
 """
 
 from __future__ import annotations
