@@ -30,7 +30,10 @@ held-out repositories (exact match, edit similarity) and held-out loss.
 
 Measured cost: smoke ~20 s on the 2-core CI machine; the cpu scale trains 300 base
 steps plus 150 fine-tuning steps per arm (the 4,096-token arm runs 8x fewer, 8x longer
-sequences), not yet timed end to end (docs/measurements.md).
+sequences). Timed end to end once (2026-12-07, fresh clone): 1 h 42 min wall beside two
+other long runs and the CI suite (load average 6-9 on 2 cores), peak RSS 2.43 GB; the
+4,096-token arms are the slow ones (0.10 steps/s under that load, 5-8 min of
+repo_completion scoring each). Results: docs/measurements.md, "Repository fine-tuning".
 """
 
 from __future__ import annotations
